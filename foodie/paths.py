@@ -1,0 +1,25 @@
+"""Default locations of the embedded default (tiny model, synthetic data) and of run outputs.
+
+Everything the project generates lives under ``work/`` in the repository root, unless the
+environment variable ``FOODIE_WORK`` points elsewhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def work_dir() -> Path:
+    return Path(os.environ.get("FOODIE_WORK", REPO_ROOT / "work")).resolve()
+
+
+def tiny_model_dir() -> Path:
+    """The embedded tiny random-weight InternVL2 checkpoint (official format)."""
+    return work_dir() / "tiny-internvl2"
+
+
+def demo_data_dir() -> Path:
+    """The embedded synthetic FoodieQA folder (official schema)."""
+    return work_dir() / "foodieqa-synthetic"
