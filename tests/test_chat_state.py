@@ -1,0 +1,148 @@
+"""The per-session conversation: turns, images per turn, clear, regenerate, undo, uploads, isolation."""
+import copy
+
+import pytest
+
+from foodie.chat_state import ChatState
+
+
+def test_images_join_the_next_question_and_turns_keep_their_own_images(tmp_path):
+    s = ChatState()
+    s.attach(tmp_path / "a.jpg")
+    s.attach(tmp_path / "b.jpg")
+    t1 = s.ask("这是什么菜？")
+    assert t1.images == [tmp_path / "a.jpg", tmp_path / "b.jpg"] and s.pending_images == []
+    s.add_delta("model", "麻婆")
+    s.add_delta("model", "豆腐")
+    s.finish("model")
+    t2 = s.ask("What region is it from?")
+    assert t2.images == []
+    history, question, images = s.model_inputs("model")
+    assert history == [("这是什么菜？", [tmp_path / "a.jpg", tmp_path / "b.jpg"], "麻婆豆腐")]
+    assert question == "What region is it from?" and images == []
+    assert s.images() == [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+
+
+def test_messages_show_images_then_text_and_stream_cursor(tmp_path):
+    s = ChatState()
+    s.attach(tmp_path / "a.jpg")
+    s.ask("what dish?")
+    assert s.messages("model", streaming=True) == [
+        {"role": "user", "content": {"path": str(tmp_path / "a.jpg")}},
+        {"role": "user", "content": "what dish?"},
+        {"role": "assistant", "content": "…"},
+    ]
+    s.add_delta("model", "Dumplings")
+    assert s.messages("model", streaming=True)[-1]["content"] == "Dumplings ▌"
+    s.finish("model")
+    assert s.messages("model")[-1] == {"role": "assistant", "content": "Dumplings"}
+    s.attach(tmp_path / "b.jpg")  # a pending image is shown at the end
+    assert s.messages("model")[-1] == {"role": "user", "content": {"path": str(tmp_path / "b.jpg")}}
+
+
+def test_empty_question_without_image_is_refused_and_image_only_question_is_allowed(tmp_path):
+    s = ChatState()
+    with pytest.raises(ValueError, match="question"):
+        s.ask("   ")
+    s.attach(tmp_path / "a.jpg")
+    assert s.ask("").images == [tmp_path / "a.jpg"]
+
+
+def test_cannot_ask_while_the_previous_answer_is_unfinished():
+    s = ChatState()
+    s.ask("one")
+    with pytest.raises(ValueError, match="still being answered"):
+        s.ask("two")
+    s.fail("model", "model error: out of memory")  # a failed answer counts as answered
+    s.ask("two")
+
+
+def test_regenerate_drops_only_the_last_answer():
+    s = ChatState()
+    s.ask("q1"); s.add_delta("model", "a1"); s.finish("model")
+    s.ask("q2"); s.add_delta("model", "a2"); s.fail("model", "boom")
+    turn = s.regenerate()
+    assert turn.question == "q2" and turn.answers == {} and turn.errors == {}
+    assert s.turns[0].answers == {"model": "a1"}
+    assert s.model_inputs("model")[0] == [("q1", [], "a1")]
+
+
+def test_undo_returns_the_turn_and_puts_its_images_back(tmp_path):
+    s = ChatState()
+    s.attach(tmp_path / "a.jpg")
+    s.ask("q1"); s.add_delta("model", "a1"); s.finish("model")
+    turn = s.undo()
+    assert turn.question == "q1" and s.turns == [] and s.pending_images == [tmp_path / "a.jpg"]
+    with pytest.raises(ValueError, match="no question"):
+        s.undo()
+    with pytest.raises(ValueError, match="no question"):
+        s.regenerate()
+
+
+def test_clear_forgets_everything_and_deletes_session_uploads(tmp_path):
+    s = ChatState(temp_root=tmp_path)
+    up = s.new_upload_path(".jpg")
+    up.write_bytes(b"x")
+    gallery_image = tmp_path / "gallery.jpg"
+    gallery_image.write_bytes(b"y")
+    s.attach(up); s.attach(gallery_image)
+    s.ask("q"); s.finish("model")
+    s.clear()
+    assert s.turns == [] and s.pending_images == [] and s.messages("model") == []
+    assert not up.exists(), "the session's own upload is deleted"
+    assert gallery_image.exists(), "files outside the session folder are never deleted"
+
+
+def test_upload_paths_are_generated_inside_a_private_session_folder(tmp_path):
+    a, b = ChatState(temp_root=tmp_path), ChatState(temp_root=tmp_path)
+    pa, pb = a.new_upload_path(".JPG"), b.new_upload_path("../../etc/passwd")
+    assert pa.parent == a.session_dir and pb.parent == b.session_dir and a.session_dir != b.session_dir
+    assert pa.suffix == ".jpg" and pb.suffix == ".img" and ".." not in pb.name
+    assert len({a.new_upload_path(".png").name for _ in range(50)}) == 50
+    folder = a.session_dir
+    pa.write_bytes(b"x")
+    a.close()
+    assert not folder.exists()
+
+
+def test_image_limit_per_conversation(tmp_path):
+    s = ChatState(max_images=2)
+    s.attach(tmp_path / "1.jpg"); s.ask("q"); s.finish("model")
+    s.attach(tmp_path / "2.jpg")
+    with pytest.raises(ValueError, match="2 images"):
+        s.attach(tmp_path / "3.jpg")
+
+
+def test_compare_mode_keeps_one_answer_per_model_and_separate_histories():
+    s = ChatState(models=("base", "tuned"))
+    s.ask("q1")
+    s.add_delta("base", "dunno"); s.finish("base")
+    assert not s.is_answered(s.turns[-1])
+    s.add_delta("tuned", "Peking duck"); s.finish("tuned")
+    s.ask("q2")
+    assert s.model_inputs("base")[0] == [("q1", [], "dunno")]
+    assert s.model_inputs("tuned")[0] == [("q1", [], "Peking duck")]
+    assert s.messages("tuned")[1] == {"role": "assistant", "content": "Peking duck"}
+
+
+def test_model_error_is_shown_in_the_chat_after_partial_text():
+    s = ChatState()
+    s.ask("q"); s.add_delta("model", "Half an ans"); s.fail("model", "Model error: CUDA out of memory")
+    assert s.messages("model")[-1] == {"role": "assistant",
+                                       "content": "Half an ans\n\n⚠️ Model error: CUDA out of memory"}
+
+
+def test_stop_request_is_reset_by_the_next_question():
+    s = ChatState()
+    s.ask("q"); s.request_stop()
+    assert s.stop_requested
+    s.finish("model"); s.ask("q2")
+    assert not s.stop_requested
+
+
+def test_each_session_copy_starts_empty(tmp_path):
+    # gr.State deep-copies its initial value for every browser session.
+    template = ChatState(models=("base", "tuned"))
+    template.attach(tmp_path / "a.jpg")
+    session = copy.deepcopy(template)
+    assert session.models == ("base", "tuned") and session.images() == [] and session is not template
