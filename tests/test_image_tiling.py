@@ -284,3 +284,18 @@ def test_token_count_matches_tensor_rows_and_xtuner(tmp_path):
         assert plan.tiles == n and plan.tokens == n * 256 and plan.cols * plan.rows == (n - 1 if n > 1 else 1)
     noise_image(1000, 300).save(tmp_path / "w.png")
     assert it.load_image(tmp_path / "w.png").shape[0] == it.num_tiles(1000, 300)
+
+
+def test_verify_image_checks_whole_file_and_reports_upright_size(tmp_path):
+    buf = io.BytesIO()
+    noise_image(800, 600).save(buf, "JPEG")
+    (tmp_path / "ok.jpg").write_bytes(buf.getvalue())
+    assert it.verify_image(tmp_path / "ok.jpg") == (800, 600)
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    with pytest.raises(it.ImageError, match="cut.jpg"):
+        it.verify_image(tmp_path / "cut.jpg")
+    (tmp_path / "bomb.png").write_bytes(png_header_only(10_000, 10_000))
+    with pytest.raises(it.ImageError, match="bomb.png.*exceeds"):
+        it.verify_image(tmp_path / "bomb.png")
+    with pytest.raises(it.ImageError, match="nope.jpg.*not found"):
+        it.verify_image(tmp_path / "nope.jpg")

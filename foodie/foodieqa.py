@@ -1,0 +1,479 @@
+"""The FoodieQA schema: read a FoodieQA folder, validate it, and hand out clean items.
+
+A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and up to three question files:
+
+- ``sivqa_tidy.json``  single-image VQA: ``question``, ``choices`` (4), ``answer`` ("0"-"3"),
+  ``question_en``, ``choices_en``, ``food_name``, ``question_type``, ``food_meta`` {``food_file``
+  (the image, relative to the folder), ``food_name``, cuisine/region fields, ...};
+- ``mivqa_tidy.json``  multi-image VQA: ``question``, ``images`` (4 paths), ``answer`` (index of the
+  correct image);
+- ``textqa_tidy.json`` text-only multiple choice.
+
+Real files vary (``question_id`` or ``qid``, extra or missing optional fields, JSON or JSON lines),
+so the reader is tolerant of shape and strict about meaning. Every problem is reported with the
+file, the item (index and id), the field and what to do; all problems are collected, not just the
+first. ``skip_bad=True`` drops bad items instead and lists them in ``FoodieQA.skipped``.
+
+    data = load_foodieqa("work/foodieqa-synthetic")
+    for item in data.sivqa:
+        item.question, item.choices, item.answer, data.root / item.image, item.cuisine
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator
+
+from foodie.image_tiling import MAX_IMAGE_PIXELS, ImageError, verify_image
+
+TASKS = ("sivqa", "mivqa", "textqa")
+LETTERS = "ABCD"
+NUM_CHOICES = 4
+UNKNOWN = "unknown"
+
+# food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses
+# ``food_type`` (e.g. "川菜（四川，重庆）"); other releases and our synthetic data use ``cuisine``.
+CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
+
+
+class FoodieQAError(ValueError):
+    """The data cannot be used as is. ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list["Problem"], header: str = ""):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        hint = ("\nFix the items above, or pass skip_bad=True (--skip-bad) to drop them and get a report."
+                if any(p.index is not None for p in problems) else "")
+        super().__init__(f"{header or 'FoodieQA data has problems'} ({len(problems)}):\n{shown}{more}{hint}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one item (or a whole file when ``index`` is None)."""
+    file: str
+    index: int | None
+    item_id: str | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.index is not None:
+            where += f": item {self.index}" + (f" (id {self.item_id})" if self.item_id is not None else "")
+        if self.field:
+            where += f": field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class QAItem:
+    """Fields every FoodieQA question shares. ``answer`` is an int 0-3; ``raw`` is the item as read."""
+    task: str
+    question_id: str
+    index: int  # position in its file
+    question: str
+    answer: int
+    question_en: str | None = None
+    question_type: str = UNKNOWN
+    food_name: str | None = None
+    cuisine: str = UNKNOWN
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer]
+
+    @property
+    def images(self) -> list[str]:
+        """Image paths relative to the data root (empty for text-only questions)."""
+        return []
+
+
+@dataclass
+class SIVQAItem(QAItem):
+    """Single-image question: which of 4 text choices fits the picture."""
+    choices: list[str] = field(default_factory=list)
+    choices_en: list[str] | None = None
+    image: str = ""  # food_meta.food_file, relative to the data root
+    food_meta: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[str]:
+        return [self.image]
+
+
+@dataclass
+class MIVQAItem(QAItem):
+    """Multi-image question: which of 4 pictures answers it; ``answer`` indexes ``image_paths``."""
+    image_paths: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[str]:
+        return list(self.image_paths)
+
+
+@dataclass
+class TextQAItem(QAItem):
+    """Text-only question with 4 text choices."""
+    choices: list[str] = field(default_factory=list)
+    choices_en: list[str] | None = None
+    food_meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class FoodieQA:
+    """A validated FoodieQA folder."""
+    root: Path
+    sivqa: list[SIVQAItem] = field(default_factory=list)
+    mivqa: list[MIVQAItem] = field(default_factory=list)
+    textqa: list[TextQAItem] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # task -> question file read
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel path -> upright (w, h)
+    skipped: list[Problem] = field(default_factory=list)  # problems of items dropped by skip_bad
+
+    def items(self, tasks: Iterable[str] | None = None) -> Iterator[QAItem]:
+        for task in tasks or TASKS:
+            yield from getattr(self, task)
+
+    def __len__(self) -> int:
+        return len(self.sivqa) + len(self.mivqa) + len(self.textqa)
+
+    def image_paths(self) -> list[str]:
+        """Every image used by any item, relative to the root, sorted."""
+        return sorted({p for item in self.items() for p in item.images})
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of an image given relative to the data root."""
+        return (self.root / rel).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers users of the schema need too
+# ---------------------------------------------------------------------------------------------
+
+def cuisine_of(food_meta: dict | None) -> str:
+    """The cuisine/region named in a food_meta dict, or "unknown"."""
+    if not isinstance(food_meta, dict):
+        return UNKNOWN
+    for key in CUISINE_KEYS:
+        value = food_meta.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return UNKNOWN
+
+
+def question_file(data_root: str | os.PathLike, task: str) -> Path | None:
+    """The question file of a task in a FoodieQA folder (``{task}_tidy.json`` or ``.jsonl``), if any."""
+    for name in (f"{task}_tidy.json", f"{task}_tidy.jsonl"):
+        p = Path(data_root) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def read_json_items(path: Path) -> list:
+    """A JSON list (or JSON lines) file as a list; strict UTF-8; errors name the file and the place."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise FoodieQAError([Problem(str(path), None, None, None,
+                                     f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}, line {line}); "
+                                     f"re-save the file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)")],
+                            "cannot read question file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as first:
+        try:  # JSON lines
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise FoodieQAError([Problem(str(path), None, None, None,
+                                         f"invalid JSON at line {first.lineno}, column {first.colno}: {first.msg}")],
+                                "cannot read question file") from None
+    if isinstance(data, dict):  # {"data": [...]} or {id: item}
+        data = data.get("data", data.get("questions", list(data.values())))
+    if not isinstance(data, list):
+        raise FoodieQAError([Problem(str(path), None, None, None,
+                                     f"expected a JSON list of questions, found {type(data).__name__}")],
+                            "cannot read question file")
+    return data
+
+
+def _bad_text(value: Any) -> str | None:
+    """Why a value is not usable text, or None."""
+    if not isinstance(value, str):
+        return f"expected text, found {type(value).__name__} {value!r:.60}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains characters that are not valid UTF-8 (lone surrogate escapes); fix the text"
+    if not value.strip():
+        return "is empty"
+    return None
+
+
+def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
+    """(normalised relative path, None) or (None, why it is unsafe)."""
+    if not isinstance(value, str) or not value.strip():
+        return None, f"expected an image path relative to the data root, found {value!r:.60}"
+    text = value.strip().replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or os.path.isabs(value):
+        return None, (f"image path {value!r} is absolute; give it relative to the data root "
+                      f"(e.g. images/xxx.jpg)")
+    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
+    depth = 0
+    for p in parts:
+        depth += -1 if p == ".." else 1
+        if depth < 0:
+            return None, f"image path {value!r} climbs out of the data root; keep images under the folder"
+    if ".." in parts:
+        return None, f"image path {value!r} contains '..'; write it without parent references"
+    return "/".join(parts), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing one item
+# ---------------------------------------------------------------------------------------------
+
+class _ItemCheck:
+    """Collects problems of one item."""
+
+    def __init__(self, file: str, index: int, raw: Any):
+        self.file, self.index, self.raw = file, index, raw
+        self.item_id: str | None = None
+        self.problems: list[Problem] = []
+
+    def fail(self, field_name: str | None, message: str) -> None:
+        self.problems.append(Problem(self.file, self.index, self.item_id, field_name, message))
+
+    def text(self, key: str, required: bool = True) -> str | None:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "missing; every question needs it")
+            return None
+        why = _bad_text(value)
+        if why:
+            self.fail(key, why)
+            return None
+        return value.strip()
+
+    def choices(self, key: str, required: bool = True) -> list[str] | None:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                self.fail(key, f"missing; give a list of {NUM_CHOICES} choices")
+            return None
+        if not isinstance(value, list) or len(value) != NUM_CHOICES:
+            n = len(value) if isinstance(value, list) else type(value).__name__
+            self.fail(key, f"expected a list of {NUM_CHOICES} choices, found {n}; FoodieQA questions have "
+                           f"exactly 4 options (A-D)")
+            return None
+        out = []
+        for k, c in enumerate(value):
+            why = _bad_text(c)
+            if why:
+                self.fail(f"{key}[{k}]", why)
+                return None
+            out.append(c.strip())
+        return out
+
+    def answer(self) -> int | None:
+        value = self.raw.get("answer")
+        if value is None:
+            self.fail("answer", 'missing; give the index of the correct option as "0"-"3"')
+            return None
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text is None or text not in ("0", "1", "2", "3"):
+            self.fail("answer", f'value {value!r} is out of range; use "0"-"3" (the index of the correct option)')
+            return None
+        return int(text)
+
+    def image(self, key: str, value: Any) -> str | None:
+        rel, why = _safe_relpath(value)
+        if why:
+            self.fail(key, why)
+        return rel
+
+
+def _parse_item(task: str, file: str, index: int, raw: Any) -> tuple[QAItem | None, list[Problem]]:
+    check = _ItemCheck(file, index, raw)
+    if not isinstance(raw, dict):
+        check.fail(None, f"expected a JSON object, found {type(raw).__name__}")
+        return None, check.problems
+    qid = raw.get("question_id", raw.get("qid"))
+    if qid is None or (isinstance(qid, str) and not qid.strip()) or isinstance(qid, (dict, list, bool)):
+        check.fail("question_id", "missing; give every question a unique 'question_id' (or 'qid')")
+        qid = None
+    else:
+        qid = str(qid).strip()
+        check.item_id = qid
+    common = dict(
+        task=task, question_id=qid, index=index,
+        question=check.text("question"), answer=check.answer(),
+        question_en=check.text("question_en", required=False),
+        question_type=str(raw.get("question_type") or UNKNOWN),
+    )
+    food_meta = raw.get("food_meta") if isinstance(raw.get("food_meta"), dict) else {}
+    food_name = raw.get("food_name") or food_meta.get("food_name")
+    common["food_name"] = food_name.strip() if isinstance(food_name, str) and food_name.strip() else None
+    common["cuisine"] = cuisine_of(food_meta) if food_meta else cuisine_of(raw)
+
+    if task == "sivqa":
+        if "food_meta" not in raw:
+            check.fail("food_meta", "missing; single-image questions need food_meta.food_file (the image)")
+            image = None
+        elif not isinstance(raw["food_meta"], dict):
+            check.fail("food_meta", f"expected an object with food_file, found {type(raw['food_meta']).__name__}")
+            image = None
+        else:
+            image = check.image("food_meta.food_file", food_meta.get("food_file"))
+        item = SIVQAItem(**common, choices=check.choices("choices"),
+                         choices_en=check.choices("choices_en", required=False), image=image or "",
+                         food_meta=food_meta, raw=raw)
+    elif task == "mivqa":
+        images = raw.get("images")
+        paths: list[str] = []
+        if not isinstance(images, list) or len(images) != NUM_CHOICES:
+            n = len(images) if isinstance(images, list) else ("missing" if images is None else type(images).__name__)
+            check.fail("images", f"expected a list of {NUM_CHOICES} image paths, found {n}")
+        else:
+            for k, p in enumerate(images):
+                rel = check.image(f"images[{k}]", p)
+                paths.append(rel or "")
+        item = MIVQAItem(**common, image_paths=paths, raw=raw)
+    elif task == "textqa":
+        item = TextQAItem(**common, choices=check.choices("choices"),
+                          choices_en=check.choices("choices_en", required=False), food_meta=food_meta, raw=raw)
+    else:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    return (None if check.problems else item), check.problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a folder
+# ---------------------------------------------------------------------------------------------
+
+def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = None, *,
+                  check_images: bool = True, skip_bad: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                  workers: int = 2) -> FoodieQA:
+    """Read and validate a FoodieQA folder.
+
+    ``tasks``: None reads whichever of sivqa/mivqa/textqa exist; naming tasks makes their files required.
+    ``check_images``: every image must exist and decode completely (also records its size).
+    ``skip_bad``: drop items with problems (reported in ``.skipped``) instead of raising.
+    Raises ``FoodieQAError`` listing every problem (file, item, field, fix).
+    """
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise FoodieQAError([Problem(str(root), None, None, None,
+                                     "data root is not a folder; point it at the FoodieQA folder that holds "
+                                     "sivqa_tidy.json and images/")], "cannot read FoodieQA")
+    root = root.resolve()
+    required = tasks is not None
+    tasks = tuple(tasks) if tasks is not None else TASKS
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    data = FoodieQA(root=root)
+    problems: list[Problem] = []
+    bad_items: set[tuple[str, int]] = set()
+
+    for task in tasks:
+        path = question_file(root, task)
+        if path is None:
+            if required:
+                problems.append(Problem(str(root / f"{task}_tidy.json"), None, None, None,
+                                        f"file not found; the {task} task needs it (or leave {task} out of tasks)"))
+            continue
+        data.files[task] = path
+        try:
+            raws = read_json_items(path)
+        except FoodieQAError as e:
+            problems.extend(e.problems)
+            continue
+        seen: dict[str, int] = {}
+        items = []
+        for index, raw in enumerate(raws):
+            item, item_problems = _parse_item(task, str(path), index, raw)
+            if item is not None and item.question_id in seen:
+                item_problems.append(Problem(str(path), index, item.question_id, "question_id",
+                                             f"duplicate id, also used by item {seen[item.question_id]}; "
+                                             f"ids must be unique within a file"))
+                item = None
+            if item is not None:
+                seen[item.question_id] = index
+                items.append(item)
+            else:
+                bad_items.add((task, index))
+            problems.extend(item_problems)
+        setattr(data, task, items)
+    if not data.files:
+        raise FoodieQAError([Problem(str(root), None, None, None,
+                                     "no question files found (sivqa_tidy.json, mivqa_tidy.json, textqa_tidy.json)")],
+                            "cannot read FoodieQA")
+
+    # Images: every distinct image checked once; every item using a bad image reported.
+    if check_images:
+        paths = sorted({p for item in data.items() for p in item.images})
+        image_problem = {}
+
+        def check(rel: str):
+            try:
+                return rel, verify_image(root / rel, max_pixels=max_pixels), None
+            except ImageError as e:
+                return rel, None, str(e).replace(str(root / rel), rel)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for rel, size, err in pool.map(check, paths):
+                if err:
+                    image_problem[rel] = err
+                else:
+                    data.image_sizes[rel] = size
+        for task in tasks:
+            kept = []
+            for item in getattr(data, task):
+                errs = [(k, p) for k, p in enumerate(item.images) if p in image_problem]
+                for k, p in errs:
+                    name = "food_meta.food_file" if task == "sivqa" else f"images[{k}]"
+                    problems.append(Problem(str(data.files[task]), item.index, item.question_id, name,
+                                            image_problem[p]))
+                if errs:
+                    bad_items.add((task, item.index))
+                else:
+                    kept.append(item)
+            setattr(data, task, kept)
+
+    # Cuisine for items that carry no food_meta (MIVQA, some TextQA): look it up from SIVQA's metadata.
+    by_image = {it.image: it.cuisine for it in data.sivqa if it.cuisine != UNKNOWN}
+    by_name = {it.food_name: it.cuisine for it in data.sivqa if it.food_name and it.cuisine != UNKNOWN}
+    for item in data.mivqa:
+        if item.cuisine == UNKNOWN and item.image_paths:
+            item.cuisine = by_image.get(item.image_paths[item.answer], UNKNOWN)
+    for item in data.textqa:
+        if item.cuisine == UNKNOWN and item.food_name:
+            item.cuisine = by_name.get(item.food_name, UNKNOWN)
+
+    file_level = [p for p in problems if p.index is None]
+    if file_level or (problems and not skip_bad):
+        raise FoodieQAError(problems, f"FoodieQA data in {root} has problems")
+    data.skipped = problems
+    return data
+
+
+def describe(data: FoodieQA) -> str:
+    """One line per task, for logs."""
+    lines = [f"FoodieQA at {data.root}:"]
+    for task in TASKS:
+        if task in data.files:
+            lines.append(f"  {task}: {len(getattr(data, task))} items from {data.files[task].name}")
+    lines.append(f"  images: {len(data.image_paths())}" + (f"; skipped items: {len({(p.file, p.index) for p in data.skipped})}"
+                                                        if data.skipped else ""))
+    return "\n".join(lines)
