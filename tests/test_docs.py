@@ -1,0 +1,229 @@
+"""The docs must stay true: every command they mark as CPU-runnable runs and exits 0, every command they show
+for the GPU path uses scripts, options and make targets that exist, and every link and picture resolves —
+links into the code must point at the lines that hold the symbol they name (tools/doc_links.py).
+
+A fenced block is CPU-runnable when the line before its opening fence is `<!-- cpu-runnable -->`; the blocks
+of one page run in order, in one bash session, from the repository root, with FOODIE_WORK pointing at a
+temporary folder (so the embedded defaults are built there, never in the checkout)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+MARKER = "<!-- cpu-runnable -->"
+
+
+def load_doc_links():
+    spec = importlib.util.spec_from_file_location("doc_links", REPO / "tools" / "doc_links.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["doc_links"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+doc_links = load_doc_links()
+DOCS = doc_links.markdown_docs()
+
+
+def fenced_blocks(doc: Path) -> list[tuple[int, str, bool, str]]:
+    """(line number, info string, marked cpu-runnable, body) of every fenced code block."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)(```+|~~~+)\s*(.*)$", lines[i])
+        if not m:
+            i += 1
+            continue
+        fence, info, start = m.group(2), m.group(3).strip(), i
+        marked = i > 0 and lines[i - 1].strip() == MARKER
+        body = []
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i])
+            i += 1
+        blocks.append((start + 1, info, marked, "\n".join(body)))
+        i += 1
+    return blocks
+
+
+def commands(body: str) -> list[str]:
+    """Shell commands of a block: comments dropped, backslash continuations joined."""
+    out, cur = [], ""
+    for line in body.splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        cur += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+        if not line.rstrip().endswith("\\"):
+            out.append(cur.strip())
+            cur = ""
+    if cur:
+        out.append(cur.strip())
+    return out
+
+
+RUNNABLE = [d for d in DOCS if d.exists() and any(marked for _, _, marked, _ in fenced_blocks(d))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Links and pictures
+# ------------------------------------------------------------------------------------------------
+
+def test_docs_exist():
+    names = {d.name for d in DOCS if d.exists()}
+    assert {"multimodal_llm.md", "internvl2.md", "guide_gpu.md", "troubleshooting.md"} <= names
+
+
+def test_links_and_images_resolve_and_code_anchors_hold_their_symbol():
+    problems = doc_links.check([d for d in DOCS if d.exists()])
+    assert not problems, "broken doc links (run `python tools/doc_links.py --fix` for drifted anchors):\n" + \
+        "\n".join(problems)
+
+
+def test_every_referenced_image_is_committed_or_generated():
+    """Pictures must be in git (or written by a documented command into work/, which the docs say)."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    untracked_ok = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO,
+                                      capture_output=True, text=True).stdout.split())
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        for link in doc_links.links_in(doc):
+            if link.is_image and not re.match(r"^[a-z]+:", link.target):
+                rel = os.path.relpath((doc.parent / link.target.split("#")[0]).resolve(), REPO)
+                # untracked-but-not-ignored counts while a helper works; ignored files (work/) never do
+                assert rel in tracked or rel in untracked_ok, f"{link.where()}: image {rel} is ignored by git"
+
+
+def test_link_checker_catches_rot(tmp_path):
+    """The checker itself: a drifted anchor is reported and --fix moves it onto the symbol."""
+    code = tmp_path / "mod.py"
+    code.write_text("import os\n\n\nclass Model:\n    def __init__(self):\n        self.mlp1 = 1\n\n"
+                    "    def pixel_shuffle(self, x):\n        return x\n\n\nTILE = 448\n")
+    doc = tmp_path / "page.md"
+    doc.write_text("# Title\n\n[`pixel_shuffle`](mod.py#L8-L9) [`Model.mlp1`](mod.py#L6) [`TILE`](mod.py#L1)\n"
+                   "[`return x`](mod.py#L9) [`missing_fn`](mod.py#L2) [x](nothere.py) [h](#title) [h](#nope)\n"
+                   "[no symbol](mod.py#L3)\n")
+    problems = doc_links.check([doc])
+    text = "\n".join(problems)
+    assert "`TILE` is defined at lines 12-12" in text
+    assert "`missing_fn` is not in lines 2-2" in text
+    assert "nothere.py does not exist" in text and "no heading #nope" in text
+    assert "must name its symbol" in text
+    assert "pixel_shuffle" not in text and "mlp1" not in text and "return x" not in text
+    doc_links.check([doc], fix=True)
+    assert "[`TILE`](mod.py#L12)" in doc.read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU-runnable commands
+# ------------------------------------------------------------------------------------------------
+
+def test_markers_sit_on_bash_blocks():
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        lines = doc.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            if line.strip() == MARKER:
+                nxt = lines[n + 1] if n + 1 < len(lines) else ""
+                assert re.match(r"^```(bash|sh)\s*$", nxt), f"{doc.name}:{n + 1}: marker not followed by ```bash"
+
+
+@pytest.fixture(scope="session")
+def docs_work(tmp_path_factory):
+    """A FOODIE_WORK folder; the tiny model is copied in from the test session's fixture when there is one."""
+    work = tmp_path_factory.mktemp("docs-work")
+    return work
+
+
+@pytest.mark.parametrize("doc", RUNNABLE, ids=[d.name for d in RUNNABLE])
+def test_cpu_runnable_commands_exit_0(doc, docs_work, tmp_path):
+    work = docs_work / doc.stem
+    work.mkdir(exist_ok=True)
+    script = ["set -euo pipefail"]
+    for line, _, marked, body in fenced_blocks(doc):
+        if marked:
+            script += [f"echo '>>> {doc.name}:{line}'", body]
+    env = dict(os.environ, FOODIE_WORK=str(work), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, f"{doc.name}: a cpu-runnable block failed (exit {r.returncode})\n" \
+                              f"--- stdout ---\n{r.stdout[-4000:]}\n--- stderr ---\n{r.stderr[-4000:]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU-path commands (not run here): scripts, options and make targets must exist
+# ------------------------------------------------------------------------------------------------
+
+SCRIPT = re.compile(r"(?:^|\s)(?:python3?|\$PY|\.venv/bin/python)\s+((?:tools|demo|bench)/[\w/]+\.py)((?:\s+(?![|;&])\S+)*)")
+
+
+def all_commands():
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        for line, info, _, body in fenced_blocks(doc):
+            if info.split()[:1] in (["bash"], ["sh"], ["shell"], ["console"]):
+                for cmd in commands(body):
+                    for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", cmd):
+                        yield doc, line, part
+
+
+@lru_cache(maxsize=None)
+def help_text(script: str) -> str:
+    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, FOODIE_WORK=str(REPO / "work")))
+    assert r.returncode == 0, f"`python {script} --help` failed:\n{r.stderr[-2000:]}"
+    return r.stdout
+
+
+def make_targets() -> set[str]:
+    text = (REPO / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z][\w-]*)\s*:", text, re.M))
+
+
+def test_documented_commands_use_real_scripts_options_and_targets():
+    uses: dict[str, set[str]] = {}
+    problems = []
+    targets = make_targets()
+    for doc, line, part in all_commands():
+        try:
+            words = shlex.split(part)
+        except ValueError:
+            words = part.split()
+        words = [w for w in words if not re.match(r"^[A-Z_][A-Z0-9_]*=", w)] or words  # drop VAR=value prefixes
+        m = SCRIPT.search(" " + " ".join(words))
+        if m:
+            script = m.group(1)
+            if not (REPO / script).is_file():
+                problems.append(f"{doc.name}:{line}: {script} does not exist")
+                continue
+            opts = {w.split("=")[0] for w in shlex.split(m.group(2)) if w.startswith("--")}
+            uses.setdefault(script, set()).update(opts)
+        elif words[:1] == ["make"]:
+            for w in words[1:]:
+                if not w.startswith("-") and "=" not in w and w not in targets:
+                    problems.append(f"{doc.name}:{line}: make target {w!r} is not in the Makefile")
+        elif words[:2] == ["xtuner", "train"] and len(words) > 2:
+            if not (REPO / words[2]).is_file() and not words[2].startswith("$"):
+                problems.append(f"{doc.name}:{line}: config {words[2]} does not exist")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        helps = dict(zip(uses, pool.map(help_text, uses)))
+    for script, opts in uses.items():
+        for opt in sorted(opts):
+            if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", helps[script]):
+                problems.append(f"{script}: option {opt} is shown in the docs but not in `{script} --help`")
+    assert not problems, "\n".join(problems)
