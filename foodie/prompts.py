@@ -60,3 +60,111 @@ def question_prompt(item, lang: str = "zh") -> tuple[str, list[str]]:
     if item.task == "mivqa":
         return mivqa_prompt(question, lang, len(item.images)), list(item.images)
     raise ValueError(f"no prompt template for task {item.task!r} (templates: sivqa, mivqa)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data (foodie.data_conversion): text-only questions, the multi-image collage, answers
+# ---------------------------------------------------------------------------------------------
+
+ANSWER_STYLES = ("letter", "explain", "tutorial")
+# XTuner's InternVL_V1_5_Dataset takes one image per sample, so multi-image questions are trained on a
+# 2x2 collage of their four pictures (A top-left, B top-right, C bottom-left, D bottom-right).
+MIVQA_LABELS = {"zh": ["图A", "图B", "图C", "图D"], "en": ["Option (A)", "Option (B)", "Option (C)", "Option (D)"]}
+COLLAGE_INTRO = {
+    "zh": "这张图由四张图拼成：左上为图A，右上为图B，左下为图C，右下为图D。",
+    "en": "This picture is made of four pictures: top left is Option (A), top right Option (B), "
+          "bottom left Option (C), bottom right Option (D). ",
+}
+
+
+def textqa_prompt(question: str, choices, lang: str = "zh") -> str:
+    """Text-only multiple choice, authors' text-QA template 0."""
+    opts = format_choices(choices)
+    if lang == "zh":
+        return f"{question.strip()} 选项有: {opts}, 请根据从所提供的选项中选择一个正确答案，为（"
+    if lang == "en":
+        return f"{question.strip()} Here are the options: {opts} If I had to select one of the options, my answer would be ("
+    raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+
+
+def item_text(item, lang: str):
+    """(question, choices or None) of an item in a language; ValueError if the item lacks that language."""
+    if lang not in ("zh", "en"):
+        raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+    choices = getattr(item, "choices", None)
+    if lang == "zh":
+        return item.question, choices
+    choices_en = getattr(item, "choices_en", None)
+    if not item.question_en or (choices is not None and not choices_en):
+        raise ValueError(f"{item.task} question {item.question_id} has no English text "
+                         f"(question_en/choices_en): use lang 'zh'")
+    return item.question_en, choices_en
+
+
+def has_lang(item, lang: str) -> bool:
+    try:
+        item_text(item, lang)
+        return True
+    except ValueError:
+        return False
+
+
+def training_prompt(item, lang: str = "zh", style: str = "letter") -> str:
+    """The user turn of a training sample (``<image>`` marks the one image XTuner feeds).
+
+    Same wording as evaluation asks; multi-image questions are asked about their 2x2 collage; the
+    tutorial style asks the bare question (no options), as the tutorial did.
+    """
+    question, choices = item_text(item, lang)
+    if style == "tutorial":
+        return f"{question}\n{IMAGE_PLACEHOLDER}" if item.images else question
+    if item.task == "sivqa":
+        return f"{IMAGE_PLACEHOLDER}\n{sivqa_prompt(question, choices, lang)}"
+    if item.task == "mivqa":
+        return f"{IMAGE_PLACEHOLDER}\n{COLLAGE_INTRO[lang]}{mivqa_prompt(question, lang, n_images=0)}"
+    if item.task == "textqa":
+        return textqa_prompt(question, choices, lang)
+    raise ValueError(f"no prompt template for task {item.task!r}")
+
+
+def _dish_name(item, lang: str):
+    meta = getattr(item, "food_meta", None) or {}
+    if lang == "en":
+        name = meta.get("food_name_en") or item.raw.get("food_name_en")
+        if name:
+            return name
+    return item.food_name or meta.get("food_name")
+
+
+def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
+    """The assistant turn of a training sample, in one of ``ANSWER_STYLES``.
+
+    letter:   ``B) 粤菜`` (multi-image: ``B) 图B``);
+    explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
+    tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
+    Letter and explain answers start with the option letter, which the evaluation parses.
+    """
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")
+    _, choices = item_text(item, lang)
+    letter = LETTERS[item.answer]
+    dish = _dish_name(item, lang)
+    if item.task == "mivqa":
+        option = MIVQA_LABELS[lang][item.answer]
+        subject = f"{option}中的菜" if lang == "zh" else f"The dish in {option}"
+    else:
+        option = choices[item.answer]
+        subject = ("图中的菜" if lang == "zh" else "The dish in the picture") if item.images else \
+                  ("这道菜" if lang == "zh" else "The dish")
+    if style == "tutorial":
+        if not dish:
+            return option
+        return f"{option}，图中的菜是{dish}" if lang == "zh" else f"{option}, the dish in the picture is {dish}"
+    head = f"{letter}) {option}"
+    if style == "letter":
+        return head
+    if lang == "zh":
+        about = f"{subject}是{dish}，" if dish else ""
+        return f"{head}。{about}所以答案是（{letter}) {option}。"
+    about = f"{subject} is {dish}, so " if dish else "So "
+    return f"{head}. {about}the answer is ({letter}) {option}."
