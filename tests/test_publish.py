@@ -1,0 +1,406 @@
+"""tools/publish.py: checks that stop bad publishes, the model card, and uploads to a local stand-in of the
+Hugging Face Hub HTTP API (tests/hub_standin.py) through huggingface_hub itself."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+from safetensors.numpy import save_file
+
+from foodie.publish import (ACK_FLAG, CARD_FILE, CARD_MARKER, PROVENANCE_FILE, PublishError, check_checkpoint,
+                            publish)
+from hub_standin import HubStandin  # tests/ is on sys.path (pytest rootdir-less import)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "hf_standinSECRET0123456789abcdef"
+REPO_ID = "tester/InternVL2-2B-FoodieQA"
+
+PROVENANCE = {
+    "base_model": "OpenGVLab/InternVL2-2B",
+    "config": "xtuner_configs/internvl2_2b_foodie_lora.py",
+    "config_summary": {"lr": 3e-5, "epochs": 3, "batch_size": 4, "max_length": 4096},
+    "checkpoint": "work/runs/foodie/iter_120.pth",
+    "date": "2026-11-26T01:00:00Z",
+    "lora": {"r": 128, "alpha": 256, "dropout": 0.05},
+    "data": {"name": "lyan62/FoodieQA", "synthetic": False, "train_questions": 200, "held_out": 56},
+}
+EVAL_MD = """# FoodieQA held-out evaluation
+
+| model | questions | accuracy zh |
+|---|---|---|
+| InternVL2-2B | 56 | 48.21 |
+| fine-tuned | 56 | 62.50 |
+
+![accuracy chart](accuracy.png)
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a small checkpoint folder in the official InternVL2 layout
+
+
+def _write_remote_code(d: Path) -> None:
+    code = {
+        "configuration_internvl_chat.py": "from .configuration_intern_vit import InternVisionConfig\n"
+                                          "from .configuration_internlm2 import InternLM2Config\n"
+                                          "class InternVLChatConfig:\n    pass\n",
+        "configuration_intern_vit.py": "class InternVisionConfig:\n    pass\n",
+        "configuration_internlm2.py": "class InternLM2Config:\n    pass\n",
+        "modeling_internvl_chat.py": "from .configuration_internvl_chat import InternVLChatConfig\n"
+                                     "from .modeling_intern_vit import InternVisionModel\n"
+                                     "from .modeling_internlm2 import InternLM2ForCausalLM\n"
+                                     "from .conversation import get_conv_template\n"
+                                     "class InternVLChatModel:\n    pass\n",
+        "modeling_intern_vit.py": "class InternVisionModel:\n    pass\n",
+        "modeling_internlm2.py": "class InternLM2ForCausalLM:\n    pass\n",
+        "conversation.py": "def get_conv_template(name):\n    return name\n",
+        "tokenization_internlm2.py": "class InternLM2Tokenizer:\n    pass\n",
+    }
+    for name, text in code.items():
+        (d / name).write_text(text)
+
+
+def make_checkpoint(d: Path, *, sharded: bool = False, provenance: dict | None = PROVENANCE) -> Path:
+    d.mkdir(parents=True)
+    config = {
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "template": "internlm2-chat",
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+                     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"},
+        "force_image_size": 448, "max_dynamic_patch": 12, "downsample_ratio": 0.5,
+        "vision_config": {"model_type": "intern_vit_6b", "hidden_size": 8},
+        "llm_config": {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"], "hidden_size": 16},
+    }
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 92542]}))
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "InternLM2Tokenizer", "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}}))
+    (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
+    (d / "tokenizer.model").write_bytes(np.random.default_rng(1).bytes(3000))
+    _write_remote_code(d)
+    rng = np.random.default_rng(0)
+    vision = {"vision_model.embeddings.patch_embedding.weight": rng.standard_normal((8, 3, 14, 14), np.float32),
+              "vision_model.encoder.layers.0.attn.qkv.weight": rng.standard_normal((24, 8), np.float32)}
+    rest = {"mlp1.1.weight": rng.standard_normal((16, 32), np.float32),
+            "language_model.model.tok_embeddings.weight": rng.standard_normal((300, 16), np.float32),
+            "language_model.output.weight": rng.standard_normal((300, 16), np.float32)}
+    if sharded:
+        save_file(vision, str(d / "model-00001-of-00002.safetensors"))
+        save_file(rest, str(d / "model-00002-of-00002.safetensors"))
+        weight_map = {**{k: "model-00001-of-00002.safetensors" for k in vision},
+                      **{k: "model-00002-of-00002.safetensors" for k in rest}}
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    else:
+        save_file({**vision, **rest}, str(d / "model.safetensors"))
+    if provenance is not None:
+        (d / PROVENANCE_FILE).write_text(json.dumps(provenance))
+    return d
+
+
+def files_of(d: Path) -> set[str]:
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def run_cli(*args: str, env_extra: dict | None = None, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "MODELSCOPE"))}
+    env.update({"COLUMNS": "200", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "publish.py"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dry run: exact file list and card
+
+
+def test_dry_run_lists_exact_files_and_writes_the_card(tmp_path):
+    model = make_checkpoint(tmp_path / "merged", sharded=True)
+    (model / ".cache").mkdir()
+    (model / ".cache" / "junk").write_text("not uploaded")
+    report = tmp_path / "report.md"
+    report.write_text(EVAL_MD)
+    expected = files_of(model) - {".cache/junk"} | {CARD_FILE}
+
+    console = quiet()
+    result = publish(model, REPO_ID, "hf", dry_run=True, eval_report=report, accept_foodieqa_licence=True,
+                     console=console)
+
+    assert result.url is None
+    assert {f.path for f in result.files} == expected
+    assert {f.path: f.size for f in result.files} == {p: (model / p).stat().st_size for p in expected}
+    out = console.file.getvalue()
+    for path in expected:
+        assert path in out
+    assert f"{len(expected)} files" in out and "nothing uploaded" in out
+
+    card = (model / CARD_FILE).read_text()
+    assert result.card_path == model / CARD_FILE
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    meta = yaml.safe_load(front)
+    assert meta["base_model"] == "OpenGVLab/InternVL2-2B"
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-text-to-text"
+    assert meta["datasets"] == ["lyan62/FoodieQA"]
+    assert meta["license"] == "cc-by-nc-nd-4.0"
+    assert {"internvl2", "foodieqa"} <= set(meta["tags"])
+    assert CARD_MARKER in body
+    assert "# InternVL2-2B-FoodieQA" in body
+    assert "CC BY-NC-ND 4.0" in body and "non-commercial" in body
+    # training summary from the provenance note
+    assert "| lora: r | 128 |" in body and "| lora: alpha | 256 |" in body
+    assert "| config | xtuner_configs/internvl2_2b_foodie_lora.py |" in body
+    assert "| config: lr | 3e-05 |" in body and "| data: held_out | 56 |" in body
+    # the evaluation table, verbatim, headings below the card's, the local chart dropped
+    assert "### FoodieQA held-out evaluation" in body
+    assert "| fine-tuned | 56 | 62.50 |" in body and "| InternVL2-2B | 56 | 48.21 |" in body
+    assert "](accuracy.png)" not in body
+    # usage with transformers and LMDeploy
+    assert f'path = "{REPO_ID}"' in body and "trust_remote_code=True" in body and "def load_image(" in body
+    assert 'ChatTemplateConfig("internvl2-internlm2")' in body and f'pipeline("{REPO_ID}"' in body
+    assert "## Limitations" in body
+    # parameter count from the safetensors headers: 8*3*14*14 + 24*8 + 16*32 + 2*300*16
+    assert f"{8 * 3 * 14 * 14 + 24 * 8 + 16 * 32 + 2 * 300 * 16:,}" in body
+
+
+def test_card_snippet_is_valid_python_and_metrics_json_becomes_a_table(tmp_path):
+    model = make_checkpoint(tmp_path / "merged")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"sivqa": {"zh": {"accuracy": 0.625, "n": 56}}, "model": "merged"}))
+    publish(model, REPO_ID, "hf", dry_run=True, eval_report=metrics, accept_foodieqa_licence=True, console=quiet())
+    card = (model / CARD_FILE).read_text()
+    assert "| sivqa.zh.accuracy | 0.625 |" in card and "| sivqa.zh.n | 56 |" in card
+    for block in card.split("```python\n")[1:]:
+        compile(block.split("```")[0], "card snippet", "exec")
+
+
+def test_card_load_image_matches_the_project_preprocessing(tmp_path):
+    """The card's self-contained load_image gives the tensors foodie.image_tiling (checked against the
+    official code) gives, so people using the published model feed it images the way it was trained."""
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from foodie.image_tiling import load_image as project_load_image
+    from foodie.publish import USAGE_TRANSFORMERS
+
+    snippet = USAGE_TRANSFORMERS.split("```python\n")[1].split("path = ")[0]
+    namespace: dict = {}
+    exec(compile(snippet, "card snippet", "exec"), namespace)
+    rng = np.random.default_rng(3)
+    # square, wide, tall, a tie between 1x2 and 2x1 (aspect 1.25), tiny
+    for w, h in [(448, 448), (1600, 500), (300, 900), (1120, 896), (60, 40)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        ours, theirs = namespace["load_image"](str(path)), project_load_image(path)
+        assert ours.shape == theirs.shape, (w, h)
+        assert torch.allclose(ours, theirs, atol=1e-5), (w, h)
+
+
+def test_card_without_provenance_says_so_and_synthetic_needs_no_ack(tmp_path):
+    bare = make_checkpoint(tmp_path / "bare", provenance=None)
+    publish(bare, REPO_ID, "hf", dry_run=True, accept_foodieqa_licence=True, console=quiet())
+    card = (bare / CARD_FILE).read_text()
+    assert "training setup is not recorded" in card and "No evaluation report" in card
+
+    synthetic = make_checkpoint(tmp_path / "synthetic", provenance={"data": {"name": "synthetic", "synthetic": True}})
+    publish(synthetic, REPO_ID, "hf", dry_run=True, console=quiet())  # no acknowledgement needed
+    meta = yaml.safe_load((synthetic / CARD_FILE).read_text().split("---\n")[1])
+    assert meta["license"] == "mit" and "datasets" not in meta
+    assert "synthetic data only" in (synthetic / CARD_FILE).read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checks that stop bad publishes (through the command line, as users meet them)
+
+
+@pytest.mark.parametrize("repo_id", ["tester/foodie-2b", "tester/internvl2-foodie"])
+def test_name_without_InternVL_is_refused(tmp_path, repo_id):
+    model = make_checkpoint(tmp_path / "merged")
+    proc = run_cli("--model", str(model), "--repo-id", repo_id, "--hub", "hf", "--dry-run", ACK_FLAG)
+    assert proc.returncode == 2
+    assert '"InternVL"' in proc.stderr and "course requires" in proc.stderr
+    assert not (model / CARD_FILE).exists()
+
+
+def test_foodieqa_model_needs_the_licence_acknowledgement(tmp_path):
+    model = make_checkpoint(tmp_path / "merged")
+    proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    assert proc.returncode == 2
+    assert "CC BY-NC-ND 4.0" in proc.stderr and ACK_FLAG in proc.stderr and "NonCommercial" in proc.stderr
+    assert not (model / CARD_FILE).exists()
+    ok = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run", ACK_FLAG)
+    assert ok.returncode == 0, ok.stderr
+    assert (model / CARD_FILE).exists()
+
+
+def _break(model: Path, how: str) -> str:
+    """Damage the folder; return text the error must contain (the file it names)."""
+    if how == "no config":
+        (model / "config.json").unlink()
+        return "config.json: missing"
+    if how == "pickle weights":
+        (model / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+        return "pytorch_model.bin: pickle file"
+    if how == "no remote code":
+        (model / "modeling_intern_vit.py").unlink()  # imported by modeling_internvl_chat.py
+        return "modeling_intern_vit.py: missing"
+    if how == "no auto_map":
+        config = json.loads((model / "config.json").read_text())
+        del config["auto_map"]
+        (model / "config.json").write_text(json.dumps(config))
+        return "auto_map must name AutoConfig and AutoModel"
+    if how == "no tokenizer":
+        (model / "tokenizer.model").unlink()
+        return "no tokenizer vocabulary"
+    if how == "missing shard":
+        (model / "model-00002-of-00002.safetensors").unlink()
+        return "model-00002-of-00002.safetensors: missing"
+    if how == "truncated shard":
+        shard = model / "model-00001-of-00002.safetensors"
+        shard.write_bytes(shard.read_bytes()[:-100])
+        return "model-00001-of-00002.safetensors: unreadable safetensors file"
+    if how == "unmerged lora":
+        save_file({"language_model.model.layers.0.attention.wqkv.lora_A.weight": np.zeros((4, 4), np.float32)},
+                  str(model / "model-00002-of-00002.safetensors"))
+        return "model-00002-of-00002.safetensors: lacks tensor"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["no config", "pickle weights", "no remote code", "no auto_map", "no tokenizer",
+                                 "missing shard", "truncated shard", "unmerged lora"])
+def test_non_loadable_folders_are_refused(tmp_path, how):
+    model = make_checkpoint(tmp_path / "merged", sharded=True)
+    check_checkpoint(model)  # intact: passes
+    expected = _break(model, how)
+    with pytest.raises(PublishError) as err:
+        publish(model, REPO_ID, "hf", dry_run=True, accept_foodieqa_licence=True, console=quiet())
+    assert expected in str(err.value)
+    assert not (model / CARD_FILE).exists()
+
+
+def test_lora_tensors_left_in_the_weights_are_refused(tmp_path):
+    model = make_checkpoint(tmp_path / "merged")
+    weights = {"vision_model.x": np.zeros(2, np.float32), "mlp1.0.weight": np.zeros(2, np.float32),
+               "language_model.model.layers.0.attention.wqkv.lora_A.weight": np.zeros(2, np.float32)}
+    save_file(weights, str(model / "model.safetensors"))
+    with pytest.raises(PublishError, match="unmerged LoRA weights"):
+        check_checkpoint(model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# uploads to the local stand-in of the hub
+
+
+def _hf_env(hub: HubStandin, tmp_path: Path, token: str | None = TOKEN) -> dict:
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_VERBOSITY": "debug",
+           "HF_HUB_ETAG_TIMEOUT": "5"}
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def _assert_same_bytes(hub: HubStandin, model: Path):
+    remote = hub.state.repos[REPO_ID]["files"]
+    assert set(remote) == files_of(model)
+    for path, data in remote.items():
+        assert hashlib.sha256(data).hexdigest() == hashlib.sha256((model / path).read_bytes()).hexdigest(), path
+
+
+def test_upload_sends_every_file_byte_for_byte_and_never_shows_the_token(tmp_path):
+    model = make_checkpoint(tmp_path / "merged", sharded=True)
+    with HubStandin(TOKEN) as hub:
+        proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--private", ACK_FLAG,
+                       env_extra=_hf_env(hub, tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        _assert_same_bytes(hub, model)
+        state = hub.state
+        assert state.repos[REPO_ID]["private"] is True
+        # LFS carried the weights and the tokenizer model; the rest went inside the commit
+        lfs_paths = {p for p in files_of(model) if p.endswith((".safetensors", ".model"))}
+        assert sorted(state.lfs_puts) == sorted(hashlib.sha256((model / p).read_bytes()).hexdigest()
+                                                for p in lfs_paths)
+        assert len(state.commits) == 1 and state.commits[0]["paths"] == sorted(files_of(model))
+        # the token was used (every request carried it) and never appears in what the user sees
+        assert state.authorizations and all(a == f"Bearer {TOKEN}" for a in state.authorizations)
+        assert state.storage_authorizations and not any(state.storage_authorizations)  # not sent to storage
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert TOKEN[3:20] not in proc.stdout + proc.stderr
+    assert "Published" in proc.stdout and "README.md" in proc.stdout
+
+
+def test_interrupted_upload_continues_when_rerun(tmp_path):
+    model = make_checkpoint(tmp_path / "merged", sharded=True)
+    shard_oid = hashlib.sha256((model / "model-00002-of-00002.safetensors").read_bytes()).hexdigest()
+    with HubStandin(TOKEN) as hub:
+        hub.state.fail_put_once = {shard_oid}
+        first = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
+                        env_extra=_hf_env(hub, tmp_path))
+        assert first.returncode == 2
+        assert "Re-running the same command continues" in first.stderr
+        assert hub.state.commits == [] and hub.state.repos[REPO_ID]["files"] == {}
+        stored_before = set(hub.state.lfs)
+        assert stored_before and shard_oid not in stored_before
+        puts_before = len(hub.state.lfs_puts)
+
+        second = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
+                         env_extra=_hf_env(hub, tmp_path))
+        assert second.returncode == 0, second.stderr
+        assert hub.state.lfs_puts[puts_before:] == [shard_oid]  # only the file that did not make it
+        _assert_same_bytes(hub, model)
+
+        # publishing the same folder again sends nothing and makes no empty commit
+        third = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
+                        env_extra=_hf_env(hub, tmp_path))
+        assert third.returncode == 0, third.stderr
+        assert hub.state.lfs_puts[puts_before:] == [shard_oid] and len(hub.state.commits) == 1
+    for proc in (first, second, third):
+        assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_missing_or_rejected_token_is_a_clear_error(tmp_path):
+    model = make_checkpoint(tmp_path / "merged")
+    with HubStandin(TOKEN) as hub:
+        missing = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
+                          env_extra=_hf_env(hub, tmp_path, token=None))
+        assert missing.returncode == 2
+        assert "No Hugging Face token" in missing.stderr and "HF_TOKEN" in missing.stderr
+        assert hub.state.requests == []
+
+        wrong = "hf_wrongTOKEN9876543210"
+        rejected = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
+                           env_extra=_hf_env(hub, tmp_path, token=wrong))
+        assert rejected.returncode == 2
+        assert "rejected the token from the HF_TOKEN environment variable (401" in rejected.stderr
+        assert wrong not in rejected.stdout + rejected.stderr
+        assert hub.state.repos == {}
+        assert hub.state.authorizations == [f"Bearer {wrong}"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ModelScope: the real service cannot be reached offline
+
+
+def test_modelscope_without_its_client_explains_how_to_install(tmp_path):
+    try:
+        import modelscope_hub  # noqa: F401
+        pytest.skip("modelscope is installed here; this test covers the missing-client message")
+    except ImportError:
+        pass
+    model = make_checkpoint(tmp_path / "merged")
+    proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "modelscope", ACK_FLAG,
+                   env_extra={"MODELSCOPE_API_TOKEN": TOKEN})
+    assert proc.returncode == 2
+    assert "pip install 'internvl-foodie[publish]'" in proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Publish a merged InternVL2 checkpoint to the Hugging Face Hub or ModelScope with a model card.
+
+    python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf --dry-run
+    python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf \\
+        --eval-report work/eval/report.md --i-accept-foodieqa-license
+
+Checks the name (must contain "InternVL"), the folder (a loadable official-format checkpoint, no pickle
+files) and the FoodieQA licence before anything leaves the machine; writes README.md (the model card) into
+the folder; prints the files and their size; then uploads with the hub's own client. --dry-run stops after
+writing the card. The token comes from HF_TOKEN / `hf auth login` (hf) or MODELSCOPE_API_TOKEN /
+`modelscope login` (modelscope) and is never printed. An interrupted upload continues when re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+
+from foodie.publish import ACK_FLAG, HUBS, PublishError, publish  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="merged checkpoint folder (tools/convert_to_official.py)")
+    parser.add_argument("--repo-id", required=True, help='OWNER/NAME; NAME must contain "InternVL"')
+    parser.add_argument("--hub", required=True, choices=HUBS)
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry-run", action="store_true", help="check, write the card, list the files; upload nothing")
+    parser.add_argument("--eval-report", help="tools/eval_food.py's report (.md) or metrics (.json) for the card")
+    parser.add_argument(ACK_FLAG, dest="accept_licence", action="store_true",
+                        help="acknowledge that FoodieQA is CC BY-NC-ND 4.0 (needed to publish a model trained on it)")
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        result = publish(args.model, args.repo_id, args.hub, private=args.private, dry_run=args.dry_run,
+                         eval_report=args.eval_report, accept_foodieqa_licence=args.accept_licence, console=console)
+    except PublishError as e:
+        print(f"Not published: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted. Re-run the same command to continue the upload.", file=sys.stderr)
+        return 130
+    if result.url:
+        console.print(f"[bold green]Published[/] {result.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
