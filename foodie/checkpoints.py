@@ -1,0 +1,160 @@
+"""Training checkpoints that are either complete or absent, and finding the last complete one.
+
+MMEngine's ``CheckpointHook`` writes ``iter_N.pth`` in place, deletes the oldest kept checkpoint
+*before* writing the new one, and writes ``last_checkpoint`` in place: a run killed at the wrong
+moment leaves a truncated checkpoint, a ``last_checkpoint`` naming it, or (keeping one) nothing.
+
+``AtomicCheckpointHook`` writes each checkpoint under a hidden temporary name, renames it into place
+only when every rank has finished, then prunes old ones and rewrites ``last_checkpoint`` atomically.
+``latest_complete_checkpoint`` does not trust ``last_checkpoint`` at all: it scans the work dir and
+validates each candidate (a file or, with DeepSpeed, a folder of ZeRO shards), newest first.
+
+torch >= 2.6 loads with ``weights_only=True``; ``allow_checkpoint_globals`` allow-lists exactly the
+non-tensor types an MMEngine/XTuner checkpoint holds, instead of turning the safety check off.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+from mmengine.dist import barrier, is_main_process
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
+
+from foodie.atomic import write_text
+
+CKPT_NAME = re.compile(r"^iter_(\d+)\.pth$")
+PARTIAL_SUFFIX = ".partial"
+
+
+# --------------------------------------------------------------------------- validation
+
+def _is_complete_torch_file(path: Path) -> bool:
+    """A torch.save zip archive is complete when its central directory (written last) is readable."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a whole checkpoint: a readable torch archive, or a DeepSpeed folder
+    whose model-state and optimizer shards are all readable archives."""
+    path = Path(path)
+    if path.is_file():
+        return _is_complete_torch_file(path)
+    if path.is_dir():
+        shards = sorted(path.rglob("*.pt"))
+        has_model = any(s.name.endswith("model_states.pt") for s in shards)
+        return has_model and all(_is_complete_torch_file(s) for s in shards)
+    return False
+
+
+def checkpoint_iter(path: str | os.PathLike) -> int | None:
+    m = CKPT_NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(work_dir: str | os.PathLike) -> list[Path]:
+    """``iter_N.pth`` files/folders in ``work_dir``, oldest first (by N); partial ones excluded."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    found = [p for p in work_dir.iterdir() if checkpoint_iter(p) is not None]
+    return sorted(found, key=checkpoint_iter)
+
+
+def latest_complete_checkpoint(work_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint in ``work_dir`` that validates, or None. Never reads ``last_checkpoint``."""
+    for path in reversed(list_checkpoints(work_dir)):
+        if is_complete_checkpoint(path):
+            return path
+    return None
+
+
+# --------------------------------------------------------------------------- torch.load allow-list
+
+def checkpoint_globals() -> list:
+    """The non-tensor globals found in MMEngine/XTuner training checkpoints (message hub history,
+    numpy scalars and arrays in logged values, the optimizer-state defaultdict)."""
+    import collections
+
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if hasattr(np, "_core"):  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    else:  # numpy 1.x (the gpu profile pins numpy<2)
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes,
+            collections.OrderedDict, collections.defaultdict]
+
+
+def allow_checkpoint_globals() -> None:
+    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6) read our checkpoints."""
+    import torch.serialization
+
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals(checkpoint_globals())
+
+
+# --------------------------------------------------------------------------- the hook
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """``CheckpointHook`` whose checkpoints appear only when complete.
+
+    Order per save: write ``.iter_N.pth.partial`` -> barrier -> rename to ``iter_N.pth`` -> delete
+    checkpoints beyond ``max_keep_ckpts`` -> atomically rewrite ``last_checkpoint``. At any kill point
+    the previous complete checkpoints are still on disk. Works for files and DeepSpeed folders on a
+    local file system (the out_dir must be local).
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and Path(self.out_dir).is_dir():
+            for stale in Path(self.out_dir).glob(f".iter_*.pth{PARTIAL_SUFFIX}"):
+                _remove(stale)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        name = self.filename_tmpl.format(step)
+        final = Path(self.out_dir) / name
+        partial = Path(self.out_dir) / f".{name}{PARTIAL_SUFFIX}"
+
+        drop: list[int] = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                drop.append(self.keep_ckpt_ids[0])
+            self.keep_ckpt_ids.append(step)  # deque(maxlen=max_keep_ckpts) drops the oldest id
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+
+        self.last_ckpt = str(final)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+
+        if is_main_process():
+            _remove(partial)
+        barrier()
+        runner.save_checkpoint(
+            self.out_dir, partial.name, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        barrier()  # every rank has written its shards
+        if not is_main_process():
+            return
+        _remove(final)
+        os.replace(partial, final)
+        for old in drop:
+            _remove(Path(self.out_dir) / self.filename_tmpl.format(old))
+        write_text(Path(runner.work_dir) / "last_checkpoint", self.last_ckpt)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,189 @@
+"""Run ``xtuner train`` so that a failure is reported as one, and resume from a complete checkpoint.
+
+``xtuner train`` exits 0 even when training crashed (its CLI ignores the child's exit status), and
+MMEngine's ``last_checkpoint`` can name a checkpoint that a kill cut short. ``run_training``:
+
+1. reads the config (paths, work_dir) and makes sure the embedded default model and data exist
+   (building them with the project's own commands) or names the missing path and the fix;
+2. on resume, picks the newest checkpoint that validates (``foodie.checkpoints``) and passes it
+   explicitly (``--cfg-options resume=True load_from=...``; MMEngine's ``last_checkpoint`` is not read);
+3. prints and runs the exact ``xtuner train ...`` command with the venv's ``bin`` first on PATH
+   (XTuner starts ``python``/``torchrun`` from PATH), tee-ing output to ``<work_dir>/train-*.log``;
+4. declares success only when the process exited 0, printed no traceback, and a complete checkpoint
+   of the final iteration exists; otherwise raises ``TrainingFailed`` with the reason and the log.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from foodie import paths
+from foodie.checkpoints import checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint, list_checkpoints
+
+DEFAULT_CONFIG = paths.REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
+TRACEBACK = "Traceback (most recent call last)"
+ITER_LINE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainPlan:
+    config: Path
+    work_dir: Path
+    model_path: str
+    data_path: Path
+    resume_from: Path | None
+    command: list[str]
+    env: dict
+
+
+def embedded_data_xtuner_dir() -> Path:
+    """process_food output of the synthetic FoodieQA (the CPU config's default FOODIE_DATA)."""
+    return paths.work_dir() / "foodieqa-synthetic-xtuner"
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def _load_config(config: Path):
+    from mmengine.config import Config
+
+    if not config.is_file():
+        raise TrainingFailed(f"config not found: {config}. Configs live in {paths.REPO_ROOT / 'xtuner_configs'}; "
+                             f"pass one with --config (make train CONFIG=...).")
+    try:
+        return Config.fromfile(str(config))
+    except Exception as e:  # syntax errors, bad _base_/read_base, missing env-derived files
+        raise TrainingFailed(f"cannot read config {config}: {type(e).__name__}: {e}") from e
+
+
+def ensure_inputs(model_path: str, data_path: Path) -> None:
+    """Build the embedded default model/data when the config points at them and they are missing;
+    any other missing path is an error naming the variable to set."""
+    tools = paths.REPO_ROOT / "tools"
+    py = sys.executable
+    model_dir = Path(model_path)
+    if model_dir.resolve() == paths.tiny_model_dir() and not (model_dir / "config.json").is_file():
+        _build([py, str(tools / "make_tiny_model.py"), "--out", str(model_dir)], "embedded tiny model")
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_dir.exists()
+    if hub_id:
+        print(f"[train] FOODIE_MODEL is not a folder: loading {model_path!r} from the model hub "
+              f"(needs network; set FOODIE_MODEL=/path/to/InternVL2-2B for a local copy)", flush=True)
+    elif not (model_dir / "config.json").is_file():
+        raise TrainingFailed(f"model folder not found or without config.json: {model_path}. Set FOODIE_MODEL to "
+                             f"an InternVL2 checkpoint folder (embedded one: python tools/make_tiny_model.py).")
+    if not data_path.is_file():
+        data_root = data_path.parent
+        if data_root.resolve() == embedded_data_xtuner_dir():
+            demo = paths.demo_data_dir()
+            if not demo.is_dir():
+                _build([py, str(tools / "make_demo_data.py"), "--out", str(demo)], "synthetic FoodieQA")
+            _build([py, str(tools / "process_food.py"), "--data-root", str(demo), "--out", str(data_root)],
+                   "XTuner training data from the synthetic FoodieQA")
+        if not data_path.is_file():
+            raise TrainingFailed(f"training data not found: {data_path}. Set FOODIE_DATA to the output folder of "
+                                 f"`python tools/process_food.py --data-root <FoodieQA folder> --out <folder>`.")
+
+
+def _build(cmd: list[str], what: str) -> None:
+    print(f"[train] building the {what}: {shlex.join(cmd)}", flush=True)
+    done = subprocess.run(cmd, cwd=paths.REPO_ROOT)
+    if done.returncode != 0:
+        raise TrainingFailed(f"building the {what} failed (exit {done.returncode}): {shlex.join(cmd)}")
+
+
+def plan_training(config: str | os.PathLike | None = None, *, resume: bool = False,
+                  work_dir: str | os.PathLike | None = None, deepspeed: str | None = None,
+                  extra_args: list[str] | None = None, nproc: int | None = None) -> TrainPlan:
+    config = Path(config or DEFAULT_CONFIG).resolve()
+    cfg = _load_config(config)
+    work_dir = Path(work_dir or cfg.get("work_dir") or paths.work_dir() / "train" / config.stem).resolve()
+    model_path = str(cfg.get("path", ""))
+    data_path = Path(str(cfg.get("data_path", "")))
+
+    resume_from = None
+    if resume:
+        resume_from = latest_complete_checkpoint(work_dir)
+        for ckpt in list_checkpoints(work_dir):
+            if resume_from is not None and checkpoint_iter(ckpt) > checkpoint_iter(resume_from):
+                print(f"[train] skipping incomplete checkpoint {ckpt}", flush=True)
+
+    xtuner = _venv_bin() / "xtuner"
+    if not xtuner.exists():
+        raise TrainingFailed(f"{xtuner} not found: install the project first (make venv).")
+    cmd = [str(xtuner), "train", str(config), "--work-dir", str(work_dir)]
+    if deepspeed:
+        cmd += ["--deepspeed", deepspeed]
+    if resume_from is not None:
+        cmd += ["--cfg-options", "resume=True", f"load_from={resume_from}"]
+    cmd += list(extra_args or [])
+
+    env = dict(os.environ)
+    env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if nproc:
+        env["NPROC_PER_NODE"] = str(nproc)
+    return TrainPlan(config, work_dir, model_path, data_path, resume_from, cmd, env)
+
+
+def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
+    """Run the plan; return the final checkpoint or raise TrainingFailed."""
+    if build_inputs:
+        ensure_inputs(plan.model_path, plan.data_path)
+    if plan.resume_from is not None:
+        print(f"[train] resuming from {plan.resume_from} (iteration {checkpoint_iter(plan.resume_from)})", flush=True)
+    plan.work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = plan.work_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    before = {p: p.stat().st_mtime_ns for p in list_checkpoints(plan.work_dir)}
+    nproc = plan.env.get("NPROC_PER_NODE")
+    print(f"[train] running:{' NPROC_PER_NODE=' + nproc if nproc else ''} {shlex.join(plan.command)}", flush=True)
+    print(f"[train] log: {log_path}", flush=True)
+
+    saw_traceback, total_iters, tail = False, None, []
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(plan.command, cwd=paths.REPO_ROOT, env=plan.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            saw_traceback |= TRACEBACK in line
+            if m := ITER_LINE.search(line):
+                total_iters = int(m.group(2))
+            tail = (tail + [line.rstrip()])[-40:]
+        rc = proc.wait()
+
+    final = latest_complete_checkpoint(plan.work_dir)
+    new = final is not None and before.get(final) != final.stat().st_mtime_ns
+    reasons = []
+    if rc != 0:
+        reasons.append(f"xtuner exited with status {rc}")
+    if saw_traceback:
+        reasons.append("a Python traceback was printed")
+    if not new:
+        reasons.append("no new complete checkpoint was written")
+    elif total_iters is not None and checkpoint_iter(final) != total_iters:
+        reasons.append(f"the newest checkpoint is {final.name}, not iteration {total_iters}")
+    if reasons:
+        error = next((ln for ln in reversed(tail) if re.match(r"^\w*(Error|Exception)\b", ln)), None)
+        raise TrainingFailed("training failed: " + "; ".join(reasons)
+                             + (f"\n  last error: {error}" if error else "")
+                             + f"\n  full log: {log_path}"
+                             + f"\n  command: {shlex.join(plan.command)}"
+                             + ("\n  after fixing it, continue with: make train RESUME=1"
+                                f" CONFIG={plan.config}" if list_checkpoints(plan.work_dir) else ""))
+    return final
+
+
+def describe_checkpoint(ckpt: Path) -> str:
+    kind = "DeepSpeed folder (ZeRO shards)" if ckpt.is_dir() else "file"
+    return f"{ckpt} ({kind}, iteration {checkpoint_iter(ckpt)}, complete={is_complete_checkpoint(ckpt)})"

@@ -1,0 +1,97 @@
+"""XTuner's InternVL dataset, tokenising conversations exactly as the model's ``chat()`` does.
+
+``xtuner.dataset.InternVL_V1_5_Dataset`` ignores the template it is given: for InternLM2 it hard-codes
+the turn markup and the system prompt "You are an AI assistant whose name is InternLM (书生·浦语).",
+while InternVL2's ``chat()`` (and ``foodie.inference``) render the checkpoint's own conversation
+template (``config.json`` ``template``, e.g. ``internlm2-chat``) with the model's system message.
+A model fine-tuned under one system prompt and queried under another sees a prompt it was never
+trained on.
+
+``FoodieInternVLDataset`` keeps XTuner's loading, tiling and label masking, and takes its template
+(``SYSTEM``/``INSTRUCTION``/``SUFFIX``) and system prompt from the checkpoint's conversation template
+by default -- so training tokens equal inference tokens by construction; tests/test_training.py checks
+this token for token against ``chat()``. A config may still pass an explicit XTuner-style template
+dict and system prompt. ``max_dynamic_patch`` (tiles per image) can be set from the config without
+editing the checkpoint's config.json (inference must then use the same tile budget).
+"""
+from __future__ import annotations
+
+from mmengine.config import ConfigDict
+from transformers import AutoConfig
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from xtuner.dataset import InternVL_V1_5_Dataset
+
+_SYS, _IN, _OUT, _IN2 = "\x00SYS\x00", "\x00IN\x00", "\x00OUT\x00", "\x00IN2\x00"
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def conversation_template(model_path: str) -> tuple[dict, str]:
+    """(XTuner template dict, system message) equivalent to the checkpoint's ``chat()`` prompt.
+
+    Renders marker conversations through the checkpoint's own ``conversation.get_conv_template`` and
+    cuts them into XTuner's pieces: SYSTEM (system block), INSTRUCTION (a user turn up to the
+    assistant's reply), SUFFIX (what follows a reply before the next turn).
+    """
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+    name = getattr(config, "template", None)
+    if not name:
+        raise ValueError(f"{model_path}/config.json has no 'template' (the conversation template name, "
+                         f"e.g. 'internlm2-chat'): cannot build the training prompt the model's chat() uses")
+    get_conv_template = get_class_from_dynamic_module("conversation.get_conv_template", model_path)
+    system = getattr(config, "system_message", None) or get_conv_template(name).system_message
+
+    def render(turns):
+        conv = get_conv_template(name)
+        conv.system_message = _SYS
+        for text in turns:
+            conv.append_message(conv.roles[len(conv.messages) % 2], text)
+        return conv.get_prompt()
+
+    one = render([_IN, None])  # system + user turn + assistant prompt
+    two = render([_IN, _OUT, _IN2, None])
+    user_role = get_conv_template(name).roles[0]
+    cut = one.index(user_role + _IN) if (user_role + _IN) in one else one.index(_IN)
+    system_part, instruction = one[:cut], one[cut:]
+    suffix = two[two.index(_OUT) + len(_OUT):two.index(_IN2)]
+    suffix = suffix[:suffix.rindex(user_role)] if user_role in suffix else suffix
+    template = dict(
+        SYSTEM=_escape(system_part).replace(_SYS, "{system}"),
+        INSTRUCTION=_escape(instruction).replace(_IN, "{input}"),
+        SUFFIX=suffix,
+    )
+    if "{system}" not in template["SYSTEM"] or "{input}" not in template["INSTRUCTION"]:
+        raise ValueError(f"conversation template {name!r} of {model_path} did not render as expected: {template}")
+    return template, system
+
+
+class FoodieInternVLDataset(InternVL_V1_5_Dataset):
+    def __init__(self, model_path, data_paths, template=None, system: str | None = None,
+                 image_folders=None, repeat_times=1, max_length=8192, max_dynamic_patch: int | None = None):
+        if max_dynamic_patch is not None and max_dynamic_patch < 1:
+            raise ValueError(f"max_dynamic_patch must be >= 1, got {max_dynamic_patch}")
+        self._max_dynamic_patch_override = max_dynamic_patch
+        model_template, model_system = conversation_template(model_path)
+        template = ConfigDict(dict(template) if template is not None else model_template)
+        for key in ("SYSTEM", "INSTRUCTION", "SUFFIX"):
+            if key not in template:
+                raise ValueError(f"FoodieInternVLDataset: template lacks {key!r} (got {sorted(template)}); "
+                                 f"leave template=None to use the checkpoint's conversation template")
+        # The parent overwrites the template it gets: hand it a copy, then put ours and the system back.
+        super().__init__(model_path, ConfigDict(dict(template)), data_paths, image_folders=image_folders,
+                         repeat_times=repeat_times, max_length=max_length)
+        self.template = template
+        self._system = model_system if system is None else system
+
+    # The parent assigns max_dynamic_patch from config.json and uses it at once (token lengths for
+    # length grouping, tiling): a config override wins over that assignment.
+    @property
+    def max_dynamic_patch(self) -> int:
+        return self._max_dynamic_patch
+
+    @max_dynamic_patch.setter
+    def max_dynamic_patch(self, value: int) -> None:
+        override = self._max_dynamic_patch_override
+        self._max_dynamic_patch = value if override is None else override

@@ -1,0 +1,153 @@
+"""XTuner's InternVL training model, made to run single-process on CPU and unchanged on GPU.
+
+``xtuner.model.InternVL_V1_5`` (XTuner 0.2.0) cannot train without a GPU:
+
+* ``__init__`` forces ``attn_implementation="flash_attention_2"`` and loads in bfloat16;
+* ``_llm_forward`` calls ``torch.distributed.get_rank()``, which raises without a process group
+  (``xtuner train`` without torchrun/DeepSpeed on one CPU process).
+
+``FoodieInternVL`` subclasses it (so XTuner's tools and ``state_dict`` layout apply unchanged) and
+replaces exactly those two parts: loading picks the dtype and attention the device supports
+(config knobs ``torch_dtype`` / ``attn_implementation``, ``"auto"`` by default), and the forward pass
+logs the tile statistics through MMEngine's rank helper. LoRA preparation, freezing, activation
+checkpointing and the saved state dict (LoRA weights + ``mlp1``) are XTuner's own.
+
+Importing this module also allow-lists the globals MMEngine checkpoints need under torch's
+``weights_only`` loading (see ``foodie.checkpoints``), so ``resume`` works on torch >= 2.6.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from mmengine import print_log
+from mmengine.dist import get_rank
+from mmengine.model import BaseModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from xtuner.model import InternVL_V1_5
+from xtuner.model.utils import guess_load_checkpoint
+
+from foodie.checkpoints import allow_checkpoint_globals
+
+allow_checkpoint_globals()
+
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+
+
+def resolve_dtype(torch_dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """``"auto"``: bfloat16 on a GPU that supports it, float16 on older GPUs, float32 on CPU."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if torch_dtype != "auto":
+        return getattr(torch, torch_dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
+    """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else PyTorch's sdpa."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class FoodieInternVL(InternVL_V1_5):
+    """InternVL2 + LoRA for ``xtuner train`` on CPU (single process) and GPU (DeepSpeed or not).
+
+    Args mirror ``InternVL_V1_5`` minus quantization (QLoRA needs CUDA bitsandbytes; out of scope),
+    plus ``torch_dtype``, ``attn_implementation`` and ``activation_checkpointing``.
+    """
+
+    def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
+                 visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
+                 attn_implementation="auto", activation_checkpointing=True):
+        BaseModel.__init__(self)
+        print_log(f"Loading InternVL2 from {model_path}", logger="current")
+        self.freeze_llm = freeze_llm
+        self.freeze_visual_encoder = freeze_visual_encoder
+        self.use_llm_lora = llm_lora is not None
+        self.use_visual_encoder_lora = visual_encoder_lora is not None
+        self.quantization_vit = self.quantization_llm = False
+
+        dtype = resolve_dtype(torch_dtype)
+        attn = resolve_attn_implementation(attn_implementation)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+        config.llm_config.attn_implementation = attn
+        config.llm_config._attn_implementation = attn
+        config.vision_config.use_flash_attn = attn == "flash_attention_2"
+        self.model = AutoModel.from_pretrained(
+            model_path, config=config, torch_dtype=dtype, trust_remote_code=True,
+            use_flash_attn=attn == "flash_attention_2")
+        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}", logger="current")
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+        self.model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+
+        if freeze_llm:
+            self.model.language_model.requires_grad_(False)
+        if freeze_visual_encoder:
+            self.model.vision_model.requires_grad_(False)
+        self.model.language_model.enable_input_require_grads()
+
+        self.gradient_checkpointing_enable()
+        if self.use_llm_lora:
+            self._prepare_llm_for_lora(llm_lora)  # XTuner's: every LLM linear layer when targets are None
+        if self.use_visual_encoder_lora:
+            self._prepare_visual_encoder_for_lora(visual_encoder_lora)
+        if not activation_checkpointing:  # LoRA preparation switches it on again
+            self.gradient_checkpointing_disable()
+
+        if pretrained_pth is not None:
+            self.load_state_dict(guess_load_checkpoint(pretrained_pth), strict=False)
+            print_log(f"Loaded pretrained weights from {pretrained_pth}", logger="current")
+
+        self._count = 0
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        print_log(f"FoodieInternVL ready: {trainable:,} trainable of {total:,} parameters",
+                  logger="current")
+
+    def _llm_forward(self, pixel_values, input_ids=None, attention_mask=None, position_ids=None,
+                     image_flags=None, past_key_values=None, labels=None, use_cache=None,
+                     output_attentions=None, output_hidden_states=None, return_dict=None):
+        """Image features replace the ``<IMG_CONTEXT>`` embeddings; next-token loss on ``labels``."""
+        embeds = self.model.language_model.get_input_embeddings()(input_ids).clone()
+        vit_embeds = self.model.extract_feature(pixel_values)
+        vit_embeds = vit_embeds[image_flags.squeeze(-1) == 1]
+
+        B, N, C = embeds.shape
+        if get_rank() == 0 and self._count % 100 == 0:
+            print_log(f"tiles in batch: {pixel_values.shape[0]}, per sample: "
+                      f"{pixel_values.shape[0] / B:.1f}, tokens per sample: {N}", logger="current")
+        self._count += 1
+
+        embeds = embeds.reshape(B * N, C)
+        selected = input_ids.reshape(B * N) == self.model.img_context_token_id
+        vit_embeds = vit_embeds.reshape(-1, C).to(embeds.dtype)
+        n_slots = int(selected.sum())
+        if n_slots != vit_embeds.shape[0]:
+            # max_length cut a sample inside its image tokens: fill the slots that remain.
+            print_log(f"{n_slots} image-token slots for {vit_embeds.shape[0]} image features "
+                      f"(sample truncated at max_length?)", logger="current", level="WARNING")
+            vit_embeds = vit_embeds[:n_slots]
+        embeds[selected] = embeds[selected] * 0.0 + vit_embeds
+        embeds = embeds.reshape(B, N, C)
+
+        outputs = self.model.language_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True)
+        logits = outputs.logits
+        loss = None
+        if labels is not None:
+            vocab = self.model.language_model.config.vocab_size
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -1,0 +1,72 @@
+# CPU variant of internvl_v2_internlm2_2b_lora_finetune_food.py for the embedded default:
+# the tiny random-weight InternVL2 (tools/make_tiny_model.py) on the synthetic FoodieQA
+# (tools/make_demo_data.py -> tools/process_food.py). Everything not overridden here is the real run's.
+#
+#   make train                     # builds the embedded model/data on first use, then trains
+#   make train RESUME=1            # continue after a kill from the newest complete checkpoint
+#
+# MMEngine inherits a config with imports ("lazy import" style) through `read_base()`, its `_base_`
+# for such configs (a `_base_ = [...]` assignment cannot inherit one).
+import sys
+
+from mmengine.config import read_base
+from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
+
+from xtuner.engine.runner import TrainLoop
+
+# `import os` would become a lazy proxy here (MMEngine treats a stdlib outside its own prefix,
+# e.g. in a venv, as third-party), so take the loaded module.
+_os = sys.modules["os"]
+
+with read_base():
+    from .internvl_v2_internlm2_2b_lora_finetune_food import *  # noqa: F401,F403
+
+#######################################################################
+#                    CPU overrides (settings at the top)              #
+#######################################################################
+_work = _os.environ.get("FOODIE_WORK", _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "work"))
+path = _os.environ.get("FOODIE_MODEL", _os.path.join(_work, "tiny-internvl2"))
+data_root = _os.environ.get("FOODIE_DATA", _os.path.join(_work, "foodieqa-synthetic-xtuner"))
+data_path = _os.path.join(data_root, "train.json")
+image_folder = data_root
+work_dir = _os.environ.get("FOODIE_WORK_DIR", _os.path.join(_work, "train", "internvl_v2_tiny_lora_cpu"))
+
+torch_dtype = "float32"  # no bf16 autocast on CPU; OptimWrapper (AmpOptimWrapper refuses CPU)
+max_dynamic_patch = 1  # one tile per photo: the tiny model sees the thumbnail-sized view only
+max_length = 2048
+batch_size = 4
+accumulative_counts = 1
+dataloader_num_workers = 0  # 2 cores: workers only add process overhead
+max_iters = 300
+lr = 1e-3  # a random-weight model far from any optimum; LoRA + projector take large steps
+warmup_iters = 10
+save_steps = 100
+save_total_limit = 2
+
+#######################################################################
+#                 apply them to the inherited dicts                   #
+#######################################################################
+model.update(model_path=path, torch_dtype=torch_dtype, activation_checkpointing=False)
+foodie_dataset.update(model_path=path, data_paths=data_path, image_folders=image_folder,
+                      max_length=max_length, max_dynamic_patch=max_dynamic_patch)
+train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers, dataset=foodie_dataset)
+train_dataloader.sampler.update(per_device_batch_size=batch_size * accumulative_counts)
+tokenizer.update(pretrained_model_name_or_path=path)
+custom_hooks[0].update(tokenizer=tokenizer)
+
+optim_wrapper = dict(
+    type=OptimWrapper,
+    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin=0, end=max_iters),
+]
+train_cfg = dict(type=TrainLoop, max_iters=max_iters)
+default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)
+default_hooks.logger.update(interval=10)
+env_cfg.dist_cfg.update(backend="gloo")
+
+del _os
