@@ -404,3 +404,90 @@ def test_modelscope_without_its_client_explains_how_to_install(tmp_path):
     assert proc.returncode == 2
     assert "pip install 'internvl-foodie[publish]'" in proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+FAKE_MODELSCOPE_HUB = '''
+"""Test double of modelscope_hub 0.5.1 (the client modelscope>=1.40 installs): the signatures that
+foodie.publish calls, copied from the real package; every call is recorded in $FAKE_MS_LOG."""
+import json, os
+from pathlib import Path
+
+def _log(name, **kwargs):
+    path = Path(os.environ["FAKE_MS_LOG"])
+    calls = json.loads(path.read_text()) if path.exists() else []
+    calls.append({"call": name, **kwargs})
+    path.write_text(json.dumps(calls))
+
+class HubApi:
+    def __init__(self, config=None, *, endpoint=None, token=None, user_agent=None):
+        self.token = token
+        _log("init", token_is_env=token == os.environ.get("MODELSCOPE_API_TOKEN"))
+
+    def whoami(self):
+        from modelscope_hub.errors import AuthenticationError
+        if self.token != os.environ["FAKE_MS_GOOD_TOKEN"]:
+            raise AuthenticationError("[E401] token " + str(self.token) + " is invalid")
+        return type("UserInfo", (), {"username": "tester"})()
+
+    def create_repo(self, repo_id, repo_type, *, visibility=None, license=None, chinese_name=None,
+                    description=None, gated_mode=None, **extra):
+        _log("create_repo", repo_id=repo_id, repo_type=repo_type, visibility=visibility)
+        if os.environ.get("FAKE_MS_EXISTS"):
+            from modelscope_hub.errors import AlreadyExistsError
+            raise AlreadyExistsError("exists")
+
+    def upload_folder(self, repo_id, repo_type, folder_path, *, path_in_repo="", commit_message=None,
+                      commit_description=None, revision=None, allow_patterns=None, ignore_patterns=None,
+                      max_workers=None, use_cache=None, disable_tqdm=False, sync_remote_repo=False,
+                      tracker_path=None, progress_callback=None):
+        import fnmatch
+        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        sent = [f for f in files if any(fnmatch.fnmatch(f, pat) for pat in allow_patterns)]
+        _log("upload_folder", repo_id=repo_id, repo_type=repo_type, sent=sent, commit_message=commit_message)
+'''
+FAKE_MODELSCOPE_ERRORS = '''
+class HubError(Exception): pass
+class AuthenticationError(HubError): pass
+class PermissionDeniedError(HubError): pass
+class AlreadyExistsError(HubError): pass
+'''
+FAKE_MODELSCOPE_CONFIG = '''
+def get_default_config():
+    return type("HubConfig", (), {"token": None})()
+'''
+
+
+def test_modelscope_upload_calls_the_client_with_the_checked_files(tmp_path):
+    """Glue test with a recording double of modelscope_hub's HubApi (no ModelScope service offline)."""
+    fake = tmp_path / "fake" / "modelscope_hub"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_MODELSCOPE_HUB)
+    (fake / "errors.py").write_text(FAKE_MODELSCOPE_ERRORS)
+    (fake / "config.py").write_text(FAKE_MODELSCOPE_CONFIG)
+    model = make_checkpoint(tmp_path / "merged")
+    (model / ".ms_upload_cache").write_text("{}")  # the client's resume cache: never part of the upload
+    log = tmp_path / "calls.json"
+    env = {"PYTHONPATH": str(tmp_path / "fake"), "FAKE_MS_LOG": str(log), "FAKE_MS_GOOD_TOKEN": TOKEN,
+           "HOME": str(tmp_path / "home")}
+
+    proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "modelscope", "--private", ACK_FLAG,
+                   env_extra={**env, "MODELSCOPE_API_TOKEN": TOKEN, "FAKE_MS_EXISTS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    calls = json.loads(log.read_text())
+    assert [c["call"] for c in calls] == ["init", "create_repo", "upload_folder"]
+    assert calls[0]["token_is_env"] is True
+    assert calls[1] == {"call": "create_repo", "repo_id": REPO_ID, "repo_type": "model", "visibility": "private"}
+    assert calls[2]["sent"] == sorted(files_of(model))  # README.md included, hidden cache excluded
+    assert TOKEN not in proc.stdout + proc.stderr
+
+    log.unlink()
+    wrong = "ms-wrong-token-123456789"
+    rejected = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "modelscope", ACK_FLAG,
+                       env_extra={**env, "MODELSCOPE_API_TOKEN": wrong})
+    assert rejected.returncode == 2
+    assert "ModelScope rejected the token from the MODELSCOPE_API_TOKEN environment variable" in rejected.stderr
+    assert wrong not in rejected.stdout + rejected.stderr
+    assert [c["call"] for c in json.loads(log.read_text())] == ["init"]
+
+    missing = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "modelscope", ACK_FLAG, env_extra=env)
+    assert missing.returncode == 2 and "No ModelScope token" in missing.stderr
