@@ -405,8 +405,9 @@ def check_licence(provenance: dict | None, accepted: bool) -> None:
 
 
 def read_eval_report(path: str | os.PathLike) -> str:
-    """Markdown for the card's Evaluation section from eval_food.py's report (.md, included as written, with
-    headings moved below the card's and local images dropped) or its metrics (.json, shown as a table)."""
+    """Markdown for the card's Evaluation section from eval_food.py's output: its report (.md) included as
+    written, or its metrics (.json) rendered by foodie.evaluation's own report writer; other JSON is shown as a
+    metric/value table. Headings move below the card's and local images (the chart) are dropped."""
     path = Path(path)
     if not path.is_file():
         raise PublishError(f"--eval-report {path}: no such file. Pass the report.md or metrics.json that "
@@ -417,12 +418,23 @@ def read_eval_report(path: str | os.PathLike) -> str:
             metrics = json.loads(text)
         except ValueError as e:
             raise PublishError(f"--eval-report {path}: not valid JSON ({e}).") from None
+        if isinstance(metrics, dict) and isinstance(metrics.get("models"), list):
+            try:
+                from foodie.evaluation import render_report
+
+                return _embed_markdown(render_report(metrics, chart_name=None))
+            except (ImportError, KeyError, TypeError, ValueError, AttributeError, IndexError):
+                pass  # not eval_food's layout after all: fall back to a table of its numbers
         rows = _flatten(metrics)
         if not rows:
             raise PublishError(f"--eval-report {path}: no numbers or strings found to report.")
         return _md_table(["metric", "value"], [[k, _fmt(v)] for k, v in rows]) + f"\n\n_Source: `{path.name}`._"
     if path.suffix.lower() not in (".md", ".markdown"):
         raise PublishError(f"--eval-report {path}: expected a Markdown report (.md) or metrics (.json).")
+    return _embed_markdown(text)
+
+
+def _embed_markdown(text: str) -> str:
     out = []
     in_code = False
     for line in text.strip().splitlines():

@@ -186,6 +186,30 @@ def test_card_snippet_is_valid_python_and_metrics_json_becomes_a_table(tmp_path)
         compile(block.split("```")[0], "card snippet", "exec")
 
 
+def test_eval_food_metrics_json_is_rendered_by_its_own_report_writer(tmp_path):
+    evaluation = pytest.importorskip("foodie.evaluation")
+    if not all(hasattr(evaluation, n) for n in ("ModelRun", "build_metrics", "render_report")):
+        pytest.skip("foodie.evaluation is not complete yet")
+    rows = [dict(item_id=f"sivqa:{i}", task="sivqa", question_type="main-ingredient", cuisine="Sichuan",
+                 correct=i < 5, parsed="A", response="A") for i in range(8)]
+    run = evaluation.ModelRun(label="fine-tuned", model_dir="m", backend="transformers", fingerprint="f", rows=rows)
+    metrics = evaluation.build_metrics([run], "zh", tmp_path, None)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "report.md").write_text(evaluation.render_report(metrics, "accuracy.png"))
+
+    model = make_checkpoint(tmp_path / "merged")
+    publish(model, REPO_ID, "hf", dry_run=True, eval_report=tmp_path / "metrics.json", accept_foodieqa_licence=True,
+            console=quiet())
+    from_json = (model / CARD_FILE).read_text()
+    publish(model, REPO_ID, "hf", dry_run=True, eval_report=tmp_path / "report.md", accept_foodieqa_licence=True,
+            console=quiet())
+    from_md = (model / CARD_FILE).read_text()
+    for card in (from_json, from_md):
+        assert "### FoodieQA evaluation" in card and "#### Accuracy" in card
+        assert "| fine-tuned | single-image VQA | 62.5 |" in card  # 5 of 8 right
+        assert "](accuracy.png)" not in card
+
+
 def test_card_load_image_matches_the_project_preprocessing(tmp_path):
     """The card's self-contained load_image gives the tensors foodie.image_tiling (checked against the
     official code) gives, so people using the published model feed it images the way it was trained."""
@@ -337,6 +361,8 @@ def test_upload_sends_every_file_byte_for_byte_and_never_shows_the_token(tmp_pat
         assert state.storage_authorizations and not any(state.storage_authorizations)  # not sent to storage
     assert TOKEN not in proc.stdout + proc.stderr
     assert TOKEN[3:20] not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]  # the folder, the card, the client's HF_HOME
+    assert written and not any(TOKEN.encode() in p.read_bytes() for p in written)
     assert "Published" in proc.stdout and "README.md" in proc.stdout
 
 
