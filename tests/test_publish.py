@@ -133,6 +133,7 @@ def test_dry_run_lists_exact_files_and_writes_the_card(tmp_path):
     report = tmp_path / "report.md"
     report.write_text(EVAL_MD)
     expected = files_of(model) - {".cache/junk"} | {CARD_FILE}
+    (model / CARD_FILE).write_text("# InternVL2-2B\n\nThe base model's card, copied with the weights.\n")
 
     console = quiet()
     result = publish(model, REPO_ID, "hf", dry_run=True, eval_report=report, accept_foodieqa_licence=True,
@@ -145,6 +146,11 @@ def test_dry_run_lists_exact_files_and_writes_the_card(tmp_path):
     for path in expected:
         assert path in out
     assert f"{len(expected)} files" in out and "nothing uploaded" in out
+    assert "Replacing" in out and "not written by this tool" in out  # the base model's card is replaced
+    console.file.seek(0)
+    console.file.truncate(0)
+    publish(model, REPO_ID, "hf", dry_run=True, eval_report=report, accept_foodieqa_licence=True, console=console)
+    assert "Replacing" not in console.file.getvalue()  # our own card is regenerated silently
 
     card = (model / CARD_FILE).read_text()
     assert result.card_path == model / CARD_FILE
