@@ -1,0 +1,403 @@
+"""InternVL chat model: ViT -> pixel shuffle -> MLP projector -> LLM (InternVL2-2B layout).
+
+Each 448x448 tile gives 32x32 ViT patch features; pixel shuffle folds every 2x2 block of patches into one
+token with 4x the channels (16x16 = 256 tokens), and mlp1 projects them into the LLM's embedding space.
+In the prompt, each image is  <img> + 256 * tiles * <IMG_CONTEXT> + </img>,  and the embeddings of the
+<IMG_CONTEXT> tokens are replaced by the projected image tokens, in order.
+"""
+import warnings
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from torch.nn import CrossEntropyLoss
+from transformers import GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import logging
+
+from .configuration_internvl_chat import InternVLChatConfig
+from .conversation import get_conv_template
+from .modeling_intern_vit import InternVisionModel
+from .modeling_internlm2 import InternLM2ForCausalLM, resolve_attn_implementation
+
+logger = logging.get_logger(__name__)
+
+IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CONTEXT>'
+
+
+class InternVLChatModel(PreTrainedModel):
+    config_class = InternVLChatConfig
+    main_input_name = 'pixel_values'
+    _no_split_modules = ['InternVisionModel', 'InternLM2DecoderLayer']
+    _supports_flash_attn_2 = True
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: InternVLChatConfig, vision_model=None, language_model=None, use_flash_attn=True):
+        super().__init__(config)
+        image_size = config.force_image_size or config.vision_config.image_size
+        self.patch_size = config.vision_config.patch_size
+        self.select_layer = config.select_layer
+        self.template = config.template
+        self.num_image_token = int((image_size // self.patch_size) ** 2 * (config.downsample_ratio ** 2))
+        self.downsample_ratio = config.downsample_ratio
+        self.ps_version = config.ps_version
+        self.llm_arch_name = config.llm_config.architectures[0]
+
+        # One attention setting for the whole model: llm_config.attn_implementation, also used by the ViT.
+        requested = config.llm_config.attn_implementation
+        if requested == 'flash_attention_2' and not use_flash_attn:
+            requested = 'eager'
+        self._apply_attn_implementation(config, resolve_attn_implementation(requested))
+
+        self.vision_model = vision_model if vision_model is not None else InternVisionModel(config.vision_config)
+        if language_model is not None:
+            self.language_model = language_model
+        elif self.llm_arch_name == 'InternLM2ForCausalLM':
+            self.language_model = InternLM2ForCausalLM(config.llm_config)
+        else:
+            raise NotImplementedError(f'{self.llm_arch_name} is not implemented (only InternLM2ForCausalLM)')
+
+        vit_hidden_size = config.vision_config.hidden_size
+        llm_hidden_size = config.llm_config.hidden_size
+        shuffled = vit_hidden_size * int(1 / self.downsample_ratio) ** 2
+        self.mlp1 = nn.Sequential(
+            nn.LayerNorm(shuffled),
+            nn.Linear(shuffled, llm_hidden_size),
+            nn.GELU(),
+            nn.Linear(llm_hidden_size, llm_hidden_size),
+        )
+
+        self.img_context_token_id = None
+        self.conv_template = get_conv_template(self.template)
+        self.system_message = self.conv_template.system_message
+        self.num_samples = 0
+
+        if config.use_backbone_lora:
+            self.wrap_backbone_lora(r=config.use_backbone_lora, lora_alpha=2 * config.use_backbone_lora)
+        if config.use_llm_lora:
+            self.wrap_llm_lora(r=config.use_llm_lora, lora_alpha=2 * config.use_llm_lora)
+
+    # ----- attention implementation -----
+
+    @staticmethod
+    def _apply_attn_implementation(config, implementation):
+        config.llm_config.attn_implementation = implementation
+        config.vision_config.attn_implementation = implementation
+        config.vision_config.use_flash_attn = implementation == 'flash_attention_2'
+
+    def set_attn_implementation(self, implementation: str):
+        """Switch ViT and LLM attention between 'eager' (the official fallback) and 'sdpa' on a built model."""
+        implementation = resolve_attn_implementation(implementation)
+        self._apply_attn_implementation(self.config, implementation)
+        self.vision_model.config.attn_implementation = implementation
+        self.language_model.config.attn_implementation = implementation
+
+    # ----- LoRA, as the official training code wraps it -----
+
+    def wrap_backbone_lora(self, r=128, lora_alpha=256, lora_dropout=0.05):
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as e:
+            raise ImportError('wrap_backbone_lora needs peft: pip install peft') from e
+        lora_config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                 target_modules=['attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2'])
+        self.vision_model = get_peft_model(self.vision_model, lora_config)
+        self.vision_model.print_trainable_parameters()
+
+    def wrap_llm_lora(self, r=128, lora_alpha=256, lora_dropout=0.05):
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as e:
+            raise ImportError('wrap_llm_lora needs peft: pip install peft') from e
+        lora_config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type='CAUSAL_LM',
+                                 target_modules=['attention.wqkv', 'attention.wo', 'feed_forward.w1',
+                                                 'feed_forward.w2', 'feed_forward.w3'])
+        self.language_model = get_peft_model(self.language_model, lora_config)
+        self.language_model.enable_input_require_grads()
+        self.language_model.print_trainable_parameters()
+
+    # ----- embeddings -----
+
+    def tie_weights(self):
+        # Only the language model decides (llm_config.tie_word_embeddings; False for InternVL2): the chat
+        # config's own tie_word_embeddings is a meaningless default that must not tie anything.
+        if hasattr(self.language_model, 'tie_weights'):
+            self.language_model.tie_weights()
+
+    @property
+    def lm_head(self):
+        return self.language_model.get_output_embeddings()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def pixel_shuffle(self, x, scale_factor=0.5):
+        """[N, W, H, C] -> [N, W*s, H*s, C/s^2]: each 1/s x 1/s block of patches becomes one token."""
+        n, w, h, c = x.size()
+        x = x.view(n, w, int(h * scale_factor), int(c / scale_factor))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        x = x.view(n, int(h * scale_factor), int(w * scale_factor), int(c / (scale_factor * scale_factor)))
+        if self.ps_version == 'v1':
+            warnings.warn("In ps_version 'v1', the height and width have not been swapped back, "
+                          'which results in a transposed image.')
+        else:
+            x = x.permute(0, 2, 1, 3).contiguous()
+        return x
+
+    def extract_feature(self, pixel_values):
+        """[tiles, 3, 448, 448] -> [tiles, num_image_token, llm_hidden]."""
+        if self.select_layer == -1:
+            vit_embeds = self.vision_model(pixel_values=pixel_values, output_hidden_states=False,
+                                           return_dict=True).last_hidden_state
+        else:
+            vit_embeds = self.vision_model(pixel_values=pixel_values, output_hidden_states=True,
+                                           return_dict=True).hidden_states[self.select_layer]
+        vit_embeds = vit_embeds[:, 1:, :]  # drop the class token
+        h = w = int(vit_embeds.shape[1] ** 0.5)
+        vit_embeds = vit_embeds.reshape(vit_embeds.shape[0], h, w, -1)
+        vit_embeds = self.pixel_shuffle(vit_embeds, scale_factor=self.downsample_ratio)
+        vit_embeds = vit_embeds.reshape(vit_embeds.shape[0], -1, vit_embeds.shape[-1])
+        return self.mlp1(vit_embeds)
+
+    def _check_img_context_token_id(self):
+        if self.img_context_token_id is None:
+            raise ValueError('img_context_token_id is not set: assign '
+                             "model.img_context_token_id = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>') "
+                             '(chat() and batch_chat() do this)')
+
+    # ----- training forward -----
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        image_flags: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[List[torch.FloatTensor]] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, CausalLMOutputWithPast]:
+        """image_flags[i] = 0 marks tile i as padding (text-only samples carry a blank tile)."""
+        self._check_img_context_token_id()
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if image_flags is None:
+            image_flags = torch.ones(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
+        image_flags = image_flags.squeeze(-1)
+        input_embeds = self.language_model.get_input_embeddings()(input_ids).clone()
+
+        vit_embeds = self.extract_feature(pixel_values)
+        vit_embeds = vit_embeds[image_flags == 1]
+
+        B, N, C = input_embeds.shape
+        input_embeds = input_embeds.reshape(B * N, C)
+        selected = input_ids.reshape(B * N) == self.img_context_token_id
+        ignore_flag = False
+        if int(selected.sum()) == vit_embeds.shape[0] * vit_embeds.shape[1]:
+            # "* 0.0 +" keeps the replaced text embeddings in the graph (as the official code does)
+            input_embeds[selected] = input_embeds[selected] * 0.0 + vit_embeds.reshape(-1, C)
+        else:
+            # as the official code: fill what fits, warn, and zero this batch's loss
+            vit_embeds = vit_embeds.reshape(-1, C)
+            n_token = int(selected.sum())
+            print(f'warning: {n_token} <IMG_CONTEXT> tokens but {vit_embeds.shape[0]} image tokens; '
+                  'the loss of this batch is ignored')
+            n = min(n_token, vit_embeds.shape[0])
+            idx = selected.nonzero().squeeze(-1)[:n]
+            input_embeds[idx] = input_embeds[idx] * 0.0 + vit_embeds[:n]
+            ignore_flag = True
+        input_embeds = input_embeds.reshape(B, N, C)
+
+        outputs = self.language_model(
+            inputs_embeds=input_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = outputs.logits
+
+        loss = None
+        if labels is not None:
+            shift_logits = logits[..., :-1, :].reshape(-1, self.language_model.config.vocab_size)
+            shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
+            loss = CrossEntropyLoss()(shift_logits, shift_labels)
+            if ignore_flag:
+                loss = loss * 0.0
+
+        if not return_dict:
+            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions)
+                         if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    # ----- inference -----
+
+    def _image_tokens(self, num_patches, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN):
+        return IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.num_image_token * num_patches + IMG_END_TOKEN
+
+    def batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list=None,
+                   history=None, return_history=False, IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN,
+                   IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN, verbose=False, image_counts=None):
+        """One turn for each of several questions, each with its own image (num_patches_list[i] tiles, in
+        order in pixel_values). Multi-turn history is not supported here, as in the official code."""
+        if history is not None or return_history:
+            raise NotImplementedError('multi-turn chat is not supported in batch_chat; use chat()')
+        if image_counts is not None:
+            warnings.warn('image_counts is deprecated; use num_patches_list')
+            num_patches_list = image_counts
+        if num_patches_list is None:
+            if pixel_values is None:
+                num_patches_list = [0] * len(questions)
+            elif len(questions) == 1:
+                num_patches_list = [pixel_values.shape[0]]
+            else:
+                raise ValueError('batch_chat with several questions needs num_patches_list '
+                                 '(the number of tiles of each question\'s image, in order)')
+        if len(num_patches_list) != len(questions):
+            raise ValueError(f'{len(questions)} questions but {len(num_patches_list)} entries in num_patches_list')
+        if pixel_values is not None and len(pixel_values) != sum(num_patches_list):
+            raise ValueError(f'pixel_values has {len(pixel_values)} tiles but num_patches_list sums to '
+                             f'{sum(num_patches_list)}')
+
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        if verbose and pixel_values is not None:
+            print(f'dynamic ViT batch size: {pixel_values.shape[0]}')
+
+        queries = []
+        for question, num_patches in zip(questions, num_patches_list):
+            if pixel_values is not None and '<image>' not in question:
+                question = '<image>\n' + question
+            template = get_conv_template(self.template)
+            template.system_message = self.system_message
+            template.append_message(template.roles[0], question)
+            template.append_message(template.roles[1], None)
+            query = template.get_prompt()
+            if pixel_values is not None:
+                query = query.replace('<image>', self._image_tokens(num_patches, IMG_START_TOKEN, IMG_END_TOKEN,
+                                                                    IMG_CONTEXT_TOKEN), 1)
+            queries.append(query)
+
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = 'left'
+        try:
+            model_inputs = tokenizer(queries, return_tensors='pt', padding=True)
+        finally:
+            tokenizer.padding_side = padding_side
+        input_ids = model_inputs['input_ids'].to(self.device)
+        attention_mask = model_inputs['attention_mask'].to(self.device)
+        sep = template.sep.strip()
+        generation_config = dict(generation_config, eos_token_id=tokenizer.convert_tokens_to_ids(sep))
+        generation_output = self.generate(pixel_values=pixel_values, input_ids=input_ids,
+                                          attention_mask=attention_mask, **generation_config)
+        responses = tokenizer.batch_decode(generation_output, skip_special_tokens=True)
+        return [response.split(sep)[0].strip() for response in responses]
+
+    def chat(self, tokenizer, pixel_values, question, generation_config, history=None, return_history=False,
+             num_patches_list=None, IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN,
+             IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN, verbose=False):
+        """One turn of a conversation about zero, one or several images.
+
+        Each image of pixel_values (num_patches_list[i] tiles each, in order) fills the next '<image>'
+        placeholder of the prompt; a first question without one gets '<image>\\n' in front. history is a
+        list of (question, answer) pairs; earlier questions keep their '<image>' placeholders, so pass the
+        same pixel_values on every turn.
+        """
+        if history is None and pixel_values is not None and '<image>' not in question:
+            question = '<image>\n' + question
+        if num_patches_list is None:
+            num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
+        if pixel_values is not None and len(pixel_values) != sum(num_patches_list):
+            raise ValueError(f'pixel_values has {len(pixel_values)} tiles but num_patches_list sums to '
+                             f'{sum(num_patches_list)}')
+
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        template = get_conv_template(self.template)
+        template.system_message = self.system_message
+        sep = template.sep.strip()
+        eos_token_id = tokenizer.convert_tokens_to_ids(sep)
+
+        history = [] if history is None else history
+        for old_question, old_answer in history:
+            template.append_message(template.roles[0], old_question)
+            template.append_message(template.roles[1], old_answer)
+        template.append_message(template.roles[0], question)
+        template.append_message(template.roles[1], None)
+        query = template.get_prompt()
+
+        if verbose and pixel_values is not None:
+            print(f'dynamic ViT batch size: {pixel_values.shape[0]}')
+        if query.count('<image>') < len(num_patches_list):
+            raise ValueError(f"{len(num_patches_list)} images but only {query.count('<image>')} '<image>' "
+                             "placeholders in the conversation: put one '<image>' per image in the question, "
+                             "e.g. 'Image-1: <image>\\nImage-2: <image>\\n...'")
+        for num_patches in num_patches_list:
+            query = query.replace('<image>', self._image_tokens(num_patches, IMG_START_TOKEN, IMG_END_TOKEN,
+                                                                IMG_CONTEXT_TOKEN), 1)
+
+        model_inputs = tokenizer(query, return_tensors='pt')
+        input_ids = model_inputs['input_ids'].to(self.device)
+        attention_mask = model_inputs['attention_mask'].to(self.device)
+        generation_config = dict(generation_config, eos_token_id=eos_token_id)
+        generation_output = self.generate(pixel_values=pixel_values, input_ids=input_ids,
+                                          attention_mask=attention_mask, **generation_config)
+        response = tokenizer.batch_decode(generation_output, skip_special_tokens=True)[0]
+        response = response.split(sep)[0].strip()
+        history.append((question, response))
+        if return_history:
+            return response, history
+        if verbose:
+            query_to_print = query.replace(IMG_CONTEXT_TOKEN, '').replace(f'{IMG_START_TOKEN}{IMG_END_TOKEN}',
+                                                                          '<image>')
+            print(query_to_print, response)
+        return response
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        visual_features: Optional[torch.FloatTensor] = None,
+        generation_config: Optional[GenerationConfig] = None,
+        output_hidden_states: Optional[bool] = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generate from a prompt whose <IMG_CONTEXT> tokens stand for pixel_values (or precomputed
+        visual_features). Returns only the new token ids. Accepts every `generate` option (streamer,
+        max_new_tokens, do_sample, ...)."""
+        input_embeds = self.language_model.get_input_embeddings()(input_ids)
+        if pixel_values is not None or visual_features is not None:
+            self._check_img_context_token_id()
+            vit_embeds = visual_features if visual_features is not None else self.extract_feature(pixel_values)
+            B, N, C = input_embeds.shape
+            input_embeds = input_embeds.reshape(B * N, C)
+            selected = input_ids.reshape(B * N) == self.img_context_token_id
+            vit_embeds = vit_embeds.reshape(-1, C)
+            if int(selected.sum()) != vit_embeds.shape[0]:
+                raise ValueError(f'the prompt has {int(selected.sum())} <IMG_CONTEXT> tokens but the images give '
+                                 f'{vit_embeds.shape[0]} ({self.num_image_token} per tile): check '
+                                 'num_patches_list and the <image> placeholders')
+            input_embeds[selected] = vit_embeds.to(input_embeds.device, input_embeds.dtype)
+            input_embeds = input_embeds.reshape(B, N, C)
+
+        return self.language_model.generate(
+            inputs_embeds=input_embeds,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            output_hidden_states=output_hidden_states,
+            use_cache=True,
+            **generate_kwargs,
+        )

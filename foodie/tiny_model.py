@@ -1,0 +1,325 @@
+"""The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format.
+
+`write_checkpoint(out)` writes a folder that loads like OpenGVLab/InternVL2-2B (AutoModel/AutoTokenizer with
+trust_remote_code=True, XTuner, LMDeploy): config.json, our remote code (foodie/remote_code), safetensors,
+generation_config.json and a small byte-level BPE tokenizer. Everything is a pure function of the seed, so a
+rebuild is byte-identical. `full_size=True` gives the real InternVL2-2B architecture (2.2 B parameters) with
+random weights; `parameter_shapes()` lists its parameters without allocating them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from foodie.atomic import atomic_path
+
+REMOTE_CODE_DIR = Path(__file__).resolve().parent / 'remote_code'
+REMOTE_CODE_FILES = (
+    'configuration_intern_vit.py',
+    'configuration_internlm2.py',
+    'configuration_internvl_chat.py',
+    'conversation.py',
+    'modeling_intern_vit.py',
+    'modeling_internlm2.py',
+    'modeling_internvl_chat.py',
+)
+
+# ----------------------------------------------------------------------------------------------------
+# Architecture
+
+# InternVL2-2B as published: InternViT-300M-448px + MLP projector + InternLM2-chat-1.8B.
+FULL_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   image_size=448, patch_size=14, qkv_bias=True, norm_type='layer_norm', qk_normalization=False,
+                   layer_norm_eps=1e-6, initializer_factor=1.0)
+FULL_LLM = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
+                intermediate_size=8192, vocab_size=92553, rope_theta=1000000, max_position_embeddings=32768,
+                rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5)
+
+# The tiny model keeps 448-pixel tiles and 14-pixel patches, so a tile is still 256 tokens; widths are small.
+TINY_VISION = dict(FULL_VISION, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                   initializer_factor=0.1)
+TINY_LLM = dict(FULL_LLM, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=256)  # vocab_size: that of the tiny tokenizer
+
+INIT_STD = 0.02
+SHARD_BYTES = 2 * 1024 ** 3  # full-size weights (4.4 GB in bf16) go into three shards plus an index
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer
+
+# Ids 0-2 as in InternLM2; the chat and image tokens come last, in the official order.
+BASE_SPECIAL_TOKENS = ('<unk>', '<s>', '</s>')
+CHAT_TOKENS = ('<|plugin|>', '<|interpreter|>', '<|action_end|>', '<|action_start|>', '<|im_end|>', '<|im_start|>')
+IMAGE_TOKENS = ('<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>', '<ref>', '</ref>', '<box>', '</box>')
+TINY_VOCAB_SIZE = 2048
+
+# InternLM2's chat_template (tokenizer_config.json of InternVL2-2B); the model's chat() uses conversation.py.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+                 "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+                 "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+_DISHES_ZH = (
+    '北京烤鸭 宫保鸡丁 麻婆豆腐 小笼包 红烧肉 鱼香肉丝 回锅肉 水煮鱼 酸菜鱼 糖醋里脊 东坡肉 西湖醋鱼 '
+    '佛跳墙 白切鸡 叉烧 肠粉 虾饺 烧卖 煲仔饭 兰州拉面 刀削面 热干面 炸酱面 担担面 重庆火锅 麻辣烫 '
+    '臭豆腐 肉夹馍 凉皮 羊肉泡馍 油条 豆浆 煎饼果子 狗不理包子 锅包肉 地三鲜 酸菜白肉 大盘鸡 手抓饭 '
+    '过桥米线 汽锅鸡 螺蛳粉 桂林米粉 沙县小吃 佛山扎蹄 潮汕牛肉丸 盐焗鸡 梅菜扣肉 剁椒鱼头 口味虾 '
+    '毛氏红烧肉 腊味合蒸 蛋炒饭 扬州炒饭 饺子 馄饨 汤圆 粽子 月饼 年糕 春卷 麻球 驴打滚 糖葫芦 '
+    '豆汁 卤煮 爆肚 涮羊肉 烤串 烤冷面 锅贴 生煎包 蟹粉小笼 葱油拌面 腌笃鲜 糖醋排骨 清蒸鲈鱼 '
+    '蚝油生菜 干煸四季豆 酸辣土豆丝 西红柿炒鸡蛋 皮蛋豆腐 夫妻肺片 口水鸡 钵钵鸡 冒菜 串串香'
+)
+_DISHES_EN = (
+    'Peking duck, Kung Pao chicken, mapo tofu, xiaolongbao soup dumplings, braised pork belly, fish-flavored '
+    'shredded pork, twice-cooked pork, boiled fish in chili oil, sour cabbage fish, sweet and sour pork, '
+    'Dongpo pork, West Lake fish in vinegar, Buddha jumps over the wall, white cut chicken, char siu, rice noodle '
+    'rolls, shrimp dumplings, siu mai, claypot rice, Lanzhou beef noodles, knife-cut noodles, hot dry noodles, '
+    'zhajiang noodles, dan dan noodles, Chongqing hot pot, spicy hot pot, stinky tofu, roujiamo, cold skin '
+    'noodles, mutton soup with bread, fried dough sticks, soy milk, jianbing, steamed buns, crispy pork, '
+    'dumplings, wontons, sweet rice balls, zongzi, mooncakes, rice cakes, spring rolls, candied hawthorn, '
+    'scallion oil noodles, steamed sea bass, fried rice with egg, tomato and egg stir fry, spicy crayfish.'
+)
+_WORDS_ZH = (
+    '中国 菜 菜系 美食 地区 省份 城市 口味 辣 甜 酸 咸 鲜 香 麻 苦 蒸 煮 炒 炸 烤 炖 焖 卤 拌 煎 '
+    '米饭 面条 猪肉 牛肉 羊肉 鸡肉 鸭肉 鱼 虾 蟹 豆腐 鸡蛋 蔬菜 白菜 土豆 辣椒 花椒 生姜 大蒜 酱油 醋 糖 盐 '
+    '川菜 粤菜 鲁菜 苏菜 浙菜 闽菜 湘菜 徽菜 北京 上海 广东 四川 湖南 江苏 浙江 福建 山东 陕西 云南 广西 '
+    '新疆 东北 重庆 天津 湖北 安徽 河南 早餐 午餐 晚餐 小吃 点心 甜品 主食 汤 图片 图中 这道菜 这张图 '
+    '是什么 哪里 哪个 哪种 主要 食材 做法 名字 叫什么 属于 来自 通常 什么时候 节日 春节 中秋节 端午节'
+)
+_WORDS_EN = (
+    'the a an of in on with and or is are was this that which what where when how why who dish food image '
+    'picture photo shows shown question answer option choice correct region province city cuisine flavor '
+    'spicy sweet sour salty savory numbing fresh steamed boiled fried stir roasted braised stewed grilled baked '
+    'rice noodle noodles pork beef lamb mutton chicken duck fish shrimp crab tofu egg vegetable cabbage potato '
+    'chili pepper ginger garlic soy sauce vinegar sugar salt oil breakfast lunch dinner snack dessert soup '
+    'festival spring autumn dragon boat lantern new year family restaurant street market traditional famous '
+    'popular local northern southern eastern western central coastal mountain river lake sea ingredient recipe'
+)
+_TEMPLATES = (
+    '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。',
+    'You are an AI assistant whose name is InternLM (书生·浦语).',
+    '{q} 选项有: (A) {a}\n(B) {b}\n(C) {c}\n(D) {d}\n, 请根据上图从所提供的选项中选择一个正确答案，为（',
+    '图中的菜是{a}。', '答案是{x}，图中的菜是{a}', '这道菜来自哪个地区？', '这道菜的主要食材是什么？',
+    '图中的菜叫什么名字？', '这道菜属于哪个菜系？', '请描述这张图片。', '这道菜是怎么做的？',
+    'What is the name of the dish in the image?', 'Which region is this dish from?',
+    'What are the main ingredients of this dish?', 'Which cuisine does this dish belong to?',
+    'Answer with the option letter from the given choices directly.', 'The answer is {x}.',
+    'Please describe the image in detail.', 'The dish in the picture is {a}.',
+    'Image-1: <image>\nImage-2: <image>\nImage-3: <image>\nImage-4: <image>\nWhich image shows {a}?',
+)
+
+
+def tokenizer_corpus() -> list[str]:
+    """A fixed corpus of chat and Chinese/English food text: the tokenizer's training data."""
+    dishes_zh = _DISHES_ZH.split()
+    dishes_en = [d.strip() for d in _DISHES_EN.rstrip('.').split(',')]
+    words = _WORDS_ZH.split()
+    lines = []
+    for i, template in enumerate(_TEMPLATES):
+        for j in range(8):
+            k = 7 * i + 5 * j
+            lines.append(template.format(
+                q=f'{dishes_zh[k % len(dishes_zh)]}来自哪里？', x='ABCD'[j % 4],
+                a=(dishes_zh if j % 2 else dishes_en)[k % len(dishes_en)],
+                b=dishes_zh[(k + 1) % len(dishes_zh)], c=dishes_zh[(k + 2) % len(dishes_zh)],
+                d=dishes_zh[(k + 3) % len(dishes_zh)]))
+    lines += [f'<|im_start|>user\n{d}<|im_end|><|im_start|>assistant\n{w}{d}<|im_end|>'
+              for d, w in zip(dishes_zh, words * 3)]
+    lines += [' '.join(words[i:i + 12]) for i in range(0, len(words), 6)]
+    words_en = _WORDS_EN.split()
+    lines += [' '.join(words_en[i:i + 10]).capitalize() + '.' for i in range(0, len(words_en), 5)]
+    lines += [_DISHES_EN, _DISHES_ZH, ' 0123456789 ABCD abcd () [] {} <> ,.;:!? \n\t ']
+    return lines
+
+
+def build_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
+    """A byte-level BPE PreTrainedTokenizerFast: any text encodes; <s> is prepended like InternLM2's."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    added = CHAT_TOKENS + IMAGE_TOKENS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(added), min_frequency=1, show_progress=False,
+                                  special_tokens=list(BASE_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(tokenizer_corpus(), trainer)
+    if tok.get_vocab_size() != vocab_size - len(added):
+        raise RuntimeError(f'the tokenizer corpus gives {tok.get_vocab_size()} BPE tokens, '
+                           f'{vocab_size - len(added)} wanted: enlarge tokenizer_corpus()')
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+    tok.post_processor = processors.TemplateProcessing(single='<s> $A', pair='<s> $A <s> $B',
+                                                       special_tokens=[('<s>', tok.token_to_id('<s>'))])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token='<s>', eos_token='</s>', unk_token='<unk>', pad_token='</s>',
+        additional_special_tokens=list(added), chat_template=CHAT_TEMPLATE, model_max_length=8192,
+        clean_up_tokenization_spaces=False, padding_side='right')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config and weights
+
+def make_config(vocab_size: int = TINY_VOCAB_SIZE, full_size: bool = False):
+    """The InternVLChatConfig of InternVL2-2B (full_size) or of the tiny model, as in config.json."""
+    from foodie.remote_code.configuration_internvl_chat import InternVLChatConfig
+
+    vision = dict(FULL_VISION if full_size else TINY_VISION)
+    llm = dict(FULL_LLM if full_size else TINY_LLM)
+    if not full_size:
+        llm['vocab_size'] = vocab_size
+    vision.update(architectures=['InternVisionModel'], use_flash_attn=True, drop_path_rate=0.0,
+                  torch_dtype='bfloat16',
+                  auto_map={'AutoConfig': 'configuration_intern_vit.InternVisionConfig',
+                            'AutoModel': 'modeling_intern_vit.InternVisionModel'})
+    llm.update(architectures=['InternLM2ForCausalLM'], attn_implementation='eager', bias=False,
+               bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype='bfloat16',
+               auto_map={'AutoConfig': 'configuration_internlm2.InternLM2Config',
+                         'AutoModel': 'modeling_internlm2.InternLM2ForCausalLM',
+                         'AutoModelForCausalLM': 'modeling_internlm2.InternLM2ForCausalLM'})
+    config = InternVLChatConfig(
+        vision_config=vision, llm_config=llm, select_layer=-1, force_image_size=448, downsample_ratio=0.5,
+        template='internlm2-chat', dynamic_image_size=True, use_thumbnail=True, ps_version='v2',
+        min_dynamic_patch=1, max_dynamic_patch=12, torch_dtype='bfloat16', tie_word_embeddings=False,
+        architectures=['InternVLChatModel'],
+        auto_map={'AutoConfig': 'configuration_internvl_chat.InternVLChatConfig',
+                  'AutoModel': 'modeling_internvl_chat.InternVLChatModel',
+                  'AutoModelForCausalLM': 'modeling_internvl_chat.InternVLChatModel'})
+    return config
+
+
+def config_json(config) -> dict:
+    """config.json content: the config's dict without private keys."""
+    def clean(d):
+        return {k: clean(v) if isinstance(v, dict) and k in ('vision_config', 'llm_config') else v
+                for k, v in d.items() if not k.startswith('_') and not (k == 'attn_implementation' and v is None)}
+    d = config.to_dict()
+    config.dict_torch_dtype_to_str(d)  # torch.bfloat16 -> 'bfloat16', nested configs too
+    return clean(d)
+
+
+def build_empty_model(config, device='meta'):
+    """The model with parameters allocated on `device` but not initialised (meta: not even allocated)."""
+    from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
+
+    with torch.device('meta'):
+        model = InternVLChatModel(config)
+    if str(device) != 'meta':
+        model = model.to_empty(device=device)
+    return model
+
+
+def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) -> dict[str, tuple[int, ...]]:
+    """{parameter name: shape} of the model, built on the meta device (no memory, no weights)."""
+    model = build_empty_model(make_config(vocab_size, full_size=full_size), device='meta')
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int, progress: bool = False):
+    """Deterministic random weights: N(0, 0.02) for linear, conv, embedding and ViT position weights, zero
+    biases, unit norms, layer scales at initializer_factor. One generator, parameters in model order."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    norm_types = (nn.LayerNorm,)
+    modules = list(model.named_modules())
+    for name, module in tqdm(modules, desc='init weights', disable=not progress, unit='module'):
+        for pname, p in module.named_parameters(recurse=False):
+            is_norm = isinstance(module, norm_types) or type(module).__name__.endswith('RMSNorm')
+            if pname == 'bias':
+                p.zero_()
+            elif is_norm:
+                p.fill_(1.0)
+            elif pname in ('ls1', 'ls2'):
+                p.copy_(torch.full_like(p, model.config.vision_config.initializer_factor))
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator, device=device, dtype=torch.float32) * INIT_STD)
+
+
+def build_model(seed: int = 0, full_size: bool = False, device='cpu', dtype=torch.bfloat16,
+                vocab_size: int = TINY_VOCAB_SIZE, progress: bool = False):
+    """A random-weight InternVLChatModel, a pure function of the seed."""
+    model = build_empty_model(make_config(vocab_size, full_size=full_size), device=device)
+    init_weights(model, seed, progress=progress)
+    return model.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing the checkpoint folder
+
+def _write_json(path: Path, obj):
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + '\n', encoding='utf-8')
+
+
+def _write_safetensors(folder: Path, state_dict: dict, progress: bool = False):
+    """model.safetensors, or shards plus model.safetensors.index.json when over SHARD_BYTES."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    shards, current, size = [], {}, 0
+    for name, tensor in state_dict.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        names = ['model.safetensors']
+    else:
+        names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+    for shard, fname in tqdm(list(zip(shards, names)), desc='save weights', disable=not progress, unit='shard'):
+        save_file({k: v.detach().to('cpu').contiguous() for k, v in shard.items()}, folder / fname,
+                  metadata={'format': 'pt'})
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        weight_map = {k: fname for shard, fname in zip(shards, names) for k in shard}
+        _write_json(folder / 'model.safetensors.index.json',
+                    {'metadata': {'total_size': total}, 'weight_map': weight_map})
+
+
+def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
+                     progress: bool | None = None) -> Path:
+    """Write the official-format checkpoint folder to `out` (atomically) and return its path.
+
+    Refuses an existing non-empty `out` unless force=True (then it is replaced once the new one is complete).
+    """
+    out = Path(out)
+    if str(device) == 'meta':
+        raise ValueError("device='meta' builds no weights; use parameter_shapes() to list them")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f'{out} exists and is not a folder: choose another --out')
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f'{out} exists and is not empty: pass --force to replace it, or choose another --out')
+    progress = full_size if progress is None else progress
+
+    tokenizer = build_tokenizer()
+    vocab_size = len(tokenizer)
+    config = make_config(vocab_size, full_size=full_size)
+    model = build_model(seed, full_size=full_size, device=device, vocab_size=vocab_size, progress=progress)
+    im_end = tokenizer.convert_tokens_to_ids('<|im_end|>')
+
+    with atomic_path(out, is_dir=True) as tmp:
+        _write_json(tmp / 'config.json', config_json(config))
+        _write_json(tmp / 'generation_config.json',
+                    {'bos_token_id': 1, 'eos_token_id': [2, im_end], 'pad_token_id': 2})
+        for fname in REMOTE_CODE_FILES:
+            shutil.copyfile(REMOTE_CODE_DIR / fname, tmp / fname)
+        tokenizer.save_pretrained(tmp)
+        for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
+            _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
+        _write_safetensors(tmp, model.state_dict(), progress=progress)
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+    return out
+
+
+def count_parameters(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())

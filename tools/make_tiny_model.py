@@ -1,0 +1,51 @@
+"""Build the embedded tiny InternVL2 checkpoint (official format, random weights), or the full-size one.
+
+    python tools/make_tiny_model.py                      # -> work/tiny-internvl2 (a few MB, seconds on CPU)
+    python tools/make_tiny_model.py --out DIR --seed 1 --force
+    python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
+    python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from foodie import paths  # noqa: E402
+from foodie.tiny_model import count_parameters, parameter_shapes, write_checkpoint  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', type=Path, default=None, help=f'output folder (default {paths.tiny_model_dir()})')
+    parser.add_argument('--seed', type=int, default=0, help='weights are a pure function of this seed')
+    parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
+    parser.add_argument('--device', default='cpu', help="cpu | cuda | meta (meta: list names and shapes only)")
+    parser.add_argument('--force', action='store_true', help='replace an existing non-empty --out')
+    args = parser.parse_args(argv)
+
+    if args.device == 'meta':
+        shapes = parameter_shapes(full_size=args.full_size)
+        width = max(len(n) for n in shapes)
+        for name, shape in shapes.items():
+            print(f'{name:<{width}}  {list(shape)}')
+        print(f'{len(shapes)} tensors, {count_parameters(shapes):,} parameters')
+        return 0
+
+    out = args.out or paths.tiny_model_dir()
+    start = time.perf_counter()
+    try:
+        write_checkpoint(out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force)
+    except FileExistsError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    shapes = parameter_shapes(full_size=args.full_size)
+    print(f'wrote {out}: {count_parameters(shapes):,} parameters, {size / 1e6:.1f} MB, '
+          f'{time.perf_counter() - start:.1f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
