@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -131,9 +132,9 @@ def conversation_request(state: ChatState, model: str) -> list:
     return request
 
 
-def stream_answer(slot: ModelSlot, state: ChatState, params):
-    """Text deltas of ``slot``'s answer to the last turn of ``state`` (closing it stops generation)."""
-    return slot.backend.stream(conversation_request(state, slot.key), params)
+def stream_answer(slot: ModelSlot, request: list, params):
+    """Text deltas of ``slot``'s answer to ``request`` (closing the iterator stops generation)."""
+    return slot.backend.stream(request, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +167,15 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str,
 # Event handlers (every one takes the session's ChatState; nothing conversational is global)
 # ---------------------------------------------------------------------------------------------
 
+# Chat-template and image markers: typed by a user they would pose as image slots or turn boundaries.
+CONTROL_MARKUP = re.compile(r"<\|[^|<>]{1,40}\|>|</?(?:image|img|IMG_CONTEXT|quad|ref|box)>", re.IGNORECASE)
+
+
+def clean_user_text(text: str) -> str:
+    """The user's text without chat-template control markup (images are attached, never typed)."""
+    return CONTROL_MARKUP.sub(" ", text or "").strip()
+
+
 def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
     """Validate an uploaded file and copy it into the session folder under a generated name."""
     src = Path(path)
@@ -186,63 +196,67 @@ def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
 def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]], max_upload_bytes: int):
     keys = [s.key for s in slots]
 
-    def views(state: ChatState, streaming: bool = False):
-        return [state.messages(k, streaming=streaming) for k in keys]
+    def views(state: ChatState):
+        return [state.messages(k) for k in keys]
 
     def add_question(message: dict, state: ChatState):
         message = message or {}
         files = message.get("files") or []
-        text = (message.get("text") or "").strip()
+        text = clean_user_text(message.get("text") or "")
         saved: list[Path] = []
         try:
             for f in files:
-                saved.append(state.attach(save_upload(state, f if isinstance(f, str) else f["path"],
-                                                      max_upload_bytes)))
+                saved.append(save_upload(state, f if isinstance(f, str) else f["path"], max_upload_bytes))
+                state.attach(saved[-1])
             state.ask(text)
         except (ValueError, gr.Error) as e:
             for p in saved:  # leave the chat as it was before this message
-                state.pending_images.remove(p)
+                if p in state.pending_images:
+                    state.pending_images.remove(p)
                 p.unlink(missing_ok=True)
             raise e if isinstance(e, gr.Error) else gr.Error(str(e)) from None
-        return (gr.MultimodalTextbox(value=None), state, *views(state, streaming=True))
+        return gr.MultimodalTextbox(value=None), state
 
     def answer(state: ChatState, temperature: float, top_p: float, max_new_tokens: int):
         """Stream every model's answer to the last turn into the chat (model errors become chat messages)."""
-        if not state.turns or state.is_answered(state.turns[-1]):
+        with state.lock:
+            if not state.turns or state.is_answered(state.turns[-1]):
+                yield (state, *views(state))
+                return
+            turn, token = state.turns[-1], state.begin_answer()
+            try:
+                params = generation_params(temperature, top_p, max_new_tokens)
+                requests = {s.key: conversation_request(state, s.key) for s in slots}
+            except ValueError as e:
+                for s in slots:
+                    turn.fail(s.key, f"Cannot ask the model: {e}")
+                requests = None
+        if requests is None:
             yield (state, *views(state))
             return
-        try:
-            params = generation_params(temperature, top_p, max_new_tokens)
-        except ValueError as e:
-            for s in slots:
-                state.fail(s.key, f"Bad generation settings: {e}")
-            yield (state, *views(state))
-            return
+        yield (state, *views(state))  # the question shows at once, with "…" for the answer
         events: queue.Queue = queue.Queue()
-        gone = threading.Event()  # set when the browser goes away and gradio closes this generator
+        done = threading.Event()  # this answer is over (finished, stopped, or the browser went away)
 
         def run(slot: ModelSlot):
             try:
-                stream = stream_answer(slot, state, params)
+                stream = stream_answer(slot, requests[slot.key], params)
                 try:
                     for delta in stream:
                         events.put((slot.key, "delta", delta))
-                        if state.stop_requested or gone.is_set():
+                        if done.is_set() or state.cancelled(token):
                             break
                 finally:
-                    close = getattr(stream, "close", None)
-                    if close:
-                        close()  # lets the backend stop generating
+                    stream.close()  # the backend stops generating
             except Exception as e:  # noqa: BLE001 - any model failure is shown in the chat, the app goes on
                 log.exception("model %s failed", slot.label)
                 events.put((slot.key, "error", f"Model error ({slot.label}): {type(e).__name__}: {e}"))
             finally:
                 events.put((slot.key, "done", None))
 
-        workers = [threading.Thread(target=run, args=(s,), daemon=True, name=f"answer-{s.key}") for s in slots]
-        for w in workers:
-            w.start()
         running = {s.key for s in slots}
+        for s in slots:
+            threading.Thread(target=run, args=(s,), daemon=True, name=f"answer-{s.key}").start()
         try:
             while running:
                 try:
@@ -254,34 +268,32 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
                         batch.append(events.get_nowait())
                     except queue.Empty:
                         break
-                for key, kind, payload in batch:
-                    if key not in running:
-                        continue
-                    if kind == "delta":
-                        state.add_delta(key, payload)
-                    elif kind == "error":
-                        state.fail(key, payload)
-                    else:
-                        state.finish(key)
-                        running.discard(key)
-                if state.stop_requested:  # keep what has been said so far; the workers stop on their own
-                    for key in running:
-                        state.finish(key)
-                    running.clear()
+                with state.lock:
+                    if state.cancelled(token):  # Stop/regenerate/undo/clear: the turn is no longer ours
+                        running.clear()
+                        batch = []
+                    for key, kind, payload in batch:
+                        if kind == "delta":
+                            turn.add(key, payload)
+                        elif kind == "error":
+                            turn.fail(key, payload)
+                        else:
+                            turn.finish(key)
+                            running.discard(key)
                 if batch or not running:
-                    yield (state, *views(state, streaming=bool(running)))
+                    yield (state, *views(state))
         finally:
-            gone.set()
+            done.set()
 
     def stop(state: ChatState):
-        state.request_stop()
+        state.stop()
 
     def regenerate(state: ChatState):
         try:
             state.regenerate()
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        return (state, *views(state, streaming=True))
+        return state
 
     def undo(state: ChatState):
         try:
@@ -353,7 +365,7 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]
                     with gr.Tabs(elem_id="cuisines"):
                         for i, (cuisine, dishes) in enumerate(gallery.items()):
                             with gr.Tab(f"{cuisine} ({len(dishes)})", elem_id=f"cuisine-{i}"):
-                                g = gr.Gallery(value=[(str(p), name) for p, name in dishes], columns=4,
+                                g = gr.Gallery(value=[(str(p), name) for p, name in dishes], columns=3,
                                                height=300, allow_preview=False, show_label=False,
                                                elem_id=f"gallery-{i}", elem_classes=["dish-gallery"],
                                                object_fit="cover", buttons=[], interactive=False)
@@ -372,19 +384,20 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]
         sampling = [state, temperature, top_p, max_new]
         chat_out = [state, *chatbots]
         answer_kw = dict(concurrency_limit=concurrency, concurrency_id="answer")
-        box.submit(h["add_question"], [box, state], [box, *chat_out], concurrency_limit=None) \
+        # A refused message (bad upload, empty question) shows as a toast; the chat stays as it was.
+        box.submit(h["add_question"], [box, state], [box, state], concurrency_limit=None, show_progress="hidden") \
             .success(h["answer"], sampling, chat_out, **answer_kw)
-        regen_btn.click(h["regenerate"], [state], chat_out, concurrency_limit=None) \
+        regen_btn.click(h["regenerate"], [state], [state], concurrency_limit=None, show_progress="hidden") \
             .success(h["answer"], sampling, chat_out, **answer_kw)
         # Stop sets the session's flag: the stream ends at once keeping the partial answer, and the
         # worker closes the backend's stream so generation stops too.
         stop_btn.click(h["stop"], [state], None, concurrency_limit=None)
-        undo_btn.click(h["undo"], [state], [box, *chat_out], concurrency_limit=None)
+        undo_btn.click(h["undo"], [state], [box, *chat_out], concurrency_limit=None, show_progress="hidden")
         clear_btn.click(h["clear"], [state], [box, *chat_out], concurrency_limit=None)
         for c in chatbots:  # the chat's own trash icon clears the conversation too, not just the view
             c.clear(h["clear"], [state], [box, *chat_out], concurrency_limit=None)
         for cuisine, g in galleries:
-            g.select(h["pick_dish"](cuisine), [state], chat_out, concurrency_limit=None)
+            g.select(h["pick_dish"](cuisine), [state], chat_out, concurrency_limit=None, show_progress="hidden")
     return demo
 
 

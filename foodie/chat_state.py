@@ -8,6 +8,10 @@ mode, e.g. ``{"base": ..., "tuned": ...}``). Images picked before the question i
 
 Uploaded files are copied into the session's own temporary folder under generated (uuid) names
 (``new_upload_path``); ``close()`` removes that folder when the session ends.
+
+Streaming: an answer being generated takes a token from ``begin_answer()`` and writes into its
+``Turn`` under ``lock`` while ``cancelled(token)`` is false. Stop, regenerate, undo and clear cancel
+every answer in flight first, so a late token never lands in a turn that was reset or removed.
 """
 from __future__ import annotations
 
@@ -28,9 +32,26 @@ class Turn:
     images: list[Path] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    streaming: set[str] = field(default_factory=set)  # models whose answer is still being written
 
     def answered(self, model: str) -> bool:
-        return model in self.answers or model in self.errors
+        """Whether ``model`` has finished (or failed) its answer to this turn."""
+        return (model in self.answers and model not in self.streaming) or model in self.errors
+
+    def add(self, model: str, text: str) -> None:
+        """Append streamed text to ``model``'s answer."""
+        self.answers[model] = self.answers.get(model, "") + text
+        self.streaming.add(model)
+
+    def fail(self, model: str, message: str) -> None:
+        """Record that ``model`` could not answer (shown in the chat instead, after any partial text)."""
+        self.errors[model] = message
+        self.streaming.discard(model)
+
+    def finish(self, model: str) -> None:
+        """Mark ``model``'s answer complete (an empty answer stays empty)."""
+        self.answers.setdefault(model, "")
+        self.streaming.discard(model)
 
 
 class ChatState:
@@ -46,7 +67,8 @@ class ChatState:
         self.pending_images: list[Path] = []
         self._temp_root = temp_root
         self._session_dir: Path | None = None
-        self._stop = threading.Event()
+        self._epoch = 0  # bumped by every cancel; an answer's token is the epoch it started in
+        self.lock = threading.RLock()
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -91,51 +113,57 @@ class ChatState:
         question = (question or "").strip()
         if not question and not self.pending_images:
             raise ValueError("type a question or add a dish image first")
-        if self.turns and not self.is_answered(self.turns[-1]):
-            raise ValueError("the previous question is still being answered; wait or press Stop")
-        turn = Turn(question=question, images=list(self.pending_images))
-        self.pending_images = []
-        self.turns.append(turn)
-        self._stop.clear()
-        return turn
+        with self.lock:
+            if self.turns and not self.is_answered(self.turns[-1]):
+                raise ValueError("the previous question is still being answered; wait or press Stop")
+            turn = Turn(question=question, images=list(self.pending_images))
+            self.pending_images = []
+            self.turns.append(turn)
+            return turn
 
     def is_answered(self, turn: Turn) -> bool:
         return all(turn.answered(m) for m in self.models)
 
     def add_delta(self, model: str, text: str) -> None:
         """Append streamed text to the last turn's answer of ``model``."""
-        turn = self._last_turn()
-        turn.answers[model] = turn.answers.get(model, "") + text
+        with self.lock:
+            self._last_turn().add(model, text)
 
     def fail(self, model: str, message: str) -> None:
         """Record that ``model`` could not answer the last turn (shown in the chat instead)."""
-        self._last_turn().errors[model] = message
+        with self.lock:
+            self._last_turn().fail(model, message)
 
     def finish(self, model: str) -> None:
         """Mark ``model``'s answer to the last turn complete (an empty answer stays empty)."""
-        self._last_turn().answers.setdefault(model, "")
+        with self.lock:
+            self._last_turn().finish(model)
 
     def regenerate(self) -> Turn:
-        """Drop the last turn's answers so it can be answered again; returns that turn."""
-        turn = self._last_turn()
-        turn.answers.clear()
-        turn.errors.clear()
-        self._stop.clear()
-        return turn
+        """Drop the last turn's answers so it can be answered again (stops one in flight); returns it."""
+        with self.lock:
+            turn = self._last_turn()
+            self.stop()
+            turn.answers.clear()
+            turn.errors.clear()
+            return turn
 
     def undo(self) -> Turn:
-        """Remove the last turn; its images go back to pending. Returns it (to refill the textbox)."""
-        turn = self._last_turn()
-        self.turns.pop()
-        self.pending_images = turn.images + self.pending_images
-        return turn
+        """Remove the last turn (stops its answer); its images go back to pending. Returns it."""
+        with self.lock:
+            turn = self._last_turn()
+            self.stop()
+            self.turns.pop()
+            self.pending_images = turn.images + self.pending_images
+            return turn
 
     def clear(self) -> None:
-        """Forget every turn and pending image; deletes this session's uploads."""
-        dropped = self.images()
-        self.turns, self.pending_images = [], []
-        self._forget(dropped)
-        self._stop.clear()
+        """Forget every turn and pending image (stops any answer); deletes this session's uploads."""
+        with self.lock:
+            self.stop()
+            dropped = self.images()
+            self.turns, self.pending_images = [], []
+            self._forget(dropped)
 
     def _last_turn(self) -> Turn:
         if not self.turns:
@@ -144,13 +172,24 @@ class ChatState:
 
     # -- stop --------------------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Ask the answer being streamed to stop (the streaming loop polls ``stop_requested``)."""
-        self._stop.set()
+    def begin_answer(self) -> int:
+        """A token for an answer about to stream into the last turn (see ``cancelled``)."""
+        with self.lock:
+            return self._epoch
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
+    def cancelled(self, token: int) -> bool:
+        """Whether the answer holding ``token`` was stopped (by stop, regenerate, undo or clear)."""
+        return token != self._epoch
+
+    def stop(self) -> None:
+        """Cancel every answer in flight; what was said so far stays as the (finished) answer."""
+        with self.lock:
+            self._epoch += 1
+            if self.turns:
+                turn = self.turns[-1]
+                for model in self.models:
+                    if not turn.answered(model):
+                        turn.finish(model)
 
     # -- views -------------------------------------------------------------------------------------
 
@@ -165,28 +204,28 @@ class ChatState:
         history = [(t.question, list(t.images), t.answers.get(model, "")) for t in self.turns[:-1]]
         return history, turn.question, list(turn.images)
 
-    def messages(self, model: str, *, streaming: bool = False) -> list[dict]:
+    def messages(self, model: str) -> list[dict]:
         """The conversation as chat messages ({"role", "content"}) for one model's chat view.
 
-        Images are file messages (``{"path": ...}``), one per image, before the turn's text; a model
-        error becomes an assistant message starting with a warning sign; pending images come last.
+        Images are file messages (``{"path": ...}``), one per image, before the turn's text; an answer
+        still being written ends in a cursor (or is "…" before its first token); a model error becomes
+        an assistant message with a warning sign after any partial text; pending images come last.
         """
         out: list[dict] = []
-        for i, turn in enumerate(self.turns):
-            out += [{"role": "user", "content": {"path": str(p)}} for p in turn.images]
-            if turn.question:
-                out.append({"role": "user", "content": turn.question})
-            last = i == len(self.turns) - 1
-            if model in turn.errors:
+        with self.lock:
+            for turn in self.turns:
+                out += [{"role": "user", "content": {"path": str(p)}} for p in turn.images]
+                if turn.question:
+                    out.append({"role": "user", "content": turn.question})
                 partial = turn.answers.get(model, "")
-                out.append({"role": "assistant",
-                            "content": (partial + "\n\n" if partial else "") + f"⚠️ {turn.errors[model]}"})
-            elif model in turn.answers:
-                cursor = " ▌" if streaming and last else ""
-                out.append({"role": "assistant", "content": turn.answers[model] + cursor})
-            elif last and streaming:
-                out.append({"role": "assistant", "content": "…"})
-        out += [{"role": "user", "content": {"path": str(p)}} for p in self.pending_images]
+                if model in turn.errors:
+                    out.append({"role": "assistant",
+                                "content": (partial + "\n\n" if partial else "") + f"⚠️ {turn.errors[model]}"})
+                elif not turn.answered(model):
+                    out.append({"role": "assistant", "content": partial + " ▌" if partial else "…"})
+                else:
+                    out.append({"role": "assistant", "content": partial})
+            out += [{"role": "user", "content": {"path": str(p)}} for p in self.pending_images]
         return out
 
     # -- lifetime ----------------------------------------------------------------------------------

@@ -27,13 +27,14 @@ def test_messages_show_images_then_text_and_stream_cursor(tmp_path):
     s = ChatState()
     s.attach(tmp_path / "a.jpg")
     s.ask("what dish?")
-    assert s.messages("model", streaming=True) == [
+    assert s.messages("model") == [
         {"role": "user", "content": {"path": str(tmp_path / "a.jpg")}},
         {"role": "user", "content": "what dish?"},
         {"role": "assistant", "content": "…"},
     ]
     s.add_delta("model", "Dumplings")
-    assert s.messages("model", streaming=True)[-1]["content"] == "Dumplings ▌"
+    assert s.messages("model")[-1]["content"] == "Dumplings ▌"
+    assert not s.is_answered(s.turns[-1])
     s.finish("model")
     assert s.messages("model")[-1] == {"role": "assistant", "content": "Dumplings"}
     s.attach(tmp_path / "b.jpg")  # a pending image is shown at the end
@@ -132,12 +133,31 @@ def test_model_error_is_shown_in_the_chat_after_partial_text():
                                        "content": "Half an ans\n\n⚠️ Model error: CUDA out of memory"}
 
 
-def test_stop_request_is_reset_by_the_next_question():
+def test_stop_keeps_the_partial_answer_and_cancels_the_answer_in_flight():
     s = ChatState()
-    s.ask("q"); s.request_stop()
-    assert s.stop_requested
-    s.finish("model"); s.ask("q2")
-    assert not s.stop_requested
+    s.ask("q")
+    token = s.begin_answer()
+    s.add_delta("model", "Half")
+    s.stop()
+    assert s.cancelled(token) and s.is_answered(s.turns[-1])
+    assert s.messages("model")[-1] == {"role": "assistant", "content": "Half"}
+    s.ask("q2")  # the next question is accepted and its answer is not cancelled
+    assert not s.cancelled(s.begin_answer())
+
+
+@pytest.mark.parametrize("action", ["regenerate", "undo", "clear"])
+def test_regenerate_undo_and_clear_cancel_a_streaming_answer(action):
+    s = ChatState()
+    s.ask("q1"); s.finish("model")
+    s.ask("q2")
+    token = s.begin_answer()
+    s.add_delta("model", "partial")
+    getattr(s, action)()
+    assert s.cancelled(token), "a late token of the old answer must not land in the reset conversation"
+    if action == "regenerate":
+        assert s.turns[-1].answers == {} and not s.is_answered(s.turns[-1])
+    if action == "undo":
+        assert [t.question for t in s.turns] == ["q1"]
 
 
 def test_each_session_copy_starts_empty(tmp_path):
