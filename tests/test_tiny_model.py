@@ -1,0 +1,159 @@
+"""The embedded tiny checkpoint builder: official folder layout, determinism, tokenizer, full-size shapes."""
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from foodie import tiny_model
+from foodie.tiny_model import REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes, write_checkpoint
+
+
+def file_hashes(folder: Path) -> dict:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+
+
+def test_folder_has_the_official_files(tiny_model_dir):
+    names = {f.name for f in tiny_model_dir.iterdir()}
+    expected = {'config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json',
+                'tokenizer_config.json', 'special_tokens_map.json', *REMOTE_CODE_FILES}
+    assert expected <= names, f'missing: {expected - names}'
+    assert not any(n.startswith('.') or n.endswith('.tmp') for n in names)
+    for fname in REMOTE_CODE_FILES:  # the code shipped is the project's, byte for byte
+        assert (tiny_model_dir / fname).read_bytes() == (REMOTE_CODE_DIR / fname).read_bytes()
+    size = sum(f.stat().st_size for f in tiny_model_dir.iterdir())
+    assert size < 5e6, f'the tiny checkpoint should be a few MB, is {size / 1e6:.1f} MB'
+
+
+def test_config_json_matches_internvl2_2b_layout(tiny_model_dir):
+    config = json.loads((tiny_model_dir / 'config.json').read_text())
+    assert config['architectures'] == ['InternVLChatModel']
+    assert config['model_type'] == 'internvl_chat'
+    assert config['auto_map'] == {'AutoConfig': 'configuration_internvl_chat.InternVLChatConfig',
+                                  'AutoModel': 'modeling_internvl_chat.InternVLChatModel',
+                                  'AutoModelForCausalLM': 'modeling_internvl_chat.InternVLChatModel'}
+    assert {k: config[k] for k in ('template', 'downsample_ratio', 'force_image_size', 'select_layer', 'ps_version',
+                                   'dynamic_image_size', 'max_dynamic_patch', 'min_dynamic_patch',
+                                   'use_thumbnail')} == {
+        'template': 'internlm2-chat', 'downsample_ratio': 0.5, 'force_image_size': 448, 'select_layer': -1,
+        'ps_version': 'v2', 'dynamic_image_size': True, 'max_dynamic_patch': 12, 'min_dynamic_patch': 1,
+        'use_thumbnail': True}
+    vision, llm = config['vision_config'], config['llm_config']
+    assert vision['model_type'] == 'intern_vit_6b' and vision['architectures'] == ['InternVisionModel']
+    assert (vision['image_size'], vision['patch_size']) == (448, 14)  # 256 tokens per tile, as the real one
+    assert llm['model_type'] == 'internlm2' and llm['architectures'] == ['InternLM2ForCausalLM']
+    assert llm['rope_scaling'] == {'type': 'dynamic', 'factor': 2.0}
+    assert llm['num_attention_heads'] > llm['num_key_value_heads']  # grouped-query attention is exercised
+    tokenizer_config = json.loads((tiny_model_dir / 'tokenizer_config.json').read_text())
+    assert llm['vocab_size'] == len(json.loads((tiny_model_dir / 'tokenizer.json').read_text())['model']['vocab']) \
+        + len(tiny_model.CHAT_TOKENS + tiny_model.IMAGE_TOKENS)
+    assert tokenizer_config['eos_token'] == '</s>' and tokenizer_config['pad_token'] == '</s>'
+    assert tokenizer_config['bos_token'] == '<s>'
+
+
+def test_rebuild_is_byte_identical_and_seed_changes_only_weights(tiny_model_dir, tmp_path):
+    again = write_checkpoint(tmp_path / 'again', seed=0)
+    assert file_hashes(again) == file_hashes(tiny_model_dir)
+    other = file_hashes(write_checkpoint(tmp_path / 'other', seed=1))
+    reference = file_hashes(tiny_model_dir)
+    assert {n for n in reference if reference[n] != other[n]} == {'model.safetensors'}
+
+
+def test_refuses_a_non_empty_folder_without_force(tmp_path):
+    out = tmp_path / 'ckpt'
+    out.mkdir()
+    (out / 'keep.txt').write_text('user data')
+    with pytest.raises(FileExistsError, match='--force'):
+        write_checkpoint(out)
+    assert (out / 'keep.txt').read_text() == 'user data'
+    write_checkpoint(out, force=True)
+    assert not (out / 'keep.txt').exists() and (out / 'model.safetensors').exists()
+    assert [p.name for p in tmp_path.iterdir()] == ['ckpt']  # no temporary folder left behind
+
+
+def test_tokenizer_encodes_any_text_and_has_the_internvl_special_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    assert tok.convert_tokens_to_ids(['<unk>', '<s>', '</s>']) == [0, 1, 2]  # as in InternLM2
+    specials = list(tiny_model.CHAT_TOKENS + tiny_model.IMAGE_TOKENS)
+    ids = tok.convert_tokens_to_ids(specials)
+    assert ids == list(range(len(tok) - len(specials), len(tok)))  # last, in the official order
+    for text in ['这道菜是北京烤鸭吗？', 'Peking duck with 甜面酱 🦆!', '罕见字：龘靐齉', 'tab\tand\nnewline']:
+        encoded = tok(text)['input_ids']
+        assert encoded[0] == tok.bos_token_id  # <s> first, like InternLM2's tokenizer
+        assert tok.decode(encoded, skip_special_tokens=True) == text
+        assert tok.unk_token_id not in encoded  # byte-level: nothing is unknown
+    prompt = '<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n菜<|im_end|>'
+    pieces = tok.tokenize(prompt)
+    assert pieces[:1] == ['<|im_start|>'] and pieces.count('<IMG_CONTEXT>') == 2 and pieces[-1] == '<|im_end|>'
+    assert tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False,
+                                   add_generation_prompt=True) == '<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n'
+
+
+def expected_internvl2_2b_shapes():
+    """Parameter table of InternVL2-2B from its published architecture (FACTS section 3)."""
+    vit, vit_layers, vit_mlp, patch, image = 1024, 24, 4096, 14, 448
+    llm, llm_layers, heads, kv_heads, llm_mlp, vocab = 2048, 24, 16, 8, 8192, 92553
+    head_dim = llm // heads
+    shapes = {
+        'vision_model.embeddings.class_embedding': (1, 1, vit),
+        'vision_model.embeddings.patch_embedding.weight': (vit, 3, patch, patch),
+        'vision_model.embeddings.patch_embedding.bias': (vit,),
+        'vision_model.embeddings.position_embedding': (1, (image // patch) ** 2 + 1, vit),
+    }
+    for i in range(vit_layers):
+        p = f'vision_model.encoder.layers.{i}.'
+        shapes.update({p + 'attn.qkv.weight': (3 * vit, vit), p + 'attn.qkv.bias': (3 * vit,),
+                       p + 'attn.proj.weight': (vit, vit), p + 'attn.proj.bias': (vit,),
+                       p + 'ls1': (vit,), p + 'ls2': (vit,),
+                       p + 'mlp.fc1.weight': (vit_mlp, vit), p + 'mlp.fc1.bias': (vit_mlp,),
+                       p + 'mlp.fc2.weight': (vit, vit_mlp), p + 'mlp.fc2.bias': (vit,),
+                       p + 'norm1.weight': (vit,), p + 'norm1.bias': (vit,),
+                       p + 'norm2.weight': (vit,), p + 'norm2.bias': (vit,)})
+    shuffled = vit * 4  # pixel shuffle 0.5: 2x2 patches per token
+    shapes.update({'mlp1.0.weight': (shuffled,), 'mlp1.0.bias': (shuffled,), 'mlp1.1.weight': (llm, shuffled),
+                   'mlp1.1.bias': (llm,), 'mlp1.3.weight': (llm, llm), 'mlp1.3.bias': (llm,),
+                   'language_model.model.tok_embeddings.weight': (vocab, llm),
+                   'language_model.model.norm.weight': (llm,), 'language_model.output.weight': (vocab, llm)})
+    for i in range(llm_layers):
+        p = f'language_model.model.layers.{i}.'
+        shapes.update({p + 'attention.wqkv.weight': ((heads + 2 * kv_heads) * head_dim, llm),
+                       p + 'attention.wo.weight': (llm, llm),
+                       p + 'feed_forward.w1.weight': (llm_mlp, llm), p + 'feed_forward.w3.weight': (llm_mlp, llm),
+                       p + 'feed_forward.w2.weight': (llm, llm_mlp),
+                       p + 'attention_norm.weight': (llm,), p + 'ffn_norm.weight': (llm,)})
+    return shapes
+
+
+def test_full_size_meta_model_matches_internvl2_2b():
+    shapes = parameter_shapes(full_size=True)
+    expected = expected_internvl2_2b_shapes()
+    assert set(shapes) == set(expected), (sorted(set(shapes) - set(expected))[:5],
+                                          sorted(set(expected) - set(shapes))[:5])
+    assert {n: s for n, s in shapes.items() if expected[n] != s} == {}
+    total = sum(math.prod(s) for s in shapes.values())
+    assert abs(total - 2.206e9) < 0.0015e9, total
+
+
+def test_cli_lists_full_size_shapes_without_writing(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('make_tiny_model', Path(tiny_model.__file__).parent.parent
+                                                  / 'tools' / 'make_tiny_model.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(['--full-size', '--device', 'meta']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'^language_model\.model\.layers\.23\.attention\.wqkv\.weight +\[4096, 2048\]$', out, re.M)
+    expected = expected_internvl2_2b_shapes()
+    total = sum(math.prod(s) for s in expected.values())
+    assert out.splitlines()[-1] == f'{len(expected)} tensors, {total:,} parameters'
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'x').mkdir()
+    (tmp_path / 'x' / 'f').write_text('1')
+    assert cli.main(['--out', str(tmp_path / 'x')]) == 2  # refuses, names --force
+    assert '--force' in capsys.readouterr().err
