@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[$(PROFILE),test]"
 	@# lmdeploy (gpu profile) pulls in mmengine-lite, which writes the same `mmengine` package: make XTuner's mmengine win.
 	@if [ "$(PROFILE)" = gpu ]; then $(PY) -m pip install -q --no-deps --force-reinstall $$(python3 -c "import tomllib;print(' '.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if d.startswith('mmengine')))"); fi
+	@# Pins that override a broken transitive pin ([tool.foodie] overrides in pyproject.toml).
+	$(PY) -m pip install -q --no-deps $$(python3 -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['foodie']['overrides']))")
 	@rm -f $(VENV)/.installed-*
 	touch $@
 
