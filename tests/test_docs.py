@@ -144,9 +144,11 @@ ALREADY_RAN: set[str] = set()
 
 
 @pytest.fixture(scope="session")
-def docs_work(tmp_path_factory):
-    """One FOODIE_WORK for all pages, so the embedded tiny model is built once (by the first page that needs it)."""
-    return tmp_path_factory.mktemp("docs-work")
+def docs_work(tmp_path_factory, tiny_model_dir):
+    """One FOODIE_WORK for all pages, holding a copy of the session's tiny model (so no page rebuilds it)."""
+    work = tmp_path_factory.mktemp("docs-work")
+    shutil.copytree(tiny_model_dir, work / "tiny-internvl2")
+    return work
 
 
 @pytest.mark.parametrize("doc", RUNNABLE, ids=[d.name for d in RUNNABLE])
@@ -184,13 +186,19 @@ def all_commands():
 
 
 @lru_cache(maxsize=None)
-def options_of(script: str) -> set[str]:
-    """The --options a tool accepts: read from its argparse calls (fast), else from its --help."""
+def static_options(script: str) -> set[str]:
+    """The --options a tool spells out in its argparse calls (its own and its foodie main's): fast, no import."""
     source = (REPO / script).read_text(encoding="utf-8")
+    for module in re.findall(r"^from (foodie(?:\.\w+)+) import main\b", source, re.M):  # thin wrapper tools
+        source += (REPO / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
     calls = re.findall(r"add_argument\(([^)]*)", source)
-    if calls:
-        return {o for call in calls for o in re.findall(r"[\"'](--[\w-]+)[\"']", call)} | {"--help"}
-    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return {o for call in calls for o in re.findall(r"[\"'](--[\w-]+)[\"']", call)} | {"--help"}
+
+
+@lru_cache(maxsize=None)
+def help_options(script: str) -> set[str]:
+    """The --options in the tool's --help (slow: imports the tool); used when the source does not spell one out."""
+    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, f"`python {script} --help` failed:\n{r.stderr[-2000:]}"
     return set(re.findall(r"(?<![\w-])--[\w-]+", r.stdout))
 
@@ -206,7 +214,7 @@ def test_documented_commands_use_real_scripts_options_and_targets():
     targets = make_targets()
     for doc, line, part in all_commands():
         try:
-            words = shlex.split(part)
+            words = shlex.split(part, comments=True)
         except ValueError:
             words = part.split()
         words = [w for w in words if not re.match(r"^[A-Z_][A-Z0-9_]*=", w)] or words  # drop VAR=value prefixes
@@ -216,7 +224,7 @@ def test_documented_commands_use_real_scripts_options_and_targets():
             if not (REPO / script).is_file():
                 problems.append(f"{doc.name}:{line}: {script} does not exist")
                 continue
-            rest = shlex.split(m.group(2))
+            rest = shlex.split(m.group(2), comments=True)
             rest = rest[:rest.index("--")] if "--" in rest else rest  # after a bare --: another program's options
             opts = {w.split("=")[0] for w in rest if w.startswith("--")}
             uses.setdefault(script, set()).update(opts)
@@ -228,6 +236,17 @@ def test_documented_commands_use_real_scripts_options_and_targets():
             if not (REPO / words[2]).is_file() and not words[2].startswith("$"):
                 problems.append(f"{doc.name}:{line}: config {words[2]} does not exist")
     for script, opts in uses.items():
-        for opt in sorted(opts - options_of(script)):
+        for opt in sorted(opts - static_options(script) - (help_options(script) if opts - static_options(script)
+                                                            else set())):
             problems.append(f"{script}: option {opt} is shown in the docs but {script} does not define it")
     assert not problems, "\n".join(problems)
+
+
+def test_command_checker_sees_options_and_continuations():
+    """The checker itself: continuation lines are joined, comments dropped, options read from the tool."""
+    body = "# build\npython tools/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\nmake train RESUME=1\n"
+    assert commands(body) == ["python tools/explain_image.py x.jpg     --max-tiles 4  # fewer tiles",
+                              "make train RESUME=1"]
+    opts = static_options("tools/explain_image.py")
+    assert {"--max-tiles", "--out", "--list-grids"} <= opts and "--max-tile" not in opts
+    assert "train" in make_targets() and "nonexistent-target" not in make_targets()
