@@ -245,8 +245,8 @@ def test_documented_commands_use_real_scripts_options_and_targets():
 def test_command_checker_sees_options_and_continuations():
     """The checker itself: continuation lines are joined, comments dropped, options read from the tool."""
     body = "# build\npython tools/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\nmake train RESUME=1\n"
-    assert commands(body) == ["python tools/explain_image.py x.jpg     --max-tiles 4  # fewer tiles",
-                              "make train RESUME=1"]
+    assert [" ".join(c.split()) for c in commands(body)] == ["python tools/explain_image.py x.jpg --max-tiles 4 # fewer tiles",
+                                                             "make train RESUME=1"]
     opts = static_options("tools/explain_image.py")
     assert {"--max-tiles", "--out", "--list-grids"} <= opts and "--max-tile" not in opts
     assert "train" in make_targets() and "nonexistent-target" not in make_targets()
