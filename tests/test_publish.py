@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from rich.console import Console
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from foodie.publish import (ACK_FLAG, CARD_FILE, CARD_MARKER, PROVENANCE_FILE, PublishError, check_checkpoint,
@@ -45,7 +48,8 @@ EVAL_MD = """# FoodieQA held-out evaluation
 
 
 # ---------------------------------------------------------------------------------------------------------
-# a small checkpoint folder in the official InternVL2 layout
+# checkpoint folders: the embedded tiny model (fixture ``tiny``) and, for sharded/damaged variants, a small
+# hand-made folder in the same official layout (``make_checkpoint``)
 
 
 def _write_remote_code(d: Path) -> None:
@@ -106,6 +110,16 @@ def make_checkpoint(d: Path, *, sharded: bool = False, provenance: dict | None =
     return d
 
 
+@pytest.fixture
+def tiny(tiny_model_dir, tmp_path) -> Path:
+    """A merged-model folder as tools/convert_to_official.py leaves it: the embedded tiny InternVL2 (conftest's
+    session build, what tools/make_tiny_model.py writes) plus a provenance note."""
+    model = tmp_path / "merged"
+    shutil.copytree(tiny_model_dir, model)
+    (model / PROVENANCE_FILE).write_text(json.dumps(PROVENANCE))
+    return model
+
+
 def files_of(d: Path) -> set[str]:
     return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
@@ -126,8 +140,8 @@ def quiet() -> Console:
 # dry run: exact file list and card
 
 
-def test_dry_run_lists_exact_files_and_writes_the_card(tmp_path):
-    model = make_checkpoint(tmp_path / "merged", sharded=True)
+def test_dry_run_lists_exact_files_and_writes_the_card(tiny, tmp_path):
+    model = tiny
     (model / ".cache").mkdir()
     (model / ".cache" / "junk").write_text("not uploaded")
     report = tmp_path / "report.md"
@@ -177,8 +191,10 @@ def test_dry_run_lists_exact_files_and_writes_the_card(tmp_path):
     assert f'path = "{REPO_ID}"' in body and "trust_remote_code=True" in body and "def load_image(" in body
     assert 'ChatTemplateConfig("internvl2-internlm2")' in body and f'pipeline("{REPO_ID}"' in body
     assert "## Limitations" in body
-    # parameter count from the safetensors headers: 8*3*14*14 + 24*8 + 16*32 + 2*300*16
-    assert f"{8 * 3 * 14 * 14 + 24 * 8 + 16 * 32 + 2 * 300 * 16:,}" in body
+    # parameter count, read from the safetensors headers
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        num_parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert f"| parameters | {num_parameters:,} |" in body
 
 
 def test_card_snippet_is_valid_python_and_metrics_json_becomes_a_table(tmp_path):
@@ -216,21 +232,29 @@ def test_eval_food_metrics_json_is_rendered_by_its_own_report_writer(tmp_path):
         assert "](accuracy.png)" not in card
 
 
-def test_card_load_image_matches_the_project_preprocessing(tmp_path):
-    """The card's self-contained load_image gives the tensors foodie.image_tiling (checked against the
-    official code) gives, so people using the published model feed it images the way it was trained."""
+def test_card_transformers_usage_runs_and_tiles_like_the_project(tiny, tmp_path, capsys):
+    """The card's transformers snippet, run as written (only the repo id and image path replaced) against the
+    tiny model; its self-contained load_image gives the tensors foodie.image_tiling (checked against the
+    official code) gives, so people feed the published model images the way it was trained."""
     torch = pytest.importorskip("torch")
     from PIL import Image
 
     from foodie.image_tiling import load_image as project_load_image
-    from foodie.publish import USAGE_TRANSFORMERS
 
-    snippet = USAGE_TRANSFORMERS.split("```python\n")[1].split("path = ")[0]
+    publish(tiny, REPO_ID, "hf", dry_run=True, accept_foodieqa_licence=True, console=quiet())
+    card = (tiny / CARD_FILE).read_text()
+    snippet = card.split("### transformers")[1].split("```python\n")[1].split("```")[0]
+    dish = tmp_path / "dish.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (448, 448, 3), dtype=np.uint8)).save(dish)
+    assert f'"{REPO_ID}"' in snippet and '"dish.jpg"' in snippet
+    snippet = snippet.replace(f'"{REPO_ID}"', repr(str(tiny))).replace('"dish.jpg"', repr(str(dish)))
     namespace: dict = {}
     exec(compile(snippet, "card snippet", "exec"), namespace)
-    rng = np.random.default_rng(3)
-    # square, wide, tall, a tie between 1x2 and 2x1 (aspect 1.25), tiny
-    for w, h in [(448, 448), (1600, 500), (300, 900), (1120, 896), (60, 40)]:
+    assert namespace["pixel_values"].shape == (1, 3, 448, 448)
+    assert capsys.readouterr().out.endswith("\n")  # model.chat answered (random weights: any text)
+
+    rng = np.random.default_rng(4)
+    for w, h in [(1600, 500), (300, 900), (60, 40)]:  # wide, tall, tiny
         path = tmp_path / f"{w}x{h}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         ours, theirs = namespace["load_image"](str(path)), project_load_image(path)
@@ -292,7 +316,8 @@ def _break(model: Path, how: str) -> str:
         (model / "config.json").write_text(json.dumps(config))
         return "auto_map must name AutoConfig and AutoModel"
     if how == "no tokenizer":
-        (model / "tokenizer.model").unlink()
+        for name in ("tokenizer.model", "tokenizer.json"):
+            (model / name).unlink(missing_ok=True)
         return "no tokenizer vocabulary"
     if how == "missing shard":
         (model / "model-00002-of-00002.safetensors").unlink()
@@ -310,8 +335,9 @@ def _break(model: Path, how: str) -> str:
 
 @pytest.mark.parametrize("how", ["no config", "pickle weights", "no remote code", "no auto_map", "no tokenizer",
                                  "missing shard", "truncated shard", "unmerged lora"])
-def test_non_loadable_folders_are_refused(tmp_path, how):
-    model = make_checkpoint(tmp_path / "merged", sharded=True)
+def test_non_loadable_folders_are_refused(request, tmp_path, how):
+    sharded_only = how in ("missing shard", "truncated shard", "unmerged lora")
+    model = make_checkpoint(tmp_path / "merged", sharded=True) if sharded_only else request.getfixturevalue("tiny")
     check_checkpoint(model)  # intact: passes
     expected = _break(model, how)
     with pytest.raises(PublishError) as err:
@@ -348,8 +374,10 @@ def _assert_same_bytes(hub: HubStandin, model: Path):
         assert hashlib.sha256(data).hexdigest() == hashlib.sha256((model / path).read_bytes()).hexdigest(), path
 
 
-def test_upload_sends_every_file_byte_for_byte_and_never_shows_the_token(tmp_path):
-    model = make_checkpoint(tmp_path / "merged", sharded=True)
+@pytest.mark.parametrize("layout", ["tiny model", "sharded"])
+def test_upload_sends_every_file_byte_for_byte_and_never_shows_the_token(request, tmp_path, layout):
+    model = request.getfixturevalue("tiny") if layout == "tiny model" else \
+        make_checkpoint(tmp_path / "merged", sharded=True)
     with HubStandin(TOKEN) as hub:
         proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--private", ACK_FLAG,
                        env_extra=_hf_env(hub, tmp_path))
@@ -372,10 +400,10 @@ def test_upload_sends_every_file_byte_for_byte_and_never_shows_the_token(tmp_pat
     assert "Published" in proc.stdout and "README.md" in proc.stdout
 
 
-def test_interrupted_upload_continues_when_rerun(tmp_path):
-    model = make_checkpoint(tmp_path / "merged", sharded=True)
-    shard_oid = hashlib.sha256((model / "model-00002-of-00002.safetensors").read_bytes()).hexdigest()
-    with HubStandin(TOKEN) as hub:
+def test_interrupted_upload_continues_when_rerun(tiny, tmp_path):
+    model = tiny
+    shard_oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    with HubStandin(TOKEN, lfs_threshold=100_000) as hub:  # tokenizer.json (~145 KB) goes through LFS too
         hub.state.fail_put_once = {shard_oid}
         first = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
                         env_extra=_hf_env(hub, tmp_path))
@@ -401,8 +429,8 @@ def test_interrupted_upload_continues_when_rerun(tmp_path):
         assert TOKEN not in proc.stdout + proc.stderr
 
 
-def test_missing_or_rejected_token_is_a_clear_error(tmp_path):
-    model = make_checkpoint(tmp_path / "merged")
+def test_missing_or_rejected_token_is_a_clear_error(tiny, tmp_path):
+    model = tiny
     with HubStandin(TOKEN) as hub:
         missing = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", ACK_FLAG,
                           env_extra=_hf_env(hub, tmp_path, token=None))
