@@ -15,6 +15,7 @@ LLM_CONFIG_CLASSES = {'InternLM2ForCausalLM': InternLM2Config}
 
 class InternVLChatConfig(PretrainedConfig):
     model_type = 'internvl_chat'
+    _auto_class = 'AutoConfig'  # save_pretrained copies this code next to config.json
     is_composition = True
 
     def __init__(

@@ -29,6 +29,7 @@ IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CON
 
 class InternVLChatModel(PreTrainedModel):
     config_class = InternVLChatConfig
+    _auto_class = 'AutoModel'  # save_pretrained copies this code next to the weights
     main_input_name = 'pixel_values'
     _no_split_modules = ['InternVisionModel', 'InternLM2DecoderLayer']
     _supports_flash_attn_2 = True
