@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         pv = load_image(args.image, input_size=backend.image_size, max_num=backend.max_tiles,
                         min_num=backend.min_tiles, use_thumbnail=backend.use_thumbnail).to(args.device)
         tiles = pv.shape[0]
-        step("pixel_values", pv, f"{tiles} tiles of 3x{backend.image_size}x{backend.image_size} (thumbnail incl.)")
+        step("pixel_values", pv, f"{tiles} tile(s) of 3x{backend.image_size}x{backend.image_size}"
+                 + (" (thumbnail incl.)" if tiles > 1 else ""))
 
         vit = model.vision_model(pixel_values=pv, output_hidden_states=cfg.select_layer != -1, return_dict=True)
         x = vit.last_hidden_state if cfg.select_layer == -1 else vit.hidden_states[cfg.select_layer]
