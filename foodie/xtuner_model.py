@@ -18,6 +18,7 @@ Importing this module also allow-lists the globals MMEngine checkpoints need und
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import torch
 from mmengine import print_log
@@ -46,13 +47,25 @@ def resolve_dtype(torch_dtype: str | torch.dtype = "auto") -> torch.dtype:
     return torch.float32
 
 
-def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
-    """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else PyTorch's sdpa."""
-    if attn_implementation != "auto":
-        return attn_implementation
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def supported_attn_implementations(config) -> tuple[str, ...]:
+    """What the checkpoint's InternLM2 code accepts: ours lists them (eager, sdpa, flash_attention_2);
+    the official remote code knows only eager and flash_attention_2."""
+    module = sys.modules.get(type(config.llm_config).__module__)
+    return tuple(getattr(module, "ATTN_IMPLEMENTATIONS", ("eager", "flash_attention_2")))
+
+
+def resolve_attn_implementation(attn_implementation: str, supported: tuple[str, ...]) -> str:
+    """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else sdpa where the
+    checkpoint's code has it, else eager."""
+    if attn_implementation == "auto":
+        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+            attn_implementation = "flash_attention_2"
+        else:
+            attn_implementation = "sdpa" if "sdpa" in supported else "eager"
+    if attn_implementation not in supported:
+        raise ValueError(f"attn_implementation={attn_implementation!r} is not supported by this checkpoint's "
+                         f"InternLM2 code (supported: {', '.join(supported)}); set it in the config's model dict")
+    return attn_implementation
 
 
 class FoodieInternVL(InternVL_V1_5):
@@ -74,10 +87,9 @@ class FoodieInternVL(InternVL_V1_5):
         self.quantization_vit = self.quantization_llm = False
 
         dtype = resolve_dtype(torch_dtype)
-        attn = resolve_attn_implementation(attn_implementation)
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+        attn = resolve_attn_implementation(attn_implementation, supported_attn_implementations(config))
         config.llm_config.attn_implementation = attn
-        config.llm_config._attn_implementation = attn
         config.vision_config.use_flash_attn = attn == "flash_attention_2"
         self.model = AutoModel.from_pretrained(
             model_path, config=config, torch_dtype=dtype, trust_remote_code=True,

@@ -12,8 +12,6 @@
 #   FOODIE_WORK_DIR  logs + checkpoints                          (default: work/train/<this file's name>)
 #   FOODIE_WORK      root of work/ (as in foodie/paths.py)
 # Resume: `make train RESUME=1` (picks the newest *complete* checkpoint itself; see tools/train.py).
-import sys
-
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from peft import LoraConfig
@@ -28,9 +26,9 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 
-# `import os` would become a lazy proxy here (MMEngine treats a stdlib outside its own prefix,
-# e.g. in a venv, as third-party), so take the loaded module.
-_os = sys.modules["os"]
+# Not `import os`: MMEngine turns imports in configs into lazy proxies (a stdlib outside its own
+# prefix, e.g. under a venv, counts as third-party), and a proxy cannot be called while parsing.
+_os = __import__("os")
 
 #######################################################################
 #                          PART 1  Settings                           #

@@ -7,16 +7,14 @@
 #
 # MMEngine inherits a config with imports ("lazy import" style) through `read_base()`, its `_base_`
 # for such configs (a `_base_ = [...]` assignment cannot inherit one).
-import sys
-
 from mmengine.config import read_base
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 
 from xtuner.engine.runner import TrainLoop
 
-# `import os` would become a lazy proxy here (MMEngine treats a stdlib outside its own prefix,
-# e.g. in a venv, as third-party), so take the loaded module.
-_os = sys.modules["os"]
+# Not `import os`: MMEngine turns imports in configs into lazy proxies (a stdlib outside its own
+# prefix, e.g. under a venv, counts as third-party), and a proxy cannot be called while parsing.
+_os = __import__("os")
 
 with read_base():
     from .internvl_v2_internlm2_2b_lora_finetune_food import *  # noqa: F401,F403
