@@ -47,7 +47,7 @@ import math
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -98,7 +98,6 @@ class Checkpoint:
     dtypes: list[str]
     num_shards: int
     provenance: dict | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total_size(self) -> int:
@@ -605,16 +604,18 @@ def render_card(ckpt: Checkpoint, repo_id: str, hub: str, eval_markdown: str | N
     if foodie:
         out += [f"The training data, FoodieQA (`{FOODIEQA_ID}`), is licensed **{FOODIEQA_LICENCE_NAME}** "
                 f"([terms]({FOODIEQA_LICENCE_URL})): attribution, **non-commercial use only**, no derivatives. "
-                "This model is published under the same terms, for non-commercial research and teaching only; "
-                "it is not licensed for commercial use. The publisher acknowledged the dataset's licence when "
-                f"publishing. The base model {base} is licensed separately (MIT; its InternLM2 part Apache-2.0).",
+                "Because this model was trained on it, it is shared on the same terms (the licence field above): "
+                "for non-commercial research and teaching only, not for commercial use. Whether sharing a model "
+                "trained on NoDerivatives data is permitted is for the dataset's authors to say; the publisher "
+                "acknowledged the dataset's licence when publishing. The base model "
+                f"{base} is licensed separately (MIT; its InternLM2 part Apache-2.0).",
                 ""]
     else:
         out += [f"Trained on synthetic data only; the licence follows the base model {base} (MIT; its InternLM2 "
                 "part Apache-2.0).", ""]
 
     params = f"{ckpt.num_parameters / 1e9:.2f} B" if ckpt.num_parameters >= 1e8 else f"{ckpt.num_parameters:,}"
-    out += ["## Model", "", _md_table(["", ""], [
+    out += ["## Model", "", _md_table(["", "value"], [
         ["architecture", f"InternVL2 ViT-MLP-LLM: {vision.get('model_type', '?')} vision encoder, MLP projector "
                          f"(`mlp1`), {llm_arch} language model"],
         ["parameters", params],

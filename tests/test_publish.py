@@ -453,14 +453,12 @@ def test_missing_or_rejected_token_is_a_clear_error(tiny, tmp_path):
 
 
 def test_modelscope_without_its_client_explains_how_to_install(tmp_path):
-    try:
-        import modelscope_hub  # noqa: F401
-        pytest.skip("modelscope is installed here; this test covers the missing-client message")
-    except ImportError:
-        pass
+    hidden = tmp_path / "no-modelscope" / "modelscope_hub"  # as if not installed, even where it is
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'modelscope_hub'\")\n")
     model = make_checkpoint(tmp_path / "merged")
     proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "modelscope", ACK_FLAG,
-                   env_extra={"MODELSCOPE_API_TOKEN": TOKEN})
+                   env_extra={"MODELSCOPE_API_TOKEN": TOKEN, "PYTHONPATH": str(hidden.parent)})
     assert proc.returncode == 2
     assert "pip install 'internvl-foodie[publish]'" in proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
