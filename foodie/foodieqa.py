@@ -303,7 +303,8 @@ class _ItemCheck:
         return rel
 
 
-def _parse_item(task: str, file: str, index: int, raw: Any) -> tuple[QAItem | None, list[Problem]]:
+def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
+    """Parse one item; ``seen`` maps ids met so far in the file to their index (updated here)."""
     check = _ItemCheck(file, index, raw)
     if not isinstance(raw, dict):
         check.fail(None, f"expected a JSON object, found {type(raw).__name__}")
@@ -315,6 +316,10 @@ def _parse_item(task: str, file: str, index: int, raw: Any) -> tuple[QAItem | No
     else:
         qid = str(qid).strip()
         check.item_id = qid
+        if qid in seen:
+            check.fail("question_id", f"duplicate id, also used by item {seen[qid]}; ids must be unique within a file")
+        else:
+            seen[qid] = index
     common = dict(
         task=task, question_id=qid, index=index,
         question=check.text("question"), answer=check.answer(),
@@ -402,14 +407,8 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         seen: dict[str, int] = {}
         items = []
         for index, raw in enumerate(raws):
-            item, item_problems = _parse_item(task, str(path), index, raw)
-            if item is not None and item.question_id in seen:
-                item_problems.append(Problem(str(path), index, item.question_id, "question_id",
-                                             f"duplicate id, also used by item {seen[item.question_id]}; "
-                                             f"ids must be unique within a file"))
-                item = None
+            item, item_problems = _parse_item(task, str(path), index, raw, seen)
             if item is not None:
-                seen[item.question_id] = index
                 items.append(item)
             else:
                 bad_items.add((task, index))

@@ -26,11 +26,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SIZE = 448  # InternVL2 tile side (config.force_image_size)
 PATCH_SIZE = 14  # InternViT patch side (vision_config.patch_size)
@@ -89,12 +91,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, ...
 
 
-def open_image(source: ImageLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(source: ImageLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS,
+               draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Open a path, a file object, raw bytes or a PIL image as an upright 8-bit RGB PIL image.
 
     Raises ``ImageError`` (naming the file) for a missing file, an undecodable or truncated file,
     or an image with more than ``max_pixels`` pixels (a decompression bomb); ``max_pixels=None``
-    disables that check.
+    disables that check. ``draft_size``: a JPEG may be decoded at a reduced scale no smaller than
+    this (fast thumbnails; not for model input, which must match the reference decoding).
     """
     name = _describe(source)
     if isinstance(source, Image.Image):
@@ -118,6 +122,8 @@ def open_image(source: ImageLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS) 
             raise ImageError(f"{name}: not a decodable image ({e}). Replace or remove this file.") from None
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ImageError(_bomb_message(name, img.size, max_pixels))
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", draft_size)
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as e:
@@ -126,7 +132,8 @@ def open_image(source: ImageLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS) 
     if img.width < 1 or img.height < 1:
         raise ImageError(f"{name}: image has no pixels ({img.width}x{img.height}).")
     try:
-        img = ImageOps.exif_transpose(img) or img
+        if img.getexif().get(0x0112, 1) not in (1, None):  # exif_transpose would copy even upright images
+            img = ImageOps.exif_transpose(img) or img
     except Exception:  # a malformed EXIF block must not make a good image unusable
         pass
     return _to_rgb(img)
@@ -269,6 +276,7 @@ def dynamic_preprocess(image: Image.Image, min_num: int = MIN_TILES, max_num: in
 
 def to_tensor(tile: Image.Image, image_size: int = IMAGE_SIZE) -> torch.Tensor:
     """One tile -> float32 [3, image_size, image_size], scaled to [0, 1], ImageNet-normalised."""
+    import torch  # imported here: checking and tiling images must not pay for importing torch
     if tile.mode != "RGB":
         tile = _to_rgb(tile)
     if tile.size != (image_size, image_size):
@@ -282,6 +290,7 @@ def to_tensor(tile: Image.Image, image_size: int = IMAGE_SIZE) -> torch.Tensor:
 def load_image(image: ImageLike, input_size: int = IMAGE_SIZE, max_num: int = MAX_TILES, min_num: int = MIN_TILES,
                use_thumbnail: bool = True, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """Open (safely), tile and normalise an image: float32 tensor [num_tiles, 3, input_size, input_size]."""
+    import torch
     rgb = open_image(image, max_pixels=max_pixels)
     tiles = dynamic_preprocess(rgb, min_num=min_num, max_num=max_num, image_size=input_size,
                                use_thumbnail=use_thumbnail)

@@ -163,8 +163,10 @@ def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
     head = f"{letter}) {option}"
     if style == "letter":
         return head
+    cuisine = item.cuisine if item.cuisine and item.cuisine != "unknown" else None
     if lang == "zh":
-        about = f"{subject}是{dish}，" if dish else ""
+        about = (f"{subject}是{dish}" + (f"，属于{cuisine}" if cuisine else "") + "。") if dish else ""
         return f"{head}。{about}所以答案是（{letter}) {option}。"
-    about = f"{subject} is {dish}, so " if dish else "So "
-    return f"{head}. {about}the answer is ({letter}) {option}."
+    cuisine_en = (getattr(item, "food_meta", None) or {}).get("cuisine_en")
+    about = (f"{subject} is {dish}" + (f", from {cuisine_en}" if cuisine_en else "") + ". ") if dish else ""
+    return f"{head}. {about}So the answer is ({letter}) {option}."

@@ -369,7 +369,7 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 20
         zh, en = MIVQA_TEMPLATES[qtype]
         mivqa.append({"question_id": f"mivqa-{n:04d}", "question": zh.format(zh=zh_attr),
                       "question_en": en.format(en=en_attr), "images": [rng.choice(photos[o.key]) for o in order],
-                      "answer": str(answer), "question_type": qtype, "food_name": dish.zh,
+                      "answer": str(answer), "question_type": qtype, "food_name": dish.zh, "food_name_en": dish.en,
                       "food_names": [o.zh for o in order]})
 
     texts = []
