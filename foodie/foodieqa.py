@@ -383,6 +383,8 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
                                      "sivqa_tidy.json and images/")], "cannot read FoodieQA")
     root = root.resolve()
     required = tasks is not None
+    if isinstance(tasks, str):
+        tasks = (tasks,)
     tasks = tuple(tasks) if tasks is not None else TASKS
     for t in tasks:
         if t not in TASKS:

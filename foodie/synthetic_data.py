@@ -404,12 +404,31 @@ def make_demo_data(out: str | os.PathLike, *, seed: int = 0, force: bool = False
                    **options) -> dict:
     """Write the synthetic FoodieQA to ``out`` atomically (all or nothing). Returns counts.
 
-    An existing ``out`` is kept unless ``force``; with ``force`` it is replaced only once the new
+    An existing ``out`` made with the same seed and options is left as it is (``"reused": True`` in the
+    counts); any other existing ``out`` is kept unless ``force``, and then replaced only once the new
     folder is complete. ``options`` go to ``build`` (photos_per_dish, num_dishes, mivqa_per_dish, textqa).
     """
     out = Path(out)
+    recipe = {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
+              **{k: options[k] for k in sorted(options)}}
     if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+        if _read_recipe(out) == recipe:  # the same data is already there
+            return {**json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))["counts"], "reused": True}
+        raise FileExistsError(f"{out} already exists (with other contents or settings); pass --force "
+                              f"(force=True) to replace it")
     with atomic_path(out, is_dir=True) as tmp:
         counts = build(tmp, seed=seed, progress=progress, **options)
+        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": recipe, "counts": counts}, indent=1) + "\n",
+                                       encoding="utf-8")
     return counts
+
+
+RECIPE_FILE = ".synthetic.json"  # how the folder was made; lets a re-run with the same settings do nothing
+GENERATOR_VERSION = 1
+
+
+def _read_recipe(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RECIPE_FILE).read_text(encoding="utf-8"))["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

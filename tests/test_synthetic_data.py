@@ -37,7 +37,7 @@ def test_default_build_is_fast_and_big_enough(demo):
     assert seconds < 30, f"generation took {seconds:.1f} s (budget 30 s on one core)"
     assert counts["dishes"] >= 12 and counts["cuisines"] >= 6
     assert counts["images"] >= 20 * counts["dishes"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "images", "mivqa_tidy.json",
+    assert sorted(p.name for p in out.iterdir()) == [".synthetic.json", "README.md", "images", "mivqa_tidy.json",
                                                      "sivqa_tidy.json", "textqa_tidy.json"]
     size_mb = sum(p.stat().st_size for p in out.rglob("*")) / 1e6
     assert size_mb < 40, f"{size_mb:.0f} MB is too big for a demo data set"
@@ -141,7 +141,7 @@ def test_deterministic_per_seed(demo, tmp_path):
 
 def test_atomic_write_and_force(tmp_path, monkeypatch):
     out = tmp_path / "data"
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError):  # an existing folder that is not this synthetic data
         sd.make_demo_data(tmp_path, photos_per_dish=1, num_dishes=4)
     sd.make_demo_data(out, photos_per_dish=2, num_dishes=4, mivqa_per_dish=1)
     before = tree_digest(out)
@@ -173,7 +173,11 @@ def test_cli(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "8 images" in r.stdout and not (out / "textqa_tidy.json").exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--force" in r.stderr
-    r = subprocess.run(cmd + ["--force"], capture_output=True, text=True, timeout=120)
+    before = tree_digest(out)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # same settings: nothing to do
+    assert r.returncode == 0 and "nothing to do" in r.stdout and tree_digest(out) == before
+    r = subprocess.run(cmd[:-1] + ["--seed", "6"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--force" in r.stderr and tree_digest(out) == before
+    r = subprocess.run(cmd + ["--seed", "6", "--force"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    assert tree_digest(out) != before

@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if counts.get("reused"):
+        print(f"{args.out} already holds this synthetic FoodieQA (seed {args.seed}); nothing to do "
+              f"(--force rebuilds it)")
+        return 0
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['dishes']} dishes, "
           f"{counts['cuisines']} cuisines, {counts['images']} images, {counts['sivqa']} single-image, "
           f"{counts['mivqa']} multi-image, {counts['textqa']} text questions")
