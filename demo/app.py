@@ -49,6 +49,8 @@ EXAMPLES = [
     "What are the main ingredients, and how is it cooked?",
     "Which of these two dishes is spicier, and why?",
 ]
+# gradio's Default theme ships its fonts (LocalFont): no browser fetches anything from the internet.
+THEME = gr.themes.Default(primary_hue="orange", secondary_hue="amber")
 CSS = """
 #title h1 {margin-bottom: 0}
 #title p {margin-top: 4px; color: var(--body-text-color-subdued)}
@@ -176,18 +178,23 @@ def clean_user_text(text: str) -> str:
     return CONTROL_MARKUP.sub(" ", text or "").strip()
 
 
+def refused(message: str) -> gr.Error:
+    """A user-facing refusal: shown as a toast in the page, no traceback in the server console."""
+    return gr.Error(message, print_exception=False)
+
+
 def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
     """Validate an uploaded file and copy it into the session folder under a generated name."""
     src = Path(path)
     shown = src.name  # the name the user picked; the server path is never shown
     size = src.stat().st_size
     if size > max_bytes:
-        raise gr.Error(f"{shown}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB upload limit. "
+        raise refused(f"{shown}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB upload limit. "
                        f"Send a smaller photo.")
     try:
         open_image(src)  # decodes it fully; refuses bombs and non-images
     except ImageError as e:
-        raise gr.Error(str(e).replace(str(src), shown)) from None
+        raise refused(str(e).replace(str(src), shown)) from None
     dest = state.new_upload_path(src.suffix)
     dest.write_bytes(src.read_bytes())
     return dest
@@ -214,7 +221,7 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
                 if p in state.pending_images:
                     state.pending_images.remove(p)
                 p.unlink(missing_ok=True)
-            raise e if isinstance(e, gr.Error) else gr.Error(str(e)) from None
+            raise e if isinstance(e, gr.Error) else refused(str(e)) from None
         return gr.MultimodalTextbox(value=None), state
 
     def answer(state: ChatState, temperature: float, top_p: float, max_new_tokens: int):
@@ -250,7 +257,8 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
                     stream.close()  # the backend stops generating
             except Exception as e:  # noqa: BLE001 - any model failure is shown in the chat, the app goes on
                 log.exception("model %s failed", slot.label)
-                events.put((slot.key, "error", f"Model error ({slot.label}): {type(e).__name__}: {e}"))
+                events.put((slot.key, "error",
+                            f"Model error ({slot.label}): {type(e).__name__}: {state.redact(str(e))}"))
             finally:
                 events.put((slot.key, "done", None))
 
@@ -292,14 +300,14 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
         try:
             state.regenerate()
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         return state
 
     def undo(state: ChatState):
         try:
             turn = state.undo()
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         return (gr.MultimodalTextbox(value={"text": turn.question, "files": []}), state, *views(state))
 
     def clear(state: ChatState):
@@ -313,13 +321,13 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
             # The index picks from the server's own list: a client cannot name an arbitrary file.
             index = evt.index if isinstance(evt.index, int) else evt.index[0]
             if not 0 <= index < len(dishes):
-                raise gr.Error("no such dish in the gallery")
+                raise refused("no such dish in the gallery")
             path, name = dishes[index]
             try:
                 open_image(path)
                 state.attach(path)
             except (ImageError, ValueError) as e:
-                raise gr.Error(str(e)) from None
+                raise refused(str(e)) from None
             gr.Info(f"{name} added to the chat: now ask a question about it.", duration=4)
             return (state, *views(state))
         return pick
@@ -413,7 +421,8 @@ def main(argv=None):
     ap.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB)
     ap.add_argument("--concurrency", type=int, default=4, help="answers generated at the same time (all users)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[demo] %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[demo] %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
 
     model_dir, data_dir = ensure_embedded_default(args.model, args.data_root)
     compare_dir = None
@@ -431,14 +440,14 @@ def main(argv=None):
     # Per-session upload folders live under one folder of this process inside the system temp dir
     # (gradio only displays files from there, its cache and allowed_paths).
     temp_root = Path(tempfile.mkdtemp(prefix="foodie-demo-"))
-    demo = build_demo(slots, gallery, backend_name=args.backend, max_upload_mb=args.max_upload_mb,
+    demo = build_demo(slots, gallery, backend_name=slots[0].backend.name, max_upload_mb=args.max_upload_mb,
                       temp_root=temp_root, concurrency=args.concurrency)
     gallery_dirs = sorted({str(p.parent) for dishes in gallery.values() for p, _ in dishes})
     demo.queue(default_concurrency_limit=args.concurrency)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=gallery_dirs,
                     max_file_size=f"{args.max_upload_mb}mb", show_error=False, css=CSS,
-                    theme=gr.themes.Soft(primary_hue="orange"), footer_links=[])
+                    theme=THEME, footer_links=[])
     finally:
         import shutil
         shutil.rmtree(temp_root, ignore_errors=True)

@@ -15,6 +15,7 @@ every answer in flight first, so a late token never lands in a turn that was res
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -96,6 +97,12 @@ class ChatState:
         """A fresh path inside the session folder with a generated name (never the user's file name)."""
         suffix = suffix if suffix.startswith(".") and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"
         return self.session_dir / f"{uuid.uuid4().hex}{suffix.lower()}"
+
+    def redact(self, text: str) -> str:
+        """``text`` without this session's folder path (messages shown to the user name files only)."""
+        if self._session_dir is None:
+            return text
+        return text.replace(f"{self._session_dir}{os.sep}", "").replace(str(self._session_dir), "<upload folder>")
 
     def _forget(self, paths) -> None:
         """Delete uploads of this session that the conversation no longer refers to."""

@@ -166,3 +166,10 @@ def test_each_session_copy_starts_empty(tmp_path):
     template.attach(tmp_path / "a.jpg")
     session = copy.deepcopy(template)
     assert session.models == ("base", "tuned") and session.images() == [] and session is not template
+
+
+def test_redact_hides_the_session_folder_in_messages(tmp_path):
+    s = ChatState(temp_root=tmp_path)
+    assert s.redact("nothing uploaded yet") == "nothing uploaded yet"
+    p = s.new_upload_path(".jpg")
+    assert s.redact(f"{p}: image file not found") == f"{p.name}: image file not found"
