@@ -340,18 +340,8 @@ def test_cli(tmp_path):
     assert r.returncode == 2 and "tasks must be" in r.stderr
 
 
-def tiny_model(tmp_path_factory) -> Path:
-    tool = REPO / "tools/make_tiny_model.py"
-    if not tool.is_file():
-        pytest.skip("tools/make_tiny_model.py not there yet")
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    r = subprocess.run([sys.executable, str(tool), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tmp_path_factory, monkeypatch):
-    model = tiny_model(tmp_path_factory)
+def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tiny_model_dir, monkeypatch):
+    model = tiny_model_dir
     out = tmp_path / "xtuner"
     convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), lang="both")
     from xtuner.dataset import InternVL_V1_5_Dataset
@@ -376,3 +366,24 @@ def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tmp_pa
         else:
             assert n_ctx == 0
         assert any(lbl >= 0 for lbl in item["labels"])  # the answer is trained on
+
+
+def test_token_budget_with_tokenizer_bounds_real_lengths(tmp_path, tiny_model_dir):
+    """Counted with the model's tokenizer, the budget is never below the sequence XTuner builds."""
+    from transformers import AutoTokenizer
+    from xtuner.dataset import InternVL_V1_5_Dataset
+    from xtuner.utils import PROMPT_TEMPLATE
+    src = write_small(tmp_path / "src")
+    out = tmp_path / "out"
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir), trust_remote_code=True)
+    r = dc.convert_foodieqa(src, out, dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1),
+                            tokenizer=tok)
+    tk = r.summary["tokens_per_sample"]
+    assert tk["counted_with"] == "tokenizer"
+    ds = InternVL_V1_5_Dataset(str(tiny_model_dir), PROMPT_TEMPLATE.internlm2_chat, str(out / "train.json"),
+                               image_folders=str(out), max_length=100000)
+    real = {}
+    for k, sample in enumerate(json.loads((out / "train.json").read_text())):
+        real[sample["id"].split(":")[0]] = max(real.get(sample["id"].split(":")[0], 0), len(ds.prepare_data(k)["input_ids"]))
+    for task, n in real.items():
+        assert n <= tk[task]["max"] <= n + dc.TEMPLATE_OVERHEAD_TOKENS, (task, n, tk[task])

@@ -74,7 +74,7 @@ def test_grid_choice_matches_xtuner_on_many_sizes():
     sizes += [(672, 448), (150, 100), (600, 400), (1344, 896), (300, 200), (896, 448), (447, 298),
               (1, 1), (10000, 100), (100, 10000), (448, 448), (896, 896), (1000, 1500), (2240, 448)]
     for w, h in sizes:
-        for min_num, max_num in [(1, 12), (1, 6), (2, 12), (1, 40)]:
+        for min_num, max_num in [(1, 12), (1, 6), (2, 12), (1, 40), (1, 2)]:  # (1, 2): 1.5 is an exact tie
             assert it.target_grid(w, h, min_num=min_num, max_num=max_num) == xtuner_grid(w, h, min_num, max_num), (w, h, max_num)
 
 
@@ -114,6 +114,15 @@ def test_load_image_equals_official_tensors(tmp_path, size):
     assert ours.dtype == torch.float32 and ours.shape == ref.shape
     assert ours.shape[1:] == (3, 448, 448)
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("size", [(672, 448), (540, 360)])  # exact ties of 1x1 and 2x1, each side of the area rule
+def test_tie_cases_equal_official_tensors(tmp_path, size):
+    path = tmp_path / "tie.png"
+    noise_image(*size, seed=7).save(path)
+    ours = it.load_image(path, max_num=2)
+    assert ours.shape[0] == (3 if size == (672, 448) else 1)
+    assert torch.equal(ours, xtuner_pixel_values(path, max_num=2))
 
 
 def test_dynamic_preprocess_tiles_equal_xtuner_tiles():
