@@ -298,3 +298,47 @@ def test_save_pretrained_round_trip(loaded, tmp_path):
         b = reloaded(pixel_values=tiles(1), input_ids=input_ids, attention_mask=attention_mask).logits
     torch.testing.assert_close(a, b)
     assert reloaded.config.to_dict()['auto_map'] == model.config.to_dict()['auto_map']
+
+
+def test_matches_the_official_implementation_bit_for_bit(tiny_model_dir, loaded):
+    """Same weights in the InternLM team's InternLM2 and InternViT code (as bundled with XTuner): identical
+    outputs, so official checkpoints and ours are interchangeable logit for logit."""
+    import json
+
+    from safetensors.torch import load_file
+
+    official_lm = pytest.importorskip('xtuner._lite.modelings.internlm2.modeling_internlm2')
+    official_lm_config = pytest.importorskip('xtuner._lite.modelings.internlm2.configuration_internlm2')
+    official_vit = pytest.importorskip('xtuner._lite.modelings.internvl2.modeling_intern_vit')
+    official_vit_config = pytest.importorskip('xtuner._lite.modelings.internvl2.configuration_intern_vit')
+    model, _ = loaded
+    config = json.loads((tiny_model_dir / 'config.json').read_text())
+    weights = {k: v.float() for k, v in load_file(tiny_model_dir / 'model.safetensors').items()}
+
+    llm_config = official_lm_config.InternLM2Config(**dict(config['llm_config'], attn_implementation='eager'))
+    llm_config._attn_implementation = 'eager'
+    llm = official_lm.InternLM2ForCausalLM(llm_config).eval()
+    llm.load_state_dict({k.removeprefix('language_model.'): v for k, v in weights.items()
+                         if k.startswith('language_model.')}, strict=True)
+    vit = official_vit.InternVisionModel(official_vit_config.InternVisionConfig(
+        **dict(config['vision_config'], use_flash_attn=False))).eval()
+    vit.load_state_dict({k.removeprefix('vision_model.'): v for k, v in weights.items()
+                         if k.startswith('vision_model.')}, strict=True)
+
+    ids = torch.randint(3, 2000, (2, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0  # left padding
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    real = mask.bool()
+    pixel_values = tiles(2, seed=10)
+    with torch.no_grad():
+        theirs = llm(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        ours = model.language_model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        assert torch.equal(theirs[real], ours[real])
+        assert torch.equal(llm.generate(input_ids=ids[1:], max_new_tokens=6, do_sample=False),
+                           model.language_model.generate(input_ids=ids[1:], max_new_tokens=6, do_sample=False))
+        assert torch.equal(vit(pixel_values=pixel_values).last_hidden_state,
+                           model.vision_model(pixel_values=pixel_values).last_hidden_state)
+        small = torch.randn(1, 3, 224, 336)  # other tile sizes: interpolated positions
+        assert torch.equal(vit(pixel_values=small).last_hidden_state,
+                           model.vision_model(pixel_values=small).last_hidden_state)

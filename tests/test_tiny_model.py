@@ -157,3 +157,26 @@ def test_cli_lists_full_size_shapes_without_writing(capsys, tmp_path, monkeypatc
     (tmp_path / 'x' / 'f').write_text('1')
     assert cli.main(['--out', str(tmp_path / 'x')]) == 2  # refuses, names --force
     assert '--force' in capsys.readouterr().err
+
+
+def test_xtuner_dataset_reads_the_checkpoint(tiny_model_dir, tmp_path):
+    """XTuner 0.2.0's InternVL_V1_5_Dataset takes our config fields, tokenizer and image tokens."""
+    dataset_module = pytest.importorskip('xtuner.dataset')
+    from PIL import Image
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    Image.new('RGB', (900, 450), (200, 120, 40)).save(tmp_path / 'dish.jpg')
+    rows = [{'id': '1', 'image': 'dish.jpg', 'conversations': [
+        {'from': 'human', 'value': '<image>\n这道菜是什么？'}, {'from': 'gpt', 'value': '北京烤鸭'}]}]
+    (tmp_path / 'data.json').write_text(json.dumps(rows, ensure_ascii=False))
+    dataset = dataset_module.InternVL_V1_5_Dataset(
+        model_path=str(tiny_model_dir), template=PROMPT_TEMPLATE.internlm2_chat,
+        data_paths=str(tmp_path / 'data.json'), image_folders=str(tmp_path), max_length=8192)
+    item = dataset[0]
+    tiles = item['pixel_values'].shape[0]
+    assert item['pixel_values'].shape[1:] == (3, 448, 448) and tiles == 3  # 2x1 grid + thumbnail
+    tokenizer = dataset.tokenizer
+    assert item['input_ids'].count(tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')) == 256 * tiles
+    assert item['input_ids'][:2] == tokenizer.convert_tokens_to_ids(['<s>', '<|im_start|>'])
+    answer = [i for i, label in zip(item['input_ids'], item['labels']) if label != -100]
+    assert tokenizer.decode(answer) == '北京烤鸭<|im_end|>'
