@@ -342,3 +342,25 @@ def test_matches_the_official_implementation_bit_for_bit(tiny_model_dir, loaded)
         small = torch.randn(1, 3, 224, 336)  # other tile sizes: interpolated positions
         assert torch.equal(vit(pixel_values=small).last_hidden_state,
                            model.vision_model(pixel_values=small).last_hidden_state)
+
+
+def test_select_layer_and_precomputed_visual_features(loaded):
+    model, tokenizer = loaded
+    pixel_values = tiles(1, seed=11)
+    input_ids, attention_mask = image_prompt(model, tokenizer, [('What dish?', 1)])
+    with torch.no_grad():
+        last = model.extract_feature(pixel_values)
+        by_pixels = model.generate(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                                   **GREEDY)
+        by_features = model.generate(pixel_values=pixel_values, visual_features=last, input_ids=input_ids,
+                                     attention_mask=attention_mask, **GREEDY)
+        assert torch.equal(by_pixels, by_features)
+        try:
+            model.select_layer = -2  # features from the second-to-last ViT layer
+            earlier = model.extract_feature(pixel_values)
+        finally:
+            model.select_layer = -1
+    assert earlier.shape == last.shape == (1, 256, model.config.llm_config.hidden_size)
+    assert not torch.allclose(earlier, last)
+    with pytest.raises(ValueError, match='IMG_CONTEXT'):  # a prompt without image tokens but an image
+        model.generate(pixel_values=pixel_values, input_ids=input_ids[:, :5], **GREEDY)
