@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -440,6 +441,7 @@ def main(argv=None):
     # Per-session upload folders live under one folder of this process inside the system temp dir
     # (gradio only displays files from there, its cache and allowed_paths).
     temp_root = Path(tempfile.mkdtemp(prefix="foodie-demo-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` ends the server through the cleanup below
     demo = build_demo(slots, gallery, backend_name=slots[0].backend.name, max_upload_mb=args.max_upload_mb,
                       temp_root=temp_root, concurrency=args.concurrency)
     gallery_dirs = sorted({str(p.parent) for dishes in gallery.values() for p, _ in dishes})
