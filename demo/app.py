@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from foodie.image_tiling import ImageError, open_image  # noqa: E402
 log = logging.getLogger("foodie.demo")
 
 MAX_UPLOAD_MB = 20
+MAX_QUESTION_CHARS = 4000  # a question longer than this is refused (it would only slow every user down)
 EXAMPLES = [
     "这道菜叫什么名字？是哪个菜系的？",
     "这道菜的主要食材有哪些？怎么做？",
@@ -148,8 +150,12 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str,
     """{cuisine: [(image path, dish name), ...]}: one photo per dish of the single-image questions."""
     if data_root is None:
         return {}
-    from foodie.foodieqa import load_foodieqa
-    data = load_foodieqa(data_root, skip_bad=True)
+    from foodie.foodieqa import FoodieQAError, load_foodieqa
+    try:
+        data = load_foodieqa(data_root, skip_bad=True)
+    except FoodieQAError as e:  # the chat works without a gallery
+        print(f"[demo] WARNING: no dish gallery, {data_root} could not be read:\n{e}", flush=True)
+        return {}
     if data.skipped:
         print(f"[demo] gallery: skipped {len(data.skipped)} bad items of {data_root} (first: {data.skipped[0]})",
               flush=True)
@@ -211,6 +217,9 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
         message = message or {}
         files = message.get("files") or []
         text = clean_user_text(message.get("text") or "")
+        if len(text) > MAX_QUESTION_CHARS:
+            raise refused(f"the question has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
+                          f"Shorten it.")
         saved: list[Path] = []
         try:
             for f in files:
@@ -398,7 +407,7 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]
             .success(h["answer"], sampling, chat_out, **answer_kw)
         regen_btn.click(h["regenerate"], [state], [state], concurrency_limit=None, show_progress="hidden") \
             .success(h["answer"], sampling, chat_out, **answer_kw)
-        # Stop sets the session's flag: the stream ends at once keeping the partial answer, and the
+        # Stop cancels this session's answer in flight: the chat keeps the partial answer at once, and the
         # worker closes the backend's stream so generation stops too.
         stop_btn.click(h["stop"], [state], None, concurrency_limit=None)
         undo_btn.click(h["undo"], [state], [box, *chat_out], concurrency_limit=None, show_progress="hidden")
@@ -432,6 +441,9 @@ def main(argv=None):
         if not (compare_dir / "config.json").is_file():
             raise SystemExit(f"--compare {args.compare}: no config.json there. Point it at an InternVL2 checkpoint "
                              f"folder (e.g. the base InternVL2-2B).")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[demo] WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} can use "
+              f"the demo and upload images. Put it behind your own access control.", flush=True)
     t0 = time.perf_counter()
     slots = load_slots(model_dir, compare_dir, args.backend)
     gallery = load_gallery(data_dir)
@@ -451,7 +463,6 @@ def main(argv=None):
                     max_file_size=f"{args.max_upload_mb}mb", show_error=False, css=CSS,
                     theme=THEME, footer_links=[])
     finally:
-        import shutil
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
