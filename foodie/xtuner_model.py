@@ -11,9 +11,6 @@ replaces exactly those two parts: loading picks the dtype and attention the devi
 (config knobs ``torch_dtype`` / ``attn_implementation``, ``"auto"`` by default), and the forward pass
 logs the tile statistics through MMEngine's rank helper. LoRA preparation, freezing, activation
 checkpointing and the saved state dict (LoRA weights + ``mlp1``) are XTuner's own.
-
-Importing this module also allow-lists the globals MMEngine checkpoints need under torch's
-``weights_only`` loading (see ``foodie.checkpoints``), so ``resume`` works on torch >= 2.6.
 """
 from __future__ import annotations
 
@@ -28,10 +25,6 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
-
-from foodie.checkpoints import allow_checkpoint_globals
-
-allow_checkpoint_globals()
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
@@ -72,13 +65,27 @@ class FoodieInternVL(InternVL_V1_5):
     """InternVL2 + LoRA for ``xtuner train`` on CPU (single process) and GPU (DeepSpeed or not).
 
     Args mirror ``InternVL_V1_5`` minus quantization (QLoRA needs CUDA bitsandbytes; out of scope),
-    plus ``torch_dtype``, ``attn_implementation`` and ``activation_checkpointing``.
+    plus ``torch_dtype``, ``attn_implementation`` and ``activation_checkpointing``, and three speed
+    switches that compute the same loss as XTuner's class:
+
+    * ``loss_on_labels_only``: the 92k-word output head and cross-entropy run only at positions that
+      have a label (the answer, a few dozen of ~3,500 tokens), not over the whole sequence;
+    * ``frozen_vit_without_grad``: a frozen InternViT (no LoRA) runs under ``torch.no_grad`` and
+      without activation checkpointing; ``mlp1`` still trains;
+    * ``causal_mask_for_right_padding``: XTuner pads on the right, so under causal attention no real
+      token sees a pad; the padding mask is dropped (padded positions carry no label), which lets
+      SDPA use its fused causal kernel instead of a materialised [B, 1, T, T] mask.
     """
 
     def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
-                 attn_implementation="auto", activation_checkpointing=True):
+                 attn_implementation="auto", activation_checkpointing=True,
+                 loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True):
         BaseModel.__init__(self)
+        # Speed switches (docs/PERFORMANCE.md measures each); all three leave the loss unchanged.
+        self.loss_on_labels_only = loss_on_labels_only
+        self.frozen_vit_without_grad = frozen_vit_without_grad
+        self.causal_mask_for_right_padding = causal_mask_for_right_padding
         print_log(f"Loading InternVL2 from {model_path}", logger="current")
         self.freeze_llm = freeze_llm
         self.freeze_visual_encoder = freeze_visual_encoder
@@ -123,12 +130,29 @@ class FoodieInternVL(InternVL_V1_5):
         print_log(f"FoodieInternVL ready: {trainable:,} trainable of {total:,} parameters",
                   logger="current")
 
+    def _image_features(self, pixel_values):
+        """[tiles, 3, H, W] -> [tiles, 256, llm_hidden] (the model's ``extract_feature``), with the frozen
+        InternViT under ``no_grad`` when ``frozen_vit_without_grad`` applies."""
+        m = self.model
+        vit_trainable = any(p.requires_grad for p in m.vision_model.parameters())
+        if not self.frozen_vit_without_grad or vit_trainable:
+            return m.extract_feature(pixel_values)
+        with torch.no_grad():
+            out = m.vision_model(pixel_values=pixel_values, output_hidden_states=m.select_layer != -1,
+                                 return_dict=True)
+            h = out.last_hidden_state if m.select_layer == -1 else out.hidden_states[m.select_layer]
+            h = h[:, 1:, :]  # drop the class token
+            side = int(h.shape[1] ** 0.5)
+            h = m.pixel_shuffle(h.reshape(h.shape[0], side, side, -1), scale_factor=m.downsample_ratio)
+            h = h.reshape(h.shape[0], -1, h.shape[-1])
+        return m.mlp1(h)
+
     def _llm_forward(self, pixel_values, input_ids=None, attention_mask=None, position_ids=None,
                      image_flags=None, past_key_values=None, labels=None, use_cache=None,
                      output_attentions=None, output_hidden_states=None, return_dict=None):
         """Image features replace the ``<IMG_CONTEXT>`` embeddings; next-token loss on ``labels``."""
         embeds = self.model.language_model.get_input_embeddings()(input_ids).clone()
-        vit_embeds = self.model.extract_feature(pixel_values)
+        vit_embeds = self._image_features(pixel_values)
         vit_embeds = vit_embeds[image_flags.squeeze(-1) == 1]
 
         B, N, C = embeds.shape
@@ -149,6 +173,13 @@ class FoodieInternVL(InternVL_V1_5):
         embeds[selected] = embeds[selected] * 0.0 + vit_embeds
         embeds = embeds.reshape(B, N, C)
 
+        if (self.causal_mask_for_right_padding and attention_mask is not None and past_key_values is None
+                and is_right_padded(attention_mask)):
+            attention_mask = None
+
+        if self.loss_on_labels_only and labels is not None and not output_hidden_states and not output_attentions:
+            return self._loss_on_labels(embeds, attention_mask, position_ids, labels)
+
         outputs = self.model.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, use_cache=use_cache,
@@ -163,3 +194,26 @@ class FoodieInternVL(InternVL_V1_5):
                 ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    def _loss_on_labels(self, embeds, attention_mask, position_ids, labels):
+        """The same mean next-token cross-entropy, with the output head applied only where a label exists.
+        ``logits`` in the result are those of the labelled positions, [n_labelled, vocab]."""
+        lm = self.model.language_model
+        causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # LoRA layers sit inside
+        hidden = causal_lm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False, return_dict=True).last_hidden_state
+        targets = labels[:, 1:].to(hidden.device)
+        keep = targets != -100
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        if logits.shape[0] == 0:  # nothing to learn in this batch: a zero loss that still reaches every graph
+            loss = hidden.sum() * 0.0
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, targets[keep])
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row of a [B, T] 0/1 mask is ones then zeros (XTuner's collate pads on the right)."""
+    mask = attention_mask.bool()
+    lengths = mask.sum(-1, keepdim=True)
+    return bool((mask == (torch.arange(mask.shape[-1], device=mask.device) < lengths)).all())

@@ -1,0 +1,75 @@
+"""FoodieInternVL's speed switches (docs/PERFORMANCE.md) must not change what is learned: with them on, the
+loss and every gradient equal those of XTuner's computation (full logits, eager attention with the padding
+mask, InternViT inside autograd) on a right-padded batch with image tokens and a few labelled tokens."""
+import pytest
+import torch
+
+pytest.importorskip("xtuner")
+
+from peft import LoraConfig  # noqa: E402
+
+from foodie.xtuner_model import FoodieInternVL, is_right_padded  # noqa: E402
+
+SLOW_PATH = dict(attn_implementation="eager", loss_on_labels_only=False, frozen_vit_without_grad=False,
+                 causal_mask_for_right_padding=False)
+
+
+def _model(path, **switches):
+    torch.manual_seed(0)
+    lora = dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM")
+    model = FoodieInternVL(str(path), llm_lora=lora, torch_dtype="float32", activation_checkpointing=False,
+                           **switches)
+    return model.train()
+
+
+def _batch(ctx_id, lengths, T=560, answer=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    ids = torch.randint(10, 500, (B, T), generator=g)
+    ids[:, 5:5 + 256] = ctx_id  # one 448x448 tile = 256 image tokens per sample
+    labels = torch.full((B, T), -100)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+        labels[i, n - answer:n] = ids[i, n - answer:n]
+        ids[i, n:] = 0
+    pixels = torch.randn(B, 1, 3, 448, 448, generator=g)
+    return dict(pixel_values=list(pixels), input_ids=ids, attention_mask=mask,
+                position_ids=torch.arange(T).repeat(B, 1), labels=labels)
+
+
+def _loss_and_grads(model, data):
+    loss = model(dict(data))["loss"]
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_speed_switches_give_the_same_loss_and_gradients(tiny_model_dir):
+    slow = _model(tiny_model_dir, **SLOW_PATH)
+    fast = _model(tiny_model_dir, attn_implementation="sdpa")  # switches on by default
+    fast.load_state_dict(slow.state_dict(), strict=False)  # same LoRA init and mlp1
+    data = _batch(slow.model.img_context_token_id, lengths=[560, 470, 520])
+
+    loss_slow, grads_slow = _loss_and_grads(slow, data)
+    loss_fast, grads_fast = _loss_and_grads(fast, data)
+
+    assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
+    assert set(grads_fast) == set(grads_slow)
+    assert any("mlp1" in n for n in grads_fast) and any("lora_B" in n for n in grads_fast)
+    for name, g in grads_slow.items():
+        assert torch.linalg.norm(grads_fast[name] - g) <= 1e-4 * torch.linalg.norm(g) + 1e-8, name
+
+
+def test_a_batch_without_labels_gives_a_zero_loss_not_nan(tiny_model_dir):
+    model = _model(tiny_model_dir, attn_implementation="sdpa")
+    data = _batch(model.model.img_context_token_id, lengths=[560, 500])
+    data["labels"][:] = -100
+    loss = model(dict(data))["loss"]
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_right_padding_detection():
+    assert is_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not is_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding keeps its mask
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))
