@@ -13,16 +13,15 @@ gallery's; it binds 127.0.0.1 and never opens a public share link.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE_ENTITY.*")  
 import gradio as gr  # noqa: E402
 
 from foodie import paths  # noqa: E402
-from foodie.chat_state import ChatState  # noqa: E402
+from foodie.chat_state import ChatState, stream_answers  # noqa: E402
 from foodie.image_tiling import ImageError, open_image  # noqa: E402
 
 log = logging.getLogger("foodie.demo")
@@ -124,22 +123,6 @@ def generation_params(temperature: float, top_p: float, max_new_tokens: int):
     from foodie.inference import GenerationParams
     return GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature) or 1.0,
                             top_p=float(top_p), do_sample=float(temperature) > 0)
-
-
-def conversation_request(state: ChatState, model: str) -> list:
-    """The conversation so far, as ``model`` saw it, ending with the question to answer."""
-    from foodie.inference import Message
-    history, question, images = state.model_inputs(model)
-    request = []
-    for q, imgs, a in history:
-        request += [Message("user", q, images=imgs), Message("assistant", a)]
-    request.append(Message("user", question, images=images))
-    return request
-
-
-def stream_answer(slot: ModelSlot, request: list, params):
-    """Text deltas of ``slot``'s answer to ``request`` (closing the iterator stops generation)."""
-    return slot.backend.stream(request, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,72 +219,19 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
 
     def answer(state: ChatState, temperature: float, top_p: float, max_new_tokens: int):
         """Stream every model's answer to the last turn into the chat (model errors become chat messages)."""
-        with state.lock:
-            if not state.turns or state.is_answered(state.turns[-1]):
-                yield (state, *views(state))
-                return
-            turn, token = state.turns[-1], state.begin_answer()
-            try:
-                params = generation_params(temperature, top_p, max_new_tokens)
-                requests = {s.key: conversation_request(state, s.key) for s in slots}
-            except ValueError as e:
-                for s in slots:
-                    turn.fail(s.key, f"Cannot ask the model: {e}")
-                requests = None
-        if requests is None:
+        try:
+            params = generation_params(temperature, top_p, max_new_tokens)
+        except ValueError as e:
+            with state.lock:
+                if state.turns and not state.is_answered(state.turns[-1]):
+                    for s in slots:
+                        state.turns[-1].fail(s.key, f"Generation settings: {e}")
             yield (state, *views(state))
             return
-        yield (state, *views(state))  # the question shows at once, with "…" for the answer
-        events: queue.Queue = queue.Queue()
-        done = threading.Event()  # this answer is over (finished, stopped, or the browser went away)
-
-        def run(slot: ModelSlot):
-            try:
-                stream = stream_answer(slot, requests[slot.key], params)
-                try:
-                    for delta in stream:
-                        events.put((slot.key, "delta", delta))
-                        if done.is_set() or state.cancelled(token):
-                            break
-                finally:
-                    stream.close()  # the backend stops generating
-            except Exception as e:  # noqa: BLE001 - any model failure is shown in the chat, the app goes on
-                log.exception("model %s failed", slot.label)
-                events.put((slot.key, "error",
-                            f"Model error ({slot.label}): {type(e).__name__}: {state.redact(str(e))}"))
-            finally:
-                events.put((slot.key, "done", None))
-
-        running = {s.key for s in slots}
-        for s in slots:
-            threading.Thread(target=run, args=(s,), daemon=True, name=f"answer-{s.key}").start()
-        try:
-            while running:
-                try:
-                    batch = [events.get(timeout=0.1)]
-                except queue.Empty:
-                    batch = []
-                while True:  # apply everything that arrived since the last update in one go
-                    try:
-                        batch.append(events.get_nowait())
-                    except queue.Empty:
-                        break
-                with state.lock:
-                    if state.cancelled(token):  # Stop/regenerate/undo/clear: the turn is no longer ours
-                        running.clear()
-                        batch = []
-                    for key, kind, payload in batch:
-                        if kind == "delta":
-                            turn.add(key, payload)
-                        elif kind == "error":
-                            turn.fail(key, payload)
-                        else:
-                            turn.finish(key)
-                            running.discard(key)
-                if batch or not running:
-                    yield (state, *views(state))
-        finally:
-            done.set()
+        answer_fns = {s.key: functools.partial(s.backend.stream, params=params) for s in slots}
+        for _ in stream_answers(state, answer_fns, names={s.key: s.label for s in slots}):
+            yield (state, *views(state))
+        yield (state, *views(state))
 
     def stop(state: ChatState):
         state.stop()

@@ -9,19 +9,26 @@ mode, e.g. ``{"base": ..., "tuned": ...}``). Images picked before the question i
 Uploaded files are copied into the session's own temporary folder under generated (uuid) names
 (``new_upload_path``); ``close()`` removes that folder when the session ends.
 
-Streaming: an answer being generated takes a token from ``begin_answer()`` and writes into its
-``Turn`` under ``lock`` while ``cancelled(token)`` is false. Stop, regenerate, undo and clear cancel
-every answer in flight first, so a late token never lands in a turn that was reset or removed.
+Streaming: ``stream_answers(state, {model: backend.stream, ...})`` answers the last turn with every
+model at once (a thread per model) and yields whenever there is something new to draw. An answer
+takes a token from ``begin_answer()`` and writes into its ``Turn`` under ``lock`` while
+``cancelled(token)`` is false; stop, regenerate, undo and clear cancel every answer in flight first,
+so a late token never lands in a turn that was reset or removed.
 """
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 MAX_IMAGES = 8  # per conversation: every image costs up to 13 tiles x 256 tokens of context
 
@@ -211,6 +218,18 @@ class ChatState:
         history = [(t.question, list(t.images), t.answers.get(model, "")) for t in self.turns[:-1]]
         return history, turn.question, list(turn.images)
 
+    def request(self, model: str) -> list:
+        """The conversation as ``model`` saw it, ending with the question to answer: a request for
+        ``foodie.inference`` (user messages carry their images; earlier answers are that model's own)."""
+        from foodie.inference import Message
+        with self.lock:
+            history, question, images = self.model_inputs(model)
+        request = []
+        for q, imgs, a in history:
+            request += [Message("user", q, images=imgs), Message("assistant", a)]
+        request.append(Message("user", question, images=images))
+        return request
+
     def messages(self, model: str) -> list[dict]:
         """The conversation as chat messages ({"role", "content"}) for one model's chat view.
 
@@ -246,3 +265,78 @@ class ChatState:
     def __deepcopy__(self, memo):
         # gr.State deep-copies its initial value; a conversation is never shared, so copies start empty.
         return ChatState(self.models, max_images=self.max_images, temp_root=self._temp_root)
+
+
+def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
+                   names: dict[str, str] | None = None, poll_s: float = 0.1) -> Iterator[None]:
+    """Answer the last turn of ``state`` with every model at once, each streaming in its own thread.
+
+    ``answer_fns[model](request)`` returns an iterator of text deltas that stops generating when closed
+    (``foodie.inference`` backends' ``stream``). Yields each time the conversation changed, for the
+    caller to redraw; ends when every model is done, or at once when the answer is cancelled (stop,
+    regenerate, undo, clear) -- the threads then close their streams. A model that raises gets the
+    error recorded in the turn (shown in the chat) and the others go on. Nothing happens when the last
+    turn is already answered.
+    """
+    names = names or {}
+    with state.lock:
+        if not state.turns or state.is_answered(state.turns[-1]):
+            return
+        turn, token = state.turns[-1], state.begin_answer()
+        requests = {}
+        for model in answer_fns:
+            try:
+                requests[model] = state.request(model)
+            except ValueError as e:
+                turn.fail(model, f"Cannot ask {names.get(model, model)}: {e}")
+    yield  # the question shows at once, with "…" for each answer
+    events: queue.Queue = queue.Queue()
+    over = threading.Event()  # this answer ended: done, cancelled, or the caller closed this generator
+
+    def work(model: str):
+        try:
+            stream = answer_fns[model](requests[model])
+            try:
+                for delta in stream:
+                    events.put((model, "delta", delta))
+                    if over.is_set() or state.cancelled(token):
+                        break
+            finally:
+                getattr(stream, "close", lambda: None)()  # the backend stops generating
+        except Exception as e:  # noqa: BLE001 - a failing model is reported in the chat, the app goes on
+            log.exception("model %s failed", names.get(model, model))
+            events.put((model, "error", f"Model error ({names.get(model, model)}): {type(e).__name__}: "
+                                        f"{state.redact(str(e))}"))
+        finally:
+            events.put((model, "done", None))
+
+    running = set(requests)
+    for model in requests:
+        threading.Thread(target=work, args=(model,), daemon=True, name=f"answer-{model}").start()
+    try:
+        while running:
+            try:
+                batch = [events.get(timeout=poll_s)]
+            except queue.Empty:
+                batch = []
+            while True:  # apply everything that arrived since the last redraw in one go
+                try:
+                    batch.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            with state.lock:
+                if state.cancelled(token):  # the turn is no longer ours to write
+                    running.clear()
+                    batch = []
+                for model, kind, payload in batch:
+                    if kind == "delta":
+                        turn.add(model, payload)
+                    elif kind == "error":
+                        turn.fail(model, payload)
+                    else:
+                        turn.finish(model)
+                        running.discard(model)
+            if batch or not running:
+                yield
+    finally:
+        over.set()

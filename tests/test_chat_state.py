@@ -1,9 +1,11 @@
 """The per-session conversation: turns, images per turn, clear, regenerate, undo, uploads, isolation."""
 import copy
+import threading
+import time
 
 import pytest
 
-from foodie.chat_state import ChatState
+from foodie.chat_state import ChatState, stream_answers
 
 
 def test_images_join_the_next_question_and_turns_keep_their_own_images(tmp_path):
@@ -173,3 +175,90 @@ def test_redact_hides_the_session_folder_in_messages(tmp_path):
     assert s.redact("nothing uploaded yet") == "nothing uploaded yet"
     p = s.new_upload_path(".jpg")
     assert s.redact(f"{p}: image file not found") == f"{p.name}: image file not found"
+
+
+# ---------------------------------------------------------------------------------------------
+# stream_answers: every model's answer streamed into the conversation, cancellable
+# ---------------------------------------------------------------------------------------------
+
+def words(*parts, delay=0.01, closed=None, fail_after=None):
+    """An answer function: streams ``parts``; records in ``closed`` when its stream is closed."""
+    def answer(request):
+        def gen():
+            try:
+                for i, p in enumerate(parts):
+                    if fail_after is not None and i == fail_after:
+                        raise RuntimeError("CUDA out of memory")
+                    time.sleep(delay)
+                    yield p
+            finally:
+                if closed is not None:
+                    closed.set()
+        answer.requests.append(request)
+        return gen()
+    answer.requests = []
+    return answer
+
+
+def test_stream_answers_streams_every_model_into_its_own_slot():
+    s = ChatState(models=("base", "tuned"))
+    s.ask("q1"); s.add_delta("base", "b1"); s.finish("base"); s.add_delta("tuned", "t1"); s.finish("tuned")
+    s.ask("q2")
+    base, tuned = words("no", "idea"), words("Peking", " duck")
+    seen = []
+    for _ in stream_answers(s, {"base": base, "tuned": tuned}):
+        seen.append((s.messages("base")[-1]["content"], s.messages("tuned")[-1]["content"]))
+    assert s.turns[-1].answers == {"base": "noidea", "tuned": "Peking duck"} and s.is_answered(s.turns[-1])
+    assert seen[0] == ("…", "…"), "the question shows before the first token"
+    assert any(t.endswith("▌") for _, t in seen), "partial answers are shown while streaming"
+    # Each model is asked with its own earlier answers.
+    assert [m.text for m in base.requests[0]] == ["q1", "b1", "q2"]
+    assert [m.text for m in tuned.requests[0]] == ["q1", "t1", "q2"]
+
+
+def test_stream_answers_records_a_failing_model_and_lets_the_other_finish():
+    s = ChatState(models=("base", "tuned"))
+    s.ask("q")
+    list(stream_answers(s, {"base": words("a", "b", "c", fail_after=2), "tuned": words("ok")},
+                        names={"base": "InternVL2-2B"}))
+    turn = s.turns[-1]
+    assert turn.answers["base"] == "ab" and turn.errors["base"].startswith("Model error (InternVL2-2B): RuntimeError")
+    assert turn.answers["tuned"] == "ok" and s.is_answered(turn)
+    assert s.messages("base")[-1]["content"] == "ab\n\n⚠️ " + turn.errors["base"]
+
+
+def test_stop_ends_the_stream_at_once_and_closes_the_model_stream():
+    s = ChatState()
+    s.ask("q")
+    closed = threading.Event()
+    updates = stream_answers(s, {"model": words(*["tok "] * 10_000, delay=0.005, closed=closed)})
+    next(updates)
+    while not s.turns[-1].answers.get("model"):
+        next(updates)
+    s.stop()
+    t0 = time.time()
+    rest = list(updates)
+    assert time.time() - t0 < 1 and len(rest) <= 1
+    assert closed.wait(2), "the model's stream was not closed: it would keep generating"
+    partial = s.turns[-1].answers["model"]
+    time.sleep(0.05)
+    assert s.turns[-1].answers["model"] == partial and s.is_answered(s.turns[-1])
+
+
+def test_closing_the_updates_generator_stops_the_model_too():
+    # gradio closes the handler's generator when the browser goes away.
+    s = ChatState()
+    s.ask("q")
+    closed = threading.Event()
+    updates = stream_answers(s, {"model": words(*["tok "] * 10_000, delay=0.005, closed=closed)})
+    next(updates); next(updates)
+    updates.close()
+    assert closed.wait(2)
+
+
+def test_stream_answers_does_nothing_for_an_answered_turn():
+    s = ChatState()
+    assert list(stream_answers(s, {"model": words("x")})) == []
+    s.ask("q"); s.finish("model")
+    fn = words("x")
+    assert list(stream_answers(s, {"model": fn})) == [] and fn.requests == []
