@@ -1,24 +1,29 @@
-"""Time to first token of the demo: how long after "Send" the first answer text appears.
+"""Time to first token of the demo: how long after "Send" the first answer text exists.
 
     python bench/demo_ttft.py                       # embedded tiny model on this machine's CPU
-    python bench/demo_ttft.py --model DIR --backend lmdeploy --runs 20
+    python bench/demo_ttft.py --model DIR --data-root DIR --backend lmdeploy --runs 20 --sessions 4
 
-Two levels, each with a text-only question and a question about one dish photo (synthetic FoodieQA):
+Cases: a text-only question, and a question about one dish photo from the data root: the first
+question's photo and the first photo with the most tiles (the slowest to encode). Levels:
 
 * ``backend``: ``foodie.inference`` ``stream()`` -> first non-empty text delta;
-* ``demo``: the demo's own handlers (``add_question`` then the ``answer`` generator, with its
-  per-session state, worker thread and queue) -> first chat update holding answer text. This
-  is what a browser sees, less the websocket hop.
+* ``demo``: what the page's answer handler runs -- a per-session ``ChatState``, ``ask``, then
+  ``stream_answers`` (worker thread, queue, cancel token) -> first update holding answer text. A
+  browser sees this plus one websocket hop.
+* ``demo, N sessions``: N sessions ask at the same moment from N threads (as Gradio's workers do);
+  every session's TTFT counts.
 
-Prints a table and writes ``work/bench/demo_ttft.json``. ``--limit 1.0`` exits non-zero when a
-median is over the limit (the demo's target on CPU with the tiny model is < 1 s).
+Prints a table and writes ``work/bench/demo_ttft.json``. ``--limit 1.0`` exits non-zero when a median
+is over the limit (the demo's target on CPU with the tiny model is < 1 s). Runs never overlap: each
+waits until the previous one's generation threads have ended.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -29,14 +34,18 @@ sys.path.insert(0, str(REPO))
 
 from foodie import paths  # noqa: E402
 from foodie.atomic import write_json  # noqa: E402
+from foodie.chat_state import ChatState, stream_answers  # noqa: E402
 
 
-def load_demo_module():
-    spec = importlib.util.spec_from_file_location("foodie_demo_app", REPO / "demo/app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def default_inputs(model: str | None, data_root: str | None) -> tuple[Path, Path]:
+    """--model/--data-root, or the embedded tiny model and synthetic data (built when missing)."""
+    model_dir = Path(model) if model else paths.tiny_model_dir()
+    data_dir = Path(data_root) if data_root else paths.demo_data_dir()
+    if model is None and not (model_dir / "config.json").is_file():
+        subprocess.run([sys.executable, str(REPO / "tools/make_tiny_model.py"), "--out", str(model_dir)], check=True)
+    if data_root is None and not data_dir.is_dir():
+        subprocess.run([sys.executable, str(REPO / "tools/make_demo_data.py"), "--out", str(data_dir)], check=True)
+    return model_dir, data_dir
 
 
 def wait_idle() -> None:
@@ -46,36 +55,53 @@ def wait_idle() -> None:
             t.join()
 
 
-def first_delta_seconds(backend, request, params) -> float:
+def backend_ttft(backend, question, image, params) -> float:
+    from foodie.inference import Message
     t0 = time.perf_counter()
-    stream = backend.stream(request, params)
+    stream = backend.stream([Message("user", question, images=[image] if image else [])], params)
     try:
         for delta in stream:
             if delta:
                 return time.perf_counter() - t0
     finally:
         stream.close()
-    raise RuntimeError("the model produced no text at all; try a different question or more max new tokens")
+    raise RuntimeError("the model produced no text at all; try more --max-new-tokens")
 
 
-def demo_first_update_seconds(app, handlers, question, image, max_new_tokens) -> float:
-    state = app.ChatState(("model",))
+def demo_ttft(backend, question, image, params) -> float:
+    state = ChatState(("model",))
+    if image is not None:
+        state.attach(image)
+    t0 = time.perf_counter()
+    state.ask(question)
+    updates = stream_answers(state, {"model": functools.partial(backend.stream, params=params)})
     try:
-        if image is not None:
-            state.attach(image)
-        t0 = time.perf_counter()
-        handlers["add_question"]({"text": question, "files": []}, state)
-        updates = handlers["answer"](state, 0.0, 1.0, max_new_tokens)
-        try:
-            for update in updates:
-                if state.turns[-1].answers.get("model"):
-                    return time.perf_counter() - t0
-        finally:
-            updates.close()
-            state.stop()
+        for _ in updates:
+            if state.turns[-1].answers.get("model"):
+                return time.perf_counter() - t0
     finally:
+        updates.close()
+        state.stop()
         state.close()
-    raise RuntimeError("the model produced no text at all")
+    raise RuntimeError("the model produced no text at all; try more --max-new-tokens")
+
+
+def concurrent_demo_ttft(backend, question, image, params, sessions: int) -> list[float]:
+    results: list[float] = []
+    start = threading.Barrier(sessions)
+
+    def one():
+        start.wait()
+        results.append(demo_ttft(backend, question, image, params))
+
+    threads = [threading.Thread(target=one, name=f"session-{i}") for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(results) != sessions:
+        raise RuntimeError("a session failed; see the traceback above")
+    return results
 
 
 def main(argv=None) -> int:
@@ -84,65 +110,81 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", help="FoodieQA folder for the dish photo (default: the synthetic set)")
     ap.add_argument("--backend", default="auto", choices=["auto", "transformers", "lmdeploy"])
     ap.add_argument("--runs", type=int, default=10, help="timed runs per case, after one warm-up (default 10)")
+    ap.add_argument("--sessions", type=int, default=2, help="sessions asking at once in the concurrent case "
+                                                            "(default 2; 1 skips it)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--limit", type=float, default=None, help="fail when a median TTFT exceeds this many seconds")
+    ap.add_argument("--limit", type=float, default=None,
+                    help="fail when a single-session median TTFT exceeds this many seconds")
     args = ap.parse_args(argv)
 
-    app = load_demo_module()
-    model_dir, data_dir = app.ensure_embedded_default(args.model, args.data_root)
     from rich.console import Console
     from rich.table import Table
+    from tqdm import tqdm
 
     from foodie.foodieqa import load_foodieqa
-    from foodie.inference import GenerationParams, Message, load_backend
+    from foodie.image_tiling import num_tiles
+    from foodie.inference import GenerationParams, load_backend
 
+    model_dir, data_dir = default_inputs(args.model, args.data_root)
     t0 = time.perf_counter()
     backend = load_backend(model_dir, backend=args.backend)
     load_s = time.perf_counter() - t0
     data = load_foodieqa(data_dir, tasks=["sivqa"], skip_bad=True)
-    photo = data.path(data.sivqa[0].image)
-    handlers = app.make_handlers([app.ModelSlot("model", model_dir.name, backend)], {}, 20 * 2**20)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-
-    cases = [("text only", "这道菜叫什么名字？", None), ("one dish photo", "这道菜叫什么名字？", photo)]
+    # The first question's photo, and the first photo that uses the most tiles (the slowest to encode).
+    max_tiles = getattr(backend, "max_tiles", None) or 12
+    tiles = {rel: num_tiles(*data.image_sizes[rel], max_num=max_tiles) if rel in data.image_sizes else 0
+             for rel in dict.fromkeys(item.image for item in data.sivqa)}
+    first = data.sivqa[0].image
+    largest = max(tiles, key=lambda rel: tiles[rel])
+    question = "这道菜叫什么名字？"
+    cases = [("text only", question, None), (f"dish photo, {tiles[first]} tiles", question, data.path(first))]
+    if tiles[largest] > tiles[first]:
+        cases.append((f"dish photo, {tiles[largest]} tiles", question, data.path(largest)))
+    levels = ["backend", "demo"] + ([f"demo, {args.sessions} sessions"] if args.sessions > 1 else [])
     rows = []
-    from tqdm import tqdm
-    with tqdm(total=len(cases) * 2 * (args.runs + 1), desc="TTFT runs", unit="run") as bar:
-        for name, question, image in cases:
-            request = [Message("user", question, images=[image] if image else [])]
-            for level in ("backend", "demo"):
-                times = []
+    with tqdm(total=len(cases) * len(levels) * (args.runs + 1), desc="TTFT runs", unit="run") as bar:
+        for case, question, image in cases:
+            for level in levels:
+                times: list[float] = []
                 for i in range(args.runs + 1):
                     if level == "backend":
-                        s = first_delta_seconds(backend, request, params)
+                        got = [backend_ttft(backend, question, image, params)]
+                    elif level == "demo":
+                        got = [demo_ttft(backend, question, image, params)]
                     else:
-                        s = demo_first_update_seconds(app, handlers, question, image, args.max_new_tokens)
+                        got = concurrent_demo_ttft(backend, question, image, params, args.sessions)
                     wait_idle()
                     if i:  # the first run is a warm-up
-                        times.append(s)
+                        times += got
                     bar.update()
-                rows.append(dict(case=name, level=level, runs=len(times), median_s=statistics.median(times),
-                                 p90_s=sorted(times)[max(0, int(round(0.9 * len(times))) - 1)],
-                                 min_s=min(times), max_s=max(times)))
+                times.sort()
+                rows.append(dict(case=case, level=level, samples=len(times), median_s=statistics.median(times),
+                                 p90_s=times[max(0, round(0.9 * len(times)) - 1)], min_s=times[0], max_s=times[-1]))
+
+    import os
 
     import torch
-    machine = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+    machine = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                   torch_threads=torch.get_num_threads(), load_avg_1min=round(os.getloadavg()[0], 1),
                    cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                    python=platform.python_version(), torch=torch.__version__)
-    device = f"GPU {machine['cuda']}" if machine["cuda"] else f"CPU, {machine['threads']} threads"
+    device = f"GPU {machine['cuda']}" if machine["cuda"] else f"CPU, {machine['torch_threads']} torch threads"
     table = Table(title=f"Time to first token: {model_dir.name}, backend {backend.name}, {device}")
-    for col in ("case", "level", "runs", "median s", "p90 s", "min s", "max s"):
+    for col in ("case", "level", "samples", "median s", "p90 s", "min s", "max s"):
         table.add_column(col, justify="left" if col in ("case", "level") else "right")
     for r in rows:
-        table.add_row(r["case"], r["level"], str(r["runs"]), f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
+        table.add_row(r["case"], r["level"], str(r["samples"]), f"{r['median_s']:.3f}", f"{r['p90_s']:.3f}",
                       f"{r['min_s']:.3f}", f"{r['max_s']:.3f}")
     Console().print(table)
-    print(f"model load {load_s:.1f} s; photo {photo.name}; max_new_tokens {args.max_new_tokens}")
+    print(f"model load {load_s:.1f} s; photos {first} and {largest}; max_new_tokens {args.max_new_tokens}; "
+          f"1-min load average at the end {machine['load_avg_1min']} on {machine['cores']} cores")
     out = paths.work_dir() / "bench" / "demo_ttft.json"
-    write_json(out, dict(model=str(model_dir), backend=backend.name, machine=machine, load_s=load_s, rows=rows))
+    write_json(out, dict(model=str(model_dir), backend=backend.name, machine=machine, load_s=load_s,
+                         max_new_tokens=args.max_new_tokens, rows=rows))
     print(f"wrote {out}")
     if args.limit is not None:
-        over = [r for r in rows if r["median_s"] > args.limit]
+        over = [r for r in rows if r["median_s"] > args.limit and "sessions" not in r["level"]]
         if over:
             print(f"FAIL: median TTFT over {args.limit} s for " + ", ".join(f"{r['case']}/{r['level']}" for r in over))
             return 1

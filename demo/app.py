@@ -118,6 +118,15 @@ def load_slots(model_dir: Path, compare_dir: Path | None, backend: str) -> list[
     return slots
 
 
+def warm_up(slot: ModelSlot) -> None:
+    """One short answer about a small picture, so the first user does not pay the backend's lazy start-up."""
+    from PIL import Image
+
+    from foodie.inference import GenerationParams, Message
+    picture = Image.new("RGB", (448, 448), (200, 120, 40))
+    slot.backend.generate([[Message("user", "这是什么菜？", images=[picture])]], GenerationParams(max_new_tokens=2))
+
+
 def generation_params(temperature: float, top_p: float, max_new_tokens: int):
     """The page's sliders -> GenerationParams; temperature 0 means greedy decoding."""
     from foodie.inference import GenerationParams
@@ -376,6 +385,8 @@ def main(argv=None):
               f"the demo and upload images. Put it behind your own access control.", flush=True)
     t0 = time.perf_counter()
     slots = load_slots(model_dir, compare_dir, args.backend)
+    for slot in slots:
+        warm_up(slot)
     gallery = load_gallery(data_dir)
     print(f"[demo] ready in {time.perf_counter() - t0:.1f}s: {sum(map(len, gallery.values()))} dishes in "
           f"{len(gallery)} cuisines", flush=True)
