@@ -9,8 +9,8 @@ only when every rank has finished, then prunes old ones and rewrites ``last_chec
 ``latest_complete_checkpoint`` does not trust ``last_checkpoint`` at all: it scans the work dir and
 validates each candidate (a file or, with DeepSpeed, a folder of ZeRO shards), newest first.
 
-torch >= 2.6 loads with ``weights_only=True``; ``allow_checkpoint_globals`` allow-lists exactly the
-non-tensor types an MMEngine/XTuner checkpoint holds, instead of turning the safety check off.
+torch >= 2.6 loads with ``weights_only=True``. The hook also stores MMEngine's message hub as plain
+data (see below), so its checkpoints load under ``weights_only=True`` without any allow-list.
 """
 from __future__ import annotations
 
@@ -76,31 +76,58 @@ def latest_complete_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-# --------------------------------------------------------------------------- torch.load allow-list
+# --------------------------------------------------------------------------- weights_only-safe content
+# torch >= 2.6 loads with weights_only=True: only tensors and plain Python containers/scalars unpickle.
+# MMEngine puts two other things into a checkpoint, both in the message hub: HistoryBuffer objects
+# (logged scalars; they pickle bound methods, i.e. need `builtins.getattr`, and allow-listing getattr
+# would defeat weights_only altogether) and numpy scalars (e.g. the ETA). The hook below stores them
+# as plain data and turns them back on load, so our checkpoints need no allow-list and no
+# weights_only=False -- `xtuner train --resume`, MMEngine's resume and `torch.load` all just work.
 
-def checkpoint_globals() -> list:
-    """The non-tensor globals found in MMEngine/XTuner training checkpoints (message hub history,
-    numpy scalars and arrays in logged values, the optimizer-state defaultdict)."""
-    import collections
+_BUFFER = "__history_buffer__"
 
+
+def _plain(value):
     import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
+    import torch
 
-    if hasattr(np, "_core"):  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct, scalar
-    else:  # numpy 1.x (the gpu profile pins numpy<2)
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes,
-            collections.OrderedDict, collections.defaultdict]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
-def allow_checkpoint_globals() -> None:
-    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6) read our checkpoints."""
-    import torch.serialization
+def plain_message_hub(hub: dict) -> dict:
+    """MessageHub.state_dict() with HistoryBuffers and numpy values as tensors / Python scalars."""
+    import torch
+    from mmengine.logging import HistoryBuffer
 
-    if hasattr(torch.serialization, "add_safe_globals"):
-        torch.serialization.add_safe_globals(checkpoint_globals())
+    out = dict(hub)
+    out["log_scalars"] = {}
+    for key, buf in hub.get("log_scalars", {}).items():
+        if isinstance(buf, HistoryBuffer):
+            log, count = buf.data
+            buf = {_BUFFER: True, "log": torch.as_tensor(log, dtype=torch.float64),
+                   "count": torch.as_tensor(count, dtype=torch.float64), "max_length": int(buf.max_length)}
+        out["log_scalars"][key] = buf
+    out["runtime_info"] = _plain(hub.get("runtime_info", {}))
+    return out
+
+
+def restore_message_hub(hub: dict) -> dict:
+    from mmengine.logging import HistoryBuffer
+
+    out = dict(hub)
+    out["log_scalars"] = {
+        key: HistoryBuffer(buf["log"].tolist(), buf["count"].tolist(), buf["max_length"])
+        if isinstance(buf, dict) and buf.get(_BUFFER) else buf
+        for key, buf in hub.get("log_scalars", {}).items()}
+    return out
 
 
 # --------------------------------------------------------------------------- the hook
@@ -109,11 +136,20 @@ def allow_checkpoint_globals() -> None:
 class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` whose checkpoints appear only when complete.
 
+    Checkpoints hold only tensors and plain Python values (loadable with ``weights_only=True``).
     Order per save: write ``.iter_N.pth.partial`` -> barrier -> rename to ``iter_N.pth`` -> delete
     checkpoints beyond ``max_keep_ckpts`` -> atomically rewrite ``last_checkpoint``. At any kill point
     the previous complete checkpoints are still on disk. Works for files and DeepSpeed folders on a
     local file system (the out_dir must be local).
     """
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if isinstance(checkpoint.get("message_hub"), dict):
+            checkpoint["message_hub"] = plain_message_hub(checkpoint["message_hub"])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if isinstance(checkpoint.get("message_hub"), dict):
+            checkpoint["message_hub"] = restore_message_hub(checkpoint["message_hub"])
 
     def before_train(self, runner) -> None:
         super().before_train(runner)

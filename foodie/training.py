@@ -6,7 +6,7 @@ MMEngine's ``last_checkpoint`` can name a checkpoint that a kill cut short. ``ru
 1. reads the config (paths, work_dir) and makes sure the embedded default model and data exist
    (building them with the project's own commands) or names the missing path and the fix;
 2. on resume, picks the newest checkpoint that validates (``foodie.checkpoints``) and passes it
-   explicitly (``--cfg-options resume=True load_from=...``; MMEngine's ``last_checkpoint`` is not read);
+   explicitly (``xtuner train --resume PATH``; MMEngine's ``last_checkpoint`` is not trusted);
 3. prints and runs the exact ``xtuner train ...`` command with the venv's ``bin`` first on PATH
    (XTuner starts ``python``/``torchrun`` from PATH), tee-ing output to ``<work_dir>/train-*.log``;
 4. declares success only when the process exited 0, printed no traceback, and a complete checkpoint
@@ -125,7 +125,7 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
     if deepspeed:
         cmd += ["--deepspeed", deepspeed]
     if resume_from is not None:
-        cmd += ["--cfg-options", "resume=True", f"load_from={resume_from}"]
+        cmd += ["--resume", str(resume_from)]
     cmd += list(extra_args or [])
 
     env = dict(os.environ)
@@ -187,3 +187,65 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
 def describe_checkpoint(ckpt: Path) -> str:
     kind = "DeepSpeed folder (ZeRO shards)" if ckpt.is_dir() else "file"
     return f"{ckpt} ({kind}, iteration {checkpoint_iter(ckpt)}, complete={is_complete_checkpoint(ckpt)})"
+
+
+def load_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
+    """The trainable weights (LoRA + projector) of an XTuner checkpoint: a ``.pth`` file, or a DeepSpeed
+    folder (``mp_rank_00_model_states.pt``'s ``module``)."""
+    import torch
+
+    checkpoint = Path(checkpoint)
+    if not is_complete_checkpoint(checkpoint):
+        raise TrainingFailed(f"{checkpoint} is not a complete checkpoint (truncated, or not a training checkpoint)")
+    if checkpoint.is_dir():
+        states = sorted(checkpoint.rglob("*mp_rank_00_model_states.pt"))
+        return torch.load(states[0], map_location="cpu", weights_only=False)["module"]  # DeepSpeed's own format
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike | None, data_root, held_out, *,
+                        model_path: str | os.PathLike | None = None, limit: int | None = None,
+                        max_new_tokens: int = 16, progress: bool = False) -> dict:
+    """Held-out SIVQA accuracy of a training checkpoint, without converting it first.
+
+    Builds the config's model (``checkpoint=None``: the untrained model, LoRA adding zero), loads the
+    checkpoint's LoRA + projector weights, and asks each held-out question through the model's own
+    ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``); the
+    reply is parsed by ``foodie.evaluation.parse_choice`` (first standalone A-D). For the full report on
+    a converted checkpoint use tools/eval_food.py.
+    """
+    import torch
+    from mmengine.config import Config
+    from transformers import AutoTokenizer
+    from xtuner.registry import BUILDER
+
+    from foodie.evaluation import build_questions, parse_choice
+    from foodie.image_tiling import load_image
+
+    cfg = _load_config(Path(config))
+    if model_path is not None:
+        cfg.model.model_path = str(model_path)
+    model = BUILDER.build(cfg.model).eval()
+    if checkpoint is not None:
+        state = load_training_checkpoint(checkpoint)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise TrainingFailed(f"{checkpoint} has weights this config's model lacks: {unexpected[:5]} "
+                                 f"(was it trained with another config or LoRA setting?)")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_path, trust_remote_code=True)
+    tiles = cfg.train_dataloader.dataset.get("max_dynamic_patch") or model.model.config.max_dynamic_patch
+    questions, root = build_questions(data_root, tasks=["sivqa"], items=held_out, limit=limit)
+    rows = []
+    items = questions
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(questions, desc="held-out questions")
+    with torch.no_grad():
+        for q in items:
+            pixel_values = load_image(Path(root) / q.images[0], max_num=tiles).to(model.model.dtype)
+            reply = model.model.chat(tokenizer, pixel_values, q.prompt,
+                                     dict(max_new_tokens=max_new_tokens, do_sample=False))
+            pred = parse_choice(reply, q.choices)
+            rows.append(dict(question_id=q.question_id, answer=q.answer, pred=pred, reply=reply))
+    correct = sum(r["pred"] == r["answer"] for r in rows)
+    return dict(accuracy=correct / max(len(rows), 1), correct=correct, n=len(rows), rows=rows)

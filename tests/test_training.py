@@ -1,0 +1,288 @@
+"""Training with XTuner on CPU: the launcher, failure detection, resume after SIGKILL, the prompt
+format shared with inference, and that the embedded default actually learns.
+
+Every run here is a real `xtuner train` (through tools/train.py) on the embedded tiny InternVL2 and
+the synthetic FoodieQA, with iteration counts overridden to stay short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from foodie.checkpoints import AtomicCheckpointHook, checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_CONFIG = REPO / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
+REAL_CONFIG = REPO / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def food_data(tmp_path_factory):
+    """Synthetic FoodieQA -> process_food output (train.json + held_out.json), SIVQA, zh."""
+    from foodie.data_conversion import ConversionOptions, convert_foodieqa
+    from foodie.synthetic_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("food")
+    make_demo_data(root / "foodieqa")
+    convert_foodieqa(root / "foodieqa", root / "xtuner", ConversionOptions(check_images=False))
+    return root
+
+
+def train_env(tiny_model_dir, food_data, work_dir) -> dict:
+    env = dict(os.environ)
+    env.update(FOODIE_MODEL=str(tiny_model_dir), FOODIE_DATA=str(food_data / "xtuner"),
+               FOODIE_WORK_DIR=str(work_dir), OMP_NUM_THREADS="1")
+    return env
+
+
+def launch(env, *args, config=CPU_CONFIG, iters=None, interval=None, **popen):
+    """tools/train.py with optional iteration overrides; returns (Popen, command)."""
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(config), *args]
+    opts = []
+    if iters is not None:
+        opts += [f"train_cfg.max_iters={iters}", f"param_scheduler.1.end={iters}"]
+    if interval is not None:
+        opts += [f"default_hooks.checkpoint.interval={interval}"]
+    if opts:
+        cmd += ["--", "--cfg-options", *opts]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **popen)
+
+
+def finish(proc, timeout=600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+# --------------------------------------------------------------------------- end to end
+
+def test_cpu_training_end_to_end(tiny_model_dir, food_data, tmp_path):
+    """make train's launcher: prints the xtuner command, trains, reports the final checkpoint, which
+    holds the LoRA weights and the projector (what the convert step merges) and no frozen weights."""
+    work = tmp_path / "run"
+    proc = launch(train_env(tiny_model_dir, food_data, work), iters=4, interval=2)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "xtuner train " in out and str(CPU_CONFIG) in out  # the exact command is shown
+    final = work / "iter_4.pth"
+    assert f"checkpoint: {final}" in out
+    assert is_complete_checkpoint(final)
+    assert (work / "last_checkpoint").read_text().strip() == str(final)
+
+    # torch >= 2.6 default weights_only=True loads it: the checkpoint holds only tensors and plain values.
+    state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
+    lora = [k for k in state if "lora_A" in k or "lora_B" in k]
+    assert lora and all(k.startswith("model.language_model.base_model.model.") for k in lora)
+    assert any(".output.lora_A." in k for k in lora)  # every linear layer of the LLM, the head included
+    assert any(k.startswith("model.mlp1.") for k in state)  # the projector is trained
+    assert not any("vision_model" in k for k in state)  # the ViT is frozen and not saved
+    assert not any(k.endswith(".base_layer.weight") for k in state)  # nor the frozen LLM weights
+
+
+def test_failed_training_is_reported(tiny_model_dir, food_data, tmp_path):
+    """xtuner exits 0 when training crashes; the launcher must not: non-zero exit, the reason, the log."""
+    work = tmp_path / "broken"
+    env = train_env(tiny_model_dir, food_data, work)
+    # A crash inside `xtuner train` (the LoRA config is rejected while the model is built).
+    proc = launch(env, "--", "--cfg-options", "model.llm_lora.target_modules=[no_such_layer]")
+    out = finish(proc)
+    assert proc.returncode == 1, out[-3000:]
+    assert "training failed" in out and "traceback" in out and "no new complete checkpoint" in out
+    assert "full log: " + str(work) in out
+    log = next(work.glob("train-*.log"))
+    assert "Traceback (most recent call last)" in log.read_text()
+
+    # A config that cannot be read: clear error naming the file, before anything runs.
+    bad = tmp_path / "bad_config.py"
+    bad.write_text("model = dict(type=\n")
+    proc = launch(env, config=bad)
+    out = finish(proc)
+    assert proc.returncode == 1 and f"cannot read config {bad}" in out
+
+
+def _wait_for(path_fn, proc, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path_fn():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, food_data, tmp_path):
+    """SIGKILL mid-run, leave behind what an interrupted save leaves (a truncated newer checkpoint that
+    last_checkpoint names, a partial temp folder), then --resume: it must pick the newest *complete*
+    checkpoint, continue from its iteration and end at the planned final iteration."""
+    work = tmp_path / "killed"
+    env = train_env(tiny_model_dir, food_data, work)
+    proc = launch(env, iters=6, interval=2)
+    assert _wait_for(lambda: (work / "iter_2.pth").exists(), proc, timeout=300), finish(proc)[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "iter_6.pth").exists()
+
+    newest = latest_complete_checkpoint(work)
+    assert newest is not None and checkpoint_iter(newest) in (2, 4)
+    # What the stock CheckpointHook leaves when killed while saving the next checkpoint:
+    truncated = work / f"iter_{checkpoint_iter(newest) + 1}.pth"
+    data = newest.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    (work / "last_checkpoint").write_text(str(truncated))
+    (work / ".iter_99.pth.partial").mkdir()
+    assert not is_complete_checkpoint(truncated)
+
+    proc = launch(env, "--resume", iters=6, interval=2)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"skipping incomplete checkpoint {truncated}" in out
+    assert f"resuming from {newest}" in out
+    assert f"--resume {newest}" in out  # passed explicitly, last_checkpoint is not trusted
+    assert f"resumed epoch 0, iter {checkpoint_iter(newest)}" in out  # MMEngine restored the loop state
+    assert is_complete_checkpoint(work / "iter_6.pth")
+    assert f"checkpoint: {work / 'iter_6.pth'}" in out
+    assert not (work / ".iter_99.pth.partial").exists()  # stale temp folders are cleared
+
+
+def test_atomic_checkpoint_hook_keeps_the_previous_checkpoint_until_the_new_one_is_whole(tmp_path):
+    """A save that dies half-way leaves only a hidden partial; old checkpoints and last_checkpoint stay."""
+    from mmengine.logging import MessageHub
+
+    class Runner:  # the parts of mmengine's Runner the hook touches
+        work_dir = str(tmp_path)
+        message_hub = MessageHub.get_instance("atomic-hook-test")
+
+        def __init__(self):
+            self.fail = False
+
+        def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+            path = Path(out_dir) / filename
+            torch.save({"meta": {"iter": 0}, "state_dict": {"w": torch.zeros(1000)}}, path)
+            if self.fail:
+                path.write_bytes(path.read_bytes()[:100])  # the process dies mid-write
+                raise KeyboardInterrupt
+
+    hook = AtomicCheckpointHook(interval=1, by_epoch=False, max_keep_ckpts=2)
+    hook.out_dir, hook.keep_ckpt_ids = str(tmp_path), __import__("collections").deque([], 2)
+    runner = Runner()
+    for step in (1, 2, 3):
+        hook._save_checkpoint_with_step(runner, step, meta={})
+    assert [p.name for p in sorted(tmp_path.glob("iter_*.pth"))] == ["iter_2.pth", "iter_3.pth"]
+    runner.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        hook._save_checkpoint_with_step(runner, 4, meta={})
+    assert not (tmp_path / "iter_4.pth").exists() and (tmp_path / ".iter_4.pth.partial").exists()
+    assert (tmp_path / "iter_2.pth").exists() and (tmp_path / "iter_3.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_3.pth")
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "iter_3.pth"
+
+
+# --------------------------------------------------------------------------- prompt format
+
+def test_training_tokens_equal_what_chat_feeds_the_model(tiny_model_dir, food_data, tmp_path):
+    """Token for token: the training sample's prompt (XTuner dataset + our template) is what the model's
+    chat() passes to generate() for the same question and image, in one turn and with history; the
+    answer tokens are what the tokenizer gives the whole rendered conversation; the image tensors agree."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from foodie.image_tiling import load_image
+    from foodie.xtuner_dataset import FoodieInternVLDataset
+
+    sample = json.loads((food_data / "xtuner" / "train.json").read_text())[0]
+    human, gpt = sample["conversations"]
+    two_turns = dict(sample, conversations=[human, gpt, {"from": "human", "value": "再说一遍？"},
+                                            {"from": "gpt", "value": gpt["value"]}])
+    data_file = tmp_path / "samples.json"
+    data_file.write_text(json.dumps([sample, two_turns], ensure_ascii=False))
+    ds = FoodieInternVLDataset(str(tiny_model_dir), str(data_file), image_folders=str(tmp_path),
+                               max_length=8192, max_dynamic_patch=2)
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    seen = []
+
+    def fake_generate(pixel_values=None, input_ids=None, attention_mask=None, **kw):
+        seen.append(input_ids[0].tolist())
+        return tok(gpt["value"], add_special_tokens=False, return_tensors="pt").input_ids
+
+    model.generate = fake_generate
+    question = human["value"].replace("<image>", "").strip()
+    pixel_values = load_image(sample["image"], max_num=2)
+
+    one = ds.prepare_data(0)
+    assert torch.allclose(one["pixel_values"], pixel_values, atol=1e-5)
+    reply, history = model.chat(tok, pixel_values, question, dict(max_new_tokens=8), return_history=True)
+    assert reply == gpt["value"]
+    prompt = [i for i, lab in zip(one["input_ids"], one["labels"]) if lab == -100]
+    assert seen[-1] == prompt
+    n = len(prompt)
+    assert one["input_ids"][n:] == tok(tok.decode(prompt) + gpt["value"] + "<|im_end|>",
+                                       add_special_tokens=False).input_ids[n - 1:]  # <s> not re-added
+    assert one["labels"][n:] == one["input_ids"][n:]  # loss on the whole answer and its end marker
+
+    two = ds.prepare_data(1)
+    model.chat(tok, pixel_values, "再说一遍？", dict(max_new_tokens=8), history=history)
+    second_prompt = [i for i, lab in zip(two["input_ids"], two["labels"]) if lab == -100]
+    # Everything before the second answer, i.e. prompt of turn 1 + answer 1 + end + turn 2, in order.
+    end_of_second_prompt = len(two["input_ids"]) - len(one["input_ids"][n:])
+    assert seen[-1] == two["input_ids"][:end_of_second_prompt]
+    assert len(second_prompt) < end_of_second_prompt  # the first answer is trained on too
+
+
+def test_configs_read_paths_from_the_environment(monkeypatch, tmp_path):
+    """Nobody edits paths in the configs: both read FOODIE_MODEL / FOODIE_DATA / FOODIE_WORK_DIR; the
+    CPU one changes only CPU things and keeps the real run's LoRA and template settings."""
+    from mmengine.config import Config
+
+    monkeypatch.setenv("FOODIE_MODEL", "/m")
+    monkeypatch.setenv("FOODIE_DATA", "/d")
+    monkeypatch.setenv("FOODIE_WORK_DIR", "/w")
+    real, cpu = Config.fromfile(str(REAL_CONFIG)), Config.fromfile(str(CPU_CONFIG))
+    for cfg in (real, cpu):
+        assert cfg.model.model_path == "/m" and cfg.train_dataloader.dataset.model_path == "/m"
+        assert cfg.train_dataloader.dataset.data_paths == "/d/train.json" and cfg.work_dir == "/w"
+        assert cfg.custom_hooks[0].tokenizer.pretrained_model_name_or_path == "/m"
+        assert dict(cfg.model.llm_lora, type=None) == dict(r=128, lora_alpha=256, lora_dropout=0.05,
+                                                           target_modules=None, task_type="CAUSAL_LM", type=None)
+        assert cfg.model.freeze_visual_encoder and cfg.model.freeze_llm
+    assert real.optim_wrapper.type.__name__ == "AmpOptimWrapper" and real.optim_wrapper.dtype == "bfloat16"
+    assert cpu.optim_wrapper.type.__name__ == "OptimWrapper"
+    assert real.param_scheduler[0].end >= 1 and real.param_scheduler[0].by_epoch is False  # warm-up in iterations
+    assert real.default_hooks.checkpoint.max_keep_ckpts >= 2 and real.default_hooks.checkpoint.save_optimizer
+
+
+# --------------------------------------------------------------------------- learning
+
+@pytest.mark.slow
+def test_embedded_default_learns_the_dishes(tiny_model_dir, food_data, tmp_path):
+    """The CPU config as shipped (its iterations, lr, data) takes held-out SIVQA accuracy from chance
+    to >= 90%: questions about photos never trained on, answered by chat() and parsed as a letter."""
+    from foodie.training import checkpoint_accuracy
+
+    work = tmp_path / "learn"
+    heldout = food_data / "xtuner" / "held_out.json"
+    before = checkpoint_accuracy(CPU_CONFIG, None, food_data / "foodieqa", heldout,
+                                 model_path=tiny_model_dir)
+    start = time.time()
+    proc = launch(train_env(tiny_model_dir, food_data, work))
+    out = finish(proc, timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    after = checkpoint_accuracy(CPU_CONFIG, latest_complete_checkpoint(work), food_data / "foodieqa",
+                                heldout, model_path=tiny_model_dir)
+    print(f"held-out SIVQA accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f} "
+          f"({after['n']} questions, training {time.time() - start:.0f}s)")
+    assert after["n"] >= 50
+    assert before["accuracy"] <= 0.45  # chance is 0.25; an untrained model must not already know
+    assert after["accuracy"] >= 0.90
