@@ -1,0 +1,305 @@
+"""tools/convert_to_official.py / foodie.merge: a trained run becomes a verified official InternVL2 folder.
+
+One real CPU training run of the embedded tiny model (tools/train.py, 2 iterations, a checkpoint after
+each) is shared by the module; conversions run in-process except one through the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from foodie.merge import (PROVENANCE_FILE, ConvertError, convert, probe_image, probe_inputs, probe_logits,
+                          split_trained_state)
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_CONFIG = REPO / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
+TOOL = REPO / "tools" / "convert_to_official.py"
+PUBLISH_KEYS = {"base_model", "base_model_path", "config", "config_summary", "checkpoint", "date", "lora", "data",
+                "trained"}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def food_data(tmp_path_factory):
+    from foodie.data_conversion import ConversionOptions, convert_foodieqa
+    from foodie.synthetic_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("food")
+    make_demo_data(root / "foodieqa")
+    convert_foodieqa(root / "foodieqa", root / "xtuner", ConversionOptions(check_images=False))
+    return root / "xtuner"
+
+
+def _env(tiny_model_dir, food_data, work_dir) -> dict:
+    return {"FOODIE_MODEL": str(tiny_model_dir), "FOODIE_DATA": str(food_data), "FOODIE_WORK_DIR": str(work_dir)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, food_data, tmp_path_factory):
+    """The work dir of a real 2-iteration CPU training run (iter_1.pth, iter_2.pth)."""
+    work = tmp_path_factory.mktemp("run") / "work"
+    env = dict(os.environ, OMP_NUM_THREADS="1", **_env(tiny_model_dir, food_data, work))
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(CPU_CONFIG), "--", "--cfg-options",
+           "train_cfg.max_iters=2", "param_scheduler.0.start_factor=1.0", "param_scheduler.1.end=2",
+           "default_hooks.checkpoint.interval=1"]  # no warm-up: two steps at the full lr change the model
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (work / "iter_2.pth").is_file() and (work / "iter_1.pth").is_file()
+    return work
+
+
+@pytest.fixture
+def run_env(monkeypatch, tiny_model_dir, food_data, trained_run):
+    """The environment the configs read (FOODIE_MODEL, FOODIE_DATA, FOODIE_WORK_DIR) set for the run."""
+    for k, v in _env(tiny_model_dir, food_data, trained_run).items():
+        monkeypatch.setenv(k, v)
+    return trained_run
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary folders/files the atomic writer would leave if it failed to clean up."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+# --------------------------------------------------------------------------- the trained tiny model
+
+def test_command_converts_latest_and_verifies(run_env, tmp_path):
+    """The tool's command line: `latest` picks iter_2, the merged folder is complete, verified (max
+    difference printed), loads with AutoModel, chats, and passes the publish tool's checks."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from foodie.image_tiling import load_image
+    from foodie.publish import check_checkpoint
+
+    out = tmp_path / "InternVL2-tiny-foodie"
+    done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), "latest", str(out), "--no-progress"],
+                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"checkpoint {run_env / 'iter_2.pth'}" in done.stdout
+    assert "max |logits(merged) - logits(base+LoRA, unmerged)| = " in done.stdout
+    assert leftovers(tmp_path) == []
+
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json",
+            "tokenizer.json", "modeling_internvl_chat.py", "modeling_internlm2.py", "modeling_intern_vit.py",
+            "configuration_internvl_chat.py", "conversation.py", PROVENANCE_FILE} <= names
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "internvl_chat" and config["torch_dtype"] == "bfloat16"
+
+    ckpt = check_checkpoint(out)  # foodie.publish: loadable official checkpoint, no LoRA tensors, no pickle
+    assert ckpt.dtypes == ["BF16"]
+    note = ckpt.provenance
+    assert PUBLISH_KEYS <= set(note)
+    assert note["checkpoint"].endswith("iter_2.pth") and note["iteration"] == 2
+    assert note["lora"] == {"r": 128, "alpha": 256, "dropout": 0.05,
+                            "targets": "all LLM linear layers (output, w1, w2, w3, wo, wqkv)"}
+    assert note["trained"] == {"vision_model": "frozen", "mlp1": "full", "language_model": "LoRA"}
+    assert note["data"]["synthetic"] is True and note["data"]["train_questions"] > 0 and note["data"]["held_out"] > 0
+    v = note["verification"]
+    assert v["max_abs_logit_diff"] <= v["tolerance"] < v["lora_effect"]  # the check could have failed
+
+    model = AutoModel.from_pretrained(out, torch_dtype=torch.float32, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    answer = model.chat(tokenizer, load_image(probe_image(), max_num=1), "<image>\n这是什么菜？",
+                        dict(max_new_tokens=6, do_sample=False))
+    assert isinstance(answer, str) and answer
+
+
+def test_merged_float32_sharded_equals_xtuner_model_with_lora(run_env, tmp_path):
+    """The merged weights (float32, several safetensors shards + index) give the logits of the model as
+    XTuner trains it: FoodieInternVL built from the config, checkpoint loaded by XTuner, LoRA unmerged."""
+    from mmengine.config import Config
+    from transformers import AutoModel
+    from xtuner.registry import BUILDER
+
+    ckpt = run_env / "iter_1.pth"
+    out = tmp_path / "merged"
+    result = convert(CPU_CONFIG, ckpt, out, dtype="float32", max_shard_size="1MB", verify=False, progress=False)
+    assert result.checkpoint == ckpt and result.counts["merged"] == 11  # 2 layers x 5 linears + the LM head
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).is_file() for s in shards) and not (out / "model.safetensors").exists()
+
+    cfg = Config.fromfile(str(CPU_CONFIG))
+    cfg.model.pretrained_pth = str(ckpt)
+    xtuner_model = BUILDER.build(cfg.model).model.eval()
+    config = json.loads((out / "config.json").read_text())
+    tokenizer, pixel_values, enc = probe_inputs(out, config)
+    want = probe_logits(xtuner_model, tokenizer, pixel_values, enc)
+    got = probe_logits(AutoModel.from_pretrained(out, torch_dtype=torch.float32, trust_remote_code=True).eval(),
+                       tokenizer, pixel_values, enc)
+    base = probe_logits(AutoModel.from_pretrained(os.environ["FOODIE_MODEL"], torch_dtype=torch.float32,
+                                                  trust_remote_code=True).eval(), tokenizer, pixel_values, enc)
+    assert (got - want).abs().max() < 1e-4 * max(1.0, float(want.abs().max()))
+    assert (base - want).abs().max() > 1e-2  # training changed the model, so the equality above means something
+
+
+# --------------------------------------------------------------------------- bad input fails cleanly
+
+def write_config(path: Path, model: str) -> Path:
+    """A standalone XTuner config with the given model dict source (work dir and data from the env)."""
+    path.write_text(
+        "from peft import LoraConfig\n"
+        "from foodie.xtuner_model import FoodieInternVL\n"
+        "from xtuner.model import InternVL_V1_5\n"
+        "_os = __import__('os')\n"
+        f"model = {model}\n"
+        "work_dir = _os.environ['FOODIE_WORK_DIR']\n"
+        "data_path = _os.path.join(_os.environ['FOODIE_DATA'], 'train.json')\n"
+        "del _os\n", encoding="utf-8")
+    return path
+
+
+def test_checkpoint_not_matching_the_config_names_the_keys(run_env, tmp_path):
+    config = write_config(tmp_path / "r16.py", "dict(type=FoodieInternVL, model_path=_os.environ['FOODIE_MODEL'], "
+                          "freeze_llm=True, freeze_visual_encoder=True, llm_lora=dict(type=LoraConfig, r=16, "
+                          "lora_alpha=32, target_modules=['wqkv', 'wo'], task_type='CAUSAL_LM'))")
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError) as e:
+        convert(config, "latest", out, progress=False)
+    msg = str(e.value)
+    assert f"checkpoint {run_env / 'iter_2.pth'} does not match config {config}" in msg
+    assert "shapes differ" in msg and "attention.wqkv.lora_A.default.weight: (128, 128) in the checkpoint, (16, 128)" in msg
+    assert "tensors the config does not train" in msg and "feed_forward.w1.lora_A" in msg
+    assert "Fix: pass the config this checkpoint was trained with" in msg
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_missing_base_model(run_env, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("FOODIE_MODEL", str(tmp_path / "no-such-model"))
+    with pytest.raises(ConvertError, match=r"base model folder not found: .*no-such-model.*FOODIE_MODEL"):
+        convert(CPU_CONFIG, "latest", out, progress=False)
+    monkeypatch.setenv("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")  # a hub id: nothing is downloaded
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConvertError, match=r"'OpenGVLab/InternVL2-2B' .* not in the Hugging Face cache"):
+        convert(CPU_CONFIG, "latest", out, progress=False)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_qlora_run_is_explained_and_merges_into_the_bf16_base_on_request(run_env, tmp_path):
+    config = write_config(tmp_path / "qlora.py", "dict(type=InternVL_V1_5, model_path=_os.environ['FOODIE_MODEL'], "
+                          "freeze_llm=True, freeze_visual_encoder=True, quantization_llm=True, "
+                          "llm_lora=dict(type=LoraConfig, r=128, lora_alpha=256, lora_dropout=0.05, "
+                          "target_modules=None, task_type='CAUSAL_LM'))")
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError) as e:
+        convert(config, "latest", out, progress=False)
+    msg = str(e.value)
+    assert "QLoRA run (model.quantization_llm=True)" in msg and "--allow-qlora" in msg and "bf16 base" in msg
+    assert not out.exists() and leftovers(tmp_path) == []
+
+    convert(config, "latest", out, allow_qlora=True, verify=False, progress=False)
+    note = json.loads((out / PROVENANCE_FILE).read_text())
+    assert "merged into the original bf16 base weights" in note["qlora"]
+
+
+def test_half_written_checkpoints(run_env, tmp_path, monkeypatch):
+    """A truncated iter_N.pth is refused by name; `latest` skips it for the newest complete one."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(run_env / "iter_1.pth", work / "iter_1.pth")
+    data = (run_env / "iter_2.pth").read_bytes()
+    (work / "iter_2.pth").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match=r"iter_2.pth is half-written .*newest complete checkpoint there is "
+                                           r".*iter_1.pth"):
+        convert(CPU_CONFIG, work / "iter_2.pth", out, progress=False)
+    assert not out.exists()
+
+    monkeypatch.setenv("FOODIE_WORK_DIR", str(work))
+    result = convert(CPU_CONFIG, "latest", out, verify=False, progress=False)
+    assert result.checkpoint == work / "iter_1.pth"
+
+    (work / "iter_1.pth").unlink()
+    with pytest.raises(ConvertError, match=r"CHECKPOINT=latest: no complete checkpoint .*only incomplete ones \(iter_2.pth\)"):
+        convert(CPU_CONFIG, "latest", tmp_path / "out2", progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_half_written_deepspeed_folder(run_env, tmp_path):
+    """A ZeRO folder (the layout DeepSpeed writes for mmengine's iter_N.pth) missing a rank's optimizer
+    shard: readable files, but not a whole checkpoint -> a clear error, nothing written."""
+    folder = tmp_path / "iter_5.pth"
+    folder.mkdir()
+    state = torch.load(run_env / "iter_2.pth", map_location="cpu", weights_only=True)["state_dict"]
+    shapes = {k: v.shape for k, v in state.items()}
+    torch.save({"module": state, "buffer_names": [], "param_shapes": [shapes], "frozen_param_shapes": None,
+                "shared_params": {}, "ds_version": "0.16.2"}, folder / "mp_rank_00_model_states.pt")
+    flat = torch.cat([v.flatten() for v in state.values()])
+    half = (flat.numel() + 1) // 2
+    # rank 0 of a 2-process ZeRO-2 run; rank 1's shard never got written
+    torch.save({"optimizer_state_dict": {"zero_stage": 2, "partition_count": 2,
+                                         "single_partition_of_fp32_groups": [flat[:half]]}},
+               folder / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match=r"DeepSpeed checkpoint .*iter_5.pth cannot be read .*Expected 2 of "
+                                           r"'\*_optim_states.pt'"):
+        convert(CPU_CONFIG, folder, out, progress=False)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_save_dir_rules_and_failed_verification_leave_everything_as_it_was(run_env, tmp_path):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier conversion")
+    ckpt = run_env / "iter_2.pth"
+
+    with pytest.raises(ConvertError, match="already exists and is not empty: pass --force"):
+        convert(CPU_CONFIG, ckpt, out, progress=False)
+    with pytest.raises(ConvertError, match="is the checkpoint"):
+        convert(CPU_CONFIG, ckpt, ckpt, force=True, progress=False)
+    with pytest.raises(ConvertError, match="contains the checkpoint"):
+        convert(CPU_CONFIG, ckpt, run_env, force=True, progress=False)  # --force would have deleted the run
+    with pytest.raises(ConvertError, match="is the base model"):
+        convert(CPU_CONFIG, ckpt, os.environ["FOODIE_MODEL"], force=True, progress=False)
+
+    # The merged folder is written, reloaded and fails verification (zero tolerance): the earlier SAVE_DIR
+    # stays as it was and no temporary folder remains.
+    with pytest.raises(ConvertError, match=r"verification failed: .*differ .* by up to"):
+        convert(CPU_CONFIG, ckpt, out, force=True, tolerance=0.0, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert leftovers(tmp_path) == [] and ckpt.is_file()
+
+    convert(CPU_CONFIG, ckpt, out, force=True, verify=False, progress=False)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_command_line_error_exit_code(run_env, tmp_path):
+    done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), str(tmp_path / "iter_9.pth"),
+                           str(tmp_path / "out")], cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert f"ERROR: checkpoint not found: {tmp_path / 'iter_9.pth'}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- names
+
+def test_training_names_map_to_official_names():
+    state = {
+        "model.language_model.base_model.model.model.layers.0.attention.wqkv.lora_A.default.weight": torch.zeros(2, 3),
+        "model.language_model.base_model.model.model.layers.0.attention.wqkv.lora_B.default.weight": torch.zeros(4, 2),
+        "model.vision_model.base_model.model.encoder.layers.1.attn.qkv.lora_A.default.weight": torch.zeros(2, 3),
+        "model.mlp1.1.bias": torch.zeros(3),
+        "model.vision_model.encoder.layers.0.ls1": torch.zeros(3),
+    }
+    trained = split_trained_state(state, Path("iter_1.pth"))
+    assert set(trained.lora) == {"language_model.model.layers.0.attention.wqkv.weight",
+                                 "vision_model.encoder.layers.1.attn.qkv.weight"}
+    assert set(trained.lora["language_model.model.layers.0.attention.wqkv.weight"]) == {"A", "B"}
+    assert set(trained.full) == {"mlp1.1.bias", "vision_model.encoder.layers.0.ls1"}
+    with pytest.raises(ConvertError, match="DoRA"):
+        split_trained_state({"model.language_model.base_model.model.x.lora_magnitude_vector.default.weight":
+                             torch.zeros(1)}, Path("iter_1.pth"))
