@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -188,17 +190,22 @@ def test_gallery_pick_streamed_answer_and_two_isolated_tabs(server, browser, tmp
         assert a.locator(f"#chat-model {USER} img").first.get_attribute("src") == dish_src
         assert b.locator(f"#chat-model {USER}").count() == 1
 
+        ARTIFACTS.mkdir(exist_ok=True)
+        a.screenshot(path=str(ARTIFACTS / "demo_e2e_tab_a.png"), full_page=True)
+
         # Clear in A empties A only.
         a.locator("#clear").click()
         a.wait_for_function(f"() => !document.querySelector('#chat-model {BOT}')", timeout=10_000)
         assert b.locator(f"#chat-model {BOT}").count() == 1
 
-        ARTIFACTS.mkdir(exist_ok=True)
         b.screenshot(path=str(ARTIFACTS / "demo_e2e_tab_b.png"), full_page=True)
         (ARTIFACTS / "demo_e2e_timing.json").write_text(json.dumps(
             {"browser_first_answer_text_s": round(first_text_s, 3), "updates_seen": len(lengths)}) + "\n")
+    except BaseException:
+        a.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_tab_a.png"), full_page=True)
+        b.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_tab_b.png"), full_page=True)
+        raise
     finally:
-        a.screenshot(path=str(ARTIFACTS / "demo_e2e_tab_a.png"), full_page=True)
         ctx_a.close()
         ctx_b.close()
 
@@ -222,6 +229,10 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
         src = img.get_attribute("src")
         assert "dinner" not in src, src
         wait_answer_done(page, 1)
+        # The server keeps it in a per-session folder of its own temp folder, under a uuid name.
+        copies = [p for p in Path(tempfile.gettempdir()).glob("foodie-demo-*/foodie-chat-*/*")
+                  if p.read_bytes() == photo.read_bytes()]
+        assert copies and all(re.fullmatch(r"[0-9a-f]{32}\.png", p.name) for p in copies), copies
 
         # A decompression bomb is refused with a message naming the file; nothing enters the chat.
         page.locator('#question input[type="file"]').set_input_files(str(bomb))
@@ -236,8 +247,11 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
             assert http_status(f"{server}/gradio_api/file={secret}") in (403, 404), secret
         gallery_image = sorted((paths.demo_data_dir() / "images").rglob("*.*"))[0]
         assert http_status(f"{server}/gradio_api/file={gallery_image}") == 200
-    finally:
         page.screenshot(path=str(ARTIFACTS / "demo_e2e_upload.png"), full_page=True)
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_upload.png"), full_page=True)
+        raise
+    finally:
         ctx.close()
 
 
