@@ -11,3 +11,23 @@ def tiny_model_dir(tmp_path_factory):
     from foodie.tiny_model import write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp('tiny-model') / 'tiny-internvl2', seed=0)
+
+
+@pytest.fixture(scope='session')
+def small_foodieqa_dir(tmp_path_factory):
+    """A small synthetic FoodieQA (96 single-image, 48 multi-image questions, 16 dishes, 8 cuisines)
+    whose photos are shrunk to 160x160 px, so each is one 448-px tile: fast for the tiny model.
+
+    Read-only for tests: copy it first if a test must change files in it.
+    """
+    from PIL import Image
+
+    from foodie.synthetic_data import make_demo_data
+
+    out = tmp_path_factory.mktemp('foodieqa-small') / 'foodieqa'
+    make_demo_data(out, seed=0, photos_per_dish=6, mivqa_per_dish=3, textqa=False)
+    for path in (out / 'images').rglob('*.jpg'):
+        with Image.open(path) as im:
+            small = im.convert('RGB').resize((160, 160), Image.Resampling.BICUBIC)
+        small.save(path, quality=90)
+    return out

@@ -1,0 +1,544 @@
+"""One inference interface for InternVL2 checkpoints, shared by the evaluation and the demo.
+
+    backend = load_backend("work/tiny-internvl2")                # 'auto': LMDeploy on a GPU, else transformers
+    request = [Message("user", "这是什么菜？", images=["dish.jpg"])]
+    backend.generate([request], GenerationParams())              # -> ["..."]  (a batch of requests)
+    for delta in backend.stream(request, GenerationParams()):     # text as it is generated
+        print(delta, end="")
+
+A *request* is a conversation: a list of ``Message(role, text, images)`` ending with a user turn
+(an optional leading ``system`` message replaces the model's system prompt). Images are paths,
+bytes or PIL images; they go through ``foodie.image_tiling`` (safe opening, dynamic tiling).
+Where a user turn's text has no ``<image>`` placeholder, its images are put in front of it,
+as the model's own ``chat()`` does (``<image>\\n`` for one image, ``Image-1: <image>\\n...``
+for several).
+
+Two backends:
+
+* ``TransformersBackend`` (CPU and GPU): renders the prompt exactly as the checkpoint's own
+  ``chat()`` does -- the checkpoint's conversation template and system message, each ``<image>``
+  replaced by ``<img>`` + ``<IMG_CONTEXT>`` x 256 per tile + ``</img>`` -- and generates a whole
+  batch at once (left padding). Greedy output equals ``model.chat()``'s.
+* ``LMDeployBackend`` (GPU only): LMDeploy's pipeline with its PyTorch engine and the
+  ``internvl2-internlm2`` chat template, driven through its async ``generate`` API on one
+  event loop that belongs to the backend (so calls from any thread -- Gradio's workers --
+  never meet "Current event loop is different", lmdeploy issue 2101).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import json
+import os
+import queue
+import sys
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+from foodie.image_tiling import ImageLike
+
+IMAGE_PLACEHOLDER = "<image>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+BACKENDS = ("auto", "transformers", "lmdeploy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and parameters
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Message:
+    """One turn of a conversation. ``role`` is 'system', 'user' or 'assistant'."""
+    role: str
+    text: str
+    images: list[ImageLike] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.role not in ("system", "user", "assistant"):
+            raise ValueError(f"Message role must be 'system', 'user' or 'assistant', got {self.role!r}")
+        if self.images and self.role != "user":
+            raise ValueError(f"only user messages can carry images, got {len(self.images)} on a {self.role} message")
+        self.images = list(self.images)
+
+
+Request = Sequence[Message]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings. ``do_sample=False`` is greedy decoding (temperature and top_p unused)."""
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, "
+                             f"got temperature={self.temperature}, top_p={self.top_p}")
+
+
+def _check_request(request: Request) -> tuple[str | None, list[Message]]:
+    """Split off an optional leading system message; check roles alternate user/assistant ending with user."""
+    msgs = list(request)
+    if not msgs:
+        raise ValueError("empty request: a request needs at least one user message")
+    system = None
+    if msgs[0].role == "system":
+        system, msgs = msgs[0].text, msgs[1:]
+    for i, m in enumerate(msgs):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m.role != want:
+            raise ValueError(f"message {i} of the conversation has role {m.role!r}, expected {want!r}: "
+                             f"turns must alternate user/assistant (one optional system message first)")
+    if not msgs or msgs[-1].role != "user":
+        raise ValueError("the last message of a request must be a user message (the one to answer)")
+    return system, msgs
+
+
+def with_image_placeholders(text: str, n_images: int) -> str:
+    """The user text with one ``<image>`` placeholder per image, as the model's ``chat()`` expects.
+
+    Text that already has placeholders must have exactly one per image.
+    """
+    have = text.count(IMAGE_PLACEHOLDER)
+    if have:
+        if have != n_images:
+            raise ValueError(f"the text has {have} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s) "
+                             f"were given: use one placeholder per image, or none to put the images first")
+        return text
+    if n_images == 0:
+        return text
+    if n_images == 1:
+        return f"{IMAGE_PLACEHOLDER}\n{text}"
+    return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n_images)) + text
+
+
+def tiles_per_image(max_tiles: int, n_images: int) -> int:
+    """Tile budget per image: one image gets ``max_tiles``; several share them (at least one each).
+
+    InternVL's own multi-image evaluation divides the budget the same way; four photos at 12 tiles
+    each would be 13,000 tokens.
+    """
+    return max(1, max_tiles // max(1, n_images))
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface
+# ---------------------------------------------------------------------------------------------
+
+class ChatBackend(Protocol):
+    name: str
+    model_dir: Path
+
+    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+        """Answers to a batch of requests, in order."""
+
+    def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
+        """The answer to one request as text deltas; closing the iterator stops generation."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+def lmdeploy_usable() -> bool:
+    """LMDeploy importable and a CUDA GPU visible (no LMDeploy release runs on CPU)."""
+    if importlib.util.find_spec("lmdeploy") is None:
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "lmdeploy" if lmdeploy_usable() else "transformers"
+    return backend
+
+
+def load_backend(model_dir: str | os.PathLike, backend: str = "auto", device: str = "auto",
+                 dtype: str = "auto", max_tiles: int | None = None, max_batch_size: int = 16,
+                 attn_implementation: str = "auto") -> ChatBackend:
+    """Load an InternVL2 checkpoint (official format) behind the chat interface.
+
+    backend: 'auto' (LMDeploy when importable and CUDA is available, else transformers),
+    'transformers' or 'lmdeploy'. device/dtype apply to transformers ('auto': cuda+bfloat16 when
+    available, else cpu+float32). max_tiles: tile budget of a request (default: the checkpoint's
+    max_dynamic_patch; several images share it, see ``tiles_per_image``). max_batch_size: LMDeploy's
+    engine batch size. attn_implementation (transformers): 'auto' (see ``pick_attention``),
+    'checkpoint' (leave config.json's choice), 'eager', 'sdpa' or 'flash_attention_2'.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json, not a model checkpoint folder. Pass the folder of an "
+                                f"InternVL2 checkpoint (official format), e.g. one made by tools/make_tiny_model.py "
+                                f"or tools/convert_to_official.py.")
+    name = resolve_backend(backend)
+    if name == "lmdeploy":
+        if not lmdeploy_usable():
+            raise RuntimeError("backend 'lmdeploy' needs the lmdeploy package and a CUDA GPU (no LMDeploy release "
+                               "runs on CPU); install the gpu profile (make venv PROFILE=gpu) or use "
+                               "--backend transformers")
+        return LMDeployBackend(model_dir, max_tiles=max_tiles, max_batch_size=max_batch_size)
+    return TransformersBackend(model_dir, device=device, dtype=dtype, max_tiles=max_tiles,
+                               attn_implementation=attn_implementation)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+# ---------------------------------------------------------------------------------------------
+
+def _pick_device_dtype(device: str, dtype: str):
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return device, torch_dtype
+
+
+def pick_attention(requested: str | None, choice: str = "auto") -> str:
+    """The attention implementation to ask the model code for.
+
+    'auto': FlashAttention-2 where the checkpoint asks for it and flash_attn is installed, otherwise
+    torch's scaled_dot_product_attention ('sdpa': exact, and on CPU many times faster than 'eager').
+    Model code that does not know 'sdpa' (the official remote code picks flash or eager itself)
+    simply keeps its own choice.
+    """
+    if choice != "auto":
+        if choice not in ("eager", "sdpa", "flash_attention_2"):
+            raise ValueError(f"attention must be auto, checkpoint, eager, sdpa or flash_attention_2, got {choice!r}")
+        return choice
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is not None:
+        return requested
+    return "sdpa"
+
+
+class TransformersBackend:
+    """The checkpoint's own remote code (trust_remote_code) driven with batched ``generate``."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto",
+                 max_tiles: int | None = None, attn_implementation: str = "auto"):
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.device, self.dtype = _pick_device_dtype(device, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True, use_fast=False)
+        config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
+        llm_config = getattr(config, "llm_config", None)
+        if llm_config is not None and attn_implementation != "checkpoint":
+            llm_config.attn_implementation = pick_attention(getattr(llm_config, "attn_implementation", None),
+                                                            attn_implementation)
+        self.model = AutoModel.from_pretrained(self.model_dir, config=config, trust_remote_code=True,
+                                               torch_dtype=self.dtype, low_cpu_mem_usage=True).eval().to(self.device)
+        cfg = self.model.config
+        self.max_tiles = max_tiles or (cfg.max_dynamic_patch if getattr(cfg, "dynamic_image_size", True) else 1)
+        self.min_tiles = getattr(cfg, "min_dynamic_patch", 1)
+        self.use_thumbnail = getattr(cfg, "use_thumbnail", True)
+        self.image_size = cfg.force_image_size or cfg.vision_config.image_size
+        # The conversation template module the checkpoint's model code itself uses.
+        module = sys.modules[type(self.model).__module__]
+        if not hasattr(module, "get_conv_template"):
+            raise RuntimeError(f"{self.model_dir}: the model code {module.__name__} has no get_conv_template; "
+                               f"is this an InternVL2 checkpoint in the official format?")
+        self._get_conv_template = module.get_conv_template
+        self.sep = self._get_conv_template(self.model.template).sep.strip()
+        self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
+        self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.vocab_limit = len(self.tokenizer)
+        self._lock = threading.Lock()  # one generation at a time on this model
+        self._torch = torch
+
+    # -- prompt -------------------------------------------------------------------------------
+    def render(self, request: Request, num_tiles: Sequence[int] | None = None) -> str:
+        """The prompt text exactly as the checkpoint's ``chat()`` builds it.
+
+        ``num_tiles`` (one count per image, in order) expands each ``<image>`` into image tokens;
+        without it the placeholders stay (handy for showing the prompt).
+        """
+        system, msgs = _check_request(request)
+        template = self._get_conv_template(self.model.template)
+        template.system_message = self.model.system_message if system is None else system
+        for m in msgs:
+            text = with_image_placeholders(m.text, len(m.images)) if m.role == "user" else m.text
+            template.append_message(template.roles[0 if m.role == "user" else 1], text)
+        template.append_message(template.roles[1], None)
+        prompt = template.get_prompt()
+        if num_tiles is not None:
+            n_tokens = self.model.num_image_token
+            for n in num_tiles:
+                prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * n_tokens * n + IMG_END, 1)
+        return prompt
+
+    def _prepare(self, requests: Sequence[Request]):
+        """Tokens (left-padded), attention mask and pixel values for a batch of requests."""
+        from foodie.image_tiling import load_image
+
+        prompts, pixels = [], []
+        for request in requests:
+            tiles = []
+            max_num = tiles_per_image(self.max_tiles, sum(len(m.images) for m in request))
+            for m in request:
+                for image in m.images:
+                    t = load_image(image, input_size=self.image_size, max_num=max_num,
+                                   min_num=min(self.min_tiles, max_num), use_thumbnail=self.use_thumbnail)
+                    pixels.append(t)
+                    tiles.append(t.shape[0])
+            prompts.append(self.render(request, tiles))
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        pixel_values = (self._torch.cat(pixels).to(self.device, self.dtype) if pixels else None)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), pixel_values
+
+    def _generate_kwargs(self, params: GenerationParams) -> dict:
+        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+                  eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        if params.do_sample:
+            kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:  # silence "temperature is set but do_sample=False" from the checkpoint's generation_config
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def decode(self, ids) -> str:
+        """Generated ids -> text, robustly: stops at the end-of-turn token, skips ids the tokenizer lacks."""
+        ids = [int(i) for i in ids]
+        if self.eos_token_id in ids:
+            ids = ids[:ids.index(self.eos_token_id)]
+        ids = [i for i in ids if 0 <= i < self.vocab_limit]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text.split(self.sep)[0].strip()
+
+    # -- the interface --------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+        if not requests:
+            return []
+        with self._lock, self._torch.inference_mode():
+            input_ids, attention_mask, pixel_values = self._prepare(requests)
+            self.model.img_context_token_id = self.img_context_token_id
+            out = self.model.generate(pixel_values=pixel_values, input_ids=input_ids,
+                                      attention_mask=attention_mask, **self._generate_kwargs(params))
+        # The model generates from input embeddings, so the output holds only the new tokens.
+        return [self.decode(row) for row in out.tolist()]
+
+    def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        backend = self
+
+        class _Streamer(TextIteratorStreamer):
+            """TextIteratorStreamer that stops at the end-of-turn token and skips unknown ids."""
+
+            def put(self, value):
+                if self.next_tokens_are_prompt:  # the (empty) prompt: the model generates from embeddings
+                    return super().put(value)
+                ids = value.reshape(-1).tolist()
+                if backend.eos_token_id in ids:
+                    ids = ids[:ids.index(backend.eos_token_id)]
+                ids = [i for i in ids if 0 <= i < backend.vocab_limit]
+                if ids:
+                    super().put(backend._torch.tensor(ids))
+
+        class _StopOnEvent(StoppingCriteria):
+            def __init__(self, event: threading.Event):
+                self.event = event
+
+            def __call__(self, input_ids, scores, **kwargs):
+                return backend._torch.full((input_ids.shape[0],), self.event.is_set(), dtype=backend._torch.bool,
+                                           device=input_ids.device)
+
+        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        error: list[BaseException] = []
+
+        def run():
+            try:
+                with self._torch.inference_mode():
+                    input_ids, attention_mask, pixel_values = self._prepare([request])
+                    self.model.img_context_token_id = self.img_context_token_id
+                    self.model.generate(pixel_values=pixel_values, input_ids=input_ids,
+                                        attention_mask=attention_mask, streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                                        **self._generate_kwargs(params))
+            except BaseException as e:  # surfaced in the consumer below
+                error.append(e)
+                streamer.end()
+            finally:
+                self._lock.release()
+
+        self._lock.acquire()
+        thread = threading.Thread(target=run, name="foodie-generate", daemon=True)
+        thread.start()
+        text = ""
+        try:
+            while True:
+                try:
+                    delta = streamer.text_queue.get(timeout=0.2)
+                except queue.Empty:
+                    if not thread.is_alive() and streamer.text_queue.empty():
+                        break
+                    continue
+                if delta is streamer.stop_signal:
+                    break
+                # Like chat(): nothing after the separator, no leading whitespace.
+                new = (text + delta).split(self.sep)[0]
+                if not text:
+                    new = new.lstrip()
+                delta, text = new[len(text):], new
+                if delta:
+                    yield delta
+            thread.join()
+            if error:
+                raise error[0]
+        finally:
+            stop.set()  # the consumer went away (or we are done): stop generating
+
+    def close(self) -> None:
+        self.model = None
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# LMDeploy (GPU)
+# ---------------------------------------------------------------------------------------------
+
+class _LoopThread:
+    """An asyncio event loop running forever in a daemon thread."""
+
+    def __init__(self):
+        ready: Future = Future()
+
+        def main():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            ready.set_result(loop)
+            loop.run_forever()
+
+        threading.Thread(target=main, name="foodie-lmdeploy-loop", daemon=True).start()
+        self.loop: asyncio.AbstractEventLoop = ready.result()
+
+
+class LMDeployBackend:
+    """LMDeploy pipeline (PyTorch engine, ``internvl2-internlm2`` template); GPU only."""
+
+    name = "lmdeploy"
+
+    def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 16,
+                 session_len: int = 16384, cache_max_entry_count: float = 0.5):
+        import lmdeploy
+        from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
+
+        self.model_dir = Path(model_dir)
+        cfg = json.loads((self.model_dir / "config.json").read_text())
+        self.max_tiles = max_tiles or (cfg.get("max_dynamic_patch", 12) if cfg.get("dynamic_image_size", True) else 1)
+        kwargs = {}
+        if "thread_safe" in getattr(lmdeploy.VisionConfig, "__dataclass_fields__", {}):
+            # lmdeploy 0.5.1-0.6.4 needed this against issue 2101; harmless later.
+            kwargs["vision_config"] = lmdeploy.VisionConfig(thread_safe=True)
+        self.pipe = pipeline(str(self.model_dir),
+                             backend_config=PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
+                                                                cache_max_entry_count=cache_max_entry_count),
+                             chat_template_config=ChatTemplateConfig("internvl2-internlm2"),
+                             log_level="ERROR", **kwargs)
+        # One event loop for every call: the pipeline's own one where it has it (lmdeploy >= 0.7),
+        # else ours. The PyTorch engine binds to the loop that first uses it.
+        internal = getattr(self.pipe, "internal_thread", None)
+        self.loop = internal.loop if internal is not None else _LoopThread().loop
+        self._session_ids = itertools.count(1 << 20)  # clear of the ids the pipeline hands out itself
+
+    def _messages(self, request: Request) -> list[dict]:
+        """Our request -> LMDeploy's OpenAI-style messages, with images where our placeholders are."""
+        from foodie.image_tiling import open_image
+
+        system, msgs = _check_request(request)
+        n_images = sum(len(m.images) for m in msgs)
+        out = [] if system is None else [dict(role="system", content=system)]
+        for m in msgs:
+            if m.role == "assistant" or not m.images:
+                out.append(dict(role=m.role, content=m.text))
+                continue
+            # LMDeploy wraps each <IMAGE_TOKEN> in <img>...</img>, as chat() does with <image>.
+            text = with_image_placeholders(m.text, len(m.images)).replace(IMAGE_PLACEHOLDER, "<IMAGE_TOKEN>")
+            content = [dict(type="text", text=text)]
+            for image in m.images:
+                data = dict(data=open_image(image), max_dynamic_patch=tiles_per_image(self.max_tiles, n_images))
+                content.append(dict(type="image_data", image_data=data))
+            out.append(dict(role="user", content=content))
+        return out
+
+    def _gen_config(self, params: GenerationParams):
+        from lmdeploy import GenerationConfig
+        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, skip_special_tokens=True)
+        if params.do_sample:
+            kw.update(temperature=params.temperature, top_p=params.top_p)
+        return GenerationConfig(**kw)
+
+    async def _answer(self, messages, gen_config, on_delta=None) -> str:
+        parts = []
+        async for out in self.pipe.generate(messages, next(self._session_ids), gen_config=gen_config,
+                                            stream_response=on_delta is not None, sequence_start=True,
+                                            sequence_end=True, do_preprocess=True):
+            if getattr(out, "finish_reason", None) == "error":
+                raise RuntimeError(f"LMDeploy failed on this request: {out.response}")
+            if out.response:
+                parts.append(out.response)
+                if on_delta is not None:
+                    on_delta(out.response)
+        return "".join(parts)
+
+    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+        if not requests:
+            return []
+        batch = [self._messages(r) for r in requests]
+        gen_config = self._gen_config(params)
+
+        async def run_all():
+            return await asyncio.gather(*(self._answer(m, gen_config) for m in batch))
+
+        return [t.strip() for t in asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()]
+
+    def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
+        messages = self._messages(request)
+        deltas: queue.Queue = queue.Queue()
+        done = object()
+
+        async def run():
+            try:
+                await self._answer(messages, self._gen_config(params), on_delta=deltas.put)
+            finally:
+                deltas.put(done)
+
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        started = False
+        try:
+            while True:
+                delta = deltas.get()
+                if delta is done:
+                    break
+                if not started:
+                    delta = delta.lstrip()
+                    started = bool(delta)
+                if delta:
+                    yield delta
+            future.result()  # re-raise an engine error here
+        finally:
+            if not future.done():
+                future.cancel()  # the consumer went away: LMDeploy cancels the session
+
+    def close(self) -> None:
+        self.pipe.close()

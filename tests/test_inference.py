@@ -1,0 +1,210 @@
+"""foodie.inference: the chat interface shared by the evaluation and the demo (transformers backend on CPU;
+LMDeploy needs a GPU and is exercised by bench/eval_throughput.py and bench/demo_ttft.py there)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from foodie.image_tiling import load_image
+from foodie.inference import (GenerationParams, Message, TransformersBackend, load_backend, resolve_backend,
+                              tiles_per_image, with_image_placeholders)
+
+GREEDY = GenerationParams(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return load_backend(tiny_model_dir, backend="transformers")
+
+
+@pytest.fixture(scope="module")
+def photos(small_foodieqa_dir):
+    return sorted((small_foodieqa_dir / "images").rglob("*.jpg"))
+
+
+@pytest.fixture()
+def wide_photo(tmp_path, photos):
+    """A 1000x400 photo: 4 tiles + thumbnail, so prompts in a batch differ in length."""
+    from PIL import Image
+    with Image.open(photos[0]) as im:
+        wide = im.resize((1000, 400))
+    path = tmp_path / "wide.jpg"
+    wide.save(path)
+    return path
+
+
+def capture_generate(model):
+    """Wrap model.generate to record the tensors it is called with (and still generate)."""
+    calls = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+    return calls, spy, original
+
+
+def chat_reference(backend, question, image=None, history=None):
+    """The checkpoint's own chat(): (response, input_ids it generated from)."""
+    model = backend.model
+    calls, spy, original = capture_generate(model)
+    model.generate = spy
+    try:
+        pixel_values = None
+        if image is not None:
+            pixel_values = load_image(image, max_num=model.config.max_dynamic_patch).to(backend.dtype)
+        response = model.chat(backend.tokenizer, pixel_values, question, dict(max_new_tokens=GREEDY.max_new_tokens,
+                                                                             do_sample=False), history=history)
+    finally:
+        del model.generate
+    return response, calls[0]["input_ids"]
+
+
+def our_input_ids(backend, request):
+    calls, spy, original = capture_generate(backend.model)
+    backend.model.generate = spy
+    try:
+        text = backend.generate([request], GREEDY)[0]
+    finally:
+        del backend.model.generate
+    return text, calls[0]["input_ids"]
+
+
+def test_prompt_and_greedy_answer_equal_chat(backend, photos):
+    """Same tokens in as the model's own chat() (system message, image tokens), same greedy answer out."""
+    question = "图片中的食物是什么菜？"
+    ref, ref_ids = chat_reference(backend, question, image=photos[3])
+    ours, ids = our_input_ids(backend, [Message("user", question, images=[photos[3]])])
+    assert torch.equal(ids, ref_ids)
+    assert ours == ref
+    # The image became <img> + 256 <IMG_CONTEXT> per tile + </img>, after the system prompt.
+    img_ctx = backend.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((ids == img_ctx).sum()) == 256 * load_image(photos[3]).shape[0]
+    assert backend.render([Message("user", question)]).startswith("<|im_start|>system\n" + backend.model.system_message)
+
+
+def test_multi_turn_and_text_only_equal_chat(backend, photos):
+    first = backend.generate([[Message("user", "这是什么菜？", images=[photos[5]])]], GREEDY)[0]
+    history = [("<image>\n这是什么菜？", first)]
+    ref, ref_ids = chat_reference(backend, "它来自哪个地区？", image=photos[5], history=history)
+    request = [Message("user", "这是什么菜？", images=[photos[5]]), Message("assistant", first),
+               Message("user", "它来自哪个地区？")]
+    ours, ids = our_input_ids(backend, request)
+    assert torch.equal(ids, ref_ids) and ours == ref
+
+    ref, ref_ids = chat_reference(backend, "你好，请介绍一下川菜。")
+    ours, ids = our_input_ids(backend, [Message("user", "你好，请介绍一下川菜。")])
+    assert torch.equal(ids, ref_ids) and ours == ref
+
+
+def test_batched_equals_one_at_a_time(backend, photos, wide_photo):
+    """True batching (left padding, prompts of different lengths) gives the same greedy answers."""
+    requests = [
+        [Message("user", "图片中的食物是什么菜？", images=[wide_photo])],
+        [Message("user", "这道菜属于哪个菜系？", images=[photos[1]])],
+        [Message("user", "你好")],
+        [Message("user", "Which image shows a dumpling?", images=photos[8:12])],
+    ]
+    calls, spy, original = capture_generate(backend.model)
+    backend.model.generate = spy
+    try:
+        batched = backend.generate(requests, GREEDY)
+    finally:
+        del backend.model.generate
+    mask = calls[0]["attention_mask"]
+    assert mask.shape[0] == 4 and not bool(mask.all()), "expected one padded batch"
+    assert bool(mask[:, -1].all()), "padding must be on the left"
+    single = [backend.generate([r], GREEDY)[0] for r in requests]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+def test_stream_yields_the_same_answer_and_can_stop(backend, photos):
+    request = [Message("user", "这是什么菜？", images=[photos[2]])]
+    params = GenerationParams(max_new_tokens=20)
+    deltas = list(backend.stream(request, params))
+    assert len(deltas) > 1 and all(deltas)
+    assert "".join(deltas) == backend.generate([request], params)[0]
+
+    # Closing the stream early stops generation and frees the model for the next request.
+    stream = backend.stream(request, GenerationParams(max_new_tokens=200))
+    next(stream)
+    stream.close()
+    threads = [t for t in threading.enumerate() if t.name == "foodie-generate"]
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert backend.generate([request], params)[0] == "".join(deltas)
+
+
+def test_sampling_follows_the_seed(backend, photos):
+    request = [Message("user", "这是什么菜？", images=[photos[0]])]
+    params = GenerationParams(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=0.9)
+    torch.manual_seed(0)
+    a = backend.generate([request], params)[0]
+    torch.manual_seed(0)
+    assert backend.generate([request], params)[0] == a
+
+
+def test_decode_skips_ids_the_tokenizer_lacks(backend):
+    """A model can emit ids past its tokenizer (random weights, a padded vocabulary): decoding skips them."""
+    tok = backend.tokenizer
+    ids = tok("麻婆豆腐 and dumplings", add_special_tokens=False)["input_ids"]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    noisy = [len(tok) + 7] + ids[:2] + [len(tok) + 100, 10 ** 6] + ids[2:] + [end] + ids
+    assert backend.decode(noisy) == backend.decode(ids) == "麻婆豆腐 and dumplings"
+
+
+def test_multi_image_tile_budget(backend, wide_photo):
+    assert tiles_per_image(12, 1) == 12 and tiles_per_image(12, 4) == 3 and tiles_per_image(2, 4) == 1
+    _, _, pixel_values = backend._prepare([[Message("user", "哪张图是饺子？", images=[wide_photo] * 4)]])
+    per_image = load_image(wide_photo, max_num=tiles_per_image(backend.max_tiles, 4)).shape[0]
+    assert pixel_values.shape[0] == 4 * per_image <= 4 * (tiles_per_image(backend.max_tiles, 4) + 1)
+    assert per_image < load_image(wide_photo, max_num=backend.max_tiles).shape[0]
+
+
+def test_image_placeholders():
+    assert with_image_placeholders("q", 0) == "q"
+    assert with_image_placeholders("q", 1) == "<image>\nq"
+    assert with_image_placeholders("q", 2) == "Image-1: <image>\nImage-2: <image>\nq"
+    assert with_image_placeholders("A <image> B <image>", 2) == "A <image> B <image>"
+    with pytest.raises(ValueError, match="1 <image> placeholder.*2 image"):
+        with_image_placeholders("<image> q", 2)
+
+
+def test_bad_requests_are_refused_clearly(backend, tmp_path):
+    with pytest.raises(ValueError, match="must alternate"):
+        backend.generate([[Message("user", "a"), Message("user", "b")]])
+    with pytest.raises(ValueError, match="last message .* user"):
+        backend.generate([[Message("user", "a"), Message("assistant", "b")]])
+    with pytest.raises(ValueError, match="only user messages"):
+        Message("assistant", "a", images=["x.jpg"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationParams(max_new_tokens=0)
+    with pytest.raises(Exception, match="missing.jpg"):
+        backend.generate([[Message("user", "a", images=[tmp_path / "missing.jpg"])]])
+    # A system message replaces the checkpoint's system prompt.
+    assert backend.render([Message("system", "You are a chef."), Message("user", "hi")]).startswith(
+        "<|im_start|>system\nYou are a chef.")
+
+
+def test_backend_choice_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend("auto") == "transformers"
+    assert resolve_backend("transformers") == "transformers"
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("vllm")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        load_backend(tmp_path, backend="lmdeploy")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_backend(tmp_path / "nowhere")
+
+
+def test_backend_is_the_checkpoints_own_code(backend, tiny_model_dir):
+    assert isinstance(backend, TransformersBackend) and backend.name == "transformers"
+    assert backend.model_dir == tiny_model_dir
+    # The conversation template comes from the checkpoint's remote code, not from this project.
+    assert type(backend.model).__module__.startswith("transformers_modules.")
