@@ -4,7 +4,8 @@
 # `xtuner` command and this repo to the paths, and LMDeploy's Python package when it is in .whl.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "gpu_env.sh: wheel install failed" >&2; return 1; }
-mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python
+# a wrapper, not a symlink: a symlinked venv python outside its venv loses the venv's site-packages
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python && chmod +x /tmp/bin/python
 [ -d .whl/lmdeploy-py ] && cp -r .whl/lmdeploy-py/lmdeploy /tmp/site/
 export PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

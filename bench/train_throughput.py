@@ -61,6 +61,13 @@ VARIANTS = {
     "ours": ("", ""),
     # Ours without activation checkpointing in the LLM (memory check).
     "ours_no_ckpt": ("", "model.update(activation_checkpointing=False)\n"),
+    # Ours with InternLM2's RMSNorm and SwiGLU through torch.compile.
+    "ours_compile": ("", "model.update(compile_elementwise=True)\n"),
+    # Ours with the LoRA update as PEFT computes it (a separate scale and add pass).
+    "ours_unfused_lora": ("", "model.update(fused_lora=False)\n"),
+    # Compile + pinned host memory for the images + only the first 12 of 24 LLM layers checkpointed.
+    "ours_compile_pin_ckpt12": ("", "model.update(compile_elementwise=True, activation_checkpointing=12)\n"
+                                    "train_dataloader.update(pin_memory=True)\n"),
     # Ours with one micro-batch of 8 instead of 4 x accumulation 2 (same samples per optimiser step).
     "ours_b8": ("", "batch_size = 8\naccumulative_counts = 1\n"
                     "train_dataloader.update(batch_size=8)\n"

@@ -26,6 +26,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
+from foodie.train_speed import checkpoint_layers, register_fused_lora
+from foodie.train_speed import compile_elementwise as compile_elementwise_fn
+
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
@@ -74,15 +77,22 @@ class FoodieInternVL(InternVL_V1_5):
       without activation checkpointing; ``mlp1`` still trains;
     * ``causal_mask_for_right_padding``: XTuner pads on the right, so under causal attention no real
       token sees a pad; the padding mask is dropped (padded positions carry no label), which lets
-      SDPA use its fused causal kernel instead of a materialised [B, 1, T, T] mask.
+      SDPA use its fused causal kernel instead of a materialised [B, 1, T, T] mask;
+    * ``fused_lora``: each LoRA update accumulates into the frozen layer's output inside one GEMM
+      (``foodie.train_speed.FusedLoraLinear``; same parameters and saved weights);
+    * ``compile_elementwise``: InternLM2's RMSNorm and SwiGLU through ``torch.compile`` (GPU);
+    * ``activation_checkpointing``: True (every LLM layer, XTuner's default), False, or a number of
+      LLM layers to checkpoint (the rest keep their activations: faster, more memory).
     """
 
     def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
-                 loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True):
+                 loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
+                 fused_lora=True, compile_elementwise=False):
         BaseModel.__init__(self)
-        # Speed switches (docs/PERFORMANCE.md measures each); all three leave the loss unchanged.
+        # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
+        self.fused_lora = fused_lora
         self.loss_on_labels_only = loss_on_labels_only
         self.frozen_vit_without_grad = frozen_vit_without_grad
         self.causal_mask_for_right_padding = causal_mask_for_right_padding
@@ -117,8 +127,13 @@ class FoodieInternVL(InternVL_V1_5):
             self._prepare_llm_for_lora(llm_lora)  # XTuner's: every LLM linear layer when targets are None
         if self.use_visual_encoder_lora:
             self._prepare_visual_encoder_for_lora(visual_encoder_lora)
-        if not activation_checkpointing:  # LoRA preparation switches it on again
+        if activation_checkpointing is not True:  # LoRA preparation switched it on for every layer
             self.gradient_checkpointing_disable()
+            if activation_checkpointing:  # a number of layers
+                checkpoint_layers(self._llm_layers(), int(activation_checkpointing))
+        if compile_elementwise:
+            n = compile_elementwise_fn(self.model.language_model)
+            print_log(f"compiled RMSNorm/SwiGLU in {n} modules", logger="current")
 
         if pretrained_pth is not None:
             self.load_state_dict(guess_load_checkpoint(pretrained_pth), strict=False)
@@ -129,6 +144,17 @@ class FoodieInternVL(InternVL_V1_5):
         total = sum(p.numel() for p in self.parameters())
         print_log(f"FoodieInternVL ready: {trainable:,} trainable of {total:,} parameters",
                   logger="current")
+
+    def _prepare_llm_for_lora(self, lora_config, use_activation_checkpointing=True):
+        lora_config = self._parse_lora_config(lora_config)
+        if self.fused_lora:
+            register_fused_lora(lora_config)
+        super()._prepare_llm_for_lora(lora_config, use_activation_checkpointing)
+
+    def _llm_layers(self):
+        lm = self.model.language_model
+        causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        return causal_lm.model.layers
 
     def _image_features(self, pixel_values):
         """[tiles, 3, H, W] -> [tiles, 256, llm_hidden] (the model's ``extract_feature``), with the frozen

@@ -11,14 +11,15 @@ from peft import LoraConfig  # noqa: E402
 from foodie.xtuner_model import FoodieInternVL, is_right_padded  # noqa: E402
 
 SLOW_PATH = dict(attn_implementation="eager", loss_on_labels_only=False, frozen_vit_without_grad=False,
-                 causal_mask_for_right_padding=False)
+                 causal_mask_for_right_padding=False, fused_lora=False, activation_checkpointing=True)
+FAST_PATH = dict(attn_implementation="sdpa", activation_checkpointing=1)  # other switches on by default
 
 
 def _model(path, **switches):
     torch.manual_seed(0)
     lora = dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = FoodieInternVL(str(path), llm_lora=lora, torch_dtype="float32", activation_checkpointing=False,
-                           **switches)
+    switches = {"activation_checkpointing": False, **switches}
+    model = FoodieInternVL(str(path), llm_lora=lora, torch_dtype="float32", **switches)
     return model.train()
 
 
@@ -46,7 +47,7 @@ def _loss_and_grads(model, data):
 
 def test_speed_switches_give_the_same_loss_and_gradients(tiny_model_dir):
     slow = _model(tiny_model_dir, **SLOW_PATH)
-    fast = _model(tiny_model_dir, attn_implementation="sdpa")  # switches on by default
+    fast = _model(tiny_model_dir, **FAST_PATH)
     fast.load_state_dict(slow.state_dict(), strict=False)  # same LoRA init and mlp1
     data = _batch(slow.model.img_context_token_id, lengths=[560, 470, 520])
 
@@ -56,6 +57,7 @@ def test_speed_switches_give_the_same_loss_and_gradients(tiny_model_dir):
     assert loss_fast == pytest.approx(loss_slow, rel=1e-5)
     assert set(grads_fast) == set(grads_slow)
     assert any("mlp1" in n for n in grads_fast) and any("lora_B" in n for n in grads_fast)
+    assert type(fast._llm_layers()[0].attention.wqkv).__name__ == "FusedLoraLinear"
     for name, g in grads_slow.items():
         assert torch.linalg.norm(grads_fast[name] - g) <= 1e-4 * torch.linalg.norm(g) + 1e-8, name
 
@@ -73,3 +75,17 @@ def test_right_padding_detection():
     assert is_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
     assert not is_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding keeps its mask
     assert not is_right_padded(torch.tensor([[1, 0, 1]]))
+
+
+def test_saved_lora_weights_do_not_depend_on_the_switches(tiny_model_dir):
+    slow = _model(tiny_model_dir, **SLOW_PATH)
+    fast = _model(tiny_model_dir, **FAST_PATH)
+    assert list(slow.state_dict()) == list(fast.state_dict())  # what XTuner saves: LoRA + mlp1, same names
+
+
+def test_partial_checkpointing_recomputes_only_the_chosen_layers(tiny_model_dir):
+    model = _model(tiny_model_dir, attn_implementation="sdpa", activation_checkpointing=1)
+    layers = model._llm_layers()
+    assert not layers[0].forward is layers[0].__class__.forward  # wrapped
+    assert "forward" not in vars(layers[1])  # untouched
+    assert not model.model.language_model.get_base_model().model.gradient_checkpointing
