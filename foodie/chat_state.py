@@ -23,6 +23,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
+EMPTY_ANSWER = "*(no answer: the model ended its reply at once)*"
+STOPPED = "*(stopped)*"
 MAX_IMAGES = 8  # per conversation: every image costs up to 13 tiles x 256 tokens of context
 
 
@@ -41,6 +44,7 @@ class Turn:
     answers: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     streaming: set[str] = field(default_factory=set)  # models whose answer is still being written
+    stopped: set[str] = field(default_factory=set)  # models whose answer the user stopped
 
     def answered(self, model: str) -> bool:
         """Whether ``model`` has finished (or failed) its answer to this turn."""
@@ -160,6 +164,7 @@ class ChatState:
             self.stop()
             turn.answers.clear()
             turn.errors.clear()
+            turn.stopped.clear()
             return turn
 
     def undo(self) -> Turn:
@@ -204,6 +209,7 @@ class ChatState:
                 for model in self.models:
                     if not turn.answered(model):
                         turn.finish(model)
+                        turn.stopped.add(model)
 
     # -- views -------------------------------------------------------------------------------------
 
@@ -249,8 +255,10 @@ class ChatState:
                                 "content": (partial + "\n\n" if partial else "") + f"⚠️ {turn.errors[model]}"})
                 elif not turn.answered(model):
                     out.append({"role": "assistant", "content": partial + " ▌" if partial else "…"})
+                elif model in turn.stopped:
+                    out.append({"role": "assistant", "content": (partial + " " if partial else "") + STOPPED})
                 else:
-                    out.append({"role": "assistant", "content": partial})
+                    out.append({"role": "assistant", "content": partial or EMPTY_ANSWER})
             out += [{"role": "user", "content": {"path": str(p)}} for p in self.pending_images]
         return out
 
@@ -268,12 +276,13 @@ class ChatState:
 
 
 def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
-                   names: dict[str, str] | None = None, poll_s: float = 0.1) -> Iterator[None]:
+                   names: dict[str, str] | None = None, min_interval_s: float = 0.05) -> Iterator[None]:
     """Answer the last turn of ``state`` with every model at once, each streaming in its own thread.
 
     ``answer_fns[model](request)`` returns an iterator of text deltas that stops generating when closed
-    (``foodie.inference`` backends' ``stream``). Yields each time the conversation changed, for the
-    caller to redraw; ends when every model is done, or at once when the answer is cancelled (stop,
+    (``foodie.inference`` backends' ``stream``). Yields when the conversation changed, for the caller to
+    redraw, at most once per ``min_interval_s`` (tokens arriving in between are drawn together: a browser
+    re-renders the whole message on every update); ends when every model is done, or at once when the answer is cancelled (stop,
     regenerate, undo, clear) -- the threads then close their streams. A model that raises gets the
     error recorded in the turn (shown in the chat) and the others go on. Nothing happens when the last
     turn is already answered.
@@ -313,13 +322,15 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     running = set(requests)
     for model in requests:
         threading.Thread(target=work, args=(model,), daemon=True, name=f"answer-{model}").start()
+    last_yield = time.monotonic()
+    changed = False
     try:
         while running:
             try:
-                batch = [events.get(timeout=poll_s)]
+                batch = [events.get(timeout=min_interval_s)]
             except queue.Empty:
                 batch = []
-            while True:  # apply everything that arrived since the last redraw in one go
+            while True:  # apply everything that arrived since the last look in one go
                 try:
                     batch.append(events.get_nowait())
                 except queue.Empty:
@@ -336,7 +347,9 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
                     else:
                         turn.finish(model)
                         running.discard(model)
-            if batch or not running:
+            changed = changed or bool(batch)
+            if not running or (changed and time.monotonic() - last_yield >= min_interval_s):
                 yield
+                last_yield, changed = time.monotonic(), False
     finally:
         over.set()

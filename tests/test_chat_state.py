@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from foodie.chat_state import ChatState, stream_answers
+from foodie.chat_state import EMPTY_ANSWER, STOPPED, ChatState, stream_answers
 
 
 def test_images_join_the_next_question_and_turns_keep_their_own_images(tmp_path):
@@ -142,7 +142,8 @@ def test_stop_keeps_the_partial_answer_and_cancels_the_answer_in_flight():
     s.add_delta("model", "Half")
     s.stop()
     assert s.cancelled(token) and s.is_answered(s.turns[-1])
-    assert s.messages("model")[-1] == {"role": "assistant", "content": "Half"}
+    assert s.messages("model")[-1] == {"role": "assistant", "content": "Half " + STOPPED}
+    assert s.turns[-1].answers["model"] == "Half"  # the model's history holds no marker
     s.ask("q2")  # the next question is accepted and its answer is not cancelled
     assert not s.cancelled(s.begin_answer())
 
@@ -204,7 +205,7 @@ def test_stream_answers_streams_every_model_into_its_own_slot():
     s = ChatState(models=("base", "tuned"))
     s.ask("q1"); s.add_delta("base", "b1"); s.finish("base"); s.add_delta("tuned", "t1"); s.finish("tuned")
     s.ask("q2")
-    base, tuned = words("no", "idea"), words("Peking", " duck")
+    base, tuned = words("no", "idea", delay=0.08), words("Peking", " duck", delay=0.08)
     seen = []
     for _ in stream_answers(s, {"base": base, "tuned": tuned}):
         seen.append((s.messages("base")[-1]["content"], s.messages("tuned")[-1]["content"]))
@@ -262,3 +263,9 @@ def test_stream_answers_does_nothing_for_an_answered_turn():
     s.ask("q"); s.finish("model")
     fn = words("x")
     assert list(stream_answers(s, {"model": fn})) == [] and fn.requests == []
+
+
+def test_an_empty_answer_is_shown_as_such_not_as_an_empty_bubble():
+    s = ChatState()
+    s.ask("q"); s.finish("model")
+    assert s.messages("model")[-1] == {"role": "assistant", "content": EMPTY_ANSWER}

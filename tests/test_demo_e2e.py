@@ -255,6 +255,42 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
         ctx.close()
 
 
+@pytest.mark.e2e
+def test_regenerate_and_stop_in_the_browser(server, browser):
+    ctx, page = open_page(browser, server, max_new_tokens=24)
+    try:
+        ask(page, "What is Peking duck?")
+        first = wait_answer_done(page, 1)
+        # Regenerate answers the same question again (greedy: the same text), in place.
+        page.locator("#regenerate").click()
+        page.wait_for_function(f"() => document.querySelector('#chat-model {BOT}').innerText.trim() === '…'",
+                               timeout=10_000)
+        assert wait_answer_done(page, 1) == first
+        assert page.locator(f"#chat-model {USER}").count() == 1
+
+        # Stop: a long answer stops growing at once, keeps its text, and the chat takes the next question.
+        tokens = page.locator("#max-new-tokens input[type='number']")
+        tokens.fill("2048")
+        tokens.press("Enter")
+        ask(page, "Tell me everything about it.")
+        page.wait_for_function(f"() => {{ const b = document.querySelectorAll('#chat-model {BOT}'); "
+                               f"return b.length === 2 && b[1].innerText.length > 20; }}", timeout=30_000)
+        page.locator("#stop").dispatch_event("click")  # no wait for layout: the chat is busy re-rendering
+        stopped = wait_answer_done(page, 2, timeout=10)
+        assert stopped.rstrip().endswith("(stopped)"), stopped[-80:]
+        time.sleep(1.0)
+        assert page.locator(f"#chat-model {BOT}").nth(1).inner_text() == stopped, "the answer kept growing"
+        tokens.fill("16")
+        tokens.press("Enter")
+        ask(page, "Thanks!")
+        wait_answer_done(page, 3)
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_controls.png"), full_page=True)
+        raise
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Handlers with the real tiny model (no browser)
 # ---------------------------------------------------------------------------------------------
