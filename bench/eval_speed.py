@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Time tools/eval_food.py on the embedded default: 100 questions with the tiny model on CPU.
+
+Budget (Evaluate issue): 100 questions in under 30 s on 2 cores. The run is the real evaluation
+(`foodie.evaluation.evaluate`): model load, FoodieQA validation, image tiling, batched generation,
+predictions, metrics, report and chart; a fresh output folder so nothing is reused. Half the
+questions are single-image, half multi-image (four photos each) unless --tasks says otherwise.
+
+    python bench/eval_speed.py                       # builds work/tiny-internvl2 + synthetic data if missing
+    python bench/eval_speed.py --repeat 3 --batch-size 8
+
+Prints one Markdown table row per run (wall and CPU seconds, questions/s, load average), for
+docs/PERFORMANCE.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def ensure_embedded(model: Path, data: Path) -> None:
+    if not (model / "config.json").is_file():
+        from foodie.tiny_model import write_checkpoint
+        write_checkpoint(model, seed=0)
+    if not (data / "sivqa_tidy.json").is_file():
+        import subprocess
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "tools" / "make_demo_data.py"),
+                        "--out", str(data)], check=True)
+
+
+def main() -> int:
+    from foodie import paths
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=paths.tiny_model_dir())
+    p.add_argument("--data-root", type=Path, default=paths.demo_data_dir())
+    p.add_argument("--questions", type=int, default=100)
+    p.add_argument("--tasks", default="sivqa,mivqa")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--backend", default="transformers")
+    a = p.parse_args()
+    ensure_embedded(a.model, a.data_root)
+
+    import torch
+    from rich.console import Console
+
+    from foodie.evaluation import EvalConfig, evaluate
+
+    tasks = tuple(t for t in a.tasks.split(",") if t)
+    per_task = -(-a.questions // len(tasks))
+    print(f"# {a.questions} questions ({', '.join(tasks)}), batch {a.batch_size}, backend {a.backend}, "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print("| run | questions | wall s | CPU s | questions/s | load avg (1 min) at start |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i in range(a.repeat):
+        with tempfile.TemporaryDirectory(prefix="eval-speed-") as out:
+            load = os.getloadavg()[0]
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
+                                          limit=per_task, batch_size=a.batch_size, backend=a.backend),
+                               console=Console(file=open(os.devnull, "w")))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        n = metrics["models"][0]["overall"]["n"]
+        print(f"| {i + 1} | {n} | {wall:.1f} | {cpu:.1f} | {n / wall:.2f} | {load:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

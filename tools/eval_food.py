@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Measure FoodieQA accuracy of InternVL2 checkpoints before/after fine-tuning (see foodie/evaluation.py).
+
+    python tools/eval_food.py --model BASE --model TUNED --label base --label tuned \\
+        --data-root /path/FoodieQA --items work/food/held_out.json --out work/eval
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from foodie.evaluation import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
