@@ -113,7 +113,8 @@ def test_link_checker_catches_rot(tmp_path):
     doc = tmp_path / "page.md"
     doc.write_text("# Title\n\n[`pixel_shuffle`](mod.py#L8-L9) [`Model.mlp1`](mod.py#L6) [`TILE`](mod.py#L1)\n"
                    "[`return x`](mod.py#L9) [`missing_fn`](mod.py#L2) [x](nothere.py) [h](#title) [h](#nope)\n"
-                   "[no symbol](mod.py#L3)\n")
+                   "[no symbol](mod.py#L3)\n"
+                   "see [`x = [`](mod.py#L6) and [`self.mlp1 = 1`](mod.py#L6) on one line\n")
     problems = doc_links.check([doc])
     text = "\n".join(problems)
     assert "`TILE` is defined at lines 12-12" in text
@@ -121,6 +122,8 @@ def test_link_checker_catches_rot(tmp_path):
     assert "nothere.py does not exist" in text and "no heading #nope" in text
     assert "must name its symbol" in text
     assert "pixel_shuffle" not in text and "mlp1" not in text and "return x" not in text
+    # a code span with an unbalanced bracket does not swallow the next link on the line
+    assert "`x = [` is not in lines 6-6" in text
     doc_links.check([doc], fix=True)
     assert "[`TILE`](mod.py#L12)" in doc.read_text()
 

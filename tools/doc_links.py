@@ -26,7 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^)\s]+)(\s+\"[^\"]*\")?\)")
+# [text](target "title"): the text may hold `code spans` (with any brackets) and one level of [nested] brackets,
+# never a line break.
+LINK = re.compile(r"(!?)\[((?:`[^`\n]*`|[^\[\]`\n]|\[[^\]\n]*\])*)\]\(([^)\s]+)(\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINE_ANCHOR = re.compile(r"^L(\d+)(?:-L(\d+))?$")
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
