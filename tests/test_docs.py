@@ -253,3 +253,21 @@ def test_command_checker_sees_options_and_continuations():
     opts = static_options("tools/explain_image.py")
     assert {"--max-tiles", "--out", "--list-grids"} <= opts and "--max-tile" not in opts
     assert "train" in make_targets() and "nonexistent-target" not in make_targets()
+
+
+def test_committed_contact_sheet_is_what_the_documented_command_makes(tmp_path):
+    """docs/images/example_mapo_tofu_tiles.png must be reproducible by the command internvl2.md gives for it."""
+    import numpy as np
+    from PIL import Image
+
+    text = (REPO / "docs" / "internvl2.md").read_text(encoding="utf-8")
+    cmd = "python tools/explain_image.py docs/images/example_mapo_tofu.jpg --out docs/images/example_mapo_tofu_tiles.png"
+    assert cmd in text
+    out = tmp_path / "sheet.png"
+    r = subprocess.run([sys.executable, "tools/explain_image.py", "docs/images/example_mapo_tofu.jpg", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    made = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    committed = np.asarray(Image.open(REPO / "docs/images/example_mapo_tofu_tiles.png").convert("RGB"), dtype=np.int16)
+    assert made.shape == committed.shape
+    assert np.abs(made - committed).mean() < 1.0  # identical up to font rendering differences
