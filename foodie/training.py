@@ -6,7 +6,7 @@ MMEngine's ``last_checkpoint`` can name a checkpoint that a kill cut short. ``ru
 1. reads the config (paths, work_dir) and makes sure the embedded default model and data exist
    (building them with the project's own commands) or names the missing path and the fix;
 2. on resume, picks the newest checkpoint that validates (``foodie.checkpoints``) and passes it
-   explicitly (``xtuner train --resume PATH``; MMEngine's ``last_checkpoint`` is not trusted);
+   explicitly (``--cfg-options resume=True load_from=PATH``; MMEngine's ``last_checkpoint`` is not trusted);
 3. prints and runs the exact ``xtuner train ...`` command with the venv's ``bin`` first on PATH
    (XTuner starts ``python``/``torchrun`` from PATH), tee-ing output to ``<work_dir>/train-*.log``;
 4. declares success only when the process exited 0, printed no traceback, and a complete checkpoint
@@ -125,7 +125,10 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
     if deepspeed:
         cmd += ["--deepspeed", deepspeed]
     if resume_from is not None:
-        cmd += ["--resume", str(resume_from)]
+        # Not `--resume PATH`: for a DeepSpeed folder xtuner first torch.loads a shard itself to read the
+        # seed, which fails under weights_only=True; MMEngine's resume (load_from) goes through
+        # DeepSpeed's loader there and through our plain-data checkpoints otherwise.
+        cmd += ["--cfg-options", "resume=True", f"load_from={resume_from}"]
     cmd += list(extra_args or [])
 
     env = dict(os.environ)
