@@ -138,8 +138,19 @@ def generation_params(temperature: float, top_p: float, max_new_tokens: int):
 # Gallery
 # ---------------------------------------------------------------------------------------------
 
-def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str, list[tuple[Path, str]]]:
-    """{cuisine: [(image path, dish name), ...]}: one photo per dish of the single-image questions."""
+@dataclass
+class Dish:
+    """A gallery entry: the photo the model gets, its name, and the small copy the page shows."""
+    image: Path
+    name: str
+    thumb: Path | None = None
+
+
+Gallery = dict[str, list[Dish]]  # cuisine -> dishes
+
+
+def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
+    """{cuisine: [Dish, ...]}: one photo per dish of the single-image questions of a FoodieQA folder."""
     if data_root is None:
         return {}
     from foodie.foodieqa import FoodieQAError, load_foodieqa
@@ -151,7 +162,7 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str,
     if data.skipped:
         print(f"[demo] gallery: skipped {len(data.skipped)} bad items of {data_root} (first: {data.skipped[0]})",
               flush=True)
-    groups: dict[str, list[tuple[Path, str]]] = {}
+    groups: Gallery = {}
     seen: set[tuple[str, str]] = set()
     for item in data.sivqa:
         name = item.food_name or Path(item.image).stem
@@ -160,8 +171,25 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str,
         seen.add((item.cuisine, name))
         dishes = groups.setdefault(item.cuisine, [])
         if len(dishes) < max_per_cuisine:
-            dishes.append((data.path(item.image), name))
+            dishes.append(Dish(data.path(item.image), name))
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] == "unknown", -len(kv[1]), kv[0])))
+
+
+def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
+    """Small JPEG copies for the page (phone photos are megabytes each); the model still gets the originals."""
+    from PIL import Image, ImageOps
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, dish in enumerate(d for dishes in gallery.values() for d in dishes):
+        try:
+            with Image.open(dish.image) as img:
+                img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a fraction of the size, much faster
+                small = ImageOps.exif_transpose(img)
+                small.thumbnail((size, size))
+                dest = folder / f"{i:04d}.jpg"
+                small.convert("RGB").save(dest, quality=85)
+            dish.thumb = dest
+        except (OSError, ValueError) as e:  # the original is checked again when picked
+            log.warning("no thumbnail for %s: %s", dish.image, e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +227,7 @@ def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
     return dest
 
 
-def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]], max_upload_bytes: int):
+def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: int):
     keys = [s.key for s in slots]
 
     def views(state: ChatState):
@@ -271,13 +299,13 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
             index = evt.index if isinstance(evt.index, int) else evt.index[0]
             if not 0 <= index < len(dishes):
                 raise refused("no such dish in the gallery")
-            path, name = dishes[index]
+            dish = dishes[index]
             try:
-                open_image(path)
-                state.attach(path)
+                open_image(dish.image)
+                state.attach(dish.image)
             except (ImageError, ValueError) as e:
                 raise refused(str(e)) from None
-            gr.Info(f"{name} added to the chat: now ask a question about it.", duration=4)
+            gr.Info(f"{dish.name} added to the chat: now ask a question about it.", duration=4)
             return (state, *views(state))
         return pick
 
@@ -289,7 +317,7 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, st
 # Page
 # ---------------------------------------------------------------------------------------------
 
-def build_demo(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]], *,
+def build_demo(slots: list[ModelSlot], gallery: Gallery, *,
                backend_name: str = "", max_upload_mb: int = MAX_UPLOAD_MB, temp_root: Path | None = None,
                concurrency: int = 4) -> gr.Blocks:
     h = make_handlers(slots, gallery, max_upload_mb * 2**20)
@@ -322,7 +350,7 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[tuple[Path, str]]
                     with gr.Tabs(elem_id="cuisines"):
                         for i, (cuisine, dishes) in enumerate(gallery.items()):
                             with gr.Tab(f"{cuisine} ({len(dishes)})", elem_id=f"cuisine-{i}"):
-                                g = gr.Gallery(value=[(str(p), name) for p, name in dishes], columns=3,
+                                g = gr.Gallery(value=[(str(d.thumb or d.image), d.name) for d in dishes], columns=3,
                                                height=300, allow_preview=False, show_label=False,
                                                elem_id=f"gallery-{i}", elem_classes=["dish-gallery"],
                                                object_fit="cover", buttons=[], interactive=False)
@@ -384,25 +412,30 @@ def main(argv=None):
         print(f"[demo] WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} can use "
               f"the demo and upload images. Put it behind your own access control.", flush=True)
     t0 = time.perf_counter()
-    slots = load_slots(model_dir, compare_dir, args.backend)
+    try:
+        slots = load_slots(model_dir, compare_dir, args.backend)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise SystemExit(f"[demo] cannot load the model: {e}") from None
     for slot in slots:
         warm_up(slot)
     gallery = load_gallery(data_dir)
-    print(f"[demo] ready in {time.perf_counter() - t0:.1f}s: {sum(map(len, gallery.values()))} dishes in "
-          f"{len(gallery)} cuisines", flush=True)
 
-    # Per-session upload folders live under one folder of this process inside the system temp dir
-    # (gradio only displays files from there, its cache and allowed_paths).
+    # This process's temp folder: gallery thumbnails, and one upload folder per browser session
+    # (gradio displays files from the system temp dir, its own cache and allowed_paths only).
     temp_root = Path(tempfile.mkdtemp(prefix="foodie-demo-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` ends the server through the cleanup below
-    demo = build_demo(slots, gallery, backend_name=slots[0].backend.name, max_upload_mb=args.max_upload_mb,
-                      temp_root=temp_root, concurrency=args.concurrency)
-    gallery_dirs = sorted({str(p.parent) for dishes in gallery.values() for p, _ in dishes})
-    demo.queue(default_concurrency_limit=args.concurrency)
     try:
+        make_thumbnails(gallery, temp_root / "thumbnails")
+        print(f"[demo] ready in {time.perf_counter() - t0:.1f}s: {sum(map(len, gallery.values()))} dishes in "
+              f"{len(gallery)} cuisines", flush=True)
+        demo = build_demo(slots, gallery, backend_name=slots[0].backend.name, max_upload_mb=args.max_upload_mb,
+                          temp_root=temp_root, concurrency=args.concurrency)
+        # The chat shows a picked dish's original photo: its folder is the only one served beyond gradio's own.
+        gallery_dirs = sorted({str(d.image.parent) for dishes in gallery.values() for d in dishes})
+        demo.queue(default_concurrency_limit=args.concurrency)
         demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=gallery_dirs,
-                    max_file_size=f"{args.max_upload_mb}mb", show_error=False, css=CSS,
-                    theme=THEME, footer_links=[])
+                    max_file_size=f"{args.max_upload_mb}mb", show_error=False, css=CSS, theme=THEME,
+                    footer_links=[])
     finally:
         shutil.rmtree(temp_root, ignore_errors=True)
 
