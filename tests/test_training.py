@@ -150,7 +150,7 @@ def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, f
     assert f"skipping incomplete checkpoint {truncated}" in out
     assert f"resuming from {newest}" in out
     assert f"resume=True load_from={newest}" in out  # passed explicitly, last_checkpoint is not trusted
-    assert f"resumed epoch 0, iter {checkpoint_iter(newest)}" in out  # MMEngine restored the loop state
+    assert f"resumed epoch: 0, iter: {checkpoint_iter(newest)}" in out  # MMEngine restored the loop state
     assert is_complete_checkpoint(work / "iter_6.pth")
     assert f"checkpoint: {work / 'iter_6.pth'}" in out
     assert not (work / ".iter_99.pth.partial").exists()  # stale temp folders are cleared
