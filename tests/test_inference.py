@@ -208,3 +208,67 @@ def test_backend_is_the_checkpoints_own_code(backend, tiny_model_dir):
     assert backend.model_dir == tiny_model_dir
     # The conversation template comes from the checkpoint's remote code, not from this project.
     assert type(backend.model).__module__.startswith("transformers_modules.")
+
+
+# ---------------------------------------------------------------------------------------------
+# LMDeploy (GPU machines only; CI has none: run `pytest tests/test_inference.py -k lmdeploy` there)
+# ---------------------------------------------------------------------------------------------
+
+def _lmdeploy_usable():
+    from foodie.inference import lmdeploy_usable
+    return lmdeploy_usable()
+
+
+needs_lmdeploy = pytest.mark.skipif(not _lmdeploy_usable(), reason="LMDeploy needs its package and a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def lmdeploy_backend(tiny_model_dir):
+    b = load_backend(tiny_model_dir, backend="lmdeploy", max_batch_size=4)
+    yield b
+    b.close()
+
+
+@needs_lmdeploy
+def test_lmdeploy_prompt_equals_ours(lmdeploy_backend, backend, photos):
+    """LMDeploy's internvl2-internlm2 template + image tokens give the prompt our transformers backend gives."""
+    from lmdeploy.vl.model.internvl import InternVLVisionModel
+
+    requests = [
+        [Message("user", "这是什么菜？", images=[photos[0]])],
+        [Message("user", "哪张图是饺子？", images=photos[1:5])],
+        [Message("user", "这是什么菜？", images=[photos[0]]), Message("assistant", "麻婆豆腐"),
+         Message("user", "它来自哪个地区？")],
+        [Message("system", "You are a chef."), Message("user", "hi")],
+    ]
+    for request in requests:
+        messages = lmdeploy_backend._messages(request)
+        for m in messages:  # what LMDeploy's image loading turns image_data items into
+            if isinstance(m["content"], list):
+                m["content"] = [{"type": "image"} if c["type"] == "image_data" else c for c in m["content"]]
+        theirs, token = InternVLVisionModel.proc_messages(messages, lmdeploy_backend.pipe.chat_template, True)
+        ours = backend.render(request).replace("<image>", f"<img>{token}</img>")
+        assert theirs == ours
+
+
+@needs_lmdeploy
+def test_lmdeploy_generate_stream_and_threads(lmdeploy_backend, photos):
+    requests = [[Message("user", "这是什么菜？", images=[p])] for p in photos[:3]] + [[Message("user", "你好")]]
+    answers = lmdeploy_backend.generate(requests, GREEDY)
+    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+    assert "".join(lmdeploy_backend.stream(requests[0], GREEDY)) == answers[0]
+
+    # Streams from several threads at once (Gradio's workers): no "Current event loop is different".
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            results[i] = "".join(lmdeploy_backend.stream(requests[i], GREEDY))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and results == dict(enumerate(answers))
