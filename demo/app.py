@@ -34,8 +34,10 @@ if str(REPO_ROOT) not in sys.path:  # `python demo/app.py` from a checkout witho
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE_ENTITY.*")  # gradio 6.17 + new starlette noise
 import gradio as gr  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from foodie import paths  # noqa: E402
+from foodie.atomic import atomic_path  # noqa: E402
 from foodie.chat_state import ChatState, stream_answers  # noqa: E402
 from foodie.image_tiling import ImageError, open_image  # noqa: E402
 
@@ -120,8 +122,6 @@ def load_slots(model_dir: Path, compare_dir: Path | None, backend: str) -> list[
 
 def warm_up(slot: ModelSlot) -> None:
     """One short answer about a small picture, so the first user does not pay the backend's lazy start-up."""
-    from PIL import Image
-
     from foodie.inference import GenerationParams, Message
     picture = Image.new("RGB", (448, 448), (200, 120, 40))
     slot.backend.generate([[Message("user", "这是什么菜？", images=[picture])]], GenerationParams(max_new_tokens=2))
@@ -177,7 +177,6 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
 
 def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
     """Small JPEG copies for the page (phone photos are megabytes each); the model still gets the originals."""
-    from PIL import Image, ImageOps
     folder.mkdir(parents=True, exist_ok=True)
     for i, dish in enumerate(d for dishes in gallery.values() for d in dishes):
         try:
@@ -205,6 +204,10 @@ def clean_user_text(text: str) -> str:
     return CONTROL_MARKUP.sub(" ", text or "").strip()
 
 
+IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+                  "MPO": ".jpg"}
+
+
 def refused(message: str) -> gr.Error:
     """A user-facing refusal: shown as a toast in the page, no traceback in the server console."""
     return gr.Error(message, print_exception=False)
@@ -217,13 +220,16 @@ def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
     size = src.stat().st_size
     if size > max_bytes:
         raise refused(f"{shown}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB upload limit. "
-                       f"Send a smaller photo.")
+                      f"Send a smaller photo.")
     try:
         open_image(src)  # decodes it fully; refuses bombs and non-images
+        with Image.open(src) as img:  # the real format names the copy, not the user's file name
+            suffix = IMAGE_SUFFIXES.get(img.format or "", src.suffix)
     except ImageError as e:
         raise refused(str(e).replace(str(src), shown)) from None
-    dest = state.new_upload_path(src.suffix)
-    dest.write_bytes(src.read_bytes())
+    dest = state.new_upload_path(suffix)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return dest
 
 
