@@ -90,11 +90,12 @@ class ChatState:
 
     def attach(self, path: str | Path) -> Path:
         """Queue an image for the next question. Raises ValueError past ``max_images``."""
-        if len(self.images()) >= self.max_images:
-            raise ValueError(f"this conversation already has {self.max_images} images, the most one chat "
-                             f"can hold; press Clear to start a new one")
         path = Path(path)
-        self.pending_images.append(path)
+        with self.lock:
+            if len(self.images()) >= self.max_images:
+                raise ValueError(f"this conversation already has {self.max_images} images, the most one chat "
+                                 f"can hold; press Clear to start a new one")
+            self.pending_images.append(path)
         return path
 
     @property
@@ -129,9 +130,9 @@ class ChatState:
     def ask(self, question: str) -> Turn:
         """Start a turn with ``question`` and the pending images. Needs text or at least one image."""
         question = (question or "").strip()
-        if not question and not self.pending_images:
-            raise ValueError("type a question or add a dish image first")
         with self.lock:
+            if not question and not self.pending_images:
+                raise ValueError("type a question or add a dish image first")
             if self.turns and not self.is_answered(self.turns[-1]):
                 raise ValueError("the previous question is still being answered; wait or press Stop")
             turn = Turn(question=question, images=list(self.pending_images))
