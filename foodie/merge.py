@@ -189,9 +189,10 @@ def read_run(config: str | os.PathLike, work_dir: str | os.PathLike | None = Non
     vit = _as_dict(model.get("visual_encoder_lora"))
     work = Path(work_dir or cfg.get("work_dir") or paths.work_dir() / "train" / config.stem)
     train_cfg = cfg.get("train_cfg") or {}
-    summary = {k: cfg[k] for k in SUMMARY_KEYS if isinstance(cfg.get(k), (int, float, str)) and k in cfg}
-    if isinstance(train_cfg, dict):
-        for k in ("max_iters", "max_epochs"):
+    summary = {k: cfg[k] for k in SUMMARY_KEYS if isinstance(cfg.get(k), (int, float, str))}
+    if isinstance(train_cfg, dict) and ("max_iters" in train_cfg or "max_epochs" in train_cfg):
+        for k in ("max_iters", "max_epochs"):  # what the loop really ran, not leftovers of a base config
+            summary.pop(k, None)
             if isinstance(train_cfg.get(k), int):
                 summary[k] = train_cfg[k]
     return Run(config_path=config.resolve(), work_dir=work.resolve(), model_path=str(model["model_path"]),
@@ -549,48 +550,71 @@ def parse_size(text: str | int) -> int:
     return int(float(m[1]) * base ** power)
 
 
-class ShardWriter:
-    """Collects output tensors and writes a safetensors shard whenever ``max_bytes`` would be exceeded, so at
-    most one shard is held in memory; ``finish`` names the shards (``model.safetensors`` when one) and writes
-    the index."""
+SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                      torch.bool: "BOOL"}
+FLOAT_CODES = ("F16", "BF16", "F32", "F64")
 
-    def __init__(self, folder: Path, max_bytes: int):
-        self.folder, self.max_bytes = folder, max_bytes
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.written: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + nbytes > self.max_bytes:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += nbytes
-        self.total_bytes += nbytes
+@dataclass
+class ShardPlan:
+    file: str
+    tensors: list[tuple[str, str, tuple[int, ...]]]  # (name, safetensors dtype code, shape), in writing order
 
-    def flush(self) -> None:
-        from safetensors.torch import save_file
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(code, shape) for _, code, shape in self.tensors)
 
-        if not self.pending:
-            return
-        path = self.folder / f".shard-{len(self.written):05d}.safetensors"
-        save_file(self.pending, str(path), metadata={"format": "pt"})
-        self.written.append((path, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
 
-    def finish(self) -> list[str]:
-        self.flush()
-        n = len(self.written)
-        names = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for (path, _), name in zip(self.written, names):
-            os.replace(path, self.folder / name)
-        if n > 1:
-            weight_map = {t: name for (_, tensors), name in zip(self.written, names) for t in tensors}
-            (self.folder / WEIGHTS_INDEX).write_text(json.dumps(
-                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, indent=2) + "\n",
-                encoding="utf-8")
-        return names
+def _nbytes(code: str, shape: tuple[int, ...]) -> int:
+    size = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}.get(code, 1)
+    return math.prod(shape) * size
+
+
+def plan_shards(layout: list[tuple[str, str, tuple[int, ...]]], max_bytes: int) -> list[ShardPlan]:
+    """Split the output tensors, in order, into shards of at most ``max_bytes`` (a bigger tensor gets its own);
+    one shard is ``model.safetensors``, several are ``model-0000i-of-0000n.safetensors`` + an index."""
+    groups, size = [[]], 0
+    for entry in layout:
+        nbytes = _nbytes(entry[1], entry[2])
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry)
+        size += nbytes
+    n = len(groups)
+    names = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    return [ShardPlan(name, group) for name, group in zip(names, groups)]
+
+
+class SafetensorsStreamWriter:
+    """Writes one safetensors file tensor by tensor: the header is laid out beforehand from the planned names,
+    dtypes and shapes, so no tensor has to wait in memory for the others (``safetensors.torch.save_file``
+    needs the whole shard in memory, plus a bytes copy of it)."""
+
+    def __init__(self, path: Path, plan: ShardPlan):
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, code, shape in plan.tensors:
+            nbytes = _nbytes(code, shape)
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        self.expected = list(plan.tensors)
+        self.file = open(path, "wb")
+        self.file.write(len(raw).to_bytes(8, "little") + raw)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        want = self.expected.pop(0)
+        got = (name, SAFETENSORS_DTYPES.get(tensor.dtype), tuple(tensor.shape))
+        if got != want:
+            raise RuntimeError(f"safetensors writer: expected {want}, got {got}")
+        self.file.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.expected:
+            raise RuntimeError(f"safetensors writer: {len(self.expected)} tensors were not written")
 
 
 @torch.no_grad()
@@ -602,37 +626,66 @@ def merge_lora_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sc
     return merged.to(dtype)
 
 
-@torch.no_grad()
-def write_merged_weights(plan: MergePlan, trained: TrainedWeights, out_dir: Path, dtype: torch.dtype,
-                         max_shard_bytes: int, progress: bool = True) -> dict:
-    """Stream the base tensors (memory-mapped) into output shards, merging LoRA layer by layer."""
+def output_layout(plan: MergePlan, dtype: torch.dtype) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype code, shape) of every output tensor, in the base checkpoint's order; floating-point
+    tensors in ``dtype``, others (if any) as they are."""
     from safetensors import safe_open
-    from tqdm import tqdm
 
-    writer = ShardWriter(out_dir, max_shard_bytes)
-    counts = {"merged": 0, "replaced": 0, "copied": 0}
-    bar = tqdm(total=len(plan.base_shapes), desc="merge", unit="tensor", disable=not progress, dynamic_ncols=True)
+    code = SAFETENSORS_DTYPES[dtype]
+    layout = []
     for path in base_weight_files(plan.base_dir):
         with safe_open(str(path), framework="pt") as st:
             for name in st.keys():
-                if name in plan.lora:
-                    pair = trained.lora[name]
-                    tensor = merge_lora_weight(st.get_tensor(name), pair["A"], pair["B"], plan.lora[name].scaling,
-                                               dtype)
-                    counts["merged"] += 1
-                elif name in trained.full:
-                    tensor = trained.full[name].to(dtype, copy=True)
-                    counts["replaced"] += 1
-                else:
-                    tensor = st.get_tensor(name)
-                    tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-                    counts["copied"] += 1
-                writer.add(name, tensor)
-                del tensor
-                bar.update(1)
-    bar.close()
-    counts["files"] = writer.finish()
-    counts["bytes"] = writer.total_bytes
+                sl = st.get_slice(name)
+                layout.append((name, code if sl.get_dtype() in FLOAT_CODES else sl.get_dtype(), tuple(sl.get_shape())))
+    return layout
+
+
+@torch.no_grad()
+def write_merged_weights(plan: MergePlan, trained: TrainedWeights, out_dir: Path, dtype: torch.dtype,
+                         max_shard_bytes: int, progress: bool = True) -> dict:
+    """Read the base tensors one at a time (memory-mapped), merge LoRA into the wrapped ones, put the trained
+    ones in place, and stream each straight into its output shard: about one tensor in memory at a time."""
+    from safetensors import safe_open
+    from tqdm import tqdm
+
+    shards = plan_shards(output_layout(plan, dtype), max_shard_bytes)
+    where = {name: i for i, shard in enumerate(shards) for name, _, _ in shard.tensors}
+    writers = [SafetensorsStreamWriter(out_dir / shard.file, shard) for shard in shards]
+    counts = {"merged": 0, "replaced": 0, "copied": 0}
+    total = sum(shard.nbytes for shard in shards)
+    bar = tqdm(total=total, desc="merge", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    try:
+        for path in base_weight_files(plan.base_dir):
+            with safe_open(str(path), framework="pt") as st:
+                for name in st.keys():
+                    if name in plan.lora:
+                        pair = trained.lora[name]
+                        tensor = merge_lora_weight(st.get_tensor(name), pair["A"], pair["B"],
+                                                   plan.lora[name].scaling, dtype)
+                        counts["merged"] += 1
+                    elif name in trained.full:
+                        tensor = trained.full[name].to(dtype)
+                        counts["replaced"] += 1
+                    else:
+                        tensor = st.get_tensor(name)
+                        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                        counts["copied"] += 1
+                    writers[where[name]].write(name, tensor)
+                    bar.update(tensor.numel() * tensor.element_size())
+                    del tensor
+    finally:
+        for w in writers:
+            w.file.close()
+        bar.close()
+    for w in writers:
+        w.close()
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {name: shard.file for shard in shards for name, _, _ in shard.tensors}}
+        (out_dir / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    counts["files"] = [shard.file for shard in shards]
+    counts["bytes"] = total
     return counts
 
 

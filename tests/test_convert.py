@@ -141,6 +141,44 @@ def test_merged_float32_sharded_equals_xtuner_model_with_lora(run_env, tmp_path)
     assert (base - want).abs().max() > 1e-2  # training changed the model, so the equality above means something
 
 
+def test_vit_lora_and_llm_lora_merge_into_both_parts(tiny_model_dir, tmp_path, monkeypatch):
+    """A run with LoRA on the ViT too (XTuner's visual_encoder_lora): the model class saves both adapters;
+    after randomising them (as training would move them) both merge and the result verifies."""
+    from mmengine.config import Config
+    from xtuner.registry import BUILDER
+
+    monkeypatch.setenv("FOODIE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("FOODIE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("FOODIE_DATA", str(tmp_path / "no-data"))
+    config = write_config(tmp_path / "vit_lora.py", "dict(type=FoodieInternVL, model_path=_os.environ['FOODIE_MODEL'], "
+                          "torch_dtype='float32', freeze_llm=True, freeze_visual_encoder=True, "
+                          "llm_lora=dict(type=LoraConfig, r=8, lora_alpha=16, target_modules=['wqkv', 'w2'], "
+                          "task_type='CAUSAL_LM'), visual_encoder_lora=dict(type=LoraConfig, r=4, lora_alpha=4, "
+                          "target_modules=None))")
+    model = BUILDER.build(Config.fromfile(str(config)).model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    state = model.state_dict()  # XTuner's: LoRA of both parts + mlp1
+    assert any(k.startswith("model.vision_model.base_model.model.") and "lora_A" in k for k in state)
+    ckpt = tmp_path / "work" / "iter_1.pth"
+    ckpt.parent.mkdir()
+    torch.save({"meta": {"iter": 1}, "state_dict": state}, ckpt)
+
+    out = tmp_path / "merged"
+    result = convert(config, "latest", out, dtype="float32", progress=False)
+    vit_layers = json.loads((tiny_model_dir / "config.json").read_text())["vision_config"]["num_hidden_layers"]
+    llm_layers = json.loads((tiny_model_dir / "config.json").read_text())["llm_config"]["num_hidden_layers"]
+    assert result.counts["merged"] == 4 * vit_layers + 2 * llm_layers  # qkv, proj, fc1, fc2 | wqkv, w2
+    v = result.verification
+    assert v["max_abs_logit_diff"] <= v["tolerance"] < v["lora_effect"]
+    note = json.loads((out / PROVENANCE_FILE).read_text())
+    assert note["trained"] == {"vision_model": "LoRA", "mlp1": "full", "language_model": "LoRA"}
+    assert note["vision_lora"]["r"] == 4 and note["lora"]["targets"] == "wqkv, w2"
+
+
 # --------------------------------------------------------------------------- bad input fails cleanly
 
 def write_config(path: Path, model: str) -> Path:
@@ -303,3 +341,45 @@ def test_training_names_map_to_official_names():
     with pytest.raises(ConvertError, match="DoRA"):
         split_trained_state({"model.language_model.base_model.model.x.lora_magnitude_vector.default.weight":
                              torch.zeros(1)}, Path("iter_1.pth"))
+
+
+# --------------------------------------------------------------------------- DeepSpeed
+
+DS_ZERO2_CPU = {  # XTuner's deepspeed_zero2 without the "auto" dtypes it resolves through CUDA-only calls
+    "gradient_accumulation_steps": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+    "zero_optimization": {"stage": 2, "overlap_comm": False}, "fp16": {"enabled": False}, "bf16": {"enabled": False},
+}
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, tmp_path, monkeypatch):
+    """A real DeepSpeed ZeRO-2 run on CPU (one gloo process) saves iter_N.pth as a folder of shards; the
+    converter reads its fp32 master weights and the result verifies against the unmerged model."""
+    import socket
+
+    ds_config = tmp_path / "zero2_cpu.json"
+    ds_config.write_text(json.dumps(DS_ZERO2_CPU))
+    work = tmp_path / "ds-run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+               **_env(tiny_model_dir, food_data, work))
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(CPU_CONFIG), "--deepspeed",
+           str(ds_config), "--", "--cfg-options", "train_cfg.max_iters=2", "param_scheduler.0.start_factor=1.0",
+           "param_scheduler.1.end=2", "default_hooks.checkpoint.interval=2"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = work / "iter_2.pth"
+    assert folder.is_dir() and (folder / "mp_rank_00_model_states.pt").is_file()
+
+    for k, v in _env(tiny_model_dir, food_data, work).items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "merged"
+    result = convert(CPU_CONFIG, "latest", out, progress=False)
+    assert result.checkpoint == folder
+    v = result.verification
+    assert v["max_abs_logit_diff"] <= v["tolerance"] < v["lora_effect"]
+    assert json.loads((out / PROVENANCE_FILE).read_text())["checkpoint"].endswith("iter_2.pth")
