@@ -323,7 +323,7 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     running = set(requests)
     for model in requests:
         threading.Thread(target=work, args=(model,), daemon=True, name=f"answer-{model}").start()
-    last_yield = time.monotonic()
+    last_yield = float("-inf")  # the first token is drawn at once
     changed = False
     try:
         while running:
