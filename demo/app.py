@@ -395,8 +395,10 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *,
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="InternVL2 checkpoint folder (official format); default: the embedded tiny model")
-    ap.add_argument("--compare", help="a second checkpoint (usually the base model) answering side by side")
+    ap.add_argument("--model", help="InternVL2 checkpoint folder (official format), e.g. your fine-tuned, merged "
+                                    "model; default: the embedded tiny model")
+    ap.add_argument("--compare", help="a second checkpoint answering side by side, labelled 'base' (left) while "
+                                      "--model is labelled 'tuned' (right): pass the base InternVL2-2B here")
     ap.add_argument("--backend", default="auto", choices=["auto", "lmdeploy", "transformers"])
     ap.add_argument("--data-root", help="FoodieQA folder for the dish gallery; default: the synthetic set")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
