@@ -80,7 +80,8 @@ class FoodieInternVL(InternVL_V1_5):
       SDPA use its fused causal kernel instead of a materialised [B, 1, T, T] mask;
     * ``fused_lora``: each LoRA update accumulates into the frozen layer's output inside one GEMM
       (``foodie.train_speed.FusedLoraLinear``; same parameters and saved weights);
-    * ``compile_elementwise``: InternLM2's RMSNorm and SwiGLU through ``torch.compile`` (GPU);
+    * ``compile_elementwise``: InternLM2's RMSNorm and SwiGLU through ``torch.compile`` (``"auto"``: on
+      CUDA only; compiling on a CPU costs more than it saves in a short run);
     * ``activation_checkpointing``: True (every LLM layer, XTuner's default), False, or a number of
       LLM layers to checkpoint (the rest keep their activations: faster, more memory).
     """
@@ -89,7 +90,7 @@ class FoodieInternVL(InternVL_V1_5):
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
                  loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
-                 fused_lora=True, compile_elementwise=False):
+                 fused_lora=True, compile_elementwise="auto"):
         BaseModel.__init__(self)
         # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
         self.fused_lora = fused_lora
@@ -131,6 +132,8 @@ class FoodieInternVL(InternVL_V1_5):
             self.gradient_checkpointing_disable()
             if activation_checkpointing:  # a number of layers
                 checkpoint_layers(self._llm_layers(), int(activation_checkpointing))
+        if compile_elementwise == "auto":
+            compile_elementwise = torch.cuda.is_available()
         if compile_elementwise:
             n = compile_elementwise_fn(self.model.language_model)
             print_log(f"compiled RMSNorm/SwiGLU in {n} modules", logger="current")
