@@ -215,9 +215,10 @@ def test_missing_base_model(run_env, tmp_path, monkeypatch):
     monkeypatch.setenv("FOODIE_MODEL", str(tmp_path / "no-such-model"))
     with pytest.raises(ConvertError, match=r"base model folder not found: .*no-such-model.*FOODIE_MODEL"):
         convert(CPU_CONFIG, "latest", out, progress=False)
-    monkeypatch.setenv("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")  # a hub id: nothing is downloaded
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")  # a hub id: looked up in the cache only
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ConvertError, match=r"'OpenGVLab/InternVL2-2B' .* not in the Hugging Face cache"):
         convert(CPU_CONFIG, "latest", out, progress=False)
     assert not out.exists() and leftovers(tmp_path) == []
