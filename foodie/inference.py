@@ -34,7 +34,7 @@ import os
 import queue
 import sys
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -289,17 +289,26 @@ class TransformersBackend:
         """Tokens (left-padded), attention mask and pixel values for a batch of requests."""
         from foodie.image_tiling import load_image
 
-        prompts, pixels = [], []
-        for request in requests:
-            tiles = []
+        jobs = []  # (request index, image, tile budget), in prompt order
+        for r, request in enumerate(requests):
             max_num = tiles_per_image(self.max_tiles, sum(len(m.images) for m in request))
-            for m in request:
-                for image in m.images:
-                    t = load_image(image, input_size=self.image_size, max_num=max_num,
-                                   min_num=min(self.min_tiles, max_num), use_thumbnail=self.use_thumbnail)
-                    pixels.append(t)
-                    tiles.append(t.shape[0])
-            prompts.append(self.render(request, tiles))
+            jobs += [(r, image, max_num) for m in request for image in m.images]
+
+        def tile(job):
+            _, image, max_num = job
+            return load_image(image, input_size=self.image_size, max_num=max_num,
+                              min_num=min(self.min_tiles, max_num), use_thumbnail=self.use_thumbnail)
+
+        # Decoding and resizing photos is single-threaded work: spread it over the cores.
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1, 8)) as pool:
+                pixels = list(pool.map(tile, jobs))
+        else:
+            pixels = [tile(j) for j in jobs]
+        tiles: list[list[int]] = [[] for _ in requests]
+        for (r, _, _), t in zip(jobs, pixels):
+            tiles[r].append(t.shape[0])
+        prompts = [self.render(request, n) for request, n in zip(requests, tiles)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         pixel_values = (self._torch.cat(pixels).to(self.device, self.dtype) if pixels else None)
