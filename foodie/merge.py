@@ -946,6 +946,11 @@ def check_save_dir(save_dir: Path, ckpt: Path, base_dir: Path, force: bool) -> N
             relation = ("is" if save == other else "is inside" if _inside(save, other) else "contains")
             raise ConvertError(f"SAVE_DIR {save_dir} {relation} {what} ({other}); writing there could destroy it. "
                                "Choose a separate folder.")
+    if "." in save_dir.name:
+        raise ConvertError(f"SAVE_DIR {save_dir}: transformers imports a checkpoint's remote code as a Python package "
+                           f"named after its folder, and the '.' in {save_dir.name!r} breaks that import (`No module "
+                           f"named 'transformers_modules.{save_dir.name.split('.')[0]}'`): AutoModel could not load "
+                           f"the result. Choose a name without dots, e.g. {save_dir.name.replace('.', '-')!r}.")
     if save_dir.exists() and not save_dir.is_dir():
         raise ConvertError(f"SAVE_DIR {save_dir} exists and is a file; choose a folder name.")
     if save_dir.is_dir() and any(save_dir.iterdir()) and not force:

@@ -300,6 +300,8 @@ def test_save_dir_rules_and_failed_verification_leave_everything_as_it_was(run_e
         convert(CPU_CONFIG, ckpt, ckpt, force=True, progress=False)
     with pytest.raises(ConvertError, match="contains the checkpoint"):
         convert(CPU_CONFIG, ckpt, run_env, force=True, progress=False)  # --force would have deleted the run
+    with pytest.raises(ConvertError, match=r"'\.' in 'merged\.v2' breaks that import .*'merged-v2'"):
+        convert(CPU_CONFIG, ckpt, tmp_path / "merged.v2", progress=False)  # AutoModel could not load it
     with pytest.raises(ConvertError, match="is the base model"):
         convert(CPU_CONFIG, ckpt, os.environ["FOODIE_MODEL"], force=True, progress=False)
 
