@@ -21,10 +21,10 @@ Steps, each its own function:
                            half-written checkpoints are refused.
 4. ``load_trained_state``  the trained tensors (DeepSpeed folders through XTuner's ZeRO reader, in fp32).
 5. ``plan_merge``          which base tensors LoRA wraps (PEFT injected into the model built on the meta
-                           device, so nothing is allocated) and checks the checkpoint against it.
-6. ``write_merged_weights``  streams the base safetensors tensor by tensor (memory-mapped), merges one
-                           layer at a time and writes output shards as they fill: one copy of the model
-                           is never held, let alone two.
+                           device, so nothing is allocated); ``check_matches`` compares the checkpoint with it.
+6. ``write_merged_weights``  reads the base safetensors tensor by tensor (memory-mapped), merges one layer at
+                           a time in fp32 and streams each result into its output shard, whose header was
+                           laid out beforehand: about one tensor is in memory, never a copy of the model.
 7. ``verify_merged``       reloads the folder with ``AutoModel`` (trust_remote_code) and compares its
                            logits on a probe image + question with the unmerged base + LoRA model (PEFT).
 8. ``convert``             all of it, into a temporary folder renamed onto ``SAVE_DIR`` at the end.
