@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 quickstart: $(STAMP)
-	$(PY) tools/quickstart.py $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data-root $(DATA))
+	$(PY) tools/quickstart.py $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data-root $(DATA)) $(QUICKSTART_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,209 @@
+"""The whole course in one command: data -> baseline accuracy -> LoRA fine-tune -> merge -> tuned accuracy.
+
+    make quickstart                                           # embedded tiny model + synthetic FoodieQA (CPU)
+    make quickstart MODEL=/models/InternVL2-2B DATA=/data/FoodieQA   # the real job (GPU profile)
+
+Each stage is one of the project's own commands, printed before it runs, so you can rerun any of them
+by hand. A stage that fails stops the run with its cause. Re-running skips every stage whose inputs
+have not changed since it last succeeded (a fingerprint of its inputs is kept in work/quickstart.json),
+and an interrupted training run continues from its last complete checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from foodie import paths  # noqa: E402
+from foodie.atomic import write_json  # noqa: E402
+
+CPU_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
+REAL_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
+PY = sys.executable
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def fingerprint(*parts) -> str:
+    """Hash of the stage's inputs: strings as given, files by content, folders by their files' size+mtime."""
+    h = hashlib.sha256()
+    for part in parts:
+        p = Path(part) if isinstance(part, Path) else None
+        if p is not None and p.is_file():
+            h.update(p.read_bytes())
+        elif p is not None and p.is_dir():
+            for f in sorted(q for q in p.rglob("*") if q.is_file() and "__pycache__" not in q.parts):
+                st = f.stat()
+                h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace):
+        from rich.console import Console
+
+        self.console = Console()
+        self.work = paths.work_dir()
+        self.state_file = self.work / "quickstart.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self.model = Path(args.model).resolve() if args.model else paths.tiny_model_dir()
+        self.data_root = Path(args.data_root).resolve() if args.data_root else paths.demo_data_dir()
+        self.embedded = args.model is None
+        # The embedded tiny model trains with the CPU variant; a real checkpoint with the real run's config.
+        self.config = Path(args.config).resolve() if args.config else (CPU_CONFIG if self.embedded else REAL_CONFIG)
+        name = self.config.stem
+        self.xtuner_data = self.work / f"{name}-data"
+        self.train_dir = self.work / "train" / name
+        self.merged = self.work / f"{name}-merged"
+        self.eval_dir = self.work / f"{name}-eval"
+        self.lang = args.lang
+        self.deepspeed = args.deepspeed
+        self.env = dict(os.environ, FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
+                        FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ plumbing
+    def run(self, stage: str, cmd: list[str]) -> None:
+        env_shown = " ".join(f"{k}={shlex.quote(self.env[k])}" for k in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR")
+                             if "train" in stage or "merge" in stage)
+        self.console.print(f"[dim]$ {env_shown + ' ' if env_shown else ''}{shlex.join(cmd)}[/dim]", highlight=False)
+        done = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env)
+        if done.returncode != 0:
+            raise StageFailed(f"stage '{stage}' failed (exit {done.returncode}); its output is above.\n"
+                              f"  command: {shlex.join(cmd)}")
+
+    def stage(self, number: int, name: str, what: str, key: str | None, build) -> None:
+        title = f"[{number}/7] {name}: {what}"
+        if key is not None and self.state.get(name) == key:
+            self.console.print(f"[bold green]✓[/] {title} [dim](already done, inputs unchanged)[/dim]")
+            return
+        self.console.rule(f"[bold]{title}")
+        t0 = time.time()
+        build()
+        self.console.print(f"[bold green]✓[/] {name} done in {time.time() - t0:.0f} s")
+        if key is not None:
+            self.state[name] = key
+            write_json(self.state_file, self.state)
+
+    # ------------------------------------------------------------------ stages
+    def prepare_inputs(self) -> None:
+        if self.embedded:
+            if not (self.model / "config.json").is_file():
+                self.run("model", [PY, "tools/make_tiny_model.py", "--out", str(self.model)])
+            self.run("data", [PY, "tools/make_demo_data.py", "--out", str(self.data_root)])
+        else:
+            if not (self.model / "config.json").is_file():
+                raise StageFailed(f"MODEL={self.model}: no config.json there. Point MODEL at the InternVL2-2B "
+                                  "checkpoint folder (see docs/guide_gpu.md, 'Get the model').")
+        if not self.data_root.is_dir():
+            raise StageFailed(f"DATA={self.data_root}: not a folder. Point DATA at the FoodieQA folder (images/, "
+                              "sivqa_tidy.json, ...); see docs/guide_gpu.md, 'Get the gated dataset'.")
+
+    def convert_data(self) -> None:
+        self.run("data", [PY, "tools/process_food.py", "--data-root", str(self.data_root), "--out",
+                          str(self.xtuner_data), "--lang", self.lang, "--tokenizer", str(self.model)])
+
+    def eval_cmd(self, models: list[tuple[str, Path]]) -> list[str]:
+        cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), "--items",
+               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir)]
+        for label, model in models:
+            cmd += ["--model", str(model), "--label", label]
+        return cmd
+
+    def train(self) -> None:
+        from foodie.checkpoints import list_checkpoints
+
+        cmd = [PY, "tools/train.py", "--config", str(self.config), "--work-dir", str(self.train_dir)]
+        if self.deepspeed:
+            cmd += ["--deepspeed", self.deepspeed]
+        if list_checkpoints(self.train_dir):  # an earlier run was interrupted: continue it
+            cmd.append("--resume")
+        self.run("train", cmd)
+
+    def merge(self) -> None:
+        self.run("merge", [PY, "tools/convert_to_official.py", str(self.config), "latest", str(self.merged),
+                           "--work-dir", str(self.train_dir), "--base-model", str(self.model), "--force"])
+
+    def go(self) -> dict:
+        self.console.print(f"[bold]internvl-foodie quickstart[/] — model {self.model}, data {self.data_root}, "
+                           f"config {self.config.relative_to(REPO_ROOT) if self.config.is_relative_to(REPO_ROOT) else self.config}")
+        self.stage(1, "inputs", "the model and FoodieQA folders", None, self.prepare_inputs)
+        data_key = fingerprint("data", self.data_root, self.lang, REPO_ROOT / "foodie" / "data_conversion.py",
+                               REPO_ROOT / "foodie" / "prompts.py")
+        self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
+        base_key = fingerprint("base", data_key, self.model / "config.json")
+        self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
+                   lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
+        train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
+        self.stage(4, "train", "LoRA fine-tune with xtuner train", train_key, self.train)
+        merge_key = fingerprint("merge", train_key)
+        self.stage(5, "merge", "LoRA merged into an official InternVL2 checkpoint", merge_key, self.merge)
+        tuned_key = fingerprint("eval-tuned", base_key, merge_key)
+        self.stage(6, "eval-tuned", "held-out accuracy, base vs tuned", tuned_key,
+                   lambda: self.run("eval", self.eval_cmd([("base", self.model), ("tuned", self.merged)])))
+        return self.summary()
+
+    def summary(self) -> dict:
+        from rich.table import Table
+
+        metrics = json.loads((self.eval_dir / "metrics.json").read_text())
+        acc = {m["label"]: m["overall"] for m in metrics["models"]}
+        table = Table(title="[7/7] FoodieQA held-out accuracy, before vs after fine-tuning")
+        table.add_column("model")
+        table.add_column("accuracy", justify="right")
+        table.add_column("correct / asked", justify="right")
+        table.add_column("unparseable", justify="right")
+        for label, o in acc.items():
+            table.add_row(label, f"{100 * o['accuracy']:.1f}%", f"{o['correct']}/{o['n']}", str(o["unparsed"]))
+        self.console.print(table)
+        demo = f"{PY if not PY.startswith(str(REPO_ROOT)) else os.path.relpath(PY, REPO_ROOT)} demo/app.py " \
+               f"--model {self.merged} --compare {self.model} --data-root {self.data_root}"
+        self.console.print(f"chart:  {self.eval_dir / 'accuracy.png'}\nreport: {self.eval_dir / 'report.md'}")
+        self.console.print(f"merged checkpoint: {self.merged}")
+        self.console.print(f"open the demo in compare mode:\n  [bold]{demo}[/]")
+        self.console.print(f"[dim]quickstart took {time.time() - self.started:.0f} s[/dim]")
+        result = {"before": acc["base"]["accuracy"], "after": acc["tuned"]["accuracy"],
+                  "chart": str(self.eval_dir / "accuracy.png"), "merged": str(self.merged), "demo": demo}
+        write_json(self.work / "quickstart-result.json", result)
+        return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tools/quickstart.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="InternVL2 checkpoint folder (default: the embedded tiny model, built on first use)")
+    p.add_argument("--data-root", help="FoodieQA folder (default: the synthetic FoodieQA, built on first use)")
+    p.add_argument("--config", help="XTuner config (default: the CPU variant for the embedded model, "
+                                    "the real run's config when --model is given)")
+    p.add_argument("--lang", choices=["zh", "en"], default="zh", help="question language (default zh)")
+    p.add_argument("--deepspeed", default=None,
+                   help="e.g. deepspeed_zero2 (default: deepspeed_zero2 when a CUDA GPU is visible)")
+    args = p.parse_args(argv)
+    if args.deepspeed is None:
+        import torch
+
+        args.deepspeed = "deepspeed_zero2" if torch.cuda.is_available() else ""
+    try:
+        Pipeline(args).go()
+    except StageFailed as e:
+        print(f"\nquickstart stopped: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
