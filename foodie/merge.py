@@ -889,6 +889,7 @@ def verify_merged(out_dir: Path, run: Run, plan: MergePlan, trained: TrainedWeig
     tokenizer, pixel_values, enc = probe_inputs(out_dir, config)
     log(f"[verify] probe: one {pixel_values.shape[-1]}px tile + question, {enc['input_ids'].shape[1]} tokens")
 
+    log("[verify] 1/2 base model + LoRA, unmerged (float32): loading, probing with and without the adapters")
     reference = unmerged_model(run, plan, trained)
     ref = probe_logits(reference, tokenizer, pixel_values, enc)
     set_adapters(reference, False)
@@ -897,6 +898,7 @@ def verify_merged(out_dir: Path, run: Run, plan: MergePlan, trained: TrainedWeig
     del reference
     gc.collect()
 
+    log("[verify] 2/2 merged folder through AutoModel (trust_remote_code, float32): loading, probing")
     merged = load_model(out_dir)
     got = probe_logits(merged, tokenizer, pixel_values, enc)
     del merged
