@@ -497,7 +497,7 @@ def check_matches(trained: TrainedWeights, plan: MergePlan, run: Run, ckpt: Path
         got = trained.lora.get(name, {})
         for which, want in (("A", target.a_shape), ("B", target.b_shape)):
             if which not in got:
-                missing.append(f"{name} lora_{which}")
+                missing.append(f"{name[: -len('.weight')]}.lora_{which}")
             elif tuple(got[which].shape) != want:
                 shapes.append(f"{trained.keys[f'{name}:{which}']}: {tuple(got[which].shape)} in the checkpoint, "
                               f"{want} expected")
