@@ -9,13 +9,14 @@ MODEL   ?=
 DATA    ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv quickstart test test-fast train gpu-profile-check clean-work
+.PHONY: help venv quickstart test test-fast train convert gpu-profile-check clean-work
 
 help:
 	@echo "make quickstart  - build the embedded tiny model + synthetic FoodieQA and run the whole course on them"
 	@echo "                   (real job: make quickstart MODEL=/path/InternVL2-2B DATA=/path/FoodieQA)"
 	@echo "make test        - run the test suite (creates the environment when missing)"
 	@echo "make train       - xtuner train with a clear failure message (see tools/train.py --help)"
+	@echo "make convert     - merge the newest checkpoint into an official InternVL2 folder, verified (OUT=work/merged)"
 	@echo "make venv        - create $(VENV) for PROFILE=cpu|gpu (now: $(PROFILE))"
 
 venv: $(STAMP)
@@ -45,6 +46,10 @@ test-fast: $(STAMP)
 
 train: $(STAMP)
 	$(PY) tools/train.py $(if $(CONFIG),--config $(CONFIG)) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+
+# CONFIG as for train; CKPT=latest (newest complete checkpoint) or an iter_N.pth; CONVERT_ARGS e.g. --force
+convert: $(STAMP)
+	$(PY) tools/convert_to_official.py $(or $(CONFIG),xtuner_configs/internvl_v2_tiny_lora_cpu.py) $(or $(CKPT),latest) $(or $(OUT),work/merged) $(CONVERT_ARGS)
 
 # Resolver dry run of the gpu profile: catches a pin that no longer resolves, downloads no torch.
 gpu-profile-check: $(STAMP)
