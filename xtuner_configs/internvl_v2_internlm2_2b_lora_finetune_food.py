@@ -124,6 +124,7 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     pin_memory=True,  # the images' host->GPU copy without a pageable bounce
+    persistent_workers=dataloader_num_workers > 0,  # no worker restart (~3 s on 2 GPUs) at each epoch
     dataset=foodie_dataset,
     sampler=dict(
         type=LengthGroupedSampler,

@@ -47,7 +47,8 @@ save_total_limit = 2
 model.update(model_path=path, torch_dtype=torch_dtype, activation_checkpointing=False)
 foodie_dataset.update(model_path=path, data_paths=data_path, image_folders=image_folder,
                       max_length=max_length, max_dynamic_patch=max_dynamic_patch)
-train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers, dataset=foodie_dataset)
+train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers, dataset=foodie_dataset,
+                        persistent_workers=dataloader_num_workers > 0)
 train_dataloader.sampler.update(per_device_batch_size=batch_size * accumulative_counts)
 tokenizer.update(pretrained_model_name_or_path=path)
 custom_hooks[0].update(tokenizer=tokenizer)
