@@ -993,6 +993,8 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
     if run.quantized and not allow_qlora:
         raise ConvertError(qlora_message(run))
     base_dir = resolve_base_model(base_model or run.model_path, None if base_model else run)
+    if base_model:  # the provenance names the model actually merged into
+        run.model_path = str(base_model)
     ckpt = resolve_checkpoint(checkpoint, run)
     check_save_dir(save_dir, ckpt, base_dir, force)
     out_dtype = resolve_dtype(dtype, base_dir)
