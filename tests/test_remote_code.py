@@ -364,3 +364,20 @@ def test_select_layer_and_precomputed_visual_features(loaded):
     assert not torch.allclose(earlier, last)
     with pytest.raises(ValueError, match='IMG_CONTEXT'):  # a prompt without image tokens but an image
         model.generate(pixel_values=pixel_values, input_ids=input_ids[:, :5], **GREEDY)
+
+
+def test_forward_single_tile_without_image_flags_keeps_the_loss(tiny_model_dir):
+    """One tile and no image_flags (or flags of shape (1,)) must still train: the flags stay 1-D."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    tokens = model.num_image_token
+    ids = tok("<img>" + "<IMG_CONTEXT>" * tokens + "</img> 这是什么菜？", return_tensors="pt").input_ids
+    pixels = torch.randn(1, 3, 448, 448)
+    losses = [model(pixel_values=pixels, input_ids=ids, labels=ids, image_flags=flags).loss
+              for flags in (None, torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))]
+    assert all(torch.isfinite(l) and l.item() > 0.1 for l in losses)
+    assert torch.allclose(losses[0], losses[2]) and torch.allclose(losses[1], losses[2])

@@ -192,7 +192,7 @@ class InternVLChatModel(PreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         if image_flags is None:
             image_flags = torch.ones(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)
-        image_flags = image_flags.squeeze(-1)
+        image_flags = image_flags.reshape(-1)  # (tiles,) or (tiles, 1); reshape keeps one tile 1-D
         input_embeds = self.language_model.get_input_embeddings()(input_ids).clone()
 
         vit_embeds = self.extract_feature(pixel_values)
