@@ -198,7 +198,7 @@ def test_training_tokens_equal_what_chat_feeds_the_model(tiny_model_dir, food_da
     from transformers import AutoModel, AutoTokenizer
 
     from foodie.image_tiling import load_image
-    from foodie.xtuner_dataset import FoodieInternVLDataset
+    from foodie.xtuner_dataset import FoodieInternVLDataset, conversation_template
 
     sample = json.loads((food_data / "xtuner" / "train.json").read_text())[0]
     human, gpt = sample["conversations"]
@@ -228,8 +228,12 @@ def test_training_tokens_equal_what_chat_feeds_the_model(tiny_model_dir, food_da
     prompt = [i for i, lab in zip(one["input_ids"], one["labels"]) if lab == -100]
     assert seen[-1] == prompt
     n = len(prompt)
-    assert one["input_ids"][n:] == tok(tok.decode(prompt) + gpt["value"] + "<|im_end|>",
-                                       add_special_tokens=False).input_ids[n - 1:]  # <s> not re-added
+    # The answer tokens are those of tokenising the whole rendered conversation in one go.
+    template, system = conversation_template(str(tiny_model_dir))
+    image = "<img>" + "<IMG_CONTEXT>" * (model.num_image_token * pixel_values.shape[0]) + "</img>"
+    text = template["SYSTEM"].format(system=system) + template["INSTRUCTION"].format(input=image + "\n" + question)
+    assert one["input_ids"] == tok(text + gpt["value"] + template["SUFFIX"]).input_ids
+    assert template["SUFFIX"] == "<|im_end|>" and system == model.system_message
     assert one["labels"][n:] == one["input_ids"][n:]  # loss on the whole answer and its end marker
 
     two = ds.prepare_data(1)
