@@ -139,7 +139,7 @@ def run_backend(args) -> dict:
         ttft_median_s=round(statistics.median(ttft), 4), ttft_p90_s=round(sorted(ttft)[int(0.9 * (len(ttft) - 1))], 4),
         stream_answer_median_s=round(statistics.median(full), 4),
         parsed=[None if (p := parse_choice(a, q.choices)) is None else int(p) for a, q in zip(answers, questions)],
-        answers_sample=answers[:3],
+        answers=answers,
         max_allocated_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else 0,
         device_used_gib=round((total - free) / 2 ** 30, 2),
     )
@@ -216,17 +216,20 @@ def main() -> int:
     if len(results) == 2:
         a, b = results[0]["parsed"], results[1]["parsed"]
         agree = sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+        same = sum(x == y for x, y in zip(results[0]["answers"], results[1]["answers"])) / max(1, len(a))
         for r in results:
             r["same_parsed_answer_as_other_backend"] = round(agree, 3)
+            r["same_answer_text_as_other_backend"] = round(same, 3)
     print()
     print("| backend | questions | batch | questions/s | TTFT median / p90 s | streamed answer median s | "
-          "load s | max allocated GiB | GPU used GiB | parsed answers |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "load s | max allocated GiB | GPU used GiB | parsed answers | same text as the other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         parsed = sum(x is not None for x in r["parsed"])
         print(f"| {r['backend']} | {r['questions']} | {r['batch']} | {r['questions_per_s']:.2f} | "
               f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f} | {r['stream_answer_median_s']:.3f} | {r['load_s']:.1f} | "
-              f"{r['max_allocated_gib']:.1f} | {r['device_used_gib']:.1f} | {parsed}/{r['questions']} |")
+              f"{r['max_allocated_gib']:.1f} | {r['device_used_gib']:.1f} | {parsed}/{r['questions']} | "
+              f"{100 * r.get('same_answer_text_as_other_backend', float('nan')):.0f}% |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from foodie.atomic import write_json
     write_json(args.out, dict(environment=env, settings={k: str(v) for k, v in vars(args).items()},

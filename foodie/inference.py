@@ -350,7 +350,8 @@ class TransformersBackend:
         backend = self
 
         class _Streamer(TextIteratorStreamer):
-            """TextIteratorStreamer that stops at the end-of-turn token and skips unknown ids."""
+            """TextIteratorStreamer that passes on every token's text at once (not word by word), stops at
+            the end-of-turn token and skips ids the tokenizer lacks."""
 
             def put(self, value):
                 if self.next_tokens_are_prompt:  # the (empty) prompt: the model generates from embeddings
@@ -359,8 +360,15 @@ class TransformersBackend:
                 if backend.eos_token_id in ids:
                     ids = ids[:ids.index(backend.eos_token_id)]
                 ids = [i for i in ids if 0 <= i < backend.vocab_limit]
-                if ids:
-                    super().put(backend._torch.tensor(ids))
+                if not ids:
+                    return
+                self.token_cache.extend(ids)
+                text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+                if text.endswith("\ufffd"):  # part of a multi-byte character: wait for the rest
+                    return
+                printable = text[self.print_len:]
+                self.print_len += len(printable)
+                self.on_finalized_text(printable)
 
         class _StopOnEvent(StoppingCriteria):
             def __init__(self, event: threading.Event):
