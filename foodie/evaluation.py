@@ -738,6 +738,10 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     if not questions:
         raise ValueError(f"no questions to ask in {cfg.data_root} for tasks {', '.join(cfg.tasks)}"
                          + (f" and manifest {cfg.items}" if cfg.items else ""))
+    for task in cfg.tasks:
+        if not any(q.task == task for q in questions):
+            console.print(f"[yellow]warning: no {task} questions to ask"
+                          + (f" (the manifest {cfg.items} holds none)" if cfg.items else "") + "[/yellow]")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
