@@ -20,9 +20,14 @@ Two backends:
   replaced by ``<img>`` + ``<IMG_CONTEXT>`` x 256 per tile + ``</img>`` -- and generates a whole
   batch at once (left padding). Greedy output equals ``model.chat()``'s.
 * ``LMDeployBackend`` (GPU only): LMDeploy's pipeline with its PyTorch engine and the
-  ``internvl2-internlm2`` chat template, driven through its async ``generate`` API on one
-  event loop that belongs to the backend (so calls from any thread -- Gradio's workers --
-  never meet "Current event loop is different", lmdeploy issue 2101).
+  ``internvl2-internlm2`` chat template (the same prompt, tested), driven through its async
+  ``generate`` API on one event loop that runs in its own thread -- the pipeline's internal one
+  (lmdeploy >= 0.7), else ours -- so calls from any thread (Gradio's workers) never meet
+  "Current event loop is different" (lmdeploy issue 2101).
+
+``stream`` yields text deltas whose concatenation equals ``generate``'s answer (transformers:
+each token's text as soon as it is complete; LMDeploy: its incremental detokeniser). Closing the
+iterator early stops the generation.
 """
 from __future__ import annotations
 
@@ -127,6 +132,29 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
     each would be 13,000 tokens.
     """
     return max(1, max_tiles // max(1, n_images))
+
+
+def _as_answer(deltas: Iterator[str], sep: str | None = None) -> Iterator[str]:
+    """Text deltas -> non-empty deltas whose concatenation is the answer as ``generate`` returns it:
+    nothing from ``sep`` on, no leading or trailing whitespace. Trailing whitespace, and an ending
+    that might be the start of ``sep``, wait until more text shows what they are."""
+    text, emitted = "", ""
+    for delta in deltas:
+        text += delta
+        if sep and sep in text:
+            break
+        ready = text.lstrip()
+        for k in range(min(len(sep or "") - 1, len(ready)), 0, -1):
+            if ready.endswith(sep[:k]):
+                ready = ready[:-k]
+                break
+        ready = ready.rstrip()
+        if len(ready) > len(emitted):
+            yield ready[len(emitted):]
+            emitted = ready
+    final = (text.split(sep)[0] if sep else text).strip()
+    if len(final) > len(emitted):
+        yield final[len(emitted):]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,27 +425,24 @@ class TransformersBackend:
             finally:
                 self._lock.release()
 
-        self._lock.acquire()
-        thread = threading.Thread(target=run, name="foodie-generate", daemon=True)
-        thread.start()
-        text = ""
-        try:
+        def raw_deltas():
             while True:
                 try:
                     delta = streamer.text_queue.get(timeout=0.2)
                 except queue.Empty:
                     if not thread.is_alive() and streamer.text_queue.empty():
-                        break
+                        return
                     continue
                 if delta is streamer.stop_signal:
-                    break
-                # Like chat(): nothing after the separator, no leading whitespace.
-                new = (text + delta).split(self.sep)[0]
-                if not text:
-                    new = new.lstrip()
-                delta, text = new[len(text):], new
-                if delta:
-                    yield delta
+                    return
+                yield delta
+
+        self._lock.acquire()
+        thread = threading.Thread(target=run, name="foodie-generate", daemon=True)
+        thread.start()
+        try:
+            yield from _as_answer(raw_deltas(), self.sep)  # as chat() trims its answer
+            stop.set()  # (a separator in the text ends the answer early)
             thread.join()
             if error:
                 raise error[0]
@@ -501,8 +526,8 @@ class LMDeployBackend:
     def _gen_config(self, params: GenerationParams):
         from lmdeploy import GenerationConfig
         kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, skip_special_tokens=True)
-        if params.do_sample:
-            kw.update(temperature=params.temperature, top_p=params.top_p)
+        if params.do_sample:  # top_k=0: no top-k cut, as in the transformers backend
+            kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         return GenerationConfig(**kw)
 
     async def _answer(self, messages, gen_config, on_delta=None) -> str:
@@ -541,17 +566,8 @@ class LMDeployBackend:
                 deltas.put(done)
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
-        started = False
         try:
-            while True:
-                delta = deltas.get()
-                if delta is done:
-                    break
-                if not started:
-                    delta = delta.lstrip()
-                    started = bool(delta)
-                if delta:
-                    yield delta
+            yield from _as_answer(iter(deltas.get, done))  # trimmed like generate()'s answers
             future.result()  # re-raise an engine error here
         finally:
             if not future.done():

@@ -139,6 +139,18 @@ def test_stream_yields_the_same_answer_and_can_stop(backend, photos):
     assert backend.generate([request], params)[0] == "".join(deltas)
 
 
+@pytest.mark.parametrize("deltas", [
+    ["  he", "llo ", " ", "world  ", "\n"],  # leading/trailing whitespace, held-back spaces
+    ["答案", "是（B）", "<|im", "_end|>", "more"],  # a separator split over two deltas ends the answer
+    ["a <", "|b"],  # an ending that only looked like the separator's start
+    [" ", "", "\n"],  # nothing but whitespace
+])
+def test_streamed_deltas_join_to_the_trimmed_answer(deltas):
+    from foodie.inference import _as_answer
+    out = list(_as_answer(iter(deltas), "<|im_end|>"))
+    assert all(out) and "".join(out) == "".join(deltas).split("<|im_end|>")[0].strip()
+
+
 def test_sampling_follows_the_seed(backend, photos):
     request = [Message("user", "这是什么菜？", images=[photos[0]])]
     params = GenerationParams(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=0.9)
