@@ -792,9 +792,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", choices=("auto", "transformers", "lmdeploy"), default="auto",
                    help="auto: LMDeploy when importable and a GPU is visible, else transformers")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="questions per generate call, and per fsync of the predictions (default 8; with LMDeploy "
+                        "on a GPU use 64 or more: its engine batches them itself)")
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default 32; the prompt asks "
+                                                                  "for the option letter first)")
     p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
