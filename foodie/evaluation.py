@@ -344,12 +344,12 @@ class ModelRun:
     seconds: float = 0.0
 
 
-def estimated_tiles(q: Question, data_root: Path) -> int:
-    """Tiles the question's images will take (image headers only; default tile budget)."""
+def estimated_tiles(q: Question, data_root: Path, max_tiles: int | None = None) -> int:
+    """Tiles the question's images will take (image headers only)."""
     from foodie.image_tiling import MAX_TILES, ImageError, image_size_of, num_tiles
     from foodie.inference import tiles_per_image
 
-    budget = tiles_per_image(MAX_TILES, len(q.images))
+    budget = tiles_per_image(max_tiles or MAX_TILES, len(q.images))
     total = 0
     for p in q.images:
         try:
@@ -366,7 +366,7 @@ def safe_label(label: str) -> str:
 def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Question], data_root: Path,
               out_dir: Path, *, backend: str = "auto", batch_size: int = 8, max_new_tokens: int = 32,
               load: Callable | None = None, on_batch: Callable[[int], None] | None = None,
-              device: str = "auto", dtype: str = "auto") -> ModelRun:
+              device: str = "auto", dtype: str = "auto", max_tiles: int | None = None) -> ModelRun:
     """Ask one model every question, reusing finished predictions; returns all rows in order."""
     from foodie.inference import GenerationParams, Message, load_backend, resolve_backend
 
@@ -374,6 +374,8 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     fingerprint = model_fingerprint(model_dir, cache_dir=out_dir)
     params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=False)
     settings = asdict(params)
+    if max_tiles is not None:  # a different tile budget changes what the model sees
+        settings["max_tiles"] = max_tiles
     keys = [prediction_key(fingerprint, backend_name, settings, q) for q in questions]
     pred_dir = out_dir / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -389,14 +391,14 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
                     f.write(json.dumps(done[k], ensure_ascii=False) + "\n")
     # Similar lengths share a batch (less padding); the order of the rows does not matter (keys).
     todo = sorted(((k, q) for k, q in zip(keys, questions) if k not in done),
-                  key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], data_root)))
+                  key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], data_root, max_tiles)))
     run = ModelRun(label=label, model_dir=str(model_dir), backend=backend_name, fingerprint=fingerprint, rows=[],
                    reused=len(questions) - len(todo), computed=len(todo))
     if on_batch:
         on_batch(run.reused)
     start = time.perf_counter()
     if todo:
-        chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype)
+        chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype, max_tiles=max_tiles)
         try:
             for i in range(0, len(todo), batch_size):
                 batch = todo[i:i + batch_size]
@@ -705,6 +707,7 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "auto"
     skip_bad: bool = False
+    max_tiles: int | None = None
 
 
 def default_labels(models: Sequence[str], labels: Sequence[str]) -> list[str]:
@@ -751,14 +754,16 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
             bar = progress.add_task(f"{label}", total=len(questions))
             run = run_model(model_dir, label, questions, data_root, out, backend=cfg.backend,
                             batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, load=load,
-                            on_batch=lambda n, bar=bar: progress.advance(bar, n), device=cfg.device, dtype=cfg.dtype)
+                            on_batch=lambda n, bar=bar: progress.advance(bar, n), device=cfg.device, dtype=cfg.dtype,
+                            max_tiles=cfg.max_tiles)
             progress.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked)")
             runs.append(run)
     metrics = build_metrics(runs, cfg.lang, data_root, cfg.items)
     metrics["runs"] = [dict(label=r.label, reused=r.reused, computed=r.computed, seconds=round(r.seconds, 2))
                        for r in runs]
     metrics["settings"] = dict(tasks=list(cfg.tasks), backend=cfg.backend, batch_size=cfg.batch_size,
-                               limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, decoding="greedy")
+                               limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, decoding="greedy",
+                               max_tiles=cfg.max_tiles or "checkpoint's max_dynamic_patch")
     write_json(out / "metrics.json", metrics)
     render_chart(metrics, out / "accuracy.png")
     write_text(out / "report.md", render_report(metrics, "accuracy.png"))
@@ -800,13 +805,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                   "for the option letter first)")
     p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
+    p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's "
+                                                  "max_dynamic_patch; use what training used; several images share it)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
     a = p.parse_args(argv)
     tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip())
     cfg = EvalConfig(models=a.models or [str(paths.tiny_model_dir())], labels=a.labels, data_root=a.data_root,
                      out=a.out, items=a.items, tasks=tasks, lang=a.lang, backend=a.backend, batch_size=a.batch_size,
                      limit=a.limit, max_new_tokens=a.max_new_tokens, device=a.device, dtype=a.dtype,
-                     skip_bad=a.skip_bad)
+                     skip_bad=a.skip_bad, max_tiles=a.max_tiles)
     try:
         evaluate(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

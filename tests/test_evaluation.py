@@ -182,6 +182,12 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
     en = FakeBackend(guesser)
     evaluate(EvalConfig(**{**cfg.__dict__, "lang": "en"}), console=QUIET, load=loader({"m": en}))
     assert len(en.asked) == 40
+    # A different tile budget changes what the model sees: asked again, and the backend gets it.
+    seen = {}
+    tiles = FakeBackend(guesser)
+    evaluate(EvalConfig(**{**cfg.__dict__, "max_tiles": 2}), console=QUIET,
+             load=lambda model_dir, **kw: seen.update(kw) or tiles)
+    assert len(tiles.asked) == 40 and seen["max_tiles"] == 2
     (model / "model.safetensors").write_bytes(b"other weights")
     changed = FakeBackend(guesser)
     evaluate(cfg, console=QUIET, load=loader({"m": changed}))
