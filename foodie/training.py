@@ -47,8 +47,9 @@ class TrainPlan:
 
 
 def embedded_data_xtuner_dir() -> Path:
-    """process_food output of the synthetic FoodieQA (the CPU config's default FOODIE_DATA)."""
-    return paths.work_dir() / "foodieqa-synthetic-xtuner"
+    """tools/process_food.py's default --out (the configs' default FOODIE_DATA); built from the
+    synthetic FoodieQA when missing."""
+    return paths.work_dir() / "foodieqa-xtuner"
 
 
 def _venv_bin() -> Path:

@@ -24,7 +24,7 @@ with read_base():
 #######################################################################
 _work = _os.environ.get("FOODIE_WORK", _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "work"))
 path = _os.environ.get("FOODIE_MODEL", _os.path.join(_work, "tiny-internvl2"))
-data_root = _os.environ.get("FOODIE_DATA", _os.path.join(_work, "foodieqa-synthetic-xtuner"))
+data_root = _os.environ.get("FOODIE_DATA", _os.path.join(_work, "foodieqa-xtuner"))  # process_food's default --out
 data_path = _os.path.join(data_root, "train.json")
 image_folder = data_root
 work_dir = _os.environ.get("FOODIE_WORK_DIR", _os.path.join(_work, "train", "internvl_v2_tiny_lora_cpu"))
