@@ -262,9 +262,14 @@ def test_regenerate_and_stop_in_the_browser(server, browser):
         ask(page, "What is Peking duck?")
         first = wait_answer_done(page, 1)
         # Regenerate answers the same question again (greedy: the same text), in place.
+        # A MutationObserver records every text the chat shows: a short greedy answer can be redrawn
+        # faster than any polling, so the placeholder is caught as a DOM change, not by a poll.
+        page.evaluate("""(sel) => { window.__seen = []; const chat = document.querySelector('#chat-model');
+            new MutationObserver(() => { const b = chat.querySelector(sel);
+                window.__seen.push(b ? b.innerText.trim() : ''); })
+              .observe(chat, {subtree: true, childList: true, characterData: true}); }""", BOT)
         page.locator("#regenerate").click()
-        page.wait_for_function(f"() => document.querySelector('#chat-model {BOT}').innerText.trim() === '…'",
-                               timeout=10_000)
+        page.wait_for_function("() => window.__seen.some(t => t === '…')", timeout=10_000)
         assert wait_answer_done(page, 1) == first
         assert page.locator(f"#chat-model {USER}").count() == 1
 
