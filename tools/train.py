@@ -45,6 +45,8 @@ def main(argv=None) -> int:
         return 1
     print(f"\n[train] done. checkpoint: {describe_checkpoint(final)}")
     print(f"[train] work dir (logs, last_checkpoint): {plan.work_dir}")
+    print(f"[train] next, merge it into a standard InternVL2 folder: python tools/convert_to_official.py "
+          f"{plan.config} {final} work/merged --base-model {plan.model_path}")
     return 0
 
 
