@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -119,10 +120,23 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
             if resume_from is not None and checkpoint_iter(ckpt) > checkpoint_iter(resume_from):
                 print(f"[train] skipping incomplete checkpoint {ckpt}", flush=True)
 
-    xtuner = _venv_bin() / "xtuner"
-    if not xtuner.exists():
-        raise TrainingFailed(f"{xtuner} not found: install the project first (make venv).")
-    cmd = [str(xtuner), "train", str(config), "--work-dir", str(work_dir)]
+    env = dict(os.environ)
+    env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if nproc:
+        env["NPROC_PER_NODE"] = str(nproc)
+    xtuner = shutil.which("xtuner", path=env["PATH"])
+    if xtuner is None:
+        raise TrainingFailed(f"`xtuner` not found next to {sys.executable} or on PATH: install the project "
+                             f"(make venv), or put the folder holding XTuner's `xtuner` script on PATH.")
+    if shutil.which("python", path=env["PATH"]) is None:
+        # XTuner's CLI starts `python` from PATH; some machines only have `python3`.
+        shim = work_dir / ".bin"
+        shim.mkdir(parents=True, exist_ok=True)
+        (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (shim / "python").chmod(0o755)
+        env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+    cmd = [xtuner, "train", str(config), "--work-dir", str(work_dir)]
     if deepspeed:
         cmd += ["--deepspeed", deepspeed]
     if resume_from is not None:
@@ -131,12 +145,6 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
         # DeepSpeed's loader there and through our plain-data checkpoints otherwise.
         cmd += ["--cfg-options", "resume=True", f"load_from={resume_from}"]
     cmd += list(extra_args or [])
-
-    env = dict(os.environ)
-    env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if nproc:
-        env["NPROC_PER_NODE"] = str(nproc)
     return TrainPlan(config, work_dir, model_path, data_path, resume_from, cmd, env)
 
 
