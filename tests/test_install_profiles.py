@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _dry_run_venv(env_path: str, *args: str) -> str:
     # Drop make's own variables: under `make test PROFILE=cpu` they would pass PROFILE down to this make.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PROFILE")}
     env["PATH"] = env_path
     out = subprocess.run(["make", "-n", "-B", "venv", "VENV=/nonexistent-venv", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
