@@ -1,0 +1,60 @@
+"""`make quickstart`'s pipeline end to end on the embedded default, then a re-run that skips every stage."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _quickstart(work: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FOODIE_WORK=str(work), COLUMNS="120")
+    return subprocess.run([sys.executable, "tools/quickstart.py"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1500)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_the_course_and_skips_finished_stages_on_rerun(tmp_path):
+    work = tmp_path / "work"
+    t0 = time.time()
+    first = _quickstart(work)
+    took = time.time() - t0
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    result = json.loads((work / "quickstart-result.json").read_text())
+    metrics = json.loads((Path(result["chart"]).parent / "metrics.json").read_text())
+    overall = {m["label"]: m["overall"] for m in metrics["models"]}
+    print(f"quickstart: {took:.0f} s; held-out accuracy {result['before']:.2f} -> {result['after']:.2f}")
+
+    # Before: the random model is no better than the 40% bar; after: every answer is in the trained format.
+    assert result["before"] <= 0.40
+    assert overall["tuned"]["unparsed"] == 0 and overall["base"]["n"] == overall["tuned"]["n"] > 0
+    # The merged checkpoint is a standard folder, the chart a real PNG, the demo command names both models.
+    assert (Path(result["merged"]) / "config.json").is_file()
+    assert Image.open(result["chart"]).size[0] > 100
+    assert f"--model {result['merged']}" in result["demo"] and "--compare" in result["demo"]
+    assert "[7/7]" in first.stdout and "before vs after" in first.stdout
+
+    # Re-running does nothing that is already done and correct.
+    t0 = time.time()
+    again = _quickstart(work)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already done, inputs unchanged") == 5
+    for tool in ("process_food.py", "eval_food.py", "tools/train.py", "convert_to_official.py"):
+        assert tool not in again.stdout, f"{tool} ran again"
+    assert time.time() - t0 < 120
+
+
+def test_quickstart_stops_with_the_cause_when_the_model_is_missing(tmp_path):
+    env = dict(os.environ, FOODIE_WORK=str(tmp_path / "work"))
+    done = subprocess.run([sys.executable, "tools/quickstart.py", "--model", str(tmp_path / "nope"),
+                           "--data-root", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1
+    assert "no config.json" in done.stderr and "MODEL=" in done.stderr
