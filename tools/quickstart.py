@@ -74,7 +74,20 @@ class Pipeline:
         self.deepspeed = args.deepspeed
         self.env = dict(os.environ, FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
                         FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
+        self.max_tiles = self.training_tile_budget()
         self.started = time.time()
+
+    def training_tile_budget(self) -> int:
+        """Evaluate with the tile budget the config trains with (what the tuned model has learned to read)."""
+        from mmengine.config import Config
+
+        saved = {k: os.environ.get(k) for k in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR")}
+        os.environ.update({k: self.env[k] for k in saved})
+        try:
+            return int(Config.fromfile(str(self.config)).get("max_dynamic_patch", 12))
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
     # ------------------------------------------------------------------ plumbing
     def run(self, stage: str, cmd: list[str]) -> None:
@@ -119,7 +132,8 @@ class Pipeline:
 
     def eval_cmd(self, models: list[tuple[str, Path]]) -> list[str]:
         cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), "--items",
-               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir)]
+               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir),
+               "--max-tiles", str(self.max_tiles)]
         for label, model in models:
             cmd += ["--model", str(model), "--label", label]
         return cmd
@@ -145,7 +159,7 @@ class Pipeline:
         data_key = fingerprint("data", self.data_root, self.lang, REPO_ROOT / "foodie" / "data_conversion.py",
                                REPO_ROOT / "foodie" / "prompts.py")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
-        base_key = fingerprint("base", data_key, self.model / "config.json")
+        base_key = fingerprint("base", data_key, self.model / "config.json", self.max_tiles)
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
                    lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
         train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
