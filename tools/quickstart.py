@@ -74,17 +74,19 @@ class Pipeline:
         self.deepspeed = args.deepspeed
         self.env = dict(os.environ, FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
                         FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
-        self.max_tiles = self.training_tile_budget()
+        self.max_tiles = self.training_tile_budget() if self.config.is_file() else None
         self.started = time.time()
 
-    def training_tile_budget(self) -> int:
-        """Evaluate with the tile budget the config trains with (what the tuned model has learned to read)."""
+    def training_tile_budget(self) -> int | None:
+        """Evaluate with the tile budget the config trains with (what the tuned model has learned to read);
+        None when the config takes the checkpoint's own max_dynamic_patch, as evaluation does by default."""
         from mmengine.config import Config
 
         saved = {k: os.environ.get(k) for k in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR")}
         os.environ.update({k: self.env[k] for k in saved})
         try:
-            return int(Config.fromfile(str(self.config)).get("max_dynamic_patch", 12))
+            tiles = Config.fromfile(str(self.config)).get("max_dynamic_patch")
+            return None if tiles is None else int(tiles)
         finally:
             for k, v in saved.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -132,8 +134,9 @@ class Pipeline:
 
     def eval_cmd(self, models: list[tuple[str, Path]]) -> list[str]:
         cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), "--items",
-               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir),
-               "--max-tiles", str(self.max_tiles)]
+               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir)]
+        if self.max_tiles is not None:
+            cmd += ["--max-tiles", str(self.max_tiles)]
         for label, model in models:
             cmd += ["--model", str(model), "--label", label]
         return cmd
