@@ -72,8 +72,10 @@ class Pipeline:
         self.eval_dir = self.work / f"{name}-eval"
         self.lang = args.lang
         self.deepspeed = args.deepspeed
-        self.env = dict(os.environ, FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
-                        FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
+        # The configs read their paths from these variables, in this process and in every stage's.
+        os.environ.update(FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
+                          FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
+        self.env = dict(os.environ)
         self.max_tiles = self.training_tile_budget() if self.config.is_file() else None
         self.started = time.time()
 
@@ -82,14 +84,8 @@ class Pipeline:
         None when the config takes the checkpoint's own max_dynamic_patch, as evaluation does by default."""
         from mmengine.config import Config
 
-        saved = {k: os.environ.get(k) for k in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR")}
-        os.environ.update({k: self.env[k] for k in saved})
-        try:
-            tiles = Config.fromfile(str(self.config)).get("max_dynamic_patch")
-            return None if tiles is None else int(tiles)
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        tiles = Config.fromfile(str(self.config)).get("max_dynamic_patch")
+        return None if tiles is None else int(tiles)
 
     # ------------------------------------------------------------------ plumbing
     def run(self, stage: str, cmd: list[str]) -> None:
