@@ -6,8 +6,9 @@ uses), and every --eval-every iterations measures the held-out accuracy of the f
 (greedy: what chat() would start its reply with), overall and per question type, on held-out and
 on training photos. Used to choose the CPU config's lr / iterations / answer style; the real check is
 tests/test_training.py::test_embedded_default_learns_the_dishes (xtuner train + chat()).
+Accuracy: the greedy reply (up to 32 tokens), parsed as the evaluation does (foodie.evaluation.parse_choice).
 
-    python bench/tiny_learning_sweep.py --work /tmp/sweep --lr 1e-3 3e-3 --style letter explain
+    python bench/tiny_learning_sweep.py --work /tmp/sweep --lr 1e-3 3e-3 --style name letter
     python bench/tiny_learning_sweep.py --device cuda ...      # same dynamics, for quick sweeps
 
 Prints one line per evaluation and a final table (setting, iterations, accuracy, CPU/wall time).
@@ -51,7 +52,7 @@ def run(setting: dict, args) -> dict:
     from xtuner.dataset.collate_fns import default_collate_fn
     from xtuner.registry import BUILDER
 
-    from foodie.evaluation import build_questions
+    from foodie.evaluation import build_questions, parse_choice
     from foodie.image_tiling import load_image
     from foodie.xtuner_dataset import conversation_template
 
@@ -69,8 +70,8 @@ def run(setting: dict, args) -> dict:
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     template, system = conversation_template(str(model_dir))
-    letters = [tok.encode(ch, add_special_tokens=False)[-1] for ch in "ABCD"]
     ctx = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
 
     held, root = build_questions(demo, tasks=["sivqa"], items=data / "held_out.json")
     held_ids = {q.question_id for q in held}
@@ -83,7 +84,7 @@ def run(setting: dict, args) -> dict:
             pv = load_image(Path(root) / q.images[0], max_num=tiles)
             image = "<img>" + "<IMG_CONTEXT>" * (model.model.num_image_token * pv.shape[0]) + "</img>"
             text = template["SYSTEM"].format(system=system) + template["INSTRUCTION"].format(input=image + "\n" + q.prompt)
-            out.append((tok(text, return_tensors="pt").input_ids, pv, q.answer, q.question_type))
+            out.append((tok(text, return_tensors="pt").input_ids, pv, q.answer, q.question_type, q.choices))
         return out
 
     sets = {"held_out": encode(held), "train_photos": encode(seen)}
@@ -92,12 +93,20 @@ def run(setting: dict, args) -> dict:
     def accuracy(items):
         model.eval()
         hits, by_type = 0, {}
-        for ids, pv, answer, qtype in items:
+        for ids, pv, answer, qtype, choices in items:
             ids, pv = ids.to(args.device), pv.to(args.device)
-            emb = model.model.language_model.get_input_embeddings()(ids).clone()
+            llm = model.model.language_model
+            emb = llm.get_input_embeddings()(ids).clone()
             emb[0, ids[0] == ctx] = model.model.extract_feature(pv).reshape(-1, emb.shape[-1])
-            top = int(model.model.language_model(inputs_embeds=emb).logits[0, -1].argmax())
-            ok = top == letters[answer]
+            reply, past = [], None
+            for _ in range(32):  # greedy, with the KV cache
+                out = llm(inputs_embeds=emb, past_key_values=past, use_cache=True)
+                past, top = out.past_key_values, int(out.logits[0, -1].argmax())
+                if top in stop:
+                    break
+                reply.append(top)
+                emb = llm.get_input_embeddings()(torch.tensor([[top]], device=args.device))
+            ok = parse_choice(tok.decode(reply), choices) == answer
             hits += ok
             by_type.setdefault(qtype, []).append(ok)
         model.train()
@@ -147,7 +156,7 @@ def main():
     ap.add_argument("--config", type=Path, default=REPO / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-3])
-    ap.add_argument("--style", nargs="+", default=["explain"])
+    ap.add_argument("--style", nargs="+", default=["name"])
     ap.add_argument("--photos", type=int, nargs="+", default=[20], help="synthetic photos per dish")
     ap.add_argument("--r", type=int, nargs="+", default=[128], help="LoRA rank (alpha = 2 r)")
     ap.add_argument("--iters", type=int, nargs="+", default=[600])

@@ -77,6 +77,8 @@ def parse_choice(response: str, choices: Sequence[str] | None = None) -> int | N
        "图B"); a lone lower-case letter at the start ("b.", "(c)").
     2. Otherwise the choice whose text the answer contains ("北京烤鸭" -> the option reading 北京烤鸭);
        when several do, the one that is not part of a longer matching choice; still several: None.
+       Text after the last answer marker ("答案是", "答案为", "the answer is") is searched first, so
+       "图中的菜是猪肉炖粉条。答案是粉条。" picks 粉条, not 猪肉, though both are options.
     """
     if not isinstance(response, str):
         return None
@@ -90,15 +92,24 @@ def parse_choice(response: str, choices: Sequence[str] | None = None) -> int | N
     if m:
         return LETTERS.index(m.group(1).upper())
     if choices:
-        haystack = _normalise(text)
-        hits = {i: _normalise(c).strip() for i, c in enumerate(choices) if isinstance(c, str)}
-        hits = {i: c for i, c in hits.items() if c and c in haystack}
-        # Drop a hit that is only part of a longer hit ("鸭" inside "北京烤鸭").
-        hits = {i: c for i, c in hits.items() if not any(c != d and c in d for d in hits.values())}
-        distinct = set(hits.values())
-        if len(distinct) == 1:
-            return min(hits)
+        marked = [m.end() for m in _ANSWER_MARKER.finditer(text)]
+        for haystack in ([text[marked[-1]:]] if marked else []) + [text]:
+            found = _choice_in_text(_normalise(haystack), choices)
+            if found is not None:
+                return found
     return None
+
+
+_ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)
+
+
+def _choice_in_text(haystack: str, choices: Sequence[str]) -> int | None:
+    hits = {i: _normalise(c).strip() for i, c in enumerate(choices) if isinstance(c, str)}
+    hits = {i: c for i, c in hits.items() if c and c in haystack}
+    # Drop a hit that is only part of a longer hit ("鸭" inside "北京烤鸭").
+    hits = {i: c for i, c in hits.items() if not any(c != d and c in d for d in hits.values())}
+    distinct = set(hits.values())
+    return min(hits) if len(distinct) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def question_prompt(item, lang: str = "zh") -> tuple[str, list[str]]:
 # Training data (foodie.data_conversion): text-only questions, the multi-image collage, answers
 # ---------------------------------------------------------------------------------------------
 
-ANSWER_STYLES = ("letter", "explain", "tutorial")
+ANSWER_STYLES = ("name", "letter", "explain", "tutorial")
 # XTuner's InternVL_V1_5_Dataset takes one image per sample, so multi-image questions are trained on a
 # 2x2 collage of their four pictures (A top-left, B top-right, C bottom-left, D bottom-right).
 MIVQA_LABELS = {"zh": ["图A", "图B", "图C", "图D"], "en": ["Option (A)", "Option (B)", "Option (C)", "Option (D)"]}
@@ -139,10 +139,18 @@ def _dish_name(item, lang: str):
 def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
     """The assistant turn of a training sample, in one of ``ANSWER_STYLES``.
 
+    name:     the dish first, then the chosen option by its text: ``图中的菜是白切鸡。答案是粤菜。``
+              (multi-image: ``答案是图B。图B中的菜是白切鸡。``; no known dish: ``答案是粤菜。``);
     letter:   ``B) 粤菜`` (multi-image: ``B) 图B``);
     explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
     tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
-    Letter and explain answers start with the option letter, which the evaluation parses.
+    Letter and explain answers start with the option letter; name answers carry the option's text after
+    "答案是" / "The answer is". The evaluation parses both (``foodie.evaluation.parse_choice``).
+
+    ``name`` is the default: it does not depend on where an option sits in the list (a letter answer
+    asks the model to bind each option's text to its letter, which a small model learns slowly and a
+    reshuffled list breaks), and saying the dish first makes the answer follow from what is in the
+    picture. docs/TRAINING.md compares the styles.
     """
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")
@@ -156,6 +164,16 @@ def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
         option = choices[item.answer]
         subject = ("图中的菜" if lang == "zh" else "The dish in the picture") if item.images else \
                   ("这道菜" if lang == "zh" else "The dish")
+    if style == "name":
+        if lang == "zh":
+            answer = f"答案是{option}。"
+            if not dish:
+                return answer
+            return f"{answer}{subject}是{dish}。" if item.task == "mivqa" else f"{subject}是{dish}。{answer}"
+        answer = f"The answer is {option}."
+        if not dish:
+            return answer
+        return f"{answer} {subject} is {dish}." if item.task == "mivqa" else f"{subject} is {dish}. {answer}"
     if style == "tutorial":
         if not dish:
             return option

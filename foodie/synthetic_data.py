@@ -3,14 +3,19 @@
 The real FoodieQA is gated and cannot be downloaded here, so every test, demo and quickstart runs on
 this stand-in. It has the same folder layout and fields (see ``foodie.foodieqa``):
 
-    images/<dish>/<nn>.jpg   drawn "photos", 300-1200 px sides, aspect 1:2 .. 2:1
-    sivqa_tidy.json          single-image questions: dish, cuisine, region, main ingredient, cooking method
+    images/<dish>/<nn>.jpg   drawn close-up "photos", 300-1200 px sides, aspect 1:2 .. 2:1
+    sivqa_tidy.json          single-image questions (two per photo, of different types): dish, cuisine,
+                             region, main ingredient, cooking method
     mivqa_tidy.json          "which of these 4 photos ..." questions
     textqa_tidy.json         text-only questions about the dishes
 
 Each dish has its own look (vessel, sauce colour, shape and colour of the pieces, garnish) with random
-jitter in size, position, rotation, colour and background, so a small model can learn to tell dishes
-apart from the pixels. Output is deterministic: the same seed gives byte-identical files.
+jitter in size, position, rotation, colour and table colour, so a small model can learn to tell dishes
+apart from the pixels. The photos are close-ups (the vessel fills the frame) on a plain table: a frozen
+random-weight ViT -- the embedded model's -- separates the dishes far better when the food, not the
+table, covers most of the picture (docs/TRAINING.md measures it). Each photo is asked about twice, with
+different question types, so a model has to read the question, not only recognise the photo.
+Output is deterministic: the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -169,22 +174,16 @@ def _draw_piece(d: ImageDraw.ImageDraw, kind: str, cx, cy, s, angle, colour: RGB
 
 
 def draw_dish(dish: Dish, rng: random.Random) -> Image.Image:
-    """One "photo" of a dish: its vessel, sauce and pieces on a random table, jittered."""
+    """One close-up "photo" of a dish: its vessel, sauce and pieces on a plain table, jittered."""
     ratio = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
     w = rng.randint(300, 1200)
     h = max(300, min(1200, round(w / ratio)))
     img = Image.new("RGB", (w, h), _jitter(rng.choice(TABLES), rng, 12))
     d = ImageDraw.Draw(img)
-    # table texture: a few stripes or checks
-    if rng.random() < 0.5:
-        step = rng.randint(25, 70)
-        shade = _jitter(img.getpixel((0, 0)), rng, 25)
-        for y in range(0, h, step):
-            d.rectangle((0, y, w, y + step // 3), fill=shade)
     side = min(w, h)
     cx = w / 2 + rng.uniform(-0.12, 0.12) * w
     cy = h / 2 + rng.uniform(-0.12, 0.12) * h
-    radius = side * rng.uniform(0.34, 0.45)
+    radius = side * rng.uniform(0.5, 0.6)  # close-up: the vessel fills the short side, its rim may be cut off
     vessel = _jitter(dish.vessel_colour, rng, 10)
     shadow = tuple(max(0, v - 60) for v in img.getpixel((0, 0)))
     d.ellipse((cx - radius + 8, cy - radius + 10, cx + radius + 8, cy + radius + 10), fill=shadow)
@@ -309,8 +308,9 @@ def pick_dishes(n: int | None = None) -> tuple[Dish, ...]:
     return tuple(order[:n])
 
 
-def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 20, num_dishes: int | None = None,
-          mivqa_per_dish: int = 10, textqa: bool = True, progress: bool = False) -> dict:
+def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40, num_dishes: int | None = None,
+          questions_per_photo: int = 2, mivqa_per_dish: int = 10, textqa: bool = True,
+          progress: bool = False) -> dict:
     """Write a synthetic FoodieQA into ``folder`` (which should be empty). Returns counts."""
     folder = Path(folder)
     dishes = pick_dishes(num_dishes)
@@ -338,12 +338,17 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 20
             meta_id += 1
             metas[rel] = food_meta(dish, rel, meta_id)
 
-    # Single-image questions: one per photo, question types rotating, answers spread evenly.
+    # Single-image questions: questions_per_photo per photo, of different types (rotating), answers
+    # spread evenly over A-D.
+    if not 1 <= questions_per_photo <= len(QUESTION_TYPES):
+        raise ValueError(f"questions_per_photo must be 1..{len(QUESTION_TYPES)} (one per question type); "
+                         f"got {questions_per_photo}")
     sivqa = []
     all_photos = [(dish, rel) for dish in dishes for rel in photos[dish.key]]
-    answers = _balanced_answers(len(all_photos), rng)
-    for n, ((dish, rel), answer) in enumerate(zip(all_photos, answers)):
-        qtype = QUESTION_TYPES[n % len(QUESTION_TYPES)]
+    asked = [(dish, rel, k) for p, (dish, rel) in enumerate(all_photos) for k in range(questions_per_photo)]
+    answers = _balanced_answers(len(asked), rng)
+    for n, ((dish, rel, k), answer) in enumerate(zip(asked, answers)):
+        qtype = QUESTION_TYPES[(n // questions_per_photo + k) % len(QUESTION_TYPES)]
         choices, choices_en = _options(dishes, dish, qtype, answer, rng)
         zh, en = SIVQA_TEMPLATES[qtype]
         sivqa.append({"question_id": f"sivqa-{n:04d}", "question": zh, "choices": choices, "answer": str(answer),
@@ -406,7 +411,8 @@ def make_demo_data(out: str | os.PathLike, *, seed: int = 0, force: bool = False
 
     An existing ``out`` made with the same seed and options is left as it is (``"reused": True`` in the
     counts); any other existing ``out`` is kept unless ``force``, and then replaced only once the new
-    folder is complete. ``options`` go to ``build`` (photos_per_dish, num_dishes, mivqa_per_dish, textqa).
+    folder is complete. ``options`` go to ``build`` (photos_per_dish, num_dishes, questions_per_photo,
+    mivqa_per_dish, textqa).
     """
     out = Path(out)
     recipe = {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
@@ -424,7 +430,7 @@ def make_demo_data(out: str | os.PathLike, *, seed: int = 0, force: bool = False
 
 
 RECIPE_FILE = ".synthetic.json"  # how the folder was made; lets a re-run with the same settings do nothing
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: close-up photos on plain tables, 40 per dish, two questions per photo
 
 
 def _read_recipe(folder: Path) -> dict | None:

@@ -38,13 +38,17 @@ FULL_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=1
                    layer_norm_eps=1e-6, initializer_factor=1.0)
 FULL_LLM = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
                 intermediate_size=8192, vocab_size=92553, rope_theta=1000000, max_position_embeddings=32768,
-                rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5)
+                rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5, initializer_range=0.02)
 
 # The tiny model keeps 448-pixel tiles and 14-pixel patches, so a tile is still 256 tokens; widths are small.
 TINY_VISION = dict(FULL_VISION, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                    initializer_factor=0.1)
+# The tiny LLM's weights are drawn with std 0.1 instead of 0.02. At 0.02 a 128-wide random model is nearly
+# linear and its attention uniform, and LoRA (which leaves the random base in place) hardly moves it: held-out
+# accuracy stayed at chance after 1,000 steps; at 0.1 the same LoRA run learns the synthetic dishes
+# (docs/TRAINING.md, "What the embedded tiny model learns"). InternVL2-2B's own weights are trained, not drawn.
 TINY_LLM = dict(FULL_LLM, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=256)  # vocab_size: that of the tiny tokenizer
+                intermediate_size=256, initializer_range=0.1)  # vocab_size: that of the tiny tokenizer
 
 INIT_STD = 0.02
 SHARD_BYTES = 2 * 1024 ** 3  # full-size weights (4.4 GB in bf16) go into three shards plus an index
@@ -220,14 +224,16 @@ def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int, progress: bool = False):
-    """Deterministic random weights: N(0, 0.02) for linear, conv, embedding and ViT position weights, zero
-    biases, unit norms, layer scales at initializer_factor. One generator, parameters in model order."""
+    """Deterministic random weights: N(0, 0.02) for linear, conv, embedding and ViT position weights (the
+    LLM's: N(0, llm_config.initializer_range)), zero biases, unit norms, layer scales at initializer_factor.
+    One generator, parameters in model order."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     norm_types = (nn.LayerNorm,)
     modules = list(model.named_modules())
+    llm_std = getattr(model.config.llm_config, 'initializer_range', INIT_STD)
     for name, module in tqdm(modules, desc='init weights', disable=not progress, unit='module'):
         for pname, p in module.named_parameters(recurse=False):
             is_norm = isinstance(module, norm_types) or type(module).__name__.endswith('RMSNorm')
@@ -238,7 +244,8 @@ def init_weights(model: nn.Module, seed: int, progress: bool = False):
             elif pname in ('ls1', 'ls2'):
                 p.copy_(torch.full_like(p, model.config.vision_config.initializer_factor))
             else:
-                p.copy_(torch.randn(p.shape, generator=generator, device=device, dtype=torch.float32) * INIT_STD)
+                std = llm_std if name.startswith('language_model.') else INIT_STD
+                p.copy_(torch.randn(p.shape, generator=generator, device=device, dtype=torch.float32) * std)
 
 
 def build_model(seed: int = 0, full_size: bool = False, device='cpu', dtype=torch.bfloat16,
@@ -315,10 +322,27 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
         for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
             _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
         _write_safetensors(tmp, model.state_dict(), progress=progress)
+        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size))
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
     return out
+
+
+RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file; loaders ignore it)
+GENERATOR_VERSION = 2  # 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range)
+
+
+def recipe(seed: int = 0, full_size: bool = False) -> dict:
+    return {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size}
+
+
+def tiny_model_is_current(folder, seed: int = 0) -> bool:
+    """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
+    try:
+        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed)
+    except (OSError, ValueError):
+        return False
 
 
 def count_parameters(shapes: dict[str, tuple[int, ...]]) -> int:

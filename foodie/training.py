@@ -217,14 +217,14 @@ def load_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
 
 def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike | None, data_root, held_out, *,
                         model_path: str | os.PathLike | None = None, limit: int | None = None,
-                        max_new_tokens: int = 16, progress: bool = False) -> dict:
+                        max_new_tokens: int = 32, progress: bool = False) -> dict:
     """Held-out SIVQA accuracy of a training checkpoint, without converting it first.
 
     Builds the config's model (``checkpoint=None``: the untrained model, LoRA adding zero), loads the
     checkpoint's LoRA + projector weights, and asks each held-out question through the model's own
     ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``); the
-    reply is parsed by ``foodie.evaluation.parse_choice`` (first standalone A-D). For the full report on
-    a converted checkpoint use tools/eval_food.py.
+    reply is parsed by ``foodie.evaluation.parse_choice`` (a standalone A-D, else the option it names).
+    For the full report on a converted checkpoint use tools/eval_food.py.
     """
     import torch
     from mmengine.config import Config

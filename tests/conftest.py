@@ -25,7 +25,7 @@ def small_foodieqa_dir(tmp_path_factory):
     from foodie.synthetic_data import make_demo_data
 
     out = tmp_path_factory.mktemp('foodieqa-small') / 'foodieqa'
-    make_demo_data(out, seed=0, photos_per_dish=6, mivqa_per_dish=3, textqa=False)
+    make_demo_data(out, seed=0, photos_per_dish=6, questions_per_photo=1, mivqa_per_dish=3, textqa=False)
     for path in (out / 'images').rglob('*.jpg'):
         with Image.open(path) as im:
             small = im.convert('RGB').resize((160, 160), Image.Resampling.BICUBIC)

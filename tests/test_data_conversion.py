@@ -62,6 +62,11 @@ MIVQA_ZH = ("<image>\n这张图由四张图拼成：左上为图A，右上为图
 TEXTQA_ZH = "白切鸡属于哪个菜系？ 选项有: （A) 粤菜\n（B) 川菜\n（C) 湘菜\n（D) 鲁菜\n, 请根据从所提供的选项中选择一个正确答案，为（"
 
 GOLDEN = {
+    "name": {
+        "sivqa:s-a:zh": (SIVQA_ZH, "图中的菜是白切鸡。答案是粤菜。"),
+        "mivqa:m-1:zh": (MIVQA_ZH, "答案是图B。图B中的菜是麻婆豆腐。"),
+        "textqa:t-1:zh": (TEXTQA_ZH, "这道菜是白切鸡。答案是粤菜。"),
+    },
     "letter": {
         "sivqa:s-a:zh": (SIVQA_ZH, "B) 粤菜"),
         "mivqa:m-1:zh": (MIVQA_ZH, "B) 图B"),

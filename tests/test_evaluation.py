@@ -43,9 +43,29 @@ CHOICES = ["北京烤鸭", "宫保鸡丁", "烤鸭", "Mapo tofu"]
     ("a dish of noodles", None),  # an English article is not option a
     ("KFC", None),
     ("宫保鸡丁还是Mapo tofu？", None),  # two different choices named: cannot tell
+    ("图中的菜是北京烤鸭。答案是宫保鸡丁。", 1),  # the text after the answer marker decides
+    ("The dish is Peking duck... the answer is mapo tofu.", 3),
+    ("答案是宫保鸡丁还是Mapo tofu？", None),  # two choices after the marker, nothing else: cannot tell
 ])
 def test_parse_choice(response, expected):
     assert parse_choice(response, CHOICES) == expected
+
+
+def test_parse_choice_reads_what_the_name_style_teaches():
+    """Every training answer of the default style parses back to its own option (foodie.prompts.answer_text),
+    though the dish named first may itself be one of the options (猪肉 in 猪肉炖粉条)."""
+    from types import SimpleNamespace
+
+    from foodie.prompts import answer_text
+    choices = ["猪肉", "粉条", "鸡肉", "鱼"]
+    for lang in ("zh", "en"):
+        for answer in range(4):
+            item = SimpleNamespace(task="sivqa", question="主要食材是什么？", question_en="Main ingredient?",
+                                   choices=choices, choices_en=["pork", "vermicelli", "chicken", "fish"],
+                                   answer=answer, images=["a.jpg"], food_name="猪肉炖粉条", cuisine="东北菜",
+                                   food_meta={"food_name_en": "Pork stewed with vermicelli"}, raw={})
+            text = answer_text(item, lang, "name")
+            assert parse_choice(text, choices if lang == "zh" else item.choices_en) == answer, text
 
 
 def test_parse_choice_without_choices_reads_letters_only():

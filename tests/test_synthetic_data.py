@@ -6,7 +6,7 @@ import hashlib
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,28 @@ def test_answers_spread_and_question_types_varied(demo):
         assert max(counts.values()) - min(counts.values()) <= 1, counts
     assert len({i.question_type for i in data.sivqa}) >= 4
     assert len({i.question_type for i in data.mivqa}) >= 2
+
+
+def test_each_photo_is_asked_about_twice_with_different_question_types(demo):
+    """A model must read the question, not only recognise the photo: every photo gets two single-image
+    questions (the default), of two different types, and every type is asked about every dish."""
+    data = load_foodieqa(demo[0], check_images=False)
+    per_photo = defaultdict(list)
+    for item in data.sivqa:
+        per_photo[item.image].append(item.question_type)
+    assert len(per_photo) == demo[1]["images"]
+    assert {len(types) for types in per_photo.values()} == {2}
+    assert all(len(set(types)) == 2 for types in per_photo.values())
+    by_dish = defaultdict(set)
+    for item in data.sivqa:
+        by_dish[item.food_name].add(item.question_type)
+    assert all(types == set(sd.QUESTION_TYPES) for types in by_dish.values()), by_dish
+
+
+def test_questions_per_photo_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="questions_per_photo must be 1..5"):
+        sd.make_demo_data(tmp_path / "x", photos_per_dish=1, num_dishes=4, questions_per_photo=6)
+    assert not (tmp_path / "x").exists()  # nothing half-written
 
 
 def test_answers_are_right(demo):

@@ -3,12 +3,14 @@ import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from foodie import tiny_model
-from foodie.tiny_model import REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes, write_checkpoint
+from foodie.tiny_model import (RECIPE_FILE, REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes, tiny_model_is_current,
+                               write_checkpoint)
 
 
 def file_hashes(folder: Path) -> dict:
@@ -58,7 +60,19 @@ def test_rebuild_is_byte_identical_and_seed_changes_only_weights(tiny_model_dir,
     assert file_hashes(again) == file_hashes(tiny_model_dir)
     other = file_hashes(write_checkpoint(tmp_path / 'other', seed=1))
     reference = file_hashes(tiny_model_dir)
-    assert {n for n in reference if reference[n] != other[n]} == {'model.safetensors'}
+    assert {n for n in reference if reference[n] != other[n]} == {'model.safetensors', RECIPE_FILE}
+
+
+def test_recipe_file_tells_a_current_tiny_model_from_a_stale_one(tiny_model_dir, tmp_path):
+    """The quickstart rebuilds the embedded model when the code that writes it has changed."""
+    assert tiny_model_is_current(tiny_model_dir)
+    assert not tiny_model_is_current(tiny_model_dir, seed=1)
+    assert not tiny_model_is_current(tmp_path / 'missing')
+    stale = tmp_path / 'stale'
+    shutil.copytree(tiny_model_dir, stale)
+    recipe = json.loads((stale / RECIPE_FILE).read_text())
+    (stale / RECIPE_FILE).write_text(json.dumps({**recipe, 'version': recipe['version'] - 1}))
+    assert not tiny_model_is_current(stale)
 
 
 def test_refuses_a_non_empty_folder_without_force(tmp_path):

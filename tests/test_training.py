@@ -270,15 +270,15 @@ def test_configs_read_paths_from_the_environment(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- learning
 
 @pytest.mark.slow
-def test_embedded_default_learns_to_answer_held_out_questions(tiny_model_dir, food_data, tmp_path):
+def test_embedded_default_learns_the_dishes(tiny_model_dir, food_data, tmp_path):
     """The CPU config as shipped (its iterations, lr, data): after `xtuner train`, the model's own chat()
-    answers held-out SIVQA questions (photos never trained on) in the trained answer format, which
-    parses to an option; the untrained model's replies do not. Checks the whole chain end to end:
-    template (training == chat), label masking, LoRA + projector saving and loading.
+    answers held-out SIVQA questions (photos never trained on) far above chance, in the trained answer
+    format (the dish, then the option). Checks the whole chain end to end: template (training == chat),
+    label masking, LoRA + projector saving and loading, and that the tiny model can learn at all.
 
-    NOT checked, because it does not happen: accuracy. The issue asks for >= 90% held-out accuracy;
-    on the random-weight tiny model it stays at chance (see docs/TRAINING.md: letter-first multiple
-    choice is not learnable by a random 2-layer LLM within thousands of steps, even text-only)."""
+    The bar is 50%, not the issue's 90%: on 2 CPU cores the shipped run reaches about 70% (seed 0; 59-81%
+    over seeds, docs/TRAINING.md "What the embedded tiny model learns"); the misses are mostly answers
+    of the wrong question type for a dish it did recognise."""
     from foodie.training import checkpoint_accuracy
 
     work = tmp_path / "learn"
@@ -295,6 +295,8 @@ def test_embedded_default_learns_to_answer_held_out_questions(tiny_model_dir, fo
     print(f"held-out SIVQA ({after['n']} questions): answers parsed {parsed(before):.2f} -> {parsed(after):.2f}, "
           f"accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}; training {train_s:.0f}s; "
           f"e.g. {after['rows'][0]['reply']!r}")
-    assert after["n"] >= 50
-    assert parsed(before) <= 0.3
-    assert parsed(after) >= 0.9
+    assert after["n"] >= 200
+    assert before["accuracy"] <= 0.15  # random weights: replies name no option
+    assert after["accuracy"] >= 0.50
+    named = [r for r in after["rows"] if r["pred"] is not None]
+    assert sum(r["reply"].startswith("图中的菜是") for r in named) >= 0.9 * len(named)  # the dish comes first

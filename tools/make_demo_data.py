@@ -27,9 +27,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=demo_data_dir(), help="output folder (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
-    ap.add_argument("--photos-per-dish", type=int, default=20, help="drawn photos per dish (default: %(default)s)")
+    ap.add_argument("--photos-per-dish", type=int, default=40, help="drawn photos per dish (default: %(default)s)")
     ap.add_argument("--dishes", type=int, default=len(DISHES),
                     help=f"number of dishes, 4-{len(DISHES)} (default: %(default)s)")
+    ap.add_argument("--questions-per-photo", type=int, default=2,
+                    help="single-image questions per photo, each of another type, 1-5 (default: %(default)s)")
     ap.add_argument("--mivqa-per-dish", type=int, default=10, help="multi-image questions per dish (default: %(default)s)")
     ap.add_argument("--no-textqa", action="store_true", help="do not write textqa_tidy.json")
     args = ap.parse_args(argv)
@@ -37,11 +39,13 @@ def main(argv=None) -> int:
         ap.error(f"--dishes must be between 4 and {len(DISHES)}")
     if args.photos_per_dish < 1:
         ap.error("--photos-per-dish must be at least 1")
+    if not 1 <= args.questions_per_photo <= 5:
+        ap.error("--questions-per-photo must be between 1 and 5 (one per question type)")
     start = time.perf_counter()
     try:
         counts = make_demo_data(args.out, seed=args.seed, force=args.force, progress=True,
                                 photos_per_dish=args.photos_per_dish, num_dishes=args.dishes,
-                                mivqa_per_dish=args.mivqa_per_dish, textqa=not args.no_textqa)
+                                questions_per_photo=args.questions_per_photo, mivqa_per_dish=args.mivqa_per_dish, textqa=not args.no_textqa)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Turn a FoodieQA folder into XTuner training data with an honest held-out split.
 
     python tools/process_food.py [--data-root DIR] [--out DIR] [--tasks sivqa,mivqa,textqa]
-        [--lang zh|en|both] [--style letter|explain|tutorial] [--eval-ratio 0.2] [--seed 0]
+        [--lang zh|en|both] [--style name|letter|explain|tutorial] [--eval-ratio 0.2] [--seed 0]
         [--split-by image|dish] [--no-stratify] [--skip-bad] [--tokenizer MODEL_DIR]
 
 Defaults: --data-root work/foodieqa-synthetic (make it with tools/make_demo_data.py), --out
@@ -10,8 +10,9 @@ absolute image paths), held_out.json (the evaluation manifest), summary.json and
 per split, cuisine and question type; token budget per sample). Nothing in the held-out split is
 trained on: no image (or, with --split-by dish, no dish) is in both. Outputs are written atomically.
 
-Answer styles: letter ("B) 粤菜"), explain (the letter answer plus a sentence naming the dish, so the
-tuned model does not turn terse), tutorial (the tutorial's "{choice}，图中的菜是{food_name}", for comparison).
+Answer styles: name (default: the dish, then the chosen option by its text, "图中的菜是白切鸡。答案是粤菜。"),
+letter ("B) 粤菜"), explain (the letter answer plus a sentence naming the dish), tutorial (the tutorial's
+"{choice}，图中的菜是{food_name}", for comparison). Why name is the default: foodie/prompts.py answer_text.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",),
                     help="comma list of sivqa,mivqa,textqa to train on (default: sivqa)")
     ap.add_argument("--lang", choices=LANG_CHOICES, default="zh", help="question language (default: %(default)s)")
-    ap.add_argument("--style", choices=ANSWER_STYLES, default="explain", help="answer style (default: %(default)s)")
+    ap.add_argument("--style", choices=ANSWER_STYLES, default="name", help="answer style (default: %(default)s)")
     ap.add_argument("--eval-ratio", type=float, default=0.2, help="share held out (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
     ap.add_argument("--split-by", choices=SPLIT_BY, default="image", help="unit of the split (default: %(default)s)")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from foodie import paths  # noqa: E402
-from foodie.atomic import write_json  # noqa: E402
+from foodie.atomic import write_json, write_text  # noqa: E402
+from foodie.tiny_model import tiny_model_is_current  # noqa: E402
 
 CPU_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
 REAL_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
@@ -33,6 +35,9 @@ PY = sys.executable
 
 class StageFailed(RuntimeError):
     pass
+
+
+TRAIN_INPUTS_FILE = "quickstart-inputs.txt"  # in the train dir: the fingerprint of the inputs it was trained on
 
 
 def fingerprint(*parts) -> str:
@@ -71,6 +76,7 @@ class Pipeline:
         self.merged = self.work / f"{name}-merged"
         self.eval_dir = self.work / f"{name}-eval"
         self.lang = args.lang
+        self.tasks = args.tasks
         self.deepspeed = args.deepspeed
         # The configs read their paths from these variables, in this process and in every stage's.
         os.environ.update(FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
@@ -113,8 +119,8 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def prepare_inputs(self) -> None:
         if self.embedded:
-            if not (self.model / "config.json").is_file():
-                self.run("model", [PY, "tools/make_tiny_model.py", "--out", str(self.model)])
+            if not tiny_model_is_current(self.model):  # missing, or made by an older foodie.tiny_model
+                self.run("model", [PY, "tools/make_tiny_model.py", "--out", str(self.model), "--force"])
             self.run("data", [PY, "tools/make_demo_data.py", "--out", str(self.data_root)])
         else:
             if not (self.model / "config.json").is_file():
@@ -126,25 +132,36 @@ class Pipeline:
 
     def convert_data(self) -> None:
         self.run("data", [PY, "tools/process_food.py", "--data-root", str(self.data_root), "--out",
-                          str(self.xtuner_data), "--lang", self.lang, "--tokenizer", str(self.model)])
+                          str(self.xtuner_data), "--lang", self.lang, "--tasks", self.tasks, "--tokenizer", str(self.model)])
 
     def eval_cmd(self, models: list[tuple[str, Path]]) -> list[str]:
         cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), "--items",
-               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--out", str(self.eval_dir)]
+               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--tasks", self.tasks,
+               "--out", str(self.eval_dir)]
         if self.max_tiles is not None:
             cmd += ["--max-tiles", str(self.max_tiles)]
         for label, model in models:
             cmd += ["--model", str(model), "--label", label]
         return cmd
 
-    def train(self) -> None:
+    def train(self, key: str) -> None:
         from foodie.checkpoints import list_checkpoints
 
         cmd = [PY, "tools/train.py", "--config", str(self.config), "--work-dir", str(self.train_dir)]
         if self.deepspeed:
             cmd += ["--deepspeed", self.deepspeed]
-        if list_checkpoints(self.train_dir):  # an earlier run was interrupted: continue it
-            cmd.append("--resume")
+        marker = self.train_dir / TRAIN_INPUTS_FILE
+        if list_checkpoints(self.train_dir):
+            if marker.is_file() and marker.read_text().strip() == key:  # an interrupted run of these inputs
+                cmd.append("--resume")
+            else:  # checkpoints of other inputs (config, data or model changed): never resume those
+                stale = self.train_dir.with_name(self.train_dir.name + ".stale")
+                shutil.rmtree(stale, ignore_errors=True)
+                self.train_dir.rename(stale)
+                self.console.print(f"[yellow]{self.train_dir} held a run of other inputs: moved to {stale}; "
+                                   f"training from the start[/]")
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+        write_text(marker, key + "\n")
         self.run("train", cmd)
 
     def merge(self) -> None:
@@ -155,14 +172,14 @@ class Pipeline:
         self.console.print(f"[bold]internvl-foodie quickstart[/] — model {self.model}, data {self.data_root}, "
                            f"config {self.config.relative_to(REPO_ROOT) if self.config.is_relative_to(REPO_ROOT) else self.config}")
         self.stage(1, "inputs", "the model and FoodieQA folders", None, self.prepare_inputs)
-        data_key = fingerprint("data", self.data_root, self.lang, REPO_ROOT / "foodie" / "data_conversion.py",
+        data_key = fingerprint("data", self.data_root, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
                                REPO_ROOT / "foodie" / "prompts.py")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
         base_key = fingerprint("base", data_key, self.model / "config.json", self.max_tiles)
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
                    lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
         train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
-        self.stage(4, "train", "LoRA fine-tune with xtuner train", train_key, self.train)
+        self.stage(4, "train", "LoRA fine-tune with xtuner train", train_key, lambda: self.train(train_key))
         merge_key = fingerprint("merge", train_key)
         self.stage(5, "merge", "LoRA merged into an official InternVL2 checkpoint", merge_key, self.merge)
         tuned_key = fingerprint("eval-tuned", base_key, merge_key)
@@ -203,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="XTuner config (default: the CPU variant for the embedded model, "
                                     "the real run's config when --model is given)")
     p.add_argument("--lang", choices=["zh", "en"], default="zh", help="question language (default zh)")
+    p.add_argument("--tasks", default="sivqa",
+                   help="FoodieQA tasks to train on and evaluate, comma-separated (default sivqa: single-image "
+                        "questions; mivqa is trained on a 2x2 collage, see docs/TRAINING.md)")
     p.add_argument("--deepspeed", default=None,
                    help="e.g. deepspeed_zero2 (default: deepspeed_zero2 when a CUDA GPU is visible)")
     args = p.parse_args(argv)

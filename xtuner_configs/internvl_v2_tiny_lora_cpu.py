@@ -8,6 +8,7 @@
 # MMEngine inherits a config with imports ("lazy import" style) through `read_base()`, its `_base_`
 # for such configs (a `_base_ = [...]` assignment cannot inherit one).
 from mmengine.config import read_base
+from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 
 from xtuner.engine.runner import TrainLoop
@@ -35,7 +36,7 @@ max_length = 2048
 batch_size = 4
 accumulative_counts = 1
 dataloader_num_workers = 0  # 2 cores: workers only add process overhead
-max_iters = 300
+max_iters = 1000
 lr = 1e-3  # a random-weight model far from any optimum; LoRA + projector take large steps
 warmup_iters = 10
 save_steps = 100
@@ -49,7 +50,11 @@ foodie_dataset.update(model_path=path, data_paths=data_path, image_folders=image
                       max_length=max_length, max_dynamic_patch=max_dynamic_patch)
 train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers, dataset=foodie_dataset,
                         persistent_workers=dataloader_num_workers > 0)
-train_dataloader.sampler.update(per_device_batch_size=batch_size * accumulative_counts)
+# Plain shuffled batches. LengthGroupedSampler (the real run's) sorts big shuffled chunks by length to
+# save padding on a GPU; with one tile per photo the length is the question's, so its batches would
+# each hold one question type, and the model would never see types side by side in a step (measured:
+# held-out accuracy 0.60 instead of 0.9+ after the same iterations; docs/TRAINING.md).
+train_dataloader.sampler = dict(type=DefaultSampler, shuffle=True)
 tokenizer.update(pretrained_model_name_or_path=path)
 custom_hooks[0].update(tokenizer=tokenizer)
 
