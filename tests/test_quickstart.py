@@ -61,3 +61,39 @@ def test_quickstart_stops_with_the_cause_when_the_model_is_missing(tmp_path):
                           timeout=300)
     assert done.returncode == 1
     assert "no config.json" in done.stderr and "MODEL=" in done.stderr
+
+
+def _pipeline(tmp_path, monkeypatch):
+    import argparse
+    import importlib.util
+
+    for key in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR", "PYTHONUNBUFFERED"):
+        monkeypatch.delenv(key, raising=False)  # the pipeline sets them; monkeypatch restores them
+    monkeypatch.setenv("FOODIE_WORK", str(tmp_path / "work"))
+    spec = importlib.util.spec_from_file_location("quickstart_tool", REPO / "tools" / "quickstart.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = argparse.Namespace(model=None, data_root=None, config=None, lang="zh", tasks="sivqa", deepspeed=None)
+    pipeline = tool.Pipeline(args)
+    commands = []
+    pipeline.run = lambda stage, cmd: commands.append(cmd)
+    return tool, pipeline, commands
+
+
+def test_training_resumes_only_a_run_of_the_same_inputs(tmp_path, monkeypatch):
+    """An interrupted run of these inputs is continued; checkpoints of other inputs (the config, data or
+    model changed since) are moved aside, never resumed into the new run."""
+    tool, pipeline, commands = _pipeline(tmp_path, monkeypatch)
+    train_dir = pipeline.train_dir
+    train_dir.mkdir(parents=True)
+    (train_dir / "iter_100.pth").write_bytes(b"checkpoint of the same inputs")
+    (train_dir / tool.TRAIN_INPUTS_FILE).write_text("key-a\n")
+    pipeline.train("key-a")
+    assert "--resume" in commands[-1]
+
+    pipeline.train("key-b")  # the inputs changed
+    assert "--resume" not in commands[-1]
+    stale = train_dir.with_name(train_dir.name + ".stale")
+    assert (stale / "iter_100.pth").read_bytes() == b"checkpoint of the same inputs"
+    assert not (train_dir / "iter_100.pth").exists()
+    assert (train_dir / tool.TRAIN_INPUTS_FILE).read_text().strip() == "key-b"
