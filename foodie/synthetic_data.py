@@ -345,7 +345,7 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
                          f"got {questions_per_photo}")
     sivqa = []
     all_photos = [(dish, rel) for dish in dishes for rel in photos[dish.key]]
-    asked = [(dish, rel, k) for p, (dish, rel) in enumerate(all_photos) for k in range(questions_per_photo)]
+    asked = [(dish, rel, k) for dish, rel in all_photos for k in range(questions_per_photo)]
     answers = _balanced_answers(len(asked), rng)
     for n, ((dish, rel, k), answer) in enumerate(zip(asked, answers)):
         qtype = QUESTION_TYPES[(n // questions_per_photo + k) % len(QUESTION_TYPES)]
