@@ -316,6 +316,9 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
     dishes = pick_dishes(num_dishes)
     if len(dishes) < 4:
         raise ValueError("need at least 4 dishes for 4-choice questions")
+    if not 1 <= questions_per_photo <= len(QUESTION_TYPES):
+        raise ValueError(f"questions_per_photo must be 1..{len(QUESTION_TYPES)} (one per question type); "
+                         f"got {questions_per_photo}")
     rng = random.Random(seed)
     iterator = dishes
     if progress:
@@ -340,9 +343,6 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
 
     # Single-image questions: questions_per_photo per photo, of different types (rotating), answers
     # spread evenly over A-D.
-    if not 1 <= questions_per_photo <= len(QUESTION_TYPES):
-        raise ValueError(f"questions_per_photo must be 1..{len(QUESTION_TYPES)} (one per question type); "
-                         f"got {questions_per_photo}")
     sivqa = []
     all_photos = [(dish, rel) for dish in dishes for rel in photos[dish.key]]
     asked = [(dish, rel, k) for dish, rel in all_photos for k in range(questions_per_photo)]
