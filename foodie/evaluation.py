@@ -64,6 +64,8 @@ _UPPER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
 # A lone lower-case letter counts only at the very start and followed by punctuation or the end
 # ("b.", "(c) ...", "d"): "a dish of noodles" must not read as A.
 _LOWER_START = re.compile(r"^[\s(\[{（【<「『\"'“‘]*([a-d])\s*(?:$|[)\]}）】>」』.:,;!?。．、:：，；！？\"'”’])")
+# Where a reply states its conclusion ("...。答案是粤菜。"): option text after it is searched first.
+_ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)
 
 
 def _normalise(text: str) -> str:
@@ -98,9 +100,6 @@ def parse_choice(response: str, choices: Sequence[str] | None = None) -> int | N
             if found is not None:
                 return found
     return None
-
-
-_ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)
 
 
 def _choice_in_text(haystack: str, choices: Sequence[str]) -> int | None:
@@ -812,8 +811,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="questions per generate call, and per fsync of the predictions (default 8; with LMDeploy "
                         "on a GPU use 64 or more: its engine batches them itself)")
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default 32; the prompt asks "
-                                                                  "for the option letter first)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="answer length cap (default 32: a letter answer needs one token, a name-style answer "
+                        "naming the dish and then the option about 10-25)")
     p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
     p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's "

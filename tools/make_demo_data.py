@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie.paths import demo_data_dir  # noqa: E402
-from foodie.synthetic_data import DISHES, make_demo_data  # noqa: E402
+from foodie.synthetic_data import DISHES, QUESTION_TYPES, make_demo_data  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dishes", type=int, default=len(DISHES),
                     help=f"number of dishes, 4-{len(DISHES)} (default: %(default)s)")
     ap.add_argument("--questions-per-photo", type=int, default=2,
-                    help="single-image questions per photo, each of another type, 1-5 (default: %(default)s)")
+                    help=f"single-image questions per photo, each of another type, 1-{len(QUESTION_TYPES)} "
+                         "(default: %(default)s)")
     ap.add_argument("--mivqa-per-dish", type=int, default=10, help="multi-image questions per dish (default: %(default)s)")
     ap.add_argument("--no-textqa", action="store_true", help="do not write textqa_tidy.json")
     args = ap.parse_args(argv)
@@ -39,13 +40,14 @@ def main(argv=None) -> int:
         ap.error(f"--dishes must be between 4 and {len(DISHES)}")
     if args.photos_per_dish < 1:
         ap.error("--photos-per-dish must be at least 1")
-    if not 1 <= args.questions_per_photo <= 5:
-        ap.error("--questions-per-photo must be between 1 and 5 (one per question type)")
+    if not 1 <= args.questions_per_photo <= len(QUESTION_TYPES):
+        ap.error(f"--questions-per-photo must be between 1 and {len(QUESTION_TYPES)} (one per question type)")
     start = time.perf_counter()
     try:
         counts = make_demo_data(args.out, seed=args.seed, force=args.force, progress=True,
                                 photos_per_dish=args.photos_per_dish, num_dishes=args.dishes,
-                                questions_per_photo=args.questions_per_photo, mivqa_per_dish=args.mivqa_per_dish, textqa=not args.no_textqa)
+                                questions_per_photo=args.questions_per_photo, mivqa_per_dish=args.mivqa_per_dish,
+                                textqa=not args.no_textqa)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
