@@ -4,7 +4,7 @@
 # (tools/train.py), then held-out SIVQA accuracy of the untrained and the trained model
 # (foodie.training.checkpoint_accuracy). Variables (all optional) change one thing from the shipped defaults:
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
-#   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3
+#   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=448 (tile side, px)  ITERS=1000
 # The quickstart and CI use seed 0 with the defaults; other seeds show how much of the margin is luck.
 #
 #   bash bench/tiny_learning_seeds.sh OUT_DIR base:0 base:1 std0.2:0:STD=0.2      # runs in parallel
@@ -21,18 +21,19 @@ run_one() {
   local w="$out/$name-s$seed"
   mkdir -p "$w"
   (
-    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3
+    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=448 ITERS=1000
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
     $PY -c "import sys; sys.path.insert(0, '.'); import foodie.tiny_model as t
 t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH)
+t.TINY_VISION.update(image_size=$IMG)
 t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 2>&1
     $PY tools/make_demo_data.py --out "$w/foodieqa" --seed "$seed" --force --photos-per-dish "$PHOTOS" \
       --questions-per-photo "$QPP" >> "$w/log.txt" 2>&1
     $PY tools/process_food.py --data-root "$w/foodieqa" --out "$w/xtuner" --seed "$seed" >> "$w/log.txt" 2>&1
     local t0=$SECONDS
     $PY tools/train.py --config xtuner_configs/internvl_v2_tiny_lora_cpu.py --work-dir "$w/train" -- \
-      --cfg-options optim_wrapper.optimizer.lr="$LR" >> "$w/log.txt" 2>&1
+      --cfg-options optim_wrapper.optimizer.lr="$LR" max_iters="$ITERS" train_cfg.max_iters="$ITERS" param_scheduler.1.end="$ITERS" >> "$w/log.txt" 2>&1
     local train_s=$((SECONDS - t0))
     $PY - "$w" "$spec" "$train_s" >> "$w/log.txt" 2>&1 <<'PY'
 import sys

@@ -81,7 +81,7 @@ def run(setting: dict, args) -> dict:
     def encode(questions):
         out = []
         for q in questions:
-            pv = load_image(Path(root) / q.images[0], max_num=tiles)
+            pv = load_image(Path(root) / q.images[0], input_size=model.model.config.force_image_size, max_num=tiles)
             image = "<img>" + "<IMG_CONTEXT>" * (model.model.num_image_token * pv.shape[0]) + "</img>"
             text = template["SYSTEM"].format(system=system) + template["INSTRUCTION"].format(input=image + "\n" + q.prompt)
             out.append((tok(text, return_tensors="pt").input_ids, pv, q.answer, q.question_type, q.choices))

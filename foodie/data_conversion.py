@@ -44,7 +44,6 @@ from foodie.image_tiling import IMAGE_SIZE, MAX_TILES, MIN_TILES, num_tiles, ope
 FORMAT_VERSION = 1
 LANG_CHOICES = ("zh", "en", "both")
 SPLIT_BY = ("image", "dish")
-COLLAGE_CELL = IMAGE_SIZE  # each picture becomes exactly one 448 tile of a 2x2 grid (+ thumbnail)
 # System prompt + chat roles around one turn (<|im_start|>system ... <|im_start|>assistant\n, <|im_end|>):
 # a generous allowance for the token budget when no tokenizer is given.
 TEMPLATE_OVERHEAD_TOKENS = 64
@@ -65,6 +64,10 @@ class ConversionOptions:
     max_length: int = 8192  # samples longer than this are counted in the summary (XTuner truncates them)
     min_tiles: int = MIN_TILES
     max_tiles: int = MAX_TILES
+    # The model's tile side and LLM tokens per tile (InternVL2-2B: 448 px, 256); process_food reads them from
+    # the checkpoint's config.json (foodie.image_tiling.tiling_of) when given one (--tokenizer). They size collage cells and token counts.
+    tile_size: int = IMAGE_SIZE
+    image_tokens_per_tile: int = tokens_per_tile()
     workers: int = 2
 
     def validate(self) -> None:
@@ -222,16 +225,16 @@ def sample_for(item: QAItem, lang: str, style: str, image: str | None, image_wh:
     return sample
 
 
-def make_collage(data: FoodieQA, item: QAItem, cache: dict) -> Image.Image:
-    """The four pictures of a multi-image question on a 2x2 grid of 448 cells (A B / C D), stretched as
+def make_collage(data: FoodieQA, item: QAItem, cache: dict, cell_size: int = IMAGE_SIZE) -> Image.Image:
+    """The four pictures of a multi-image question on a 2x2 grid of tile-sized cells (A B / C D), stretched as
     InternVL's thumbnail is; the model's tiling cuts it back into exactly these four tiles + a thumbnail."""
-    canvas = Image.new("RGB", (2 * COLLAGE_CELL, 2 * COLLAGE_CELL), (255, 255, 255))
+    canvas = Image.new("RGB", (2 * cell_size, 2 * cell_size), (255, 255, 255))
     for k, rel in enumerate(item.image_paths):
         cell = cache.get(rel)
         if cell is None:
-            img = open_image(data.path(rel), draft_size=(COLLAGE_CELL, COLLAGE_CELL))
-            cell = cache[rel] = img.resize((COLLAGE_CELL, COLLAGE_CELL), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        canvas.paste(cell, ((k % 2) * COLLAGE_CELL, (k // 2) * COLLAGE_CELL))
+            img = open_image(data.path(rel), draft_size=(cell_size, cell_size))
+            cell = cache[rel] = img.resize((cell_size, cell_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        canvas.paste(cell, ((k % 2) * cell_size, (k // 2) * cell_size))
     return canvas
 
 
@@ -293,10 +296,9 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                                 f"drop {', '.join(missing)} from --tasks")
     split = make_split(data, opts)
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
-    per_tile = tokens_per_tile()
-
     def image_tokens(w: int, h: int) -> int:
-        return num_tiles(w, h, min_num=opts.min_tiles, max_num=opts.max_tiles) * per_tile + 2  # + <img></img>
+        tiles = num_tiles(w, h, min_num=opts.min_tiles, max_num=opts.max_tiles, image_size=opts.tile_size)
+        return tiles * opts.image_tokens_per_tile + 2  # + <img></img>
 
     def count_text(sample: dict) -> int:
         text = "\n".join(c["value"].replace("<image>", "") for c in sample["conversations"])
@@ -339,7 +341,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                     if task == "mivqa":
                         rel = f"collages/{_safe_name(item.question_id)}.jpg"
                         collage_jobs.append((item, tmp / rel))
-                        image, wh = str(out / rel), (2 * COLLAGE_CELL, 2 * COLLAGE_CELL)
+                        image, wh = str(out / rel), (2 * opts.tile_size, 2 * opts.tile_size)
                     elif item.images:
                         image, wh = image_for[item.images[0]], data.image_sizes.get(item.images[0])
                     else:
@@ -359,7 +361,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
 
             def write_collage(job):
                 item, dest = job
-                make_collage(data, item, collage_cache).save(dest, quality=90)
+                make_collage(data, item, collage_cache, opts.tile_size).save(dest, quality=90)
 
             with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
                 list(wrap(pool.map(write_collage, unique), "multi-image collages", len(unique)))

@@ -22,6 +22,7 @@ nearly all photos -- the two agree exactly.)
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -243,6 +244,20 @@ def num_tiles(width: int, height: int, *, min_num: int = MIN_TILES, max_num: int
     cols, rows = target_grid(width, height, min_num=min_num, max_num=max_num, image_size=image_size)
     n = cols * rows
     return n + 1 if use_thumbnail and n > 1 else n
+
+
+def tiling_of(model_dir: str | os.PathLike) -> tuple[int, int]:
+    """(tile side in pixels, LLM tokens per tile) of an InternVL2 checkpoint folder, from its config.json."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        vision = config["vision_config"]
+        size = int(config.get("force_image_size") or vision["image_size"])
+        return size, tokens_per_tile(size, int(vision["patch_size"]), float(config["downsample_ratio"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: cannot read the tile geometry (force_image_size or vision_config.image_size, "
+                         f"vision_config.patch_size, downsample_ratio): {e}. Point at an InternVL2 checkpoint "
+                         f"folder") from None
 
 
 def tokens_per_tile(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE,

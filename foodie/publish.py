@@ -542,8 +542,9 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer
 
 def load_image(path, size=448, max_tiles=12):
-    """InternVL2 dynamic tiling: cut the image into up to max_tiles 448x448 tiles on the grid whose aspect
-    ratio is closest to the image's, plus a thumbnail of the whole image when there is more than one tile."""
+    """InternVL2 dynamic tiling: cut the image into up to max_tiles size x size tiles (the model's
+    config.force_image_size, 448 for InternVL2) on the grid whose aspect ratio is closest to the image's,
+    plus a thumbnail of the whole image when there is more than one tile."""
     image = Image.open(path).convert("RGB")
     w, h = image.size
     grids = sorted(((c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if c * r <= max_tiles),
@@ -567,7 +568,7 @@ dtype = torch.bfloat16 if device == "cuda" else torch.float32
 model = AutoModel.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True).eval().to(device)
 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)
 
-pixel_values = load_image("dish.jpg").to(device, dtype)
+pixel_values = load_image("dish.jpg", size=model.config.force_image_size).to(device, dtype)
 question = "<image>\\n这道菜叫什么名字？"
 print(model.chat(tokenizer, pixel_values, question, dict(max_new_tokens=64, do_sample=False)))
 ```'''

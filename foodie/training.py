@@ -246,6 +246,7 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
                                  f"(was it trained with another config or LoRA setting?)")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_path, trust_remote_code=True)
     tiles = cfg.train_dataloader.dataset.get("max_dynamic_patch") or model.model.config.max_dynamic_patch
+    tile_size = model.model.config.force_image_size or model.model.config.vision_config.image_size
     questions, root = build_questions(data_root, tasks=["sivqa"], items=held_out, limit=limit)
     rows = []
     items = questions
@@ -254,7 +255,7 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
         items = tqdm(questions, desc="held-out questions")
     with torch.no_grad():
         for q in items:
-            pixel_values = load_image(Path(root) / q.images[0], max_num=tiles).to(model.model.dtype)
+            pixel_values = load_image(Path(root) / q.images[0], input_size=tile_size, max_num=tiles).to(model.model.dtype)
             reply = model.model.chat(tokenizer, pixel_values, q.prompt,
                                      dict(max_new_tokens=max_new_tokens, do_sample=False))
             pred = parse_choice(reply, q.choices)

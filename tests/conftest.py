@@ -16,7 +16,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def small_foodieqa_dir(tmp_path_factory):
     """A small synthetic FoodieQA (96 single-image, 48 multi-image questions, 16 dishes, 8 cuisines)
-    whose photos are shrunk to 160x160 px, so each is one 448-px tile: fast for the tiny model.
+    whose photos are shrunk to 160x160 px, so each is one tile: fast for the tiny model.
 
     Read-only for tests: copy it first if a test must change files in it.
     """

@@ -107,7 +107,8 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
 
     model = AutoModel.from_pretrained(out, torch_dtype=torch.float32, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-    answer = model.chat(tokenizer, load_image(probe_image(), max_num=1), "<image>\n这是什么菜？",
+    pixel_values = load_image(probe_image(), input_size=model.config.force_image_size, max_num=1)
+    answer = model.chat(tokenizer, pixel_values, "<image>\n这是什么菜？",
                         dict(max_new_tokens=6, do_sample=False))
     assert isinstance(answer, str) and answer
 

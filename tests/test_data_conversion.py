@@ -346,9 +346,13 @@ def test_cli(tmp_path):
 
 
 def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tiny_model_dir, monkeypatch):
+    from foodie.image_tiling import num_tiles, tiling_of
+
     model = tiny_model_dir
     out = tmp_path / "xtuner"
-    convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), lang="both")
+    tile, per_tile = tiling_of(model)  # as process_food --tokenizer MODEL reads them
+    convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), lang="both", tile_size=tile,
+            image_tokens_per_tile=per_tile)
     from xtuner.dataset import InternVL_V1_5_Dataset
     from xtuner.utils import PROMPT_TEMPLATE
     elsewhere = tmp_path / "elsewhere"
@@ -366,8 +370,9 @@ def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tiny_m
         n_ctx = sum(t == img_ctx for t in item["input_ids"])
         if "image" in samples[k]:
             w, h = samples[k]["image_wh"][0]
-            from foodie.image_tiling import image_token_count
-            assert n_ctx == image_token_count(w, h) == item["pixel_values"].shape[0] * 256
+            assert n_ctx == num_tiles(w, h, image_size=tile) * per_tile == item["pixel_values"].shape[0] * per_tile
+            if samples[k]["id"].startswith("mivqa"):  # the collage is cut back into its 4 pictures + a thumbnail
+                assert item["pixel_values"].shape[0] == 5
         else:
             assert n_ctx == 0
         assert any(lbl >= 0 for lbl in item["labels"])  # the answer is trained on
@@ -380,9 +385,13 @@ def test_token_budget_with_tokenizer_bounds_real_lengths(tmp_path, tiny_model_di
     from xtuner.utils import PROMPT_TEMPLATE
     src = write_small(tmp_path / "src")
     out = tmp_path / "out"
+    from foodie.image_tiling import tiling_of
+
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir), trust_remote_code=True)
-    r = dc.convert_foodieqa(src, out, dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1),
-                            tokenizer=tok)
+    tile, per_tile = tiling_of(tiny_model_dir)  # what process_food --tokenizer MODEL reads
+    opts = dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1, tile_size=tile,
+                                image_tokens_per_tile=per_tile)
+    r = dc.convert_foodieqa(src, out, opts, tokenizer=tok)
     tk = r.summary["tokens_per_sample"]
     assert tk["counted_with"] == "tokenizer"
     ds = InternVL_V1_5_Dataset(str(tiny_model_dir), PROMPT_TEMPLATE.internlm2_chat, str(out / "train.json"),

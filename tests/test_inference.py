@@ -54,7 +54,8 @@ def chat_reference(backend, question, image=None, history=None):
     try:
         pixel_values = None
         if image is not None:
-            pixel_values = load_image(image, max_num=model.config.max_dynamic_patch).to(backend.dtype)
+            pixel_values = load_image(image, input_size=backend.image_size,
+                                      max_num=model.config.max_dynamic_patch).to(backend.dtype)
         response = model.chat(backend.tokenizer, pixel_values, question, dict(max_new_tokens=GREEDY.max_new_tokens,
                                                                              do_sample=False), history=history)
     finally:
@@ -79,9 +80,10 @@ def test_prompt_and_greedy_answer_equal_chat(backend, photos):
     ours, ids = our_input_ids(backend, [Message("user", question, images=[photos[3]])])
     assert torch.equal(ids, ref_ids)
     assert ours == ref
-    # The image became <img> + 256 <IMG_CONTEXT> per tile + </img>, after the system prompt.
+    # The image became <img> + num_image_token <IMG_CONTEXT> per tile + </img>, after the system prompt.
     img_ctx = backend.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert int((ids == img_ctx).sum()) == 256 * load_image(photos[3]).shape[0]
+    tiles = load_image(photos[3], input_size=backend.image_size).shape[0]
+    assert int((ids == img_ctx).sum()) == backend.model.num_image_token * tiles
     assert backend.render([Message("user", question)]).startswith("<|im_start|>system\n" + backend.model.system_message)
 
 
@@ -172,9 +174,10 @@ def test_decode_skips_ids_the_tokenizer_lacks(backend):
 def test_multi_image_tile_budget(backend, wide_photo):
     assert tiles_per_image(12, 1) == 12 and tiles_per_image(12, 4) == 3 and tiles_per_image(2, 4) == 1
     _, _, pixel_values = backend._prepare([[Message("user", "哪张图是饺子？", images=[wide_photo] * 4)]])
-    per_image = load_image(wide_photo, max_num=tiles_per_image(backend.max_tiles, 4)).shape[0]
+    per_image = load_image(wide_photo, input_size=backend.image_size,
+                           max_num=tiles_per_image(backend.max_tiles, 4)).shape[0]
     assert pixel_values.shape[0] == 4 * per_image <= 4 * (tiles_per_image(backend.max_tiles, 4) + 1)
-    assert per_image < load_image(wide_photo, max_num=backend.max_tiles).shape[0]
+    assert per_image < load_image(wide_photo, input_size=backend.image_size, max_num=backend.max_tiles).shape[0]
 
 
 def test_image_placeholders():

@@ -245,19 +245,22 @@ def test_card_transformers_usage_runs_and_tiles_like_the_project(tiny, tmp_path,
     card = (tiny / CARD_FILE).read_text()
     snippet = card.split("### transformers")[1].split("```python\n")[1].split("```")[0]
     dish = tmp_path / "dish.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (448, 448, 3), dtype=np.uint8)).save(dish)
+    size = json.loads((tiny / "config.json").read_text())["force_image_size"]  # one tile of the model's size
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(dish)
     assert f'"{REPO_ID}"' in snippet and '"dish.jpg"' in snippet
     snippet = snippet.replace(f'"{REPO_ID}"', repr(str(tiny))).replace('"dish.jpg"', repr(str(dish)))
     namespace: dict = {}
     exec(compile(snippet, "card snippet", "exec"), namespace)
-    assert namespace["pixel_values"].shape == (1, 3, 448, 448)
+    assert namespace["model"].config.force_image_size == size  # the card's code reads the tile side from the model
+    assert namespace["pixel_values"].shape == (1, 3, size, size)
     assert capsys.readouterr().out.endswith("\n")  # model.chat answered (random weights: any text)
 
     rng = np.random.default_rng(4)
     for w, h in [(1600, 500), (300, 900), (60, 40)]:  # wide, tall, tiny
         path = tmp_path / f"{w}x{h}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        ours, theirs = namespace["load_image"](str(path)), project_load_image(path)
+        ours = namespace["load_image"](str(path), size=size)
+        theirs = project_load_image(path, input_size=size)
         assert ours.shape == theirs.shape, (w, h)
         assert torch.allclose(ours, theirs, atol=1e-5), (w, h)
 

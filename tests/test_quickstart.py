@@ -33,10 +33,10 @@ def test_quickstart_runs_the_course_and_skips_finished_stages_on_rerun(tmp_path)
     print(f"quickstart: {took:.0f} s; held-out accuracy {result['before']:.2f} -> {result['after']:.2f}")
 
     # Before: the random model is no better than the 40% bar. After: it recognises the drawn dishes on
-    # held-out photos far above chance (25%). The bar is 90%; the shipped CPU run reaches about
-    # 70% (seed 0; 59-81% over seeds, docs/TRAINING.md), so this asserts what holds: at least 50%.
+    # held-out photos and answers the question asked about them: at least 90% (chance: 25%; the shipped
+    # CPU run gives 94% on 2 cores, 92-97% over seeds of the tiny model and data, docs/TRAINING.md).
     assert result["before"] <= 0.40
-    assert result["after"] >= 0.50 and result["after"] >= result["before"] + 0.40
+    assert result["after"] >= 0.90
     assert overall["base"]["n"] == overall["tuned"]["n"] >= 200
     # The merged checkpoint is a standard folder, the chart a real PNG, the demo command names both models.
     assert (Path(result["merged"]) / "config.json").is_file()

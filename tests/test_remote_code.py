@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from foodie.remote_code.conversation import get_conv_template
+from foodie.tiny_model import TINY_VISION
+
+TILE = TINY_VISION['image_size']  # the tiny model's tile side (InternVL2-2B: 448)
 
 SYSTEM = '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。'
 GREEDY = dict(max_new_tokens=8, do_sample=False)
@@ -22,7 +25,7 @@ def loaded(tiny_model_dir):
 
 
 def tiles(n, seed=0):
-    return torch.randn(n, 3, 448, 448, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(n, 3, TILE, TILE, generator=torch.Generator().manual_seed(seed))
 
 
 def image_prompt(model, tokenizer, questions_and_tiles):
@@ -45,7 +48,7 @@ def test_loads_as_internvl_chat_model(loaded):
     assert type(model).__name__ == 'InternVLChatModel'
     assert type(model.language_model).__name__ == 'InternLM2ForCausalLM'
     assert type(model.vision_model).__name__ == 'InternVisionModel'
-    assert model.num_image_token == 256  # 448 / 14 = 32 -> pixel shuffle 0.5 -> 16 x 16
+    assert model.num_image_token == (TILE // 14) ** 2 // 4  # patches per side, then pixel shuffle 0.5: 64 (2B: 256)
     assert model.template == 'internlm2-chat' and model.system_message == SYSTEM
     assert model.config.llm_config.attn_implementation == 'eager'  # the official fallback is the default
     # untied output head (InternVL2-2B's llm_config: tie_word_embeddings false)
@@ -142,7 +145,7 @@ def test_image_tokens_replace_img_context_embeddings(loaded):
     with torch.no_grad():
         a = model(pixel_values=tiles(1, seed=5), input_ids=input_ids, attention_mask=attention_mask).logits
         b = model(pixel_values=tiles(1, seed=6), input_ids=input_ids, attention_mask=attention_mask).logits
-        flagged = model(pixel_values=torch.cat([torch.zeros(1, 3, 448, 448), tiles(1, seed=5)]), input_ids=input_ids,
+        flagged = model(pixel_values=torch.cat([torch.zeros(1, 3, TILE, TILE), tiles(1, seed=5)]), input_ids=input_ids,
                         attention_mask=attention_mask, image_flags=torch.tensor([0, 1])).logits
     assert not torch.allclose(a, b)
     torch.testing.assert_close(flagged, a)
@@ -246,11 +249,12 @@ def test_pixel_shuffle_v2_folds_2x2_patches(loaded):
 
 def test_vision_model_interpolates_positions_for_other_tile_sizes(loaded):
     model, _ = loaded
+    other = 2 * TILE  # position embeddings are trained for TILE; twice the side needs interpolation
     with torch.no_grad():
-        out = model.vision_model(pixel_values=torch.randn(1, 3, 224, 224)).last_hidden_state
-        full = model.vision_model(pixel_values=tiles(1)).last_hidden_state
-    assert out.shape == (1, 16 * 16 + 1, model.config.vision_config.hidden_size)
-    assert full.shape == (1, 32 * 32 + 1, model.config.vision_config.hidden_size)
+        out = model.vision_model(pixel_values=torch.randn(1, 3, other, other)).last_hidden_state
+        native = model.vision_model(pixel_values=tiles(1)).last_hidden_state
+    assert out.shape == (1, (other // 14) ** 2 + 1, model.config.vision_config.hidden_size)
+    assert native.shape == (1, (TILE // 14) ** 2 + 1, model.config.vision_config.hidden_size)
 
 
 def test_dynamic_ntk_rope_enlarges_the_base_past_max_positions(loaded):
@@ -360,7 +364,7 @@ def test_select_layer_and_precomputed_visual_features(loaded):
             earlier = model.extract_feature(pixel_values)
         finally:
             model.select_layer = -1
-    assert earlier.shape == last.shape == (1, 256, model.config.llm_config.hidden_size)
+    assert earlier.shape == last.shape == (1, model.num_image_token, model.config.llm_config.hidden_size)
     assert not torch.allclose(earlier, last)
     with pytest.raises(ValueError, match='IMG_CONTEXT'):  # a prompt without image tokens but an image
         model.generate(pixel_values=pixel_values, input_ids=input_ids[:, :5], **GREEDY)
@@ -376,7 +380,7 @@ def test_forward_single_tile_without_image_flags_keeps_the_loss(tiny_model_dir):
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
     tokens = model.num_image_token
     ids = tok("<img>" + "<IMG_CONTEXT>" * tokens + "</img> 这是什么菜？", return_tensors="pt").input_ids
-    pixels = torch.randn(1, 3, 448, 448)
+    pixels = torch.randn(1, 3, TILE, TILE)
     losses = [model(pixel_values=pixels, input_ids=ids, labels=ids, image_flags=flags).loss
               for flags in (None, torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))]
     assert all(torch.isfinite(l) and l.item() > 0.1 for l in losses)

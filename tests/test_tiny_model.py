@@ -39,12 +39,12 @@ def test_config_json_matches_internvl2_2b_layout(tiny_model_dir):
     assert {k: config[k] for k in ('template', 'downsample_ratio', 'force_image_size', 'select_layer', 'ps_version',
                                    'dynamic_image_size', 'max_dynamic_patch', 'min_dynamic_patch',
                                    'use_thumbnail')} == {
-        'template': 'internlm2-chat', 'downsample_ratio': 0.5, 'force_image_size': 448, 'select_layer': -1,
+        'template': 'internlm2-chat', 'downsample_ratio': 0.5, 'force_image_size': 224, 'select_layer': -1,
         'ps_version': 'v2', 'dynamic_image_size': True, 'max_dynamic_patch': 12, 'min_dynamic_patch': 1,
         'use_thumbnail': True}
     vision, llm = config['vision_config'], config['llm_config']
     assert vision['model_type'] == 'intern_vit_6b' and vision['architectures'] == ['InternVisionModel']
-    assert (vision['image_size'], vision['patch_size']) == (448, 14)  # 256 tokens per tile, as the real one
+    assert (vision['image_size'], vision['patch_size']) == (224, 14)  # 64 tokens per tile (InternVL2-2B: 448, 256)
     assert llm['model_type'] == 'internlm2' and llm['architectures'] == ['InternLM2ForCausalLM']
     assert llm['rope_scaling'] == {'type': 'dynamic', 'factor': 2.0}
     assert llm['num_attention_heads'] > llm['num_key_value_heads']  # grouped-query attention is exercised
@@ -179,7 +179,7 @@ def test_xtuner_dataset_reads_the_checkpoint(tiny_model_dir, tmp_path):
     from PIL import Image
     from xtuner.utils import PROMPT_TEMPLATE
 
-    Image.new('RGB', (900, 450), (200, 120, 40)).save(tmp_path / 'dish.jpg')
+    Image.new('RGB', (400, 200), (200, 120, 40)).save(tmp_path / 'dish.jpg')  # 2x1 tiles of 224 px
     rows = [{'id': '1', 'image': 'dish.jpg', 'conversations': [
         {'from': 'human', 'value': '<image>\n这道菜是什么？'}, {'from': 'gpt', 'value': '北京烤鸭'}]}]
     (tmp_path / 'data.json').write_text(json.dumps(rows, ensure_ascii=False))
@@ -188,9 +188,9 @@ def test_xtuner_dataset_reads_the_checkpoint(tiny_model_dir, tmp_path):
         data_paths=str(tmp_path / 'data.json'), image_folders=str(tmp_path), max_length=8192)
     item = dataset[0]
     tiles = item['pixel_values'].shape[0]
-    assert item['pixel_values'].shape[1:] == (3, 448, 448) and tiles == 3  # 2x1 grid + thumbnail
+    assert item['pixel_values'].shape[1:] == (3, 224, 224) and tiles == 3  # 2x1 grid + thumbnail
     tokenizer = dataset.tokenizer
-    assert item['input_ids'].count(tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')) == 256 * tiles
+    assert item['input_ids'].count(tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')) == 64 * tiles
     assert item['input_ids'][:2] == tokenizer.convert_tokens_to_ids(['<s>', '<|im_start|>'])
     answer = [i for i, label in zip(item['input_ids'], item['labels']) if label != -100]
     assert tokenizer.decode(answer) == '北京烤鸭<|im_end|>'

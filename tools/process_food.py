@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa  # noqa: E402
 from foodie.foodieqa import TASKS, FoodieQAError  # noqa: E402
+from foodie.image_tiling import tiling_of  # noqa: E402
 from foodie.paths import demo_data_dir, work_dir  # noqa: E402
 from foodie.prompts import ANSWER_STYLES  # noqa: E402
 
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-image-check", action="store_true", help="skip decoding every image (faster, less safe)")
     ap.add_argument("--max-length", type=int, default=8192, help="flag samples longer than this (default: %(default)s)")
     ap.add_argument("--max-tiles", type=int, default=12, help="tiles per image for the token budget (default: %(default)s)")
-    ap.add_argument("--tokenizer", type=Path, help="model folder whose tokenizer counts text tokens exactly")
+    ap.add_argument("--tokenizer", type=Path, help="model folder whose tokenizer and tile size "
+                    "(config.json) count tokens exactly and size the multi-image collages")
     ap.add_argument("--workers", type=int, default=2, help="threads for image checks (default: %(default)s)")
     args = ap.parse_args(argv)
 
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     if args.tokenizer:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer), trust_remote_code=True)
+        opts.tile_size, opts.image_tokens_per_tile = tiling_of(args.tokenizer)
     from tqdm import tqdm
     start = time.perf_counter()
     try:

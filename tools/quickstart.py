@@ -172,8 +172,9 @@ class Pipeline:
         self.console.print(f"[bold]internvl-foodie quickstart[/] — model {self.model}, data {self.data_root}, "
                            f"config {self.config.relative_to(REPO_ROOT) if self.config.is_relative_to(REPO_ROOT) else self.config}")
         self.stage(1, "inputs", "the model and FoodieQA folders", None, self.prepare_inputs)
+        # The model's config.json and tokenizer set the token counts and the collage tile size of the data.
         data_key = fingerprint("data", self.data_root, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
-                               REPO_ROOT / "foodie" / "prompts.py")
+                               REPO_ROOT / "foodie" / "prompts.py", self.model / "config.json")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
         base_key = fingerprint("base", data_key, self.model / "config.json", self.max_tiles)
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
