@@ -33,7 +33,8 @@ t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 
     $PY tools/process_food.py --data-root "$w/foodieqa" --out "$w/xtuner" --seed "$seed" >> "$w/log.txt" 2>&1
     local t0=$SECONDS
     $PY tools/train.py --config xtuner_configs/internvl_v2_tiny_lora_cpu.py --work-dir "$w/train" -- \
-      --cfg-options optim_wrapper.optimizer.lr="$LR" max_iters="$ITERS" train_cfg.max_iters="$ITERS" param_scheduler.1.end="$ITERS" >> "$w/log.txt" 2>&1
+      --cfg-options optim_wrapper.optimizer.lr="$LR" train_cfg.max_iters="$ITERS" param_scheduler.1.end="$ITERS" \
+      >> "$w/log.txt" 2>&1
     local train_s=$((SECONDS - t0))
     $PY - "$w" "$spec" "$train_s" >> "$w/log.txt" 2>&1 <<'PY'
 import sys

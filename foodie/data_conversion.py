@@ -64,8 +64,9 @@ class ConversionOptions:
     max_length: int = 8192  # samples longer than this are counted in the summary (XTuner truncates them)
     min_tiles: int = MIN_TILES
     max_tiles: int = MAX_TILES
-    # The model's tile side and LLM tokens per tile (InternVL2-2B: 448 px, 256); process_food reads them from
-    # the checkpoint's config.json (foodie.image_tiling.tiling_of) when given one (--tokenizer). They size collage cells and token counts.
+    # The model's tile side and LLM tokens per tile (InternVL2-2B: 448 px, 256); process_food reads them from the
+    # checkpoint's config.json (foodie.image_tiling.tiling_of) when given one (--tokenizer). They size the
+    # multi-image collages' cells and the token counts.
     tile_size: int = IMAGE_SIZE
     image_tokens_per_tile: int = tokens_per_tile()
     workers: int = 2

@@ -189,7 +189,8 @@ def make_config(vocab_size: int = TINY_VOCAB_SIZE, full_size: bool = False):
                          'AutoModel': 'modeling_internlm2.InternLM2ForCausalLM',
                          'AutoModelForCausalLM': 'modeling_internlm2.InternLM2ForCausalLM'})
     config = InternVLChatConfig(
-        vision_config=vision, llm_config=llm, select_layer=-1, force_image_size=vision['image_size'], downsample_ratio=0.5,
+        vision_config=vision, llm_config=llm, select_layer=-1, force_image_size=vision['image_size'],
+        downsample_ratio=0.5,
         template='internlm2-chat', dynamic_image_size=True, use_thumbnail=True, ps_version='v2',
         min_dynamic_patch=1, max_dynamic_patch=12, torch_dtype='bfloat16', tie_word_embeddings=False,
         architectures=['InternVLChatModel'],

@@ -255,7 +255,8 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
         items = tqdm(questions, desc="held-out questions")
     with torch.no_grad():
         for q in items:
-            pixel_values = load_image(Path(root) / q.images[0], input_size=tile_size, max_num=tiles).to(model.model.dtype)
+            pixel_values = load_image(Path(root) / q.images[0], input_size=tile_size, max_num=tiles)
+            pixel_values = pixel_values.to(model.model.dtype)
             reply = model.model.chat(tokenizer, pixel_values, q.prompt,
                                      dict(max_new_tokens=max_new_tokens, do_sample=False))
             pred = parse_choice(reply, q.choices)
