@@ -4,13 +4,14 @@
 # (tools/train.py), then held-out SIVQA accuracy of the untrained and the trained model
 # (foodie.training.checkpoint_accuracy). Variables (all optional) change one thing from the shipped defaults:
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
-#   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=448 (tile side, px)  ITERS=1000
+#   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=224 (tile side, px)  ITERS=2500  WARMUP=100
 # The quickstart and CI use seed 0 with the defaults; other seeds show how much of the margin is luck.
 #
 #   bash bench/tiny_learning_seeds.sh OUT_DIR base:0 base:1 std0.2:0:STD=0.2      # runs in parallel
 #
-# On a GPU the float32 CPU config runs 1,000 iterations in about 70 s per run (4 runs side by side with
-# OMP_NUM_THREADS=4 on 16 cores); the dynamics are the CPU's up to rounding.
+# On the device machine (H200, 16 cores; `source bench/gpu_env.sh`, OMP_NUM_THREADS=2) 8 runs side by side
+# take about 3.5 minutes for 2,000 iterations each; the dynamics are the CPU's up to rounding. On this 2-core
+# machine run two at a time with OMP_NUM_THREADS=1 (about 5 minutes for 2,500 iterations each).
 set -euo pipefail
 out=${1:?output folder}; shift
 PY=${PY:-python}
@@ -21,7 +22,7 @@ run_one() {
   local w="$out/$name-s$seed"
   mkdir -p "$w"
   (
-    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=448 ITERS=1000
+    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
     $PY -c "import sys; sys.path.insert(0, '.'); import foodie.tiny_model as t
@@ -34,6 +35,7 @@ t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 
     local t0=$SECONDS
     $PY tools/train.py --config xtuner_configs/internvl_v2_tiny_lora_cpu.py --work-dir "$w/train" -- \
       --cfg-options optim_wrapper.optimizer.lr="$LR" train_cfg.max_iters="$ITERS" param_scheduler.1.end="$ITERS" \
+      param_scheduler.0.end="$WARMUP" \
       >> "$w/log.txt" 2>&1
     local train_s=$((SECONDS - t0))
     $PY - "$w" "$spec" "$train_s" >> "$w/log.txt" 2>&1 <<'PY'

@@ -99,12 +99,34 @@ def browser():
         b.close()
 
 
+def long_follow_up(first_question: str, first_max_new_tokens: int) -> str:
+    """A follow-up question the served model (the embedded default, greedy) answers at length.
+
+    Random weights decide when a greedy answer ends: one question runs for hundreds of tokens, another
+    ends after a few. The Stop test needs a long one, so it asks the same backend the page uses (same
+    conversation) instead of assuming the draw of the tiny model."""
+    from foodie.inference import GenerationParams, Message, load_backend
+    from foodie.paths import tiny_model_dir
+
+    backend = load_backend(tiny_model_dir(), backend="transformers")
+    first = [Message("user", first_question)]
+    first_answer = backend.generate([first], GenerationParams(max_new_tokens=first_max_new_tokens))[0]
+    history = first + [Message("assistant", first_answer)]
+    candidates = ["Tell me everything about it.", "Tell me more.", "Go on.", "And then?", "What else?",
+                  "Describe it in detail, please."]
+    for question in candidates:
+        reply = backend.generate([history + [Message("user", question)]], GenerationParams(max_new_tokens=64))[0]
+        if len(reply) > 100:
+            return question
+    pytest.fail(f"the embedded model ends every follow-up in {candidates} within 64 tokens: add a question")
+
+
 def open_page(browser, url, max_new_tokens=48):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#gallery-0 img", timeout=30_000)
-    # Shorter answers keep the test fast (a random-weight model rarely stops on its own).
+    # Shorter answers keep the test fast (a random-weight model often runs on to the token limit).
     tokens = page.locator("#max-new-tokens input[type='number']")
     tokens.fill(str(max_new_tokens))
     tokens.press("Enter")
@@ -277,7 +299,7 @@ def test_regenerate_and_stop_in_the_browser(server, browser):
         tokens = page.locator("#max-new-tokens input[type='number']")
         tokens.fill("2048")
         tokens.press("Enter")
-        ask(page, "Tell me everything about it.")
+        ask(page, long_follow_up("What is Peking duck?", 24))
         page.wait_for_function(f"() => {{ const b = document.querySelectorAll('#chat-model {BOT}'); "
                                f"return b.length === 2 && b[1].innerText.length > 20; }}", timeout=30_000)
         page.locator("#stop").dispatch_event("click")  # no wait for layout: the chat is busy re-rendering

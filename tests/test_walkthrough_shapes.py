@@ -33,21 +33,24 @@ def shapes(out: str) -> dict[str, list[int]]:
 def test_shapes_follow_the_config(tiny_model_dir, tmp_path, capsys):
     cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
     vit, llm = cfg["vision_config"]["hidden_size"], cfg["llm_config"]["hidden_size"]
+    tile = cfg["force_image_size"]
+    side = tile // cfg["vision_config"]["patch_size"]  # patches per tile side (InternVL2-2B: 448 / 14 = 32)
+    tokens = (side // 2) ** 2  # after the 0.5 pixel shuffle (InternVL2-2B: 256)
     img = tmp_path / "wide.png"
     Image.new("RGB", (1600, 400), (200, 120, 40)).save(img)  # aspect 4 -> 4x1 grid + thumbnail with 4 tiles max
     assert walk.main(["--model", str(tiny_model_dir), "--image", str(img), "--max-tiles", "4"]) == 0
     out = capsys.readouterr().out
     s = shapes(out)
-    assert s["pixel_values"] == [5, 3, 448, 448]
-    assert s["InternViT output"] == [5, 1 + 32 * 32, vit]
-    assert s["as a grid"] == [5, 32, 32, vit]
-    assert s["pixel_shuffle"] == [5, 16, 16, 4 * vit]
-    assert s["flatten"] == [5, 256, 4 * vit]
-    assert s["mlp1"] == [5, 256, llm]
+    assert s["pixel_values"] == [5, 3, tile, tile]
+    assert s["InternViT output"] == [5, 1 + side * side, vit]
+    assert s["as a grid"] == [5, side, side, vit]
+    assert s["pixel_shuffle"] == [5, side // 2, side // 2, 4 * vit]
+    assert s["flatten"] == [5, tokens, 4 * vit]
+    assert s["mlp1"] == [5, tokens, llm]
     n_prompt = s["input_ids"][1]
     assert s["inputs_embeds"] == [1, n_prompt, llm]
     assert s["logits"] == [1, n_prompt, cfg["llm_config"]["vocab_size"]]
-    assert f"{5 * 256} of them are <IMG_CONTEXT>" in out
+    assert f"{5 * tokens} of them are <IMG_CONTEXT>" in out
     assert "gives the same tensor as the steps above: True" in out
 
 
