@@ -34,7 +34,7 @@ def test_quickstart_runs_the_course_and_skips_finished_stages_on_rerun(tmp_path)
 
     # Before: the random model is no better than the 40% bar. After: it recognises the drawn dishes on
     # held-out photos and answers the question asked about them: at least 90% (chance: 25%; the shipped
-    # CPU run gives 94% on 2 cores, 92-97% over seeds of the tiny model and data, docs/TRAINING.md).
+    # CPU run gives 92.6% on 2 cores, 93-99% over five seeds of the tiny model and data, docs/TRAINING.md).
     assert result["before"] <= 0.40
     assert result["after"] >= 0.90
     assert overall["base"]["n"] == overall["tuned"]["n"] >= 200

@@ -36,7 +36,7 @@ max_length = 2048
 batch_size = 4
 accumulative_counts = 1
 dataloader_num_workers = 0  # 2 cores: workers only add process overhead
-max_iters = 2500  # about 3 minutes on 2 CPU cores; held-out accuracy per seed in docs/TRAINING.md
+max_iters = 2500  # about 4 minutes on 2 CPU cores, start-up included; held-out accuracy per seed in docs/TRAINING.md
 lr = 1e-3  # a random-weight model far from any optimum; LoRA + projector take large steps
 # A random model takes large first steps at lr 1e-3: with a 10-iteration warm-up some seeds of the tiny model
 # settled at 0.61-0.66 held-out, with 100 the same seeds reached 0.93-0.98 (docs/TRAINING.md).
