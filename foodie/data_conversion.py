@@ -297,6 +297,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                                 f"drop {', '.join(missing)} from --tasks")
     split = make_split(data, opts)
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
+
     def image_tokens(w: int, h: int) -> int:
         tiles = num_tiles(w, h, min_num=opts.min_tiles, max_num=opts.max_tiles, image_size=opts.tile_size)
         return tiles * opts.image_tokens_per_tile + 2  # + <img></img>
