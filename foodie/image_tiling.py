@@ -247,17 +247,18 @@ def num_tiles(width: int, height: int, *, min_num: int = MIN_TILES, max_num: int
 
 
 def tiling_of(model_dir: str | os.PathLike) -> tuple[int, int]:
-    """(tile side in pixels, LLM tokens per tile) of an InternVL2 checkpoint folder, from its config.json."""
+    """(tile side in pixels, LLM tokens per tile) of an InternVL2 checkpoint folder, from its config.json,
+    read as the model code reads it (no force_image_size: the ViT's image_size; downsample_ratio default 0.5)."""
     path = Path(model_dir) / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
         vision = config["vision_config"]
         size = int(config.get("force_image_size") or vision["image_size"])
-        return size, tokens_per_tile(size, int(vision["patch_size"]), float(config["downsample_ratio"]))
+        return size, tokens_per_tile(size, int(vision["patch_size"]),
+                                     float(config.get("downsample_ratio", DOWNSAMPLE_RATIO)))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: cannot read the tile geometry (force_image_size or vision_config.image_size, "
-                         f"vision_config.patch_size, downsample_ratio): {e}. Point at an InternVL2 checkpoint "
-                         f"folder") from None
+                         f"vision_config.patch_size): {e}. Point at an InternVL2 checkpoint folder") from None
 
 
 def tokens_per_tile(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE,

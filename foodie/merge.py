@@ -816,16 +816,14 @@ def probe_image():
     return Image.fromarray(rgb.astype("uint8"), "RGB")
 
 
-def probe_inputs(model_dir: Path, config: dict):
-    """Tokenised probe (chat format, one 448 tile) for the models of ``model_dir``."""
+def probe_inputs(model_dir: Path):
+    """Tokenised probe (chat format, one tile of the checkpoint's size) for the models of ``model_dir``."""
     from transformers import AutoTokenizer
 
-    from foodie.image_tiling import load_image
+    from foodie.image_tiling import load_image, tiling_of
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    size = int(config.get("force_image_size") or config["vision_config"]["image_size"])
-    patch = int(config["vision_config"]["patch_size"])
-    tokens = int((size // patch) ** 2 * float(config.get("downsample_ratio", 0.5)) ** 2)
+    size, tokens = tiling_of(model_dir)
     pixel_values = load_image(probe_image(), input_size=size, max_num=1)
     prompt = ("<|im_start|>user\n<img>" + IMG_CONTEXT_TOKEN * tokens * pixel_values.shape[0]
               + "</img>\n图片中的食物是什么菜？请说出菜名和菜系。<|im_end|>\n<|im_start|>assistant\n")
@@ -885,8 +883,7 @@ def verify_merged(out_dir: Path, run: Run, plan: MergePlan, trained: TrainedWeig
     probe image + question. Both run in float32, one model in memory at a time. Raises ConvertError above
     the tolerance (default: RELATIVE_TOLERANCE[dtype] x the largest |logit| of the unmerged model, at least 1)."""
     t0 = time.time()
-    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-    tokenizer, pixel_values, enc = probe_inputs(out_dir, config)
+    tokenizer, pixel_values, enc = probe_inputs(out_dir)
     log(f"[verify] probe: one {pixel_values.shape[-1]}px tile + question, {enc['input_ids'].shape[1]} tokens")
 
     log("[verify] 1/2 base model + LoRA, unmerged (float32): loading, probing with and without the adapters")
