@@ -343,6 +343,9 @@ def test_cli(tmp_path):
     assert r.returncode == 2 and "not a folder" in r.stderr and not (tmp_path / "out2").exists()
     r = run_cli("--data-root", src, "--out", tmp_path / "out3", "--tasks", "sivqa,pictures")
     assert r.returncode == 2 and "tasks must be" in r.stderr
+    r = run_cli("--data-root", src, "--out", tmp_path / "out4", "--tokenizer", tmp_path / "src")  # not a model
+    assert r.returncode == 2 and "config.json" in r.stderr and "InternVL2 checkpoint folder" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out4").exists()
 
 
 def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tiny_model_dir, monkeypatch):

@@ -73,9 +73,13 @@ def main(argv=None) -> int:
                              max_tiles=args.max_tiles, workers=args.workers)
     tokenizer = None
     if args.tokenizer:
+        try:  # the config first: it names what is wrong with the folder, AutoTokenizer would not
+            opts.tile_size, opts.image_tokens_per_tile = tiling_of(args.tokenizer)
+        except ValueError as e:
+            print(f"error: --tokenizer: {e}", file=sys.stderr)
+            return 2
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer), trust_remote_code=True)
-        opts.tile_size, opts.image_tokens_per_tile = tiling_of(args.tokenizer)
     from tqdm import tqdm
     start = time.perf_counter()
     try:
