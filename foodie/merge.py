@@ -693,9 +693,13 @@ def write_merged_weights(plan: MergePlan, trained: TrainedWeights, out_dir: Path
 # 7. the rest of the folder
 
 
-def write_config(base_dir: Path, out_dir: Path, dtype: torch.dtype) -> None:
-    """The base config.json with torch_dtype set to the saved dtype (top level and both sub-configs)."""
+def write_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, max_dynamic_patch: int | None = None) -> None:
+    """The base config.json with torch_dtype set to the saved dtype (top level and both sub-configs) and,
+    when the training config set one, the tile budget it trained with (``max_dynamic_patch``): the demo
+    and evaluation read it from the checkpoint, so the merged model is served as it was trained."""
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    if max_dynamic_patch is not None:
+        config["max_dynamic_patch"] = int(max_dynamic_patch)
     name = str(dtype).replace("torch.", "")
     config["torch_dtype"] = name
     for sub in ("vision_config", "llm_config"):
@@ -1011,7 +1015,7 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
         out = staging / save_dir.name
         out.mkdir()
         t1 = time.time()
-        write_config(base_dir, out, out_dtype)
+        write_config(base_dir, out, out_dtype, run.summary.get("max_dynamic_patch"))
         copy_support_files(base_dir, out)
         counts = write_merged_weights(plan, trained, out, out_dtype, max_bytes, progress)
         seconds["merge"] = round(time.time() - t1, 1)

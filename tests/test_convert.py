@@ -92,6 +92,15 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
             "configuration_internvl_chat.py", "conversation.py", PROVENANCE_FILE} <= names
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "internvl_chat" and config["torch_dtype"] == "bfloat16"
+    # The tile budget the run trained with (the CPU config: 1; the base says 12) is the merged model's own,
+    # so the demo and evaluation serve it as trained without a flag.
+    from mmengine.config import Config
+
+    from foodie.inference import load_backend
+    trained_tiles = Config.fromfile(str(CPU_CONFIG)).max_dynamic_patch
+    base_tiles = json.loads((Path(os.environ["FOODIE_MODEL"]) / "config.json").read_text())["max_dynamic_patch"]
+    assert config["max_dynamic_patch"] == trained_tiles != base_tiles
+    assert load_backend(out, backend="transformers").max_tiles == trained_tiles
 
     ckpt = check_checkpoint(out)  # foodie.publish: loadable official checkpoint, no LoRA tensors, no pickle
     assert ckpt.dtypes == ["BF16"]
