@@ -5,15 +5,18 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(PROFILE)
 # Embedded default unless MODEL / DATA point at the real InternVL2-2B checkpoint / FoodieQA folder.
+# TRAIN_DATA: train on this (e.g. your photos, tools/photos_to_foodieqa.py) and evaluate on all of DATA.
 MODEL   ?=
 DATA    ?=
+TRAIN_DATA ?=
+ACCEPT_FOODIEQA_TERMS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv quickstart test test-fast train convert gpu-profile-check clean-work
 
 help:
 	@echo "make quickstart  - build the embedded tiny model + synthetic FoodieQA and run the whole course on them"
-	@echo "                   (real job: make quickstart MODEL=/path/InternVL2-2B DATA=/path/FoodieQA)"
+	@echo "                   (real job: make quickstart MODEL=/path/InternVL2-2B TRAIN_DATA=/path/my-photos DATA=/path/FoodieQA)"
 	@echo "make test        - run the test suite (creates the environment when missing)"
 	@echo "make train       - xtuner train with a clear failure message (see tools/train.py --help)"
 	@echo "make convert     - merge the newest checkpoint into an official InternVL2 folder, verified (OUT=work/merged)"
@@ -36,7 +39,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 quickstart: $(STAMP)
-	$(PY) tools/quickstart.py $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data-root $(DATA)) $(QUICKSTART_ARGS)
+	$(PY) tools/quickstart.py $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data-root $(DATA)) \
+		$(if $(TRAIN_DATA),--train-data $(TRAIN_DATA)) $(if $(ACCEPT_FOODIEQA_TERMS),--accept-foodieqa-terms) $(QUICKSTART_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

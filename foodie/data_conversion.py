@@ -40,6 +40,7 @@ from foodie import prompts
 from foodie.atomic import atomic_path
 from foodie.foodieqa import TASKS, UNKNOWN, FoodieQA, QAItem, load_foodieqa
 from foodie.image_tiling import IMAGE_SIZE, MAX_TILES, MIN_TILES, num_tiles, open_image, tokens_per_tile
+from foodie.terms import describe_source
 
 FORMAT_VERSION = 1
 LANG_CHOICES = ("zh", "en", "both")
@@ -274,12 +275,17 @@ def _token_stats(values: list[int]) -> dict:
 
 def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts: ConversionOptions | None = None, *,
                      tokenizer=None, progress: Callable[[Iterable, str, int], Iterable] | None = None,
-                     data: FoodieQA | None = None) -> ConversionResult:
+                     data: FoodieQA | None = None, source: dict | None = None,
+                     eval_only: bool = False) -> ConversionResult:
     """Convert a FoodieQA folder; see the module docstring for what is written.
 
     ``tokenizer``: a Hugging Face tokenizer to count text tokens exactly (else estimated).
     ``progress``: wraps long loops, e.g. ``lambda it, desc, total: tqdm(it, desc=desc, total=total)``.
     ``data``: an already loaded ``FoodieQA`` (skips reading and checking it again).
+    ``source``: where the data came from and under which terms (``foodie.terms.describe_source``; worked out
+    from the folder when not given), recorded in summary.json for the training run, the merge and publishing.
+    ``eval_only``: every question goes to held_out.json and no train.json is written (FoodieQA's terms allow
+    evaluation only).
     """
     opts = opts or ConversionOptions()
     opts.validate()
@@ -295,7 +301,9 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
     if missing:
         raise FileNotFoundError(f"{data.root}: no {', '.join(f'{t}_tidy.json' for t in missing)}; "
                                 f"drop {', '.join(missing)} from --tasks")
-    split = make_split(data, opts)
+    split = make_split(data, opts) if not eval_only else Split(
+        set(data.image_paths()), {t: [] for t in TASKS}, {t: list(getattr(data, t)) for t in TASKS},
+        {t: [] for t in TASKS}, {p: f"image:{p}" for p in data.image_paths()})
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
 
     def image_tokens(w: int, h: int) -> int:
@@ -377,7 +385,10 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
             "question_ids": {t: [it.question_id for it in split.held_out[t]] for t in TASKS if t in data.files},
             "items": {t: [it.raw for it in split.held_out[t]] for t in TASKS if t in data.files},
         }
-        _dump(tmp / "train.json", samples, indent=1)
+        summary["source"] = source or describe_source(data.root)
+        summary["eval_only"] = eval_only
+        if not eval_only:
+            _dump(tmp / "train.json", samples, indent=1)
         _dump(tmp / "held_out.json", held_out, indent=1)
         _dump(tmp / "summary.json", summary, indent=2)
         (tmp / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
@@ -438,6 +449,12 @@ def summary_markdown(s: dict) -> str:
              f"Images: {s['images']['total']} total, {s['images']['train']} train, {s['images']['held_out']} held out "
              f"(no image in both); {s['images']['normalised_copies']} upright/RGB copies written for training.", "",
              "| task | train | held out | dropped (images in both splits) |", "|---|---:|---:|---:|"]
+    src = s.get("source")
+    if src:
+        terms = ("; its terms allow evaluation only (training acknowledged: "
+                 f"{'yes' if src.get('terms_accepted') else 'no'})" if src.get("terms") else "")
+        lines.insert(3, f"Source: {src['name']}; licence: {src['licence']}{terms}"
+                        + ("; evaluation only: no training data written" if s.get("eval_only") else "") + "  ")
     for t, c in s["items"].items():
         lines.append(f"| {t} | {c['train']} | {c['held_out']} | {c['dropped_straddling']} |")
     lines += ["", f"Training samples: {s['train_samples']}", "", "## Per cuisine", "",

@@ -735,37 +735,29 @@ def default_generation_config(out_dir: Path) -> dict:
             "pad_token_id": config.get("pad_token_id", eos)}
 
 
-def is_synthetic_foodieqa(folder: Path) -> bool:
-    """tools/make_demo_data.py leaves its recipe file and a README titled "Synthetic FoodieQA"."""
-    from foodie.synthetic_data import RECIPE_FILE
-
-    if (folder / RECIPE_FILE).is_file():
-        return True
-    try:
-        return (folder / "README.md").read_text(encoding="utf-8").startswith("# Synthetic FoodieQA")
-    except OSError:
-        return False
-
-
 def describe_data(run: Run) -> dict:
-    """What the run trained on, from process_food's summary.json beside the training data."""
+    """What the run trained on: process_food's summary.json as tools/train.py kept it in the work dir
+    (foodie.terms.DATA_SOURCE_FILE), else the one beside the training data now."""
+    from foodie.terms import DATA_SOURCE_FILE, describe_source
+
     if not run.data_path:
         return {}
-    root = Path(run.data_path).parent
     data: dict = {"path": _display(Path(run.data_path))}
-    summary_path = root / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    for summary_path in (run.work_dir / DATA_SOURCE_FILE, Path(run.data_path).parent / "summary.json"):
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            continue
+    else:
         return data
-    source = Path(summary.get("data_root", ""))
-    synthetic = is_synthetic_foodieqa(source)
+    # summaries written before the source was recorded: work it out from the folder (FoodieQA unless marked)
+    source = summary.get("source") or describe_source(summary.get("data_root", ""))
     tasks = summary.get("options", {}).get("tasks") or list(summary.get("items", {}))
     items = summary.get("items", {})
-    data.update(name="synthetic FoodieQA (tools/make_demo_data.py)" if synthetic else "lyan62/FoodieQA",
-                synthetic=synthetic, source=str(source),
-                train_questions=summary.get("train_samples"),
+    data.update(source, train_questions=summary.get("train_samples"),
                 held_out=sum(int(items.get(t, {}).get("held_out", 0)) for t in tasks))
+    data["source"] = data.pop("root")
     return data
 
 

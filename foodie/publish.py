@@ -7,8 +7,9 @@ The steps, each its own function:
                           (``model_type: internvl_chat`` with ``auto_map``), safetensors weights (a complete
                           index when sharded, no LoRA tensors left), tokenizer files, the remote-code ``.py``
                           files that ``auto_map`` names (and the modules they import), no pickle files.
-3. ``check_licence``      FoodieQA is CC BY-NC-ND 4.0: a model trained on it is published only with an
-                          explicit acknowledgement.
+3. ``check_licence``      FoodieQA's terms (foodie.terms: research only, non-commercial, evaluation only, CC
+                          BY-NC-ND 4.0): a model trained on it is published only with an explicit
+                          acknowledgement; one trained on synthetic data or the user's own photos needs none.
 4. ``render_card``        README.md with the hub's YAML metadata, training summary, evaluation table,
                           usage (transformers, LMDeploy) and limitations; written into the checkpoint folder.
 5. ``upload_hf`` / ``upload_modelscope``   through the hubs' own clients.
@@ -26,13 +27,15 @@ it if present (and publishes it with the model); every key is optional::
       "checkpoint": "work/runs/x/iter_500.pth",
       "date": "2026-11-26T01:23:45Z",
       "lora": {"r": 128, "alpha": 256, "dropout": 0.05, "targets": "all LLM linear layers"},
-      "data": {"name": "lyan62/FoodieQA", "synthetic": false, "train_questions": 200, "held_out": 56},
+      "data": {"kind": "foodieqa", "name": "lyan62/FoodieQA", "licence": "CC BY-NC-ND 4.0",
+               "terms_accepted": true, "train_questions": 200, "held_out": 56},
       "trained": {"vision_model": "frozen", "mlp1": "full", "language_model": "LoRA"}
     }
 
 Without the note the card says the training setup is unrecorded, and the model counts as trained on
-FoodieQA (the licence check applies). ``"data": {"synthetic": true}`` (or ``"synthetic": true`` at the
-top level) marks a model trained on synthetic data only.
+FoodieQA (the licence check applies). ``"data": {"kind": "synthetic" | "own-photos"}`` (process_food's source
+record, foodie.terms.describe_source; older notes: ``"synthetic": true``) marks a model trained on synthetic
+data or on the publisher's own photos only.
 
 Tokens come from the hubs' usual places (``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` / ``hf auth login``;
 ``MODELSCOPE_API_TOKEN`` / ``modelscope login``). They are passed to the clients and never printed, logged
@@ -55,6 +58,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from foodie.atomic import write_text
+from foodie.terms import (ACCEPT_FLAG, FOODIEQA_ID, FOODIEQA_LICENCE, FOODIEQA_LICENCE_NAME, FOODIEQA_LICENCE_URL,
+                          FOODIEQA_URL, OWN_PHOTOS, TERMS_EN, TERMS_ZH)
+from foodie.terms import trained_on_foodieqa as _data_is_foodieqa
 
 COURSE_NAME_PART = "InternVL"
 CARD_FILE = "README.md"
@@ -64,11 +70,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SKIPPED_NAMES = {"__pycache__", ".git", ".cache", ".ms_upload_cache"}
 DEFAULT_BASE_MODEL = "OpenGVLab/InternVL2-2B"
 BASE_MODEL_LICENCE = "mit"  # OpenGVLab/InternVL2-2B's card (its InternLM2 part is Apache-2.0)
-FOODIEQA_ID = "lyan62/FoodieQA"
-FOODIEQA_LICENCE = "cc-by-nc-nd-4.0"
-FOODIEQA_LICENCE_NAME = "CC BY-NC-ND 4.0"
-FOODIEQA_LICENCE_URL = "https://creativecommons.org/licenses/by-nc-nd/4.0/"
-ACK_FLAG = "--i-accept-foodieqa-license"
+ACK_FLAG = ACCEPT_FLAG  # the same flag as tools/process_food.py's
+OLD_ACK_FLAG = "--i-accept-foodieqa-license"  # still accepted
 LMDEPLOY_TEMPLATE = "internvl2-internlm2"
 HF_HUB, MODELSCOPE_HUB = "hf", "modelscope"
 HUBS = (HF_HUB, MODELSCOPE_HUB)
@@ -374,28 +377,33 @@ def read_provenance(root: Path) -> dict | None:
 
 
 def trained_on_foodieqa(provenance: dict | None) -> bool:
-    """True unless the provenance note says the training data was synthetic only."""
+    """True unless the provenance note says the training data was synthetic or the publisher's own photos."""
     if not provenance:
         return True
-    data = provenance.get("data")
     if provenance.get("synthetic") is True:
         return False
-    if isinstance(data, dict) and data.get("synthetic") is True:
-        return False
-    return True
+    return _data_is_foodieqa(provenance.get("data"))
+
+
+def _trained_on_own_photos(provenance: dict | None) -> bool:
+    data = (provenance or {}).get("data")
+    return isinstance(data, dict) and data.get("kind") == OWN_PHOTOS
 
 
 def check_licence(provenance: dict | None, accepted: bool) -> None:
     if trained_on_foodieqa(provenance) and not accepted:
-        source = (f"its provenance note ({PROVENANCE_FILE}) does not mark the training data as synthetic"
-                  if provenance else f"it has no provenance note ({PROVENANCE_FILE}) saying otherwise")
+        source = (f"its provenance note ({PROVENANCE_FILE}) names FoodieQA, or does not mark the training data as "
+                  "synthetic or your own photos" if provenance
+                  else f"it has no provenance note ({PROVENANCE_FILE}) saying otherwise")
         raise PublishError(
             f"This model counts as trained on FoodieQA ({FOODIEQA_ID}) because {source}.\n"
-            f"FoodieQA is licensed {FOODIEQA_LICENCE_NAME} ({FOODIEQA_LICENCE_URL}): NonCommercial (no commercial "
-            "use) and NoDerivatives (sharing adapted material is not permitted). A model fine-tuned on it may count "
-            "as adapted material, so publishing it is your decision and your responsibility: check the dataset's "
-            "terms (and ask its authors if unsure). The model card will state the licence and restrict use to "
-            "non-commercial research.\n"
+            f"FoodieQA's terms ({FOODIEQA_URL}): research purposes only, no commercial use; EVALUATION ONLY, the "
+            "data may not be used for training models or systems (training needs the authors' permission); "
+            f"attribution; licensed {FOODIEQA_LICENCE_NAME} ({FOODIEQA_LICENCE_URL}): NonCommercial and "
+            "NoDerivatives (sharing adapted material is not permitted). Publishing a model trained on it is your "
+            "decision and your responsibility: do it only with the authors' permission. The model card will state "
+            "the terms and that the model inherits the non-commercial terms.\n"
+            "A model trained on your own photos (tools/photos_to_foodieqa.py) publishes without this.\n"
             f"To publish anyway, re-run with {ACK_FLAG}.")
 
 
@@ -493,7 +501,8 @@ def card_metadata(ckpt: Checkpoint) -> str:
         license=FOODIEQA_LICENCE if foodie else BASE_MODEL_LICENCE,
         datasets=[FOODIEQA_ID] if foodie else None,
         tags=["internvl", "internvl2", "food", "vqa", "lora", "xtuner", "custom_code"]
-        + (["foodieqa"] if foodie else ["synthetic-data"]),
+        + (["foodieqa"] if foodie else ["own-photos"] if _trained_on_own_photos(ckpt.provenance)
+           else ["synthetic-data"]),
     )
     return data.to_yaml()
 
@@ -594,8 +603,10 @@ def render_card(ckpt: Checkpoint, repo_id: str, hub: str, eval_markdown: str | N
     llm = ckpt.config.get("llm_config", {})
     llm_arch = (llm.get("architectures") or [llm.get("model_type", "?")])[0]
     hub_url = "https://huggingface.co" if hub == HF_HUB else "https://modelscope.cn/models"
-    data_phrase = (f"the single-image questions of [FoodieQA](https://huggingface.co/datasets/{FOODIEQA_ID})"
-                   if foodie else "synthetic FoodieQA-style data (no real FoodieQA images or questions)")
+    own = _trained_on_own_photos(ckpt.provenance)
+    data_phrase = (f"questions of [FoodieQA]({FOODIEQA_URL})" if foodie
+                   else "the publisher's own dish photos, as FoodieQA-style questions (tools/photos_to_foodieqa.py)"
+                   if own else "synthetic FoodieQA-style data (no real FoodieQA images or questions)")
     out = ["---", card_metadata(ckpt).rstrip(), "---", CARD_MARKER, "", f"# {name}", "",
            f"[{base}]({hub_url}/{base}) fine-tuned on {data_phrase}: multiple-choice questions about Chinese dishes "
            "asked about a photo. Trained with internvl-foodie (XTuner LoRA, merged into the official InternVL2 "
@@ -603,14 +614,19 @@ def render_card(ckpt: Checkpoint, repo_id: str, hub: str, eval_markdown: str | N
 
     out += ["## Licence", ""]
     if foodie:
-        out += [f"The training data, FoodieQA (`{FOODIEQA_ID}`), is licensed **{FOODIEQA_LICENCE_NAME}** "
-                f"([terms]({FOODIEQA_LICENCE_URL})): attribution, **non-commercial use only**, no derivatives. "
-                "Because this model was trained on it, it is shared on the same terms (the licence field above): "
-                "for non-commercial research and teaching only, not for commercial use. Whether sharing a model "
-                "trained on NoDerivatives data is permitted is for the dataset's authors to say; the publisher "
-                "acknowledged the dataset's licence when publishing. The base model "
+        out += [f"Training data: FoodieQA (`{FOODIEQA_ID}`, [{FOODIEQA_URL}]({FOODIEQA_URL})), licensed "
+                f"**{FOODIEQA_LICENCE_NAME}** ([licence]({FOODIEQA_LICENCE_URL})). Its terms of use (数据集使用条款):", ""]
+        out += [f"{k}. {en} / {zh}" for k, (en, zh) in enumerate(zip(TERMS_EN, TERMS_ZH), 1)]
+        out += ["", "**This model inherits the non-commercial terms** (the licence field above): research and teaching "
+                "only, no commercial use. FoodieQA's terms allow evaluation only, so training on it needs its "
+                "authors' permission, and whether sharing a model trained on NoDerivatives data is permitted is for "
+                "them to say; the publisher acknowledged these terms when publishing. The base model "
                 f"{base} is licensed separately (MIT; its InternLM2 part Apache-2.0).",
                 ""]
+    elif own:
+        out += ["Training data: the publisher's own dish photos (tools/photos_to_foodieqa.py); no FoodieQA data was "
+                f"trained on. The licence follows the base model {base} (MIT; its InternLM2 part Apache-2.0); the "
+                "rights in the photos stay with their owner.", ""]
     else:
         out += [f"Trained on synthetic data only; the licence follows the base model {base} (MIT; its InternLM2 "
                 "part Apache-2.0).", ""]
@@ -646,7 +662,10 @@ def render_card(ckpt: Checkpoint, repo_id: str, hub: str, eval_markdown: str | N
         "It can name a dish confidently and wrongly; regional dishes with few photos are the weakest.",
         "The remote code needs transformers 4.48.0; newer releases fail to load it or to generate.",
     ]
-    if not foodie:
+    if own:
+        limits.insert(0, "Trained on the publisher's own photos: it knows the dishes in them, from those photos only; "
+                         "its accuracy on other photos is what the evaluation section measures.")
+    elif not foodie:
         limits.insert(0, "Trained on synthetic data only: it demonstrates the pipeline and says nothing about real "
                          "food photos.")
     out += ["## Limitations", ""] + [f"- {x}" for x in limits] + [""]

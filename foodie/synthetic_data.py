@@ -228,7 +228,11 @@ def draw_dish(dish: Dish, rng: random.Random) -> Image.Image:
 # Questions
 # ---------------------------------------------------------------------------------------------
 
-def _attr(dish: Dish, qtype: str) -> tuple[str, str]:
+def _attr(dish, qtype: str) -> tuple[str, str] | None:
+    """(zh, en) of one attribute of a dish: a ``Dish`` here, or any object with ``attr(qtype)`` (the user's own
+    dishes, foodie.own_photos), which returns None for an attribute it does not know."""
+    if not isinstance(dish, Dish):
+        return dish.attr(qtype)
     return {
         "dish": (dish.zh, dish.en),
         "cuisine_type": (dish.cuisine.zh, dish.cuisine.en),
@@ -265,15 +269,28 @@ EXTRA_OPTIONS = {
 }
 
 
-def _options(dishes, dish: Dish, qtype: str, answer: int, rng: random.Random) -> tuple[list[str], list[str]]:
+def _distractors(dishes, dish, qtype: str) -> list[tuple[str, str]]:
+    """Wrong options for ``dish``'s ``qtype``: the other dishes' values and EXTRA_OPTIONS, each differing from
+    the answer and from each other in both languages, in a fixed order."""
     correct = _attr(dish, qtype)
     pool, seen_zh, seen_en = [], {correct[0]}, {correct[1]}
-    for zh, en in sorted({_attr(o, qtype) for o in dishes} | set(EXTRA_OPTIONS.get(qtype, []))):
+    values = {v for v in (_attr(o, qtype) for o in dishes) if v is not None}
+    for zh, en in sorted(values | set(EXTRA_OPTIONS.get(qtype, []))):
         if zh not in seen_zh and en not in seen_en:  # options must differ in both languages
             pool.append((zh, en))
             seen_zh.add(zh)
             seen_en.add(en)
-    wrong = rng.sample(pool, 3)
+    return pool
+
+
+def can_ask(dishes, dish, qtype: str) -> bool:
+    """A 4-option question of this type can be asked about ``dish``: it has the attribute, and 3 distractors exist."""
+    return _attr(dish, qtype) is not None and len(_distractors(dishes, dish, qtype)) >= 3
+
+
+def _options(dishes, dish, qtype: str, answer: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    correct = _attr(dish, qtype)
+    wrong = rng.sample(_distractors(dishes, dish, qtype), 3)
     options = wrong[:answer] + [correct] + wrong[answer:]
     return [o[0] for o in options], [o[1] for o in options]
 
@@ -297,6 +314,53 @@ def food_meta(dish: Dish, food_file: str, meta_id: int) -> dict:
         "region_en": dish.cuisine.region_en,
         "main_ingredient": [dish.ingredient_zh],
     }
+
+
+def single_image_questions(dishes, photos, metas: dict, questions_per_photo: int,
+                           rng: random.Random) -> list[dict]:
+    """``questions_per_photo`` questions per (dish, image path) in ``photos``, of different types (rotating over
+    QUESTION_TYPES, skipping types the dish cannot be asked), answers spread evenly over A-D."""
+    sivqa = []
+    asked = [(dish, rel, k) for dish, rel in photos for k in range(questions_per_photo)]
+    answers = _balanced_answers(len(asked), rng)
+    for n, ((dish, rel, k), answer) in enumerate(zip(asked, answers)):
+        start = n // questions_per_photo + k
+        rotation = [QUESTION_TYPES[(start + j) % len(QUESTION_TYPES)] for j in range(len(QUESTION_TYPES))]
+        qtype = next((t for t in rotation if can_ask(dishes, dish, t)), None)
+        if qtype is None:
+            continue
+        choices, choices_en = _options(dishes, dish, qtype, answer, rng)
+        zh, en = SIVQA_TEMPLATES[qtype]
+        sivqa.append({"question_id": f"sivqa-{n:04d}", "question": zh, "choices": choices, "answer": str(answer),
+                      "question_en": en, "choices_en": choices_en, "food_name": _attr(dish, "dish")[0],
+                      "question_type": qtype, "food_meta": metas[rel]})
+    return sivqa
+
+
+def multi_image_questions(dishes, photos: dict, per_dish: int, rng: random.Random) -> list[dict]:
+    """``per_dish`` "which of these 4 photos ..." questions per dish (needs 4 dishes); ``photos``: dish key ->
+    image paths. Exactly one photo fits; the other three are of dishes that differ in the attribute asked."""
+    mivqa = []
+    mtypes = list(MIVQA_TEMPLATES)
+    total = per_dish * len(dishes)
+    answers = _balanced_answers(total, rng)
+    for n in range(total):
+        dish = dishes[n % len(dishes)]
+        qtype = mtypes[(n // len(dishes)) % len(mtypes)]
+        others = [o for o in dishes if _attr(o, qtype) is not None and _attr(o, qtype) != _attr(dish, qtype)]
+        if _attr(dish, qtype) is None or len(others) < 3:  # too few dishes differ: ask for the dish itself
+            qtype = "dish"
+            others = [o for o in dishes if o != dish]
+        picks = rng.sample(others, 3)
+        answer = answers[n]
+        order = picks[:answer] + [dish] + picks[answer:]
+        zh_attr, en_attr = _attr(dish, qtype)
+        zh, en = MIVQA_TEMPLATES[qtype]
+        mivqa.append({"question_id": f"mivqa-{n:04d}", "question": zh.format(zh=zh_attr),
+                      "question_en": en.format(en=en_attr), "images": [rng.choice(photos[o.key]) for o in order],
+                      "answer": str(answer), "question_type": qtype, "food_name": _attr(dish, "dish")[0],
+                      "food_name_en": _attr(dish, "dish")[1], "food_names": [_attr(o, "dish")[0] for o in order]})
+    return mivqa
 
 
 def pick_dishes(n: int | None = None) -> tuple[Dish, ...]:
@@ -341,41 +405,9 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
             meta_id += 1
             metas[rel] = food_meta(dish, rel, meta_id)
 
-    # Single-image questions: questions_per_photo per photo, of different types (rotating), answers
-    # spread evenly over A-D.
-    sivqa = []
     all_photos = [(dish, rel) for dish in dishes for rel in photos[dish.key]]
-    asked = [(dish, rel, k) for dish, rel in all_photos for k in range(questions_per_photo)]
-    answers = _balanced_answers(len(asked), rng)
-    for n, ((dish, rel, k), answer) in enumerate(zip(asked, answers)):
-        qtype = QUESTION_TYPES[(n // questions_per_photo + k) % len(QUESTION_TYPES)]
-        choices, choices_en = _options(dishes, dish, qtype, answer, rng)
-        zh, en = SIVQA_TEMPLATES[qtype]
-        sivqa.append({"question_id": f"sivqa-{n:04d}", "question": zh, "choices": choices, "answer": str(answer),
-                      "question_en": en, "choices_en": choices_en, "food_name": dish.zh,
-                      "question_type": qtype, "food_meta": metas[rel]})
-
-    # Multi-image questions: 4 photos, exactly one fits.
-    mivqa = []
-    mtypes = list(MIVQA_TEMPLATES)
-    total = mivqa_per_dish * len(dishes)
-    answers = _balanced_answers(total, rng)
-    for n in range(total):
-        dish = dishes[n % len(dishes)]
-        qtype = mtypes[(n // len(dishes)) % len(mtypes)]
-        others = [o for o in dishes if _attr(o, qtype) != _attr(dish, qtype)]
-        if len(others) < 3:  # too few dishes differ in this attribute: ask for the dish itself
-            qtype = "dish"
-            others = [o for o in dishes if o != dish]
-        picks = rng.sample(others, 3)
-        answer = answers[n]
-        order = picks[:answer] + [dish] + picks[answer:]
-        zh_attr, en_attr = _attr(dish, qtype)
-        zh, en = MIVQA_TEMPLATES[qtype]
-        mivqa.append({"question_id": f"mivqa-{n:04d}", "question": zh.format(zh=zh_attr),
-                      "question_en": en.format(en=en_attr), "images": [rng.choice(photos[o.key]) for o in order],
-                      "answer": str(answer), "question_type": qtype, "food_name": dish.zh, "food_name_en": dish.en,
-                      "food_names": [o.zh for o in order]})
+    sivqa = single_image_questions(dishes, all_photos, metas, questions_per_photo, rng)
+    mivqa = multi_image_questions(dishes, photos, mivqa_per_dish, rng)
 
     texts = []
     if textqa:

@@ -155,6 +155,7 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     if plan.resume_from is not None:
         print(f"[train] resuming from {plan.resume_from} (iteration {checkpoint_iter(plan.resume_from)})", flush=True)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    record_data_source(plan.data_path, plan.work_dir)
     log_path = plan.work_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
     before = {p: p.stat().st_mtime_ns for p in list_checkpoints(plan.work_dir)}
     nproc = plan.env.get("NPROC_PER_NODE")
@@ -194,6 +195,19 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
                              + ("\n  after fixing it, continue with: make train RESUME=1"
                                 f" CONFIG={plan.config}" if list_checkpoints(plan.work_dir) else ""))
     return final
+
+
+def record_data_source(data_path: Path, work_dir: Path) -> None:
+    """Keep process_food's summary.json (the data's source, licence and terms; foodie.terms) in the work dir, so
+    the merge names what this run trained on even if the data folder is rebuilt from other data later."""
+    from foodie.atomic import write_text
+    from foodie.terms import DATA_SOURCE_FILE
+
+    summary = Path(data_path).parent / "summary.json"
+    if summary.is_file():
+        write_text(work_dir / DATA_SOURCE_FILE, summary.read_text(encoding="utf-8"))
+    else:
+        (work_dir / DATA_SOURCE_FILE).unlink(missing_ok=True)
 
 
 def describe_checkpoint(ckpt: Path) -> str:

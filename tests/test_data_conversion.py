@@ -336,14 +336,15 @@ def run_cli(*args, cwd=None):
 def test_cli(tmp_path):
     src = write_small(tmp_path / "src")
     r = run_cli("--data-root", src, "--out", tmp_path / "out", "--tasks", "sivqa,textqa", "--style", "letter",
-                "--eval-ratio", "0.1")
+                "--eval-ratio", "0.1", "--accept-foodieqa-terms")  # a hand-written folder counts as FoodieQA
     assert r.returncode == 0, r.stderr
     assert "sivqa: 4 train, 0 held out" in r.stdout and (tmp_path / "out/train.json").is_file()
     r = run_cli("--data-root", tmp_path / "nowhere", "--out", tmp_path / "out2")
     assert r.returncode == 2 and "not a folder" in r.stderr and not (tmp_path / "out2").exists()
     r = run_cli("--data-root", src, "--out", tmp_path / "out3", "--tasks", "sivqa,pictures")
     assert r.returncode == 2 and "tasks must be" in r.stderr
-    r = run_cli("--data-root", src, "--out", tmp_path / "out4", "--tokenizer", tmp_path / "src")  # not a model
+    r = run_cli("--data-root", src, "--out", tmp_path / "out4", "--tokenizer", tmp_path / "src",  # not a model
+                "--accept-foodieqa-terms")
     assert r.returncode == 2 and "config.json" in r.stderr and "InternVL2 checkpoint folder" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out4").exists()
 

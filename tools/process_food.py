@@ -3,6 +3,7 @@
     python tools/process_food.py [--data-root DIR] [--out DIR] [--tasks sivqa,mivqa,textqa]
         [--lang zh|en|both] [--style name|letter|explain|tutorial] [--eval-ratio 0.2] [--seed 0]
         [--split-by image|dish] [--no-stratify] [--skip-bad] [--tokenizer MODEL_DIR]
+        [--eval-only] [--accept-foodieqa-terms]
 
 Defaults: --data-root work/foodieqa-synthetic (make it with tools/make_demo_data.py), --out
 work/foodieqa-xtuner (what xtuner_configs/*food*.py read). Writes train.json (XTuner LLaVA format,
@@ -13,6 +14,14 @@ trained on: no image (or, with --split-by dish, no dish) is in both. Outputs are
 Answer styles: name (default: the dish, then the chosen option by its text, "图中的菜是白切鸡。答案是粤菜。"),
 letter ("B) 粤菜"), explain (the letter answer plus a sentence naming the dish), tutorial (the tutorial's
 "{choice}，图中的菜是{food_name}", for comparison). Why name is the default: foodie/prompts.py answer_text.
+
+FoodieQA's terms (foodie/terms.py): research only, no commercial use, EVALUATION ONLY -- not for training
+models -- attribution, CC BY-NC-ND 4.0. A --data-root in the FoodieQA schema that is neither the synthetic set
+nor a data set of tools/photos_to_foodieqa.py counts as the real FoodieQA: the terms are printed, and
+training data is written only with --accept-foodieqa-terms (training needs the authors' permission);
+--eval-only writes the evaluation manifest (every question in held_out.json, no train.json) without it.
+Pointed at the folder `hf download` wrote, the step unpacks FoodieQA.zip there first (safely).
+summary.json records the source (name, licence, terms, acknowledgement): training, merge and publish read it.
 """
 from __future__ import annotations
 
@@ -26,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa  # noqa: E402
 from foodie.foodieqa import TASKS, FoodieQAError  # noqa: E402
 from foodie.image_tiling import tiling_of  # noqa: E402
+from foodie.foodieqa_download import DownloadError, locate_data_root  # noqa: E402
 from foodie.paths import demo_data_dir, work_dir  # noqa: E402
 from foodie.prompts import ANSWER_STYLES  # noqa: E402
+from foodie.terms import ACCEPT_FLAG, FOODIEQA, TermsNotAccepted, check_training_allowed, describe_source, terms_text  # noqa: E402
 
 
 def default_out() -> Path:
@@ -64,7 +75,25 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", type=Path, help="model folder whose tokenizer and tile size "
                     "(config.json) count tokens exactly and size the multi-image collages")
     ap.add_argument("--workers", type=int, default=2, help="threads for image checks (default: %(default)s)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluation manifest only: every question held out, no train.json (no terms flag needed)")
+    ap.add_argument(ACCEPT_FLAG, dest="accept_terms", action="store_true",
+                    help="write training data from the real FoodieQA, whose terms allow evaluation only: only with "
+                         "the authors' permission")
     args = ap.parse_args(argv)
+    try:
+        args.data_root = locate_data_root(args.data_root, unpack=True)
+        source = describe_source(args.data_root, terms_accepted=args.accept_terms)
+        if source["kind"] == FOODIEQA and args.data_root.is_dir():  # a missing folder: load_foodieqa says so
+            print(terms_text(), flush=True)
+            if not args.eval_only:
+                check_training_allowed(args.data_root, args.accept_terms)
+    except (DownloadError, TermsNotAccepted) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {args.data_root}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
     opts = ConversionOptions(tasks=args.tasks, lang=args.lang, style=args.style, eval_ratio=args.eval_ratio,
                              seed=args.seed, split_by=args.split_by, stratify=not args.no_stratify,
@@ -84,7 +113,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         opts.validate()
-        result = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer,
+        result = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer, source=source,
+                                  eval_only=args.eval_only,
                                   progress=lambda it, desc, total: tqdm(it, desc=desc, total=total, leave=False))
     except FoodieQAError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -102,7 +132,11 @@ def main(argv=None) -> int:
           + (f"; {tk['over_max_length']} over {tk['max_length']}!" if tk["over_max_length"] else ""))
     if s["skipped_bad_items"]:
         print(f"  skipped {len(s['skipped_bad_items'])} problem(s) in bad items: see {result.out / 'summary.md'}")
-    print(f"  train: {result.out / 'train.json'}\n  held-out manifest: {result.out / 'held_out.json'}")
+    print(f"  source: {source['name']} (licence: {source['licence']})"
+          + ("; training on it was acknowledged with " + ACCEPT_FLAG if source.get("terms_accepted") else ""))
+    if not args.eval_only:
+        print(f"  train: {result.out / 'train.json'}")
+    print(f"  {'evaluation' if args.eval_only else 'held-out'} manifest: {result.out / 'held_out.json'}")
     return 0
 
 

@@ -3,10 +3,10 @@
 
     python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf --dry-run
     python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf \\
-        --eval-report work/eval/report.md --i-accept-foodieqa-license
+        --eval-report work/eval/report.md --accept-foodieqa-terms
 
 Checks the name (must contain "InternVL"), the folder (a loadable official-format checkpoint, no pickle
-files) and the FoodieQA licence before anything leaves the machine; writes README.md (the model card) into
+files) and FoodieQA's terms (for a model trained on it) before anything leaves the machine; writes README.md (the model card) into
 the folder; prints the files and their size; then uploads with the hub's own client. --dry-run stops after
 writing the card. The token comes from HF_TOKEN / `hf auth login` (hf) or MODELSCOPE_API_TOKEN /
 `modelscope login` (modelscope) and is never printed. An interrupted upload continues when re-run.
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console  # noqa: E402
 
-from foodie.publish import ACK_FLAG, HUBS, PublishError, publish  # noqa: E402
+from foodie.publish import ACK_FLAG, HUBS, OLD_ACK_FLAG, PublishError, publish  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", action="store_true", help="check, write the card, list the files; upload nothing")
     parser.add_argument("--eval-report", help="tools/eval_food.py's report (.md) or metrics (.json) for the card")
-    parser.add_argument(ACK_FLAG, dest="accept_licence", action="store_true",
-                        help="acknowledge that FoodieQA is CC BY-NC-ND 4.0 (needed to publish a model trained on it)")
+    parser.add_argument(ACK_FLAG, OLD_ACK_FLAG, dest="accept_licence", action="store_true",
+                        help="acknowledge FoodieQA's terms (research only, non-commercial, evaluation only: training "
+                             "needs the authors' permission; CC BY-NC-ND 4.0): needed to publish a model trained on "
+                             "it, not one trained on your own photos")
     args = parser.parse_args(argv)
     console = Console()
     try:

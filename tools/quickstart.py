@@ -2,6 +2,14 @@
 
     make quickstart                                           # embedded tiny model + synthetic FoodieQA (CPU)
     make quickstart MODEL=/models/InternVL2-2B DATA=/data/FoodieQA   # the real job (GPU profile)
+    make quickstart MODEL=/models/InternVL2-2B TRAIN_DATA=work/my-photos-dataset DATA=/data/FoodieQA
+                                                # train on your own photos, evaluate on all of FoodieQA
+
+DATA is the evaluation source; TRAIN_DATA (default: DATA) the training source. With one source the data step
+holds out a split of it for evaluation; with two, the model is evaluated on every question of DATA, which it
+never trained on. FoodieQA's terms allow evaluation only: training on it (no TRAIN_DATA, real FoodieQA as DATA)
+needs --accept-foodieqa-terms (ACCEPT_FOODIEQA_TERMS=1), which only the authors' permission justifies.
+TRAIN_DATA may be a folder of dish photos (one subfolder per dish): tools/photos_to_foodieqa.py converts it.
 
 Each stage is one of the project's own commands, printed before it runs, so you can rerun any of them
 by hand. A stage that fails stops the run with its cause. Re-running skips every stage whose inputs
@@ -67,6 +75,10 @@ class Pipeline:
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
         self.model = Path(args.model).resolve() if args.model else paths.tiny_model_dir()
         self.data_root = Path(args.data_root).resolve() if args.data_root else paths.demo_data_dir()
+        # The training source; evaluation never uses a question of it when it differs from DATA.
+        train_data = getattr(args, "train_data", None)
+        self.train_root = Path(train_data).resolve() if train_data else self.data_root
+        self.accept_terms = bool(getattr(args, "accept_foodieqa_terms", False))
         self.embedded = args.model is None
         # The embedded tiny model trains with the CPU variant; a real checkpoint with the real run's config.
         self.config = Path(args.config).resolve() if args.config else (CPU_CONFIG if self.embedded else REAL_CONFIG)
@@ -129,15 +141,36 @@ class Pipeline:
         if not self.data_root.is_dir():
             raise StageFailed(f"DATA={self.data_root}: not a folder. Point DATA at the FoodieQA folder (images/, "
                               "sivqa_tidy.json, ...); see docs/guide_gpu.md, 'Get the gated dataset'.")
+        if not self.train_root.is_dir():
+            raise StageFailed(f"TRAIN_DATA={self.train_root}: not a folder. Point it at a data set in the FoodieQA "
+                              "schema or at a folder of dish photos (one subfolder per dish).")
+        from foodie.foodieqa_download import DownloadError, locate_data_root, looks_like_photo_folder
+
+        separate = self.separate
+        try:  # the folder `hf download` wrote holds FoodieQA.zip: unpack it, use the folder inside
+            self.data_root = locate_data_root(self.data_root, unpack=True)
+            self.train_root = locate_data_root(self.train_root, unpack=True) if separate else self.data_root
+        except DownloadError as e:
+            raise StageFailed(str(e)) from None
+        if separate and looks_like_photo_folder(self.train_root):
+            photos, self.train_root = self.train_root, self.work / f"{self.train_root.name}-foodieqa"
+            self.run("data", [PY, "tools/photos_to_foodieqa.py", str(photos), "--out", str(self.train_root)])
+
+    @property
+    def separate(self) -> bool:
+        """Trained on one source, evaluated on another."""
+        return self.train_root != self.data_root
 
     def convert_data(self) -> None:
-        self.run("data", [PY, "tools/process_food.py", "--data-root", str(self.data_root), "--out",
-                          str(self.xtuner_data), "--lang", self.lang, "--tasks", self.tasks, "--tokenizer", str(self.model)])
+        self.run("data", [PY, "tools/process_food.py", "--data-root", str(self.train_root), "--out",
+                          str(self.xtuner_data), "--lang", self.lang, "--tasks", self.tasks, "--tokenizer", str(self.model)]
+                 + (["--accept-foodieqa-terms"] if self.accept_terms else []))
 
     def eval_cmd(self, models: list[tuple[str, Path]]) -> list[str]:
-        cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), "--items",
-               str(self.xtuner_data / "held_out.json"), "--lang", self.lang, "--tasks", self.tasks,
-               "--out", str(self.eval_dir)]
+        # Two sources: every question of DATA (none was trained on); one: the held-out split of it.
+        items = [] if self.separate else ["--items", str(self.xtuner_data / "held_out.json")]
+        cmd = [PY, "tools/eval_food.py", "--data-root", str(self.data_root), *items, "--lang", self.lang,
+               "--tasks", self.tasks, "--out", str(self.eval_dir)]
         if self.max_tiles is not None:
             cmd += ["--max-tiles", str(self.max_tiles)]
         for label, model in models:
@@ -169,14 +202,15 @@ class Pipeline:
                            "--work-dir", str(self.train_dir), "--base-model", str(self.model), "--force"])
 
     def go(self) -> dict:
-        self.console.print(f"[bold]internvl-foodie quickstart[/] — model {self.model}, data {self.data_root}, "
+        self.console.print(f"[bold]internvl-foodie quickstart[/] — model {self.model}, data {self.data_root}"
+                           + (f" (evaluation), training data {self.train_root}" if self.separate else "") + ", "
                            f"config {self.config.relative_to(REPO_ROOT) if self.config.is_relative_to(REPO_ROOT) else self.config}")
         self.stage(1, "inputs", "the model and FoodieQA folders", None, self.prepare_inputs)
         # The model's config.json and tokenizer set the token counts and the collage tile size of the data.
-        data_key = fingerprint("data", self.data_root, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
+        data_key = fingerprint("data", self.train_root, self.accept_terms, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
                                REPO_ROOT / "foodie" / "prompts.py", self.model / "config.json")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
-        base_key = fingerprint("base", data_key, self.model / "config.json", self.max_tiles)
+        base_key = fingerprint("base", data_key, self.data_root, self.model / "config.json", self.max_tiles)
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
                    lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
         train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
@@ -188,11 +222,23 @@ class Pipeline:
                    lambda: self.run("eval", self.eval_cmd([("base", self.model), ("tuned", self.merged)])))
         return self.summary()
 
+    def sources_line(self) -> str:
+        """Which data trained the model and which measured it."""
+        from foodie.terms import describe_source
+
+        trained = describe_source(self.train_root)["name"]
+        if not self.separate:
+            return (f"trained on: {trained} ({self.train_root}); evaluated on: its held-out split "
+                    f"({self.xtuner_data / 'held_out.json'}), never trained on")
+        return (f"trained on: {trained} ({self.train_root}); evaluated on: every question of "
+                f"{describe_source(self.data_root)['name']} ({self.data_root}), never trained on")
+
     def summary(self) -> dict:
         from rich.table import Table
 
         metrics = json.loads((self.eval_dir / "metrics.json").read_text())
         acc = {m["label"]: m["overall"] for m in metrics["models"]}
+        self.console.print(self.sources_line())
         table = Table(title="[7/7] FoodieQA held-out accuracy, before vs after fine-tuning")
         table.add_column("model")
         table.add_column("accuracy", justify="right")
@@ -208,6 +254,8 @@ class Pipeline:
         self.console.print(f"open the demo in compare mode:\n  [bold]{demo}[/]")
         self.console.print(f"[dim]quickstart took {time.time() - self.started:.0f} s[/dim]")
         result = {"before": acc["base"]["accuracy"], "after": acc["tuned"]["accuracy"],
+                  "train_data": str(self.train_root), "eval_data": str(self.data_root),
+                  "eval_questions": "all of eval_data" if self.separate else "held-out split of train_data",
                   "chart": str(self.eval_dir / "accuracy.png"), "merged": str(self.merged), "demo": demo}
         write_json(self.work / "quickstart-result.json", result)
         return result
@@ -218,6 +266,10 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="InternVL2 checkpoint folder (default: the embedded tiny model, built on first use)")
     p.add_argument("--data-root", help="FoodieQA folder (default: the synthetic FoodieQA, built on first use)")
+    p.add_argument("--train-data", help="training source (default: --data-root): a data set in the FoodieQA "
+                                        "schema or a folder of dish photos; then --data-root is evaluated whole")
+    p.add_argument("--accept-foodieqa-terms", action="store_true",
+                   help="train on the real FoodieQA, whose terms allow evaluation only (needs the authors' permission)")
     p.add_argument("--config", help="XTuner config (default: the CPU variant for the embedded model, "
                                     "the real run's config when --model is given)")
     p.add_argument("--lang", choices=["zh", "en"], default="zh", help="question language (default zh)")

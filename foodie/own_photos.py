@@ -1,0 +1,343 @@
+"""Your own dish photos -> a data set in the FoodieQA schema, which you may train on and share.
+
+    build_dataset("my-photos/", "work/my-photos-dataset")
+
+``my-photos/`` holds one subfolder of photos per dish (its name is the dish's name unless ``dishes.csv`` says
+otherwise) and optionally ``dishes.csv``, one row per dish, UTF-8, with a header naming any of these columns
+(a plain name is Chinese, ``_en`` English; give Chinese, English or both):
+
+    folder                       the subfolder (default: matched by the dish column, then dish_en)
+    dish / dish_zh, dish_en      the dish's name (default: the folder name)
+    cuisine, cuisine_en          菜系 / cuisine, e.g. 川菜 / Sichuan cuisine
+    region, region_en            地区 / region, e.g. 四川 / Sichuan
+    main_ingredient, ..._en      主要食材 / main ingredient
+    cooking_method, ..._en       烹饪方法 / cooking method
+
+The output folder has the layout of FoodieQA (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four
+or more dishes) and ``own_photos_manifest.json``: where every photo came from (path and SHA-256), the dishes'
+metadata, the settings. That file also marks the folder as your own data (foodie.terms): process_food writes
+training data from it without FoodieQA's terms, and a model trained on it publishes without them.
+
+Questions come from the metadata as in the synthetic set (foodie.synthetic_data): per photo, questions of
+rotating types (dish, cuisine, region, main ingredient, cooking method) whose three wrong options are other
+dishes' values (and a few fixed extras); multi-image questions show four photos of four dishes. With only
+folder names, every question asks for the dish. Nothing is written unless every photo and row is usable; the
+folder is written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foodie.atomic import atomic_path
+from foodie.image_tiling import ImageError, verify_image
+from foodie.synthetic_data import multi_image_questions, single_image_questions
+
+MANIFEST_FILE = "own_photos_manifest.json"
+DISHES_CSV = "dishes.csv"
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MIN_DISHES = 2  # something to tell apart
+MIN_DISHES_MULTI_IMAGE = 4  # four photos of four dishes per multi-image question
+# CSV column (Chinese name; English adds "_en") -> FoodieQA question type
+COLUMNS = {"dish": "dish", "cuisine": "cuisine_type", "region": "region", "main_ingredient": "main-ingredient",
+           "cooking_method": "cooking-skills"}
+
+
+class PhotosError(ValueError):
+    """The photo folder or dishes.csv cannot be used; one line per problem, each naming the file and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class OwnDish:
+    """One dish: its folder, its photos and what dishes.csv says about it."""
+    key: str  # the subfolder's name
+    photos: list[Path] = field(default_factory=list)
+    values: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # question type -> (zh, en)
+
+    def attr(self, qtype: str) -> tuple[str, str] | None:
+        """(zh, en) for foodie.synthetic_data's question builders; a missing language takes the other's text."""
+        zh, en = self.values.get(qtype, (None, None))
+        if zh is None and en is None:
+            return None
+        return (zh or en, en or zh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the folder
+# ---------------------------------------------------------------------------------------------
+
+def _bad_name(path: Path) -> str | None:
+    """Why a file name cannot be used (not valid UTF-8), or None."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return (f"{raw!r}: the name is not valid UTF-8; rename it "
+                f"(e.g. convmv -f GBK -t UTF-8 --notest -r {os.fsdecode(os.fsencode(path.parent))!r})")
+    return None
+
+
+def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
+    """The dish subfolders of ``folder`` and their photos (sorted); appends every problem found."""
+    if not folder.is_dir():
+        problems.append(f"{folder}: not a folder; give the folder that holds one subfolder of photos per dish")
+        return []
+    dishes = []
+    for entry in sorted(folder.iterdir(), key=lambda p: os.fsencode(p.name)):
+        if entry.name.startswith("."):
+            continue
+        if why := _bad_name(entry):
+            problems.append(why)
+            continue
+        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+            problems.append(f"{entry}: a photo outside the dish folders; move it into the subfolder of its dish")
+        if not entry.is_dir():
+            continue
+        dish = OwnDish(entry.name)
+        for dirpath, dirnames, filenames in os.walk(entry):
+            bad = [why for d in dirnames if not d.startswith(".") and (why := _bad_name(Path(dirpath) / d))]
+            problems.extend(bad)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _bad_name(Path(dirpath) / d))
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if name.startswith("."):
+                    continue
+                if why := _bad_name(path):
+                    problems.append(why)
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
+                    dish.photos.append(path)
+        if not dish.photos:
+            problems.append(f"{entry}: no photos in this dish folder ({', '.join(IMAGE_SUFFIXES)}); add some or "
+                            f"remove the folder")
+        dishes.append(dish)
+    if not dishes and not problems:
+        problems.append(f"{folder}: empty: no dish subfolders; put each dish's photos in a subfolder named after "
+                        f"the dish (e.g. {folder / '麻婆豆腐' / '1.jpg'})")
+    return dishes
+
+
+def check_photos(dishes: list[OwnDish], problems: list[str]) -> dict[Path, str]:
+    """Every photo non-empty and decodable, no two with the same bytes; returns photo -> SHA-256."""
+    digests: dict[Path, str] = {}
+    first: dict[str, Path] = {}
+    for dish in dishes:
+        for path in dish.photos:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                problems.append(f"{path}: cannot be read ({e.strerror or e}); fix its permissions or remove it")
+                continue
+            if not data:
+                problems.append(f"{path}: empty file (0 bytes); replace or remove it")
+                continue
+            try:
+                verify_image(path)
+            except ImageError as e:
+                problems.append(str(e))
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in first:
+                other = first[digest]
+                where = "in two dish folders" if other.parent != path.parent else "twice"
+                problems.append(f"{path}: the same photo (same bytes) as {other}, {where}; keep one copy, in the "
+                                f"folder of its dish")
+                continue
+            first[digest] = path
+            digests[path] = digest
+    return digests
+
+
+def _column(name: str) -> tuple[str, str] | None:
+    """CSV header -> (attribute, 'zh'|'en'), ('folder', '') or None."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    if key == "folder":
+        return ("folder", "")
+    lang = "zh"
+    for suffix, code in (("_en", "en"), ("_zh", "zh")):
+        if key.endswith(suffix):
+            key, lang = key[: -len(suffix)], code
+    return (key, lang) if key in COLUMNS else None
+
+
+def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> set[str]:
+    """Fill the dishes' metadata from dishes.csv; returns the languages it gives ('zh', 'en')."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        problems.append(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8 "
+                        f"(e.g. iconv -f GB18030 -t UTF-8)")
+        return set()
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        problems.append(f"{path}: empty; give a header (folder,dish,cuisine,region,main_ingredient,cooking_method"
+                        f" and/or the same with _en) and one row per dish folder")
+        return set()
+    header = [_column(h) for h in rows[0]]
+    unknown = [h for h, c in zip(rows[0], header) if c is None]
+    if unknown:
+        problems.append(f"{path}: line 1: unknown column(s) {', '.join(map(repr, unknown))}; use folder, "
+                        + ", ".join(COLUMNS) + " (Chinese) and the same with _en (English)")
+        return set()
+    by_key = {d.key: d for d in dishes}
+    langs: set[str] = set()
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        cells = {c: (row[k].strip() if k < len(row) else "") for k, c in enumerate(header)}
+        folder = (cells.get(("folder", "")) or cells.get(("dish", "zh")) or cells.get(("dish", "en")) or "")
+        if not folder:
+            problems.append(f"{path}: line {line}: no folder or dish name; every row needs one")
+            continue
+        dish = by_key.get(folder)
+        if dish is None:
+            problems.append(f"{path}: line {line}: no subfolder {folder!r} in {path.parent}; fix the name or "
+                            f"delete the row")
+            continue
+        if folder in seen:
+            problems.append(f"{path}: line {line}: dish folder {folder!r} already described on line {seen[folder]}; "
+                            f"keep one row per dish")
+            continue
+        seen[folder] = line
+        for column, qtype in COLUMNS.items():
+            zh, en = cells.get((column, "zh")) or None, cells.get((column, "en")) or None
+            langs |= {lang for lang, v in (("zh", zh), ("en", en)) if v}
+            if zh or en:
+                dish.values[qtype] = (zh, en)
+        dish.values.setdefault("dish", (folder, folder))  # no name given: the folder's, in either language
+    for dish in dishes:
+        if dish.key not in seen:
+            problems.append(f"{path}: no row for the dish folder {dish.key!r} ({path.parent / dish.key}); add one "
+                            f"(folder,dish,cuisine,...) or remove the folder")
+    return langs
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the data set
+# ---------------------------------------------------------------------------------------------
+
+def _food_meta(dish: OwnDish, rel: str, meta_id: int, langs: set[str]) -> dict:
+    meta: dict = {"id": meta_id, "food_file": rel}
+    names = {"dish": "food_name", "cuisine_type": "cuisine", "region": "region", "main-ingredient": "main_ingredient",
+             "cooking-skills": "cooking_method"}
+    for qtype, key in names.items():
+        value = dish.attr(qtype)
+        if value is None:
+            continue
+        zh, en = value
+        meta[key] = [zh] if key == "main_ingredient" else zh
+        if "en" in langs:
+            meta[f"{key}_en"] = [en] if key == "main_ingredient" else en
+    return meta
+
+
+def _in_languages(items: list[dict], langs: set[str]) -> list[dict]:
+    """Keep only the languages the metadata gives: without English no *_en fields; without Chinese the Chinese
+    fields (which the schema requires) carry the English text."""
+    for item in items:
+        if "zh" not in langs:
+            item["question"] = item["question_en"]
+            if "choices_en" in item:
+                item["choices"] = item["choices_en"]
+        if "en" not in langs:
+            for key in ("question_en", "choices_en", "food_name_en"):
+                item.pop(key, None)
+    return items
+
+
+def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dishes_csv: str | os.PathLike | None = None,
+                  seed: int = 0, questions_per_photo: int = 2, mivqa_per_dish: int = 5, force: bool = False) -> dict:
+    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing). Returns counts.
+
+    ``dishes_csv`` defaults to ``photos_dir/dishes.csv`` when that exists. An existing ``out`` is replaced when
+    it is an earlier output of this function (or with ``force``). Raises PhotosError listing every problem.
+    """
+    photos_dir = Path(photos_dir).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    if not 1 <= questions_per_photo <= len(COLUMNS):
+        raise PhotosError([f"questions per photo must be 1..{len(COLUMNS)} (one per question type); "
+                           f"got {questions_per_photo}"])
+    if out == photos_dir or photos_dir in out.parents:
+        raise PhotosError([f"{out}: the output folder is inside the photo folder {photos_dir}; choose one outside "
+                           f"it (e.g. work/my-photos-dataset)"])
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())) and not (out / MANIFEST_FILE).is_file():
+        raise PhotosError([f"{out}: exists and is no output of tools/photos_to_foodieqa.py "
+                           f"({MANIFEST_FILE} missing); choose another --out, or --force to replace it"])
+    problems: list[str] = []
+    dishes = scan_photos(photos_dir, problems)
+    digests = check_photos(dishes, problems)
+    csv_path = Path(dishes_csv).expanduser().resolve() if dishes_csv else photos_dir / DISHES_CSV
+    if dishes_csv and not csv_path.is_file():
+        problems.append(f"{csv_path}: no such file; give the dishes' metadata as CSV, or leave --dishes out")
+    langs = {"zh", "en"}  # folder names serve both languages
+    if csv_path.is_file():
+        langs = read_dishes_csv(csv_path, dishes, problems) or {"zh"}
+    else:
+        for dish in dishes:
+            dish.values["dish"] = (dish.key, dish.key)
+    if not problems and len(dishes) < MIN_DISHES:
+        problems.append(f"{photos_dir}: {len(dishes)} dish folder(s); need at least {MIN_DISHES} dishes to ask "
+                        f"about (and {MIN_DISHES_MULTI_IMAGE} for dish names and multi-image questions)")
+    if problems:
+        raise PhotosError(problems)
+
+    rng = random.Random(seed)
+    photos: dict[str, list[str]] = {}
+    all_photos, metas, records, copies = [], {}, [], []
+    for i, dish in enumerate(dishes):
+        photos[dish.key] = []
+        for k, src in enumerate(dish.photos):
+            rel = f"images/d{i:03d}/{k:03d}{src.suffix.lower()}"
+            photos[dish.key].append(rel)
+            all_photos.append((dish, rel))
+            metas[rel] = _food_meta(dish, rel, len(metas) + 1, langs)
+            copies.append((src, rel))
+            records.append({"file": rel, "dish": dish.key, "source": src.relative_to(photos_dir).as_posix(),
+                            "sha256": digests[src]})
+    sivqa = _in_languages(single_image_questions(dishes, all_photos, metas, questions_per_photo, rng), langs)
+    if not sivqa:
+        raise PhotosError([f"{photos_dir}: no 4-option question can be asked with {len(dishes)} dishes and this "
+                           f"metadata; add dishes (at least {MIN_DISHES_MULTI_IMAGE}) or cuisine/region columns to "
+                           f"{DISHES_CSV}"])
+    mivqa = []
+    if len(dishes) >= MIN_DISHES_MULTI_IMAGE and mivqa_per_dish > 0:
+        mivqa = _in_languages(multi_image_questions(dishes, photos, mivqa_per_dish, rng), langs)
+    counts = {"dishes": len(dishes), "images": len(all_photos), "sivqa": len(sivqa), "mivqa": len(mivqa)}
+    manifest = {
+        "format": "foodie-own-photos", "version": FORMAT_VERSION, "generator": "tools/photos_to_foodieqa.py",
+        "source": str(photos_dir), "dishes_csv": str(csv_path) if csv_path.is_file() else None,
+        "languages": sorted(langs), "seed": seed, "questions_per_photo": questions_per_photo,
+        "mivqa_per_dish": mivqa_per_dish, "counts": counts,
+        "dishes": [{"folder": d.key, "images": f"images/d{i:03d}",
+                    **{q: list(v) for q, v in sorted(d.values.items())}} for i, d in enumerate(dishes)],
+        "photos": records,
+    }
+    with atomic_path(out, is_dir=True) as tmp:
+        for src, rel in copies:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+
+        def dump(name, obj):
+            (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+        dump("sivqa_tidy.json", sivqa)
+        if mivqa:
+            dump("mivqa_tidy.json", mivqa)
+        dump(MANIFEST_FILE, manifest)
+        (tmp / "README.md").write_text(
+            f"# Own photos in the FoodieQA schema\n\nWritten by `tools/photos_to_foodieqa.py` from `{photos_dir}` "
+            f"({counts['dishes']} dishes, {counts['images']} photos). Where each photo came from: "
+            f"`{MANIFEST_FILE}`.\n", encoding="utf-8")
+    return counts

@@ -1,0 +1,58 @@
+"""Turn your own dish photos into a data set in the FoodieQA schema, to train a food expert you may share.
+
+    python tools/photos_to_foodieqa.py PHOTOS [--out work/my-photos-dataset] [--dishes PHOTOS/dishes.csv]
+        [--questions-per-photo 2] [--mivqa-per-dish 5] [--seed 0] [--force]
+
+PHOTOS holds one subfolder of photos per dish (麻婆豆腐/1.jpg, 麻婆豆腐/2.jpg, 白切鸡/1.jpg, ...) and optionally
+dishes.csv, one row per dish (columns folder, dish, cuisine, region, main_ingredient, cooking_method in Chinese,
+the same with _en in English; see foodie/own_photos.py). Writes images/, sivqa_tidy.json, mivqa_tidy.json
+(four dishes or more) and own_photos_manifest.json (where each photo came from), all or nothing. Then:
+
+    python tools/process_food.py --data-root work/my-photos-dataset --out work/my-photos-xtuner
+    make quickstart TRAIN_DATA=work/my-photos-dataset          # train on yours, evaluate on DATA
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from foodie.own_photos import PhotosError, build_dataset  # noqa: E402
+from foodie.paths import work_dir  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("photos", type=Path, help="folder with one subfolder of photos per dish")
+    ap.add_argument("--out", type=Path, default=work_dir() / "my-photos-dataset",
+                    help="output folder (default: %(default)s)")
+    ap.add_argument("--dishes", type=Path, help="the dishes' metadata (default: PHOTOS/dishes.csv when present)")
+    ap.add_argument("--questions-per-photo", type=int, default=2,
+                    help="single-image questions per photo, each of another type (default: %(default)s)")
+    ap.add_argument("--mivqa-per-dish", type=int, default=5,
+                    help="multi-image questions per dish, with four dishes or more (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="question and option order (default: %(default)s)")
+    ap.add_argument("--force", action="store_true", help="replace an --out that this tool did not write")
+    args = ap.parse_args(argv)
+    try:
+        counts = build_dataset(args.photos, args.out, dishes_csv=args.dishes, seed=args.seed,
+                               questions_per_photo=args.questions_per_photo, mivqa_per_dish=args.mivqa_per_dish,
+                               force=args.force)
+    except PhotosError as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {counts['dishes']} dishes, {counts['images']} photos, {counts['sivqa']} single-image"
+          f" and {counts['mivqa']} multi-image questions")
+    print(f"next: python tools/process_food.py --data-root {args.out} --out {work_dir() / 'my-photos-xtuner'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
