@@ -3,22 +3,32 @@
     python tools/eval_food.py --model work/tiny-internvl2 --model work/tuned --data-root DIR \\
         --items work/held_out.json --out work/eval
 
-For every model it writes ``predictions/<label>.jsonl`` (one row per question: ids, prompt, raw
-response, parsed answer, correct), then ``metrics.json``, ``report.md`` and ``accuracy.png`` for all
-models together.
+For every model it writes ``predictions/<label>.jsonl``, then ``metrics.json``, ``report.md`` and
+``accuracy.png`` for all models together.
 
-* Prompts are the FoodieQA authors' templates (``foodie.prompts``), rendered through the model's
-  own chat template by the inference backend (``foodie.inference``).
-* Answers are parsed as the authors do -- the first letter A-D -- made a little stricter (a letter
-  must stand alone, not be part of a Latin word) with a fallback that matches the choice text
-  (``parse_choice``). An answer that cannot be parsed counts as wrong and is shown in the report;
-  it is never replaced by a random guess (the authors' scripts did that).
+* Prompts: the FoodieQA authors' templates (``foodie.prompts``; ``--template N``, default 0, recorded in
+  the output), rendered through the model's own chat template by the inference backend
+  (``foodie.inference``). Greedy decoding up to ``--max-new-tokens`` (default 512: the authors generate
+  500-512 new tokens, 1024 for Yi-VL); generation stops at the end of the model's turn, so short answers cost nothing more.
+* Scoring: the authors' protocol (``foodie.scoring``) is the headline -- the first capital A-D anywhere
+  in the response; a response without one counts 1/4, the expected value of their random guess.
+  Beside it: the same with one seeded guess per question (whole right answers), strict (no letter =
+  wrong) and, as a diagnostic only, the option-text reading (a standalone letter, else the option whose
+  text the answer names).
+* Predictions file (JSON lines, one row per question; re-scorable by anyone): ``item_id``, ``task``,
+  ``question_id``, ``template``, ``prompt`` (user text), ``reply_prefix`` (start of the reply the model
+  continued, usually ""), ``images``, ``response`` (the raw generated text), ``answer`` (the gold letter
+  A-D), then our reading of it: ``letter`` (authors' rule; null = none), ``score`` (1, 0 or 0.25),
+  ``guess`` (the seeded guess when there is no letter), ``option_text`` (diagnostic). Accuracy of a task
+  = mean ``score`` over its rows.
 * Resume: every prediction carries a key (model content fingerprint, backend, generation settings,
   prompt, images). A re-run reuses rows whose key matches and computes only the rest; rows are
   appended and fsynced after every batch, so a killed run loses at most one batch.
-* Statistics: Wilson 95% intervals for accuracies, the range a guessing model would reach, and for
-  two or more models the paired difference to the first model with a paired-bootstrap 95% interval
-  and an exact McNemar test (the held-out set is small: differences of a few points are noise).
+* Statistics: Wilson 95% intervals, the range a guessing model would reach, and for two or more models
+  the paired difference to the first model with a paired-bootstrap 95% interval and an exact McNemar
+  test on the seeded-guess outcomes (the held-out set is small: differences of a few points are noise).
+* Published numbers (``foodie.published``, the authors' full test set) appear only beside a run on the
+  real FoodieQA, never beside results on the synthetic stand-in (it carries a marker file).
 """
 from __future__ import annotations
 
@@ -29,86 +39,24 @@ import os
 import random
 import re
 import time
-import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from foodie.atomic import atomic_path, write_json, write_text
+from foodie.scoring import (GUESS_SEED, LETTERS, NO_LETTER_CREDIT, authors_letter, credit, option_text_reading,
+                            seeded_guess)
 
-LETTERS = "ABCD"
 CHANCE = 0.25  # four options
-TASK_NAMES = {"sivqa": "single-image VQA", "mivqa": "multi-image VQA"}
-DEFAULT_TASKS = ("sivqa", "mivqa")
+TASK_NAMES = {"sivqa": "single-image VQA", "mivqa": "multi-image VQA", "textqa": "text-only QA"}
+DEFAULT_TASKS = ("sivqa", "mivqa", "textqa")
+DEFAULT_MAX_NEW_TOKENS = 512  # the authors generate 500-512 new tokens (1024 for Yi-VL); generation ends with the turn
 PREDICTIONS_VERSION = 1
+PROTOCOL = ("FoodieQA authors' protocol: first capital A-D anywhere in the response; a response without one "
+            "counts 1/4 (the expected value of their random guess)")
 
-# Published FoodieQA accuracy (%), measured by the authors on the FULL sets (256 single-image, 403
-# multi-image questions); Li et al., "FoodieQA", EMNLP 2024. Our numbers come from the held-out split.
-PUBLISHED = {
-    "sivqa": {
-        "zh": {"Human": 74.41, "GPT-4o": 72.66, "GPT-4V": 63.67, "Yi-VL-34B": 52.73, "Yi-VL-6B": 49.61,
-               "Qwen-VL-12B": 48.83, "Idefics2-8B": 46.87, "Phi-3-vision": 42.58, "Mantis-8B": 41.80},
-        "en": {"Human": 46.53, "GPT-4o": 67.97, "GPT-4V": 60.16, "Yi-VL-34B": 48.05, "Yi-VL-6B": 41.41,
-               "Qwen-VL-12B": 42.97, "Idefics2-8B": 52.73, "Phi-3-vision": 44.53, "Mantis-8B": 47.66},
-    },
-    "mivqa": {"zh": {"GPT-4o": 86.35, "Idefics2-8B": 50.87}},
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Answer parsing
-# ---------------------------------------------------------------------------------------------
-
-_UPPER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
-# A lone lower-case letter counts only at the very start and followed by punctuation or the end
-# ("b.", "(c) ...", "d"): "a dish of noodles" must not read as A.
-_LOWER_START = re.compile(r"^[\s(\[{（【<「『\"'“‘]*([a-d])\s*(?:$|[)\]}）】>」』.:,;!?。．、:：，；！？\"'”’])")
-# Where a reply states its conclusion ("...。答案是粤菜。"): option text after it is searched first.
-_ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)
-
-
-def _normalise(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold()
-
-
-def parse_choice(response: str, choices: Sequence[str] | None = None) -> int | None:
-    """The option (0-3) a free-text answer picks, or None when it cannot be told.
-
-    1. The first capital letter A-D standing alone ("答案是（B）", "选项D", "The answer is C because",
-       "图B"); a lone lower-case letter at the start ("b.", "(c)").
-    2. Otherwise the choice whose text the answer contains ("北京烤鸭" -> the option reading 北京烤鸭);
-       when several do, the one that is not part of a longer matching choice; still several: None.
-       Text after the last answer marker ("答案是", "答案为", "the answer is") is searched first, so
-       "图中的菜是猪肉炖粉条。答案是粉条。" picks 粉条, not 猪肉, though both are options.
-    """
-    if not isinstance(response, str):
-        return None
-    text = unicodedata.normalize("NFKC", response).strip()
-    if not text:
-        return None
-    m = _UPPER.search(text)
-    if m:
-        return LETTERS.index(m.group(1))
-    m = _LOWER_START.search(text)
-    if m:
-        return LETTERS.index(m.group(1).upper())
-    if choices:
-        marked = [m.end() for m in _ANSWER_MARKER.finditer(text)]
-        for haystack in ([text[marked[-1]:]] if marked else []) + [text]:
-            found = _choice_in_text(_normalise(haystack), choices)
-            if found is not None:
-                return found
-    return None
-
-
-def _choice_in_text(haystack: str, choices: Sequence[str]) -> int | None:
-    hits = {i: _normalise(c).strip() for i, c in enumerate(choices) if isinstance(c, str)}
-    hits = {i: c for i, c in hits.items() if c and c in haystack}
-    # Drop a hit that is only part of a longer hit ("鸭" inside "北京烤鸭").
-    hits = {i: c for i, c in hits.items() if not any(c != d and c in d for d in hits.values())}
-    distinct = set(hits.values())
-    return min(hits) if len(distinct) == 1 else None
+parse_choice = option_text_reading  # the diagnostic reading, under its former name (training probes use it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,13 +122,14 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_boot: int = 10000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float, float]:
-    """Accuracy difference b - a on the same items, with a paired-bootstrap percentile interval."""
+    """Mean difference b - a of per-item scores (bools or credits) on the same items, with a
+    paired-bootstrap percentile interval."""
     if len(a) != len(b):
         raise ValueError("paired bootstrap needs results on the same items")
     n = len(a)
     if n == 0:
         return (0.0, 0.0, 0.0)
-    d = [int(y) - int(x) for x, y in zip(a, b)]
+    d = [float(y) - float(x) for x, y in zip(a, b)]
     diff = sum(d) / n
     rng = random.Random(seed)
     stats = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
@@ -201,28 +150,44 @@ class Question:
     question_id: str
     question_type: str
     cuisine: str
-    answer: int  # 0-3: the correct option (SIVQA) or image (MIVQA)
-    prompt: str  # user text; <image> placeholders where the images go
-    images: list[str]  # paths relative to the data root
-    choices: list[str] | None = None  # option texts, for the choice-text fallback (None for MIVQA)
+    answer: int  # 0-3: the correct option (SIVQA, TextQA) or image (MIVQA)
+    prompt: str  # user text; <image> placeholders where the images go, in the order of ``images``
+    images: list[str]  # paths relative to the data root (empty for TextQA)
+    choices: list[str] | None = None  # option texts, for the option-text diagnostic (None for MIVQA)
+    template: int = 0  # the authors' template number the prompt was made with
+    reply_prefix: str = ""  # start of the reply the model continues ("" for most templates)
 
     @property
     def item_id(self) -> str:
         return f"{self.task}:{self.question_id}"
 
 
-def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] = DEFAULT_TASKS, lang: str = "zh",
+def available_tasks(data_root: str | os.PathLike) -> tuple[str, ...]:
+    """The FoodieQA tasks whose question file the folder has."""
+    from foodie.foodieqa import question_file
+    return tuple(t for t in DEFAULT_TASKS if question_file(data_root, t) is not None)
+
+
+def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = DEFAULT_TASKS, lang: str = "zh",
                     items: str | os.PathLike | None = None, limit: int | None = None,
-                    skip_bad: bool = False) -> tuple[list[Question], Path]:
-    """The questions to ask: FoodieQA items of the tasks (only those of the manifest, if given)."""
+                    skip_bad: bool = False, template: int = 0) -> tuple[list[Question], Path]:
+    """The questions to ask: FoodieQA items of the tasks (only those of the manifest, if given), each
+    in the authors' template ``template``. ``tasks=None``: every task the folder has."""
     from foodie import prompts
     from foodie.foodieqa import load_foodieqa
 
+    if tasks is None:
+        tasks = available_tasks(data_root)
+        if not tasks:
+            raise ValueError(f"{data_root}: no FoodieQA question files (sivqa_tidy.json, mivqa_tidy.json, "
+                             f"textqa_tidy.json); point --data-root at the FoodieQA folder")
     for t in tasks:
         if t not in TASK_NAMES:
             raise ValueError(f"unknown task {t!r}: the evaluation covers {', '.join(TASK_NAMES)}")
     if lang not in ("zh", "en"):
         raise ValueError(f"unknown language {lang!r}: use zh or en")
+    for t in tasks:  # a bad template number fails before any data is read
+        prompts.get_template(t, lang, template)
     data = load_foodieqa(data_root, tasks, skip_bad=skip_bad)
     wanted = read_manifest(items, tasks) if items else None
     questions = []
@@ -240,13 +205,11 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] = DEFAULT
         if limit is not None and len(chosen) > limit:  # spread over the file (it is grouped by dish)
             chosen = [chosen[i * len(chosen) // limit] for i in range(limit)]
         for it in chosen:
-            text, images = prompts.question_prompt(it, lang)
-            choices = None
-            if task == "sivqa":
-                choices = it.choices_en if lang == "en" and it.choices_en else it.choices
+            text, images, prefix = prompts.question_prompt(it, lang, template)
+            choices = None if task == "mivqa" else prompts.item_text(it, lang)[1]
             questions.append(Question(task=task, question_id=it.question_id, question_type=it.question_type,
                                       cuisine=it.cuisine, answer=it.answer, prompt=text, images=list(images),
-                                      choices=choices))
+                                      choices=choices, template=template, reply_prefix=prefix))
     return questions, data.root
 
 
@@ -298,8 +261,9 @@ def model_fingerprint(model_dir: str | os.PathLike, cache_dir: str | os.PathLike
 
 
 def prediction_key(fingerprint: str, backend: str, settings: dict, q: Question) -> str:
-    blob = json.dumps([PREDICTIONS_VERSION, fingerprint, backend, settings, q.task, q.question_id, q.prompt,
-                       q.images], ensure_ascii=False, sort_keys=True)
+    asked = [q.prompt, q.images] + ([q.reply_prefix] if q.reply_prefix else [])
+    blob = json.dumps([PREDICTIONS_VERSION, fingerprint, backend, settings, q.task, q.question_id, *asked],
+                      ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -335,9 +299,14 @@ def append_rows(path: Path, rows: Iterable[dict]) -> None:
 
 
 def score_row(row: dict, q: Question) -> dict:
-    parsed = parse_choice(row["response"], q.choices)
-    row.update(parsed=None if parsed is None else LETTERS[parsed], answer=LETTERS[q.answer],
-               correct=parsed == q.answer)
+    """Our reading of a response (foodie.scoring), written into its row beside the gold answer."""
+    letter = authors_letter(row["response"])
+    reading = option_text_reading(row["response"], q.choices)
+    row.update(answer=LETTERS[q.answer],
+               letter=None if letter is None else LETTERS[letter],
+               score=credit(letter, q.answer),
+               guess=LETTERS[seeded_guess(q.item_id)] if letter is None else None,
+               option_text=None if reading is None else LETTERS[reading])
     return row
 
 
@@ -374,7 +343,8 @@ def safe_label(label: str) -> str:
 
 
 def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Question], data_root: Path,
-              out_dir: Path, *, backend: str = "auto", batch_size: int = 8, max_new_tokens: int = 32,
+              out_dir: Path, *, backend: str = "auto", batch_size: int = 8,
+              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
               load: Callable | None = None, on_batch: Callable[[int], None] | None = None,
               device: str = "auto", dtype: str = "auto", max_tiles: int | None = None) -> ModelRun:
     """Ask one model every question, reusing finished predictions; returns all rows in order."""
@@ -412,13 +382,15 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
         try:
             for i in range(0, len(todo), batch_size):
                 batch = todo[i:i + batch_size]
-                requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])] for _, q in batch]
+                requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
+                            + ([Message("assistant", q.reply_prefix)] if q.reply_prefix else []) for _, q in batch]
                 answers = chat.generate(requests, params)
                 new = []
                 for (k, q), response in zip(batch, answers):
                     row = dict(key=k, item_id=q.item_id, task=q.task, question_id=q.question_id,
-                               question_type=q.question_type, cuisine=q.cuisine, prompt=q.prompt,
-                               images=q.images, response=response, model=label, backend=backend_name,
+                               question_type=q.question_type, cuisine=q.cuisine, template=q.template,
+                               prompt=q.prompt, reply_prefix=q.reply_prefix, images=q.images,
+                               response=response, model=label, backend=backend_name,
                                fingerprint=fingerprint)
                     new.append(score_row(row, q))
                     done[k] = row
@@ -437,11 +409,25 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
 # ---------------------------------------------------------------------------------------------
 
 def _acc(rows: Sequence[dict]) -> dict:
+    """Accuracy of rows by the authors' protocol (the headline ``accuracy``), with the seeded-guess,
+    strict and option-text (diagnostic) figures beside it."""
     n = len(rows)
-    k = sum(bool(r["correct"]) for r in rows)
-    unparsed = sum(r["parsed"] is None for r in rows)
-    lo, hi = wilson_interval(k, n)
-    return dict(n=n, correct=k, accuracy=k / n if n else 0.0, ci95=[lo, hi], unparsed=unparsed)
+    score = sum(r["score"] for r in rows)
+    letter_right = sum(r["letter"] == r["answer"] for r in rows)
+    no_letter = sum(r["letter"] is None for r in rows)
+    guessed_right = sum((r["letter"] or r["guess"]) == r["answer"] for r in rows)
+    read_right = sum(r["option_text"] == r["answer"] for r in rows)
+
+    def share(k):
+        return k / n if n else 0.0
+
+    return dict(n=n, accuracy=share(score), score=score, ci95=list(wilson_interval(score, n)),
+                letter_right=letter_right, no_letter=no_letter,
+                seeded_guess=dict(accuracy=share(guessed_right), correct=guessed_right, seed=GUESS_SEED),
+                strict=dict(accuracy=share(letter_right), correct=letter_right,
+                            ci95=list(wilson_interval(letter_right, n))),
+                option_text=dict(accuracy=share(read_right), correct=read_right,
+                                 unread=sum(r["option_text"] is None for r in rows)))
 
 
 def _grouped(rows: Sequence[dict], key: str) -> dict:
@@ -460,39 +446,69 @@ def model_metrics(run: ModelRun) -> dict:
         m = _acc(rs)
         lo, hi = chance_range(len(rs))
         m.update(by_question_type=_grouped(rs, "question_type"), by_cuisine=_grouped(rs, "cuisine"),
-                 chance=dict(accuracy=CHANCE, range95=[lo, hi], binomial_p=binomial_test(m["correct"], len(rs))),
-                 unparsed_examples=[dict(item_id=r["item_id"], response=r["response"])
-                                    for r in rs if r["parsed"] is None][:10])
+                 chance=dict(accuracy=CHANCE, range95=[lo, hi],
+                             binomial_p=binomial_test(m["seeded_guess"]["correct"], len(rs))),
+                 no_letter_examples=[dict(item_id=r["item_id"], response=r["response"])
+                                     for r in rs if r["letter"] is None][:10])
         out["tasks"][task] = m
     return out
 
 
 def compare(base: ModelRun, other: ModelRun) -> dict:
-    """Paired comparison of other against base on the questions both answered, overall and per task."""
-    a = {r["item_id"]: bool(r["correct"]) for r in base.rows}
-    b = {r["item_id"]: bool(r["correct"]) for r in other.rows}
+    """Paired comparison of other against base on the questions both answered, overall and per task:
+    the difference of the headline (per-question credit 1 / 0 / 1/4) with a paired-bootstrap interval;
+    McNemar's test on the seeded-guess outcomes (right or wrong per question)."""
+    def outcomes(run):
+        return {r["item_id"]: (r["score"], (r["letter"] or r["guess"]) == r["answer"]) for r in run.rows}
+
+    a, b = outcomes(base), outcomes(other)
     tasks = {r["item_id"]: r["task"] for r in base.rows}
     out = {}
     for scope in ["overall"] + sorted(set(tasks.values())):
         ids = [i for i in a if i in b and (scope == "overall" or tasks[i] == scope)]
-        xa, xb = [a[i] for i in ids], [b[i] for i in ids]
-        diff, lo, hi = paired_bootstrap(xa, xb)
-        only_a = sum(x and not y for x, y in zip(xa, xb))
-        only_b = sum(y and not x for x, y in zip(xa, xb))
+        diff, lo, hi = paired_bootstrap([a[i][0] for i in ids], [b[i][0] for i in ids])
+        only_a = sum(a[i][1] and not b[i][1] for i in ids)
+        only_b = sum(b[i][1] and not a[i][1] for i in ids)
         out[scope] = dict(n=len(ids), difference=diff, ci95=[lo, hi], base_only_correct=only_a,
                           other_only_correct=only_b, mcnemar_p=mcnemar_exact(only_a, only_b))
     return dict(base=base.label, other=other.label, **out)
 
 
-def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: str | None) -> dict:
+def question_set(data_root: Path, items: str | None, limit: int | None) -> dict:
+    """What the questions were: FoodieQA, the synthetic stand-in or the user's own photos (foodie.terms'
+    markers); held-out split, a subset, or every question (for FoodieQA: the full test set)."""
+    from foodie.terms import FOODIEQA, OWN_PHOTOS, dataset_kind
+
+    kind = dataset_kind(data_root)
+    data = {FOODIEQA: "FoodieQA", OWN_PHOTOS: "own photos"}.get(kind, "synthetic")
+    if items:
+        scope = "held-out split"
+    elif limit:
+        scope = f"subset (first {limit} per task, spread)"
+    else:
+        scope = "full test set" if kind == FOODIEQA else f"every question of the {data} set"
+    return dict(data=data, scope=scope)
+
+
+def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: str | None,
+                  limit: int | None = None, template: int = 0) -> dict:
+    from foodie import published
+
+    asked = question_set(data_root, items, limit)
+    tasks = list(dict.fromkeys(r["task"] for run in runs for r in run.rows))
+    pub = {}
+    if asked["data"] == "FoodieQA":  # never beside results on the synthetic stand-in
+        pub = {t: published.published(t, lang) for t in tasks if published.published(t, lang)}
     return dict(
-        lang=lang, data_root=str(data_root), items_manifest=str(items) if items else None,
+        lang=lang, template=template, protocol=PROTOCOL, no_letter_credit=NO_LETTER_CREDIT,
+        data_root=str(data_root), items_manifest=str(items) if items else None, questions=asked,
         models=[model_metrics(r) for r in runs],
         comparisons=[compare(runs[0], r) for r in runs[1:]],
-        published=dict(note="Accuracy (%) published by the FoodieQA authors (Li et al., EMNLP 2024), measured on "
-                            "the FULL sets (256 single-image / 403 multi-image questions), not on our held-out "
-                            "split; for context only.",
-                       results={t: PUBLISHED[t].get(lang, {}) for t in PUBLISHED}),
+        published=dict(source=published.SOURCE, scope=published.SCOPE, marks=published.DAGGER_NOTE,
+                       textqa_note=published.TEXTQA_NOTE, results=pub,
+                       shown=bool(pub), why_not=None if pub else (
+                           f"{asked['data']} data: published FoodieQA results are never shown beside it"
+                           if asked["data"] != "FoodieQA" else "the authors published none for these tasks")),
     )
 
 
@@ -513,29 +529,61 @@ def _md_cell(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def _scope_label(metrics: dict, n: int) -> str:
+    """How a result of ours is labelled beside others: which questions, how many."""
+    q = metrics.get("questions") or {}
+    return f"{q.get('scope', 'questions here')}, {q.get('data', 'FoodieQA')}, n={n}"
+
+
+def comparability(metrics: dict) -> str:
+    """One true sentence on whether these numbers can be set against the published ones."""
+    q = metrics.get("questions") or {}
+    if q.get("data") == "synthetic":
+        return ("These questions are the synthetic stand-in (drawings, not food): the numbers show the pipeline "
+                "works and say nothing about FoodieQA; no published result is shown beside them.")
+    if q.get("data") not in (None, "FoodieQA"):
+        return (f"These questions are not FoodieQA ({q['data']}): no published result is shown beside them.")
+    if q.get("scope") == "full test set":
+        return (f"Measured on the full test set with the authors' template {metrics.get('template', 0)} and their "
+                "scoring rule: the same protocol as the published numbers (the prompt each published model got "
+                "is in the paper).")
+    return (f"Measured on a {q.get('scope', 'part of the test set')}, not the full test set the published numbers "
+            "use: the scoring rule is the authors', the questions are not all theirs, so differences of a few "
+            "points against a published number mean nothing.")
+
+
 def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str:
     models = metrics["models"]
     lang = metrics["lang"]
+    q = metrics.get("questions") or {}
     L = ["# FoodieQA evaluation", ""]
-    L.append(f"Language: **{lang}**; data: `{metrics['data_root']}`"
-             + (f"; questions: held-out manifest `{metrics['items_manifest']}`" if metrics["items_manifest"]
-                else "; questions: all items of the data folder") + ".")
-    L.append("Answers are parsed as the FoodieQA authors do (first letter A-D) with a fallback on the choice "
-             "text; **unparsed answers count as wrong** (never replaced by a random guess). "
-             "Intervals are 95% (Wilson for accuracy).")
+    L.append(f"Language: **{lang}**; prompt: the authors' template **{metrics.get('template', 0)}**; data: "
+             f"`{metrics['data_root']}` ({q.get('data', 'FoodieQA')}); questions: **{q.get('scope', '?')}**"
+             + (f" (manifest `{metrics['items_manifest']}`)" if metrics["items_manifest"] else "") + ".")
     L.append("")
-    L += ["## Accuracy", "", "| model | task | accuracy % | 95% CI | correct / n | unparsed | guessing range (95%) |",
-          "|---|---|---:|---|---:|---:|---|"]
+    L.append(f"**Accuracy** is the {PROTOCOL}. Beside it: *seeded guess* (one fixed random letter per letterless "
+             "response: whole right answers), *strict* (no letter = wrong) and *option text*, a diagnostic that "
+             "also reads the option an answer names in words (never FoodieQA accuracy). Intervals are 95% "
+             "(Wilson). " + comparability(metrics))
+    L.append("")
+    L += ["## Accuracy", "",
+          "| model | task | accuracy % | 95% CI | letter right / no letter / n | seeded guess % | strict % | "
+          "option text % (diagnostic) | guessing range (95%) |",
+          "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for m in models:
-        for task, t in m["tasks"].items():
-            lo, hi = t["chance"]["range95"]
+        for task, t in list(m["tasks"].items()) + [("overall", m["overall"])]:
             n = t["n"]
-            L.append(f"| {_md_cell(m['label'])} | {TASK_NAMES[task]} | {_pct(t['accuracy'])} | {_ci(t['ci95'])} | "
-                     f"{t['correct']} / {n} | {t['unparsed']} | {_pct(lo / n) if n else '-'}–"
-                     f"{_pct(hi / n) if n else '-'} |")
-        o = m["overall"]
-        L.append(f"| {_md_cell(m['label'])} | **all** | **{_pct(o['accuracy'])}** | {_ci(o['ci95'])} | "
-                 f"{o['correct']} / {o['n']} | {o['unparsed']} | |")
+            if task == "overall":
+                if len(m["tasks"]) < 2:
+                    continue
+                name, acc, rng = "**all**", f"**{_pct(t['accuracy'])}**", ""
+            else:
+                lo, hi = t["chance"]["range95"]
+                name, acc = TASK_NAMES[task], _pct(t["accuracy"])
+                rng = f"{_pct(lo / n) if n else '-'}–{_pct(hi / n) if n else '-'}"
+            L.append(f"| {_md_cell(m['label'])} | {name} | {acc} | {_ci(t['ci95'])} | "
+                     f"{t['letter_right']} / {t['no_letter']} / {n} | {_pct(t['seeded_guess']['accuracy'])} | "
+                     f"{_pct(t['strict']['accuracy'])} | {_pct(t['option_text']['accuracy'])} | {rng} |")
     L.append("")
     L.append("*Guessing range*: the accuracies a model answering at random (25%) reaches 95% of the time on "
              "this many questions; a result inside it is indistinguishable from chance.")
@@ -554,7 +602,8 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
                          f"{'all' if scope == 'overall' else TASK_NAMES[scope]} | "
                          f"{100 * s['difference']:+.1f} | [{100 * s['ci95'][0]:+.1f}, {100 * s['ci95'][1]:+.1f}] | "
                          f"{s['base_only_correct']} | {s['other_only_correct']} | {s['mcnemar_p']:.3g} |")
-        L += ["", "A difference whose interval contains 0 (or McNemar p >= 0.05) is not established by this "
+        L += ["", "Difference: of the accuracy above. Right/wrong counts and McNemar's test use the seeded guess. "
+                  "A difference whose interval contains 0 (or McNemar p >= 0.05) is not established by this "
                   "many questions.", ""]
 
     for key, title in (("by_question_type", "question type"), ("by_cuisine", "cuisine")):
@@ -568,38 +617,44 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
                 cells, n = [], 0
                 for m in models:
                     s = m["tasks"].get(task, {}).get(key, {}).get(g)
-                    cells.append(f"{_pct(s['accuracy'])} ({s['correct']}/{s['n']})" if s else "-")
+                    cells.append(f"{_pct(s['accuracy'])} ({s['letter_right']} right, {s['no_letter']} no letter)"
+                                 if s else "-")
                     n = max(n, s["n"] if s else 0)
                 L.append(f"| {_md_cell(g, 40)} | {n} | " + " | ".join(cells) + " |")
             L.append("")
 
-    L += ["## Unparsed answers", ""]
-    any_unparsed = False
+    L += ["## Responses without a letter", ""]
+    any_missing = False
     for m in models:
         for task, t in m["tasks"].items():
-            if t["unparsed"]:
-                any_unparsed = True
-                L.append(f"**{_md_cell(m['label'])}**, {TASK_NAMES[task]}: {t['unparsed']} of {t['n']} answers name no "
-                         f"option (counted wrong). Examples:")
+            if t["no_letter"]:
+                any_missing = True
+                L.append(f"**{_md_cell(m['label'])}**, {TASK_NAMES[task]}: {t['no_letter']} of {t['n']} responses have "
+                         f"no capital A-D (each counts 1/4). Examples:")
                 L.append("")
-                for ex in t["unparsed_examples"]:
+                for ex in t["no_letter_examples"]:
                     L.append(f"- `{ex['item_id']}`: {json.dumps(_md_cell(ex['response'], 120), ensure_ascii=False)}")
                 L.append("")
-    if not any_unparsed:
-        L += ["None: every answer named an option.", ""]
+    if not any_missing:
+        L += ["None: every response has a capital A-D.", ""]
 
     pub = metrics["published"]
-    L += ["## Published FoodieQA results (for context)", "", pub["note"], ""]
-    for task, res in pub["results"].items():
-        if not res:
-            continue
-        ours = [(m["label"], m["tasks"][task]) for m in models if task in m["tasks"]]
-        L += [f"**{TASK_NAMES[task]}, {lang}**", "", "| model | accuracy % | measured on |", "|---|---:|---|"]
-        for name, acc in sorted(res.items(), key=lambda kv: -kv[1]):
-            L.append(f"| {name} | {acc:.2f} | full set, by the authors |")
-        for label, t in ours:
-            L.append(f"| **{_md_cell(label)}** (ours) | {_pct(t['accuracy'])} | {t['n']} questions here |")
-        L.append("")
+    if pub.get("results"):
+        L += ["## Published FoodieQA results (full test set)", "",
+              f"By the authors on the **full test set** ({pub['source']}); {pub['marks']}. "
+              + comparability(metrics), ""]
+        for task, rows in pub["results"].items():
+            ours = [(m["label"], m["tasks"][task]) for m in models if task in m["tasks"]]
+            L += [f"**{TASK_NAMES[task]}, {lang}**" + (f" ({pub['textqa_note']})" if task == "textqa" else ""), "",
+                  "| model | accuracy % | measured on |", "|---|---:|---|"]
+            for r in rows:
+                L.append(f"| {r['model']} | {r['accuracy']:.2f}{r['mark']} | full test set, by the authors"
+                         + (f"; {r['note']}" if r["note"] else "") + " |")
+            for label, t in ours:
+                L.append(f"| **{_md_cell(label)}** (ours) | {_pct(t['accuracy'])} | {_scope_label(metrics, t['n'])} |")
+            L.append("")
+    elif pub.get("why_not"):
+        L += ["## Published FoodieQA results", "", f"Not shown: {pub['why_not']}.", ""]
     return "\n".join(L).rstrip() + "\n"
 
 
@@ -612,8 +667,9 @@ def _cjk_font() -> str | None:
 
 
 def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
-    """Bar chart: accuracy per task and model with 95% intervals and the chance line; beside it our
-    single-image accuracy next to the published numbers (grey, full set)."""
+    """Bar chart of the headline accuracy per task and model, with 95% intervals and the chance line.
+    Beside it, only for a run on the real FoodieQA, the published numbers of one task (grey, labelled
+    full test set) with ours labelled by the questions they were measured on."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -623,14 +679,16 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
     models = metrics["models"]
     tasks = list(dict.fromkeys(t for m in models for t in m["tasks"]))
     lang = metrics["lang"]
-    pub_task = next((t for t in tasks if metrics["published"]["results"].get(t)), None)
+    results = metrics["published"].get("results") or {}
+    pub_task = next((t for t in tasks if results.get(t)), None)
+    q = metrics.get("questions") or {}
     with plt.rc_context(rc):
         ncols = 2 if pub_task else 1
-        fig, axes = plt.subplots(1, ncols, figsize=(6 + 5 * (ncols - 1) + 0.6 * len(models), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, ncols, figsize=(6 + 5 * (ncols - 1) + 0.6 * len(models), 4.8), squeeze=False)
         ax = axes[0][0]
         width = 0.8 / max(1, len(models))
         for j, m in enumerate(models):
-            xs, ys, errs = [], [], [[], []]
+            xs, ys, errs, missing = [], [], [[], []], []
             for i, task in enumerate(tasks):
                 t = m["tasks"].get(task)
                 if not t:
@@ -639,35 +697,39 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
                 ys.append(100 * t["accuracy"])
                 errs[0].append(100 * (t["accuracy"] - t["ci95"][0]))
                 errs[1].append(100 * (t["ci95"][1] - t["accuracy"]))
+                missing.append(t["no_letter"])
             ax.bar(xs, ys, width * 0.95, yerr=errs, capsize=3, label=m["label"])
-            unparsed = [m["tasks"][t]["unparsed"] for t in tasks if t in m["tasks"]]
-            for x, y, hi, u in zip(xs, ys, errs[1], unparsed):
-                ax.text(x, y + hi + 1, f"{y:.1f}" + (f"\n{u} unparsed" if u else ""), ha="center", va="bottom",
-                        fontsize=7)
+            for x, y, hi, u in zip(xs, ys, errs[1], missing):
+                ax.text(x, min(y + hi + 1, 101), f"{y:.1f}" + (f"\n{u} no letter" if u else ""), ha="center",
+                        va="bottom", fontsize=7)
         ax.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (25%)")
         ax.set_xticks(range(len(tasks)), [f"{TASK_NAMES[t]}\n(n={models[0]['tasks'].get(t, {}).get('n', 0)})"
                                           for t in tasks])
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"FoodieQA accuracy, ours ({lang}), 95% CI")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.set_ylim(0, 118)  # room above 100 for the value labels, below the title
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylabel("accuracy (%), authors' rule")
+        ax.set_title(f"FoodieQA accuracy ({lang}, template {metrics.get('template', 0)}), 95% CI\n"
+                     f"{q.get('scope', '')}, {q.get('data', '')} data", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", ncol=len(models) + 1, frameon=False)
         if pub_task:
             ax2 = axes[0][1]
-            pub = metrics["published"]["results"][pub_task]
-            names = [f"{m['label']} (ours)" for m in models if pub_task in m["tasks"]] + list(pub)
-            vals = [100 * m["tasks"][pub_task]["accuracy"] for m in models if pub_task in m["tasks"]] + list(pub.values())
-            ours_n = sum(pub_task in m["tasks"] for m in models)
-            colors = [f"C{i}" for i in range(ours_n)] + ["0.75"] * len(pub)
-            ys = range(len(names))
-            ax2.barh(ys, vals, color=colors, hatch=None)
-            for y, v in zip(ys, vals):
+            pub = results[pub_task]
+            ours = [(f"{m['label']} (ours, {q.get('scope', '')}, n={m['tasks'][pub_task]['n']})",
+                     100 * m["tasks"][pub_task]["accuracy"]) for m in models if pub_task in m["tasks"]]
+            rows = ours + [(f"{r['model']}{r['mark']}", r["accuracy"]) for r in pub]
+            rows.sort(key=lambda nv: -nv[1])
+            own = {name for name, _ in ours}
+            colors = [f"C{[n for n, _ in ours].index(name)}" if name in own else "0.75" for name, _ in rows]
+            ys = range(len(rows))
+            ax2.barh(ys, [v for _, v in rows], color=colors)
+            for y, (_, v) in zip(ys, rows):
                 ax2.text(v + 1, y, f"{v:.1f}", va="center", fontsize=8)
-            ax2.set_yticks(list(ys), names, fontsize=8)
+            ax2.set_yticks(list(ys), [name for name, _ in rows], fontsize=8)
             ax2.invert_yaxis()
             ax2.axvline(100 * CHANCE, color="grey", linestyle="--", linewidth=1)
-            ax2.set_xlim(0, 100)
+            ax2.set_xlim(0, 110)
             ax2.set_xlabel("accuracy (%)")
-            ax2.set_title(f"{TASK_NAMES[pub_task]} ({lang}): grey = published,\nauthors' full set (not our split)",
+            ax2.set_title(f"{TASK_NAMES[pub_task]} ({lang}): grey = published by the authors,\nfull test set",
                           fontsize=9)
         fig.tight_layout()
         dest = Path(dest)
@@ -679,21 +741,27 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
 
 def console_table(metrics: dict):
     from rich.table import Table
-    table = Table(title=f"FoodieQA accuracy ({metrics['lang']}), 95% CI")
+    q = metrics.get("questions") or {}
+    table = Table(title=f"FoodieQA accuracy ({metrics['lang']}, template {metrics.get('template', 0)}, "
+                        f"{q.get('scope', '')}), authors' rule, 95% CI")
     for col, kw in (("model", {"overflow": "fold"}), ("task", {}), ("acc %", {"justify": "right"}),
-                    ("95% CI", {"no_wrap": True}), ("right/n", {"justify": "right"}),
-                    ("unparsed", {"justify": "right"}), ("Δ vs 1st [95% CI]", {"no_wrap": True})):
+                    ("95% CI", {"no_wrap": True}), ("seeded %", {"justify": "right"}),
+                    ("strict %", {"justify": "right"}), ("no letter", {"justify": "right"}),
+                    ("option text % (diag.)", {"justify": "right"}), ("Δ vs 1st [95% CI]", {"no_wrap": True})):
         table.add_column(col, **kw)
     comps = {c["other"]: c for c in metrics["comparisons"]}
     for m in metrics["models"]:
         c = comps.get(m["label"])
         for task, t in list(m["tasks"].items()) + [("overall", m["overall"])]:
+            if task == "overall" and len(m["tasks"]) < 2:
+                continue
             diff = ""
             if c and task in c:
                 s = c[task]
                 diff = f"{100 * s['difference']:+.1f} [{100 * s['ci95'][0]:+.1f}, {100 * s['ci95'][1]:+.1f}]"
-            table.add_row(m["label"], "all" if task == "overall" else task, _pct(t["accuracy"]),
-                          _ci(t["ci95"]), f"{t['correct']}/{t['n']}", str(t["unparsed"]), diff)
+            table.add_row(m["label"], "all" if task == "overall" else task, _pct(t["accuracy"]), _ci(t["ci95"]),
+                          _pct(t["seeded_guess"]["accuracy"]), _pct(t["strict"]["accuracy"]),
+                          f"{t['no_letter']}/{t['n']}", _pct(t["option_text"]["accuracy"]), diff)
     return table
 
 
@@ -708,12 +776,13 @@ class EvalConfig:
     out: str
     labels: list[str] = field(default_factory=list)
     items: str | None = None
-    tasks: tuple[str, ...] = DEFAULT_TASKS
+    tasks: tuple[str, ...] | None = None  # None: every task the data folder has
     lang: str = "zh"
+    template: int = 0  # the authors' prompt template (foodie.prompts.TEMPLATES)
     backend: str = "auto"
     batch_size: int = 8
     limit: int | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     device: str = "auto"
     dtype: str = "auto"
     skip_bad: bool = False
@@ -747,11 +816,13 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     labels = default_labels(cfg.models, cfg.labels)
-    questions, data_root = build_questions(cfg.data_root, cfg.tasks, cfg.lang, cfg.items, cfg.limit, cfg.skip_bad)
+    questions, data_root = build_questions(cfg.data_root, cfg.tasks, cfg.lang, cfg.items, cfg.limit, cfg.skip_bad,
+                                           cfg.template)
+    tasks = tuple(cfg.tasks or dict.fromkeys(q.task for q in questions))
     if not questions:
-        raise ValueError(f"no questions to ask in {cfg.data_root} for tasks {', '.join(cfg.tasks)}"
+        raise ValueError(f"no questions to ask in {cfg.data_root} for tasks {', '.join(tasks)}"
                          + (f" and manifest {cfg.items}" if cfg.items else ""))
-    for task in cfg.tasks:
+    for task in tasks:
         if not any(q.task == task for q in questions):
             console.print(f"[yellow]warning: no {task} questions to ask"
                           + (f" (the manifest {cfg.items} holds none)" if cfg.items else "") + "[/yellow]")
@@ -768,11 +839,12 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
                             max_tiles=cfg.max_tiles)
             progress.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked)")
             runs.append(run)
-    metrics = build_metrics(runs, cfg.lang, data_root, cfg.items)
+    metrics = build_metrics(runs, cfg.lang, data_root, cfg.items, cfg.limit, cfg.template)
     metrics["runs"] = [dict(label=r.label, reused=r.reused, computed=r.computed, seconds=round(r.seconds, 2))
                        for r in runs]
-    metrics["settings"] = dict(tasks=list(cfg.tasks), backend=cfg.backend, batch_size=cfg.batch_size,
-                               limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, decoding="greedy",
+    metrics["settings"] = dict(tasks=list(tasks), template=cfg.template, backend=cfg.backend,
+                               batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
+                               decoding="greedy, stops at the end of the turn",
                                max_tiles=cfg.max_tiles or "checkpoint's max_dynamic_patch")
     write_json(out / "metrics.json", metrics)
     render_chart(metrics, out / "accuracy.png")
@@ -802,8 +874,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="FoodieQA folder (default: the synthetic one, %(default)s)")
     p.add_argument("--items", metavar="MANIFEST", help="held-out manifest from tools/process_food.py: evaluate "
                                                        "only its questions (default: every question)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated: sivqa,mivqa")
+    p.add_argument("--tasks", help="comma-separated, of " + ",".join(DEFAULT_TASKS)
+                   + " (default: every task whose question file the data folder has)")
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="question language (authors' templates)")
+    p.add_argument("--template", type=int, default=0, metavar="N",
+                   help="the authors' prompt template: single-image zh 0-4 / en 0-3, multi-image 0-3, text-only "
+                        "0-3 (default 0, their scripts' default; templates 2-4 of single-image start the reply, "
+                        "which needs the transformers backend). Recorded in metrics.json and the report.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", choices=("auto", "transformers", "lmdeploy"), default="auto",
                    help="auto: LMDeploy when importable and a GPU is visible, else transformers")
@@ -811,18 +888,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="questions per generate call, and per fsync of the predictions (default 8; with LMDeploy "
                         "on a GPU use 64 or more: its engine batches them itself)")
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="answer length cap (default 32: a letter answer needs one token, a name-style answer "
-                        "naming the dish and then the option about 10-25)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help="answer length cap (default %(default)s, as the authors' scripts; generation stops "
+                        "at the end of the model's turn, so a short answer costs no more)")
     p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
     p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's "
                                                   "max_dynamic_patch; use what training used; several images share it)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
     a = p.parse_args(argv)
-    tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip())
+    tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip()) if a.tasks else None
     cfg = EvalConfig(models=a.models or [str(paths.tiny_model_dir())], labels=a.labels, data_root=a.data_root,
-                     out=a.out, items=a.items, tasks=tasks, lang=a.lang, backend=a.backend, batch_size=a.batch_size,
+                     out=a.out, items=a.items, tasks=tasks, lang=a.lang, template=a.template, backend=a.backend,
+                     batch_size=a.batch_size,
                      limit=a.limit, max_new_tokens=a.max_new_tokens, device=a.device, dtype=a.dtype,
                      skip_bad=a.skip_bad, max_tiles=a.max_tiles)
     try:

@@ -7,7 +7,8 @@
         print(delta, end="")
 
 A *request* is a conversation: a list of ``Message(role, text, images)`` ending with a user turn
-(an optional leading ``system`` message replaces the model's system prompt). Images are paths,
+(an optional leading ``system`` message replaces the model's system prompt; an
+``assistant`` message after the last user turn is the start of the reply, which the model continues). Images are paths,
 bytes or PIL images; they go through ``foodie.image_tiling`` (safe opening, dynamic tiling).
 Where a user turn's text has no ``<image>`` placeholder, its images are put in front of it,
 as the model's own ``chat()`` does (``<image>\\n`` for one image, ``Image-1: <image>\\n...``
@@ -102,9 +103,18 @@ def _check_request(request: Request) -> tuple[str | None, list[Message]]:
         if m.role != want:
             raise ValueError(f"message {i} of the conversation has role {m.role!r}, expected {want!r}: "
                              f"turns must alternate user/assistant (one optional system message first)")
-    if not msgs or msgs[-1].role != "user":
+    if not msgs:
         raise ValueError("the last message of a request must be a user message (the one to answer)")
+    if msgs[-1].role == "assistant" and (len(msgs) < 2 or not msgs[-1].text):
+        raise ValueError("a request ending with an assistant message (the start of the reply, which the "
+                         "model continues) needs a user message before it and some text in it")
     return system, msgs
+
+
+def reply_prefix(msgs: Sequence[Message]) -> str | None:
+    """The text the reply must continue: a request may end with the start of the assistant's turn
+    (FoodieQA templates such as "我选择（"); None when it ends with the user's turn."""
+    return msgs[-1].text if msgs and msgs[-1].role == "assistant" else None
 
 
 def with_image_placeholders(text: str, n_images: int) -> str:
@@ -300,13 +310,14 @@ class TransformersBackend:
         without it the placeholders stay (handy for showing the prompt).
         """
         system, msgs = _check_request(request)
+        prefix = reply_prefix(msgs)
         template = self._get_conv_template(self.model.template)
         template.system_message = self.model.system_message if system is None else system
-        for m in msgs:
+        for m in msgs[:-1] if prefix is not None else msgs:
             text = with_image_placeholders(m.text, len(m.images)) if m.role == "user" else m.text
             template.append_message(template.roles[0 if m.role == "user" else 1], text)
         template.append_message(template.roles[1], None)
-        prompt = template.get_prompt()
+        prompt = template.get_prompt() + (prefix or "")
         if num_tiles is not None:
             n_tokens = self.model.num_image_token
             for n in num_tiles:
@@ -508,6 +519,9 @@ class LMDeployBackend:
         from foodie.image_tiling import open_image
 
         system, msgs = _check_request(request)
+        if reply_prefix(msgs) is not None:
+            raise ValueError("the LMDeploy backend cannot continue a started reply (templates with a reply "
+                             "prefix, such as FoodieQA's --template 3): use --backend transformers")
         n_images = sum(len(m.images) for m in msgs)
         out = [] if system is None else [dict(role="system", content=system)]
         for m in msgs:

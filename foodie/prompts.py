@@ -1,21 +1,119 @@
-"""Prompt wording, in one place: the FoodieQA authors' question templates (zh and en).
+"""Prompt wording, in one place: the FoodieQA authors' question templates (zh and en), and training text.
 
-The templates are those of the FoodieQA evaluation scripts (template 0; Li et al., EMNLP 2024), so
-our numbers are comparable with the published ones. They are *user text*: the inference backend
+Every template the authors ship (lyan62/FoodieQA, ``model-eval/scripts/``: ``sivqa_utils.format_text_prompt``,
+``textqa_utils.format_text_prompt``, the multi-image prompts of ``eval_mivqa_en.get_prompt_phi`` /
+the README) is here, string for string, selectable by number (``tools/eval_food.py --template N``):
+
+* single-image (SIVQA): zh 0-4, en 0-3. Template 0: ``{question} 选项有: （A) ...\\n（B) ...\\n...,
+  请根据上图从所提供的选项中选择一个正确答案，为（`` (options written ``（A) `` -- full-width open, ASCII
+  close -- as the authors' code does); the image goes before the text;
+* multi-image (MIVQA): zh 0-3, en 0-3; the four images (A-D, in the file's order) where the template
+  puts them; the answer is an image letter;
+* text-only (TextQA): zh 0-3, en 0-3.
+
+Some templates end with the start of the assistant's reply (``我选择（``, ``I would select (``): the
+model continues that text (``EvalPrompt.reply_prefix``), as the authors' chat-format runs did.
+Template 0 is the default: the authors' scripts default to it (their TextQA table reports each model's
+best of 0-3). The prompts end where the answer letter is expected ("为（", "would be ("), so a model
+that follows them starts its reply with the letter. They are *user text*: the inference backend
 renders them through the model's own chat template (system message, ``<image>`` -> image tokens).
-
-* single-image (SIVQA): ``{question} 选项有: （A) ...\\n（B) ...\\n..., 请根据上图从所提供的选项中选择一个正确答案，为（``
-  (the options are written ``（A) `` -- full-width open, ASCII close -- as the authors' code does);
-* multi-image (MIVQA): the four images first (image A-D), then the question; the answer is an
-  image letter.
-
-The prompt ends where the answer letter is expected ("为（", "would be ("), so a model that
-follows it starts its reply with the letter.
 """
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 IMAGE_PLACEHOLDER = "<image>"  # where an image goes in user text (foodie.inference expands it)
 LETTERS = "ABCD"
+DEFAULT_TEMPLATE = 0
+
+
+class Template(NamedTuple):
+    """One of the authors' prompts: user text, the start of the reply the model continues, and the
+    word swap they apply to a multi-image question ("以下" -> "以上" when the images come first)."""
+    user: str  # {q}: the question; {options}: the option list; <image>: an image, in order A-D
+    reply_prefix: str = ""
+    swap: tuple[str, str] | None = None
+
+
+_IMAGES_ZH = "".join(f"{IMAGE_PLACEHOLDER}图{x}\n" for x in LETTERS)
+_IMAGES_EN = "".join(f"{IMAGE_PLACEHOLDER}Option ({x})\n" for x in LETTERS)
+_PICK_ZH = "请从给定选项ABCD中选择一个最合适的答案。"
+
+TEMPLATES: dict[str, dict[str, list[Template]]] = {
+    "sivqa": {
+        "zh": [
+            Template("{q} 选项有: {options}, 请根据上图从所提供的选项中选择一个正确答案，为（"),
+            Template("你是一个人工智能助手，请你看图回答以下选择题：{q} 选项有: {options}, 请从中选择一个正确答案，为（"),
+            Template("你是一个智能助手，现在请看图回答以下选择题：{q} 选项有: {options}", "我从所提供的选项中选择一个正确答案，为（"),
+            Template("{q} 这是选项: {options} 请根据上图从所提供的选项中选择一个正确答案。", "我选择（"),
+            Template("{q} 这是选项: {options} 请根据上图从所提供的选项中选择一个正确答案。请保证你的答案清晰简洁并输出字母选项。",
+                     "我选择（"),
+        ],
+        "en": [
+            Template("{q} Here are the options: {options} If had to select one of the options, my answer would be ("),
+            Template("You are an AI assistant. Please answer the following multiple choice question based on the "
+                     "image: {q} Here are the options: {options} Please select one of the options as your answer ("),
+            Template("{q} Here are the options: {options}", "If had to select one of the options, my answer would be ("),
+            Template("{q} These are the options: {options} Please select one of the options as your answer.",
+                     "I would select ("),
+        ],
+    },
+    "mivqa": {
+        "zh": [
+            Template(f"{IMAGE_PLACEHOLDER}\n" * 4 + f"根据以上四张图回答问题，他们分别为图A, 图B, 图C, 图D, {_PICK_ZH}问题：{{q}}, 答案为：图",
+                     swap=("以下", "以上")),
+            Template(f"{_IMAGES_ZH}根据以上四张图回答问题, {_PICK_ZH}问题：{{q}}, 答案为：图", swap=("以下", "以上")),
+            Template(f"根据以下四张图回答问题,{_PICK_ZH}{_IMAGES_ZH}问题：{{q}}, 答案为：图", swap=("以下", "以上")),
+            Template(f"问题{{q}}，选项有: {_IMAGES_ZH}", "如果从给定选项ABCD中选择一个最合适的答案， 答案为：图",
+                     swap=("以上", "以下")),
+        ],
+        "en": [
+            Template(f"{IMAGE_PLACEHOLDER}\n" * 4 + "Answer the following question according to the provided four "
+                     "images which corresponds to Option (A), Option (B), Option (C), Option (D). Choose one best "
+                     "answer from the given options. Question: {q}, your answer is: Option ("),
+            Template("Answer the following question according to the provided four images, which corresponds to "
+                     "Option (A), Option (B), Option (C), Option (D). Choose one best answer from the given options. "
+                     f"{_IMAGES_EN}Question: {{q}}, your answer is: Option ("),
+            Template("Answer the following question according to the provided four images, and choose one best "
+                     f"answer from the given options. {_IMAGES_EN}Question: {{q}}, your answer is: Option ("),
+            Template("Question{q} The options are: " + "".join(f"Option ({x}){IMAGE_PLACEHOLDER}\n" for x in LETTERS),
+                     "If I have to choose one best answer from the given options， the answer is：Option ("),
+        ],
+    },
+    "textqa": {
+        "zh": [
+            Template("{q} 选项有: {options}, 请根据从所提供的选项中选择一个正确答案，为（"),
+            Template("你是一个智能助手，请你回答以下选择题：{q} 选项有: {options}, 请从中选择一个正确答案，为（"),
+            Template("你是一个智能助手，现在回答以下选择题：{q} 选项有: {options}\n", "我从所提供的选项中选择一个正确答案，为（"),
+            Template("{q} 这是选项: {options} 请从所提供的选项中选择一个正确答案。请保证你的答案清晰简洁并输出字母选项。\n", "我选择（"),
+        ],
+        "en": [
+            Template("{q} Here are the options: {options} If I had to select one of the options, my answer would be ("),
+            Template("You are an AI assistant. Please answer the following multiple choice question: {q} Here are the "
+                     "options: {options} Please select one of the options as your answer ("),
+            Template("{q} Here are the options: {options}", "If I had to select one of the options, my answer would be ("),
+            Template("{q} These are the options: {options} Please select one of the options as your answer.",
+                     "I would select ("),
+        ],
+    },
+}
+
+
+def template_numbers(task: str, lang: str) -> range:
+    """The template numbers the authors ship for a task and language."""
+    return range(len(TEMPLATES[task][lang]))
+
+
+def get_template(task: str, lang: str, number: int = DEFAULT_TEMPLATE) -> Template:
+    if task not in TEMPLATES:
+        raise ValueError(f"no prompt templates for task {task!r} (tasks: {', '.join(TEMPLATES)})")
+    if lang not in ("zh", "en"):
+        raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+    shipped = TEMPLATES[task][lang]
+    if not 0 <= number < len(shipped):
+        raise ValueError(f"--template {number}: the authors ship {task} {lang} templates 0-{len(shipped) - 1}")
+    return shipped[number]
 
 
 def format_choices(choices) -> str:
@@ -23,43 +121,45 @@ def format_choices(choices) -> str:
     return "".join(f"（{LETTERS[i]}) {c.strip()}\n" for i, c in enumerate(choices))
 
 
-def sivqa_prompt(question: str, choices, lang: str = "zh") -> str:
-    """Single-image multiple choice, authors' template 0. The image goes before this text."""
-    opts = format_choices(choices)
-    if lang == "zh":
-        return f"{question.strip()} 选项有: {opts}, 请根据上图从所提供的选项中选择一个正确答案，为（"
-    if lang == "en":
-        return f"{question.strip()} Here are the options: {opts} If had to select one of the options, my answer would be ("
-    raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+def fill(template: Template, question: str, choices=None, n_images: int = 4) -> str:
+    """A template's user text for one question (``n_images=0`` drops the image placeholders)."""
+    q = question.strip()
+    if template.swap:
+        q = q.replace(*template.swap)
+    fields = {"{q}": q, "{options}": format_choices(choices) if choices else ""}
+    text = re.sub(r"\{q\}|\{options\}", lambda m: fields[m.group()], template.user)  # one pass: text stays text
+    if n_images == 0:
+        text = text.replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")
+    return text
 
 
-def mivqa_prompt(question: str, lang: str = "zh", n_images: int = 4) -> str:
-    """Multi-image multiple choice, authors' template 0: the images (A-D) first, then the question."""
-    images = f"{IMAGE_PLACEHOLDER}\n" * n_images
-    if lang == "zh":
-        q = question.strip().replace("以下", "以上")  # the images come before the question
-        return (f"{images}根据以上四张图回答问题，他们分别为图A, 图B, 图C, 图D, 请从给定选项ABCD中选择一个最合适的答案。"
-                f"问题：{q}, 答案为：图")
-    if lang == "en":
-        return (f"{images}Answer the following question according to the provided four images which corresponds to "
-                f"Option (A), Option (B), Option (C), Option (D). Choose one best answer from the given options. "
-                f"Question: {question.strip()}, your answer is: Option (")
-    raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+def sivqa_prompt(question: str, choices, lang: str = "zh", template: int = DEFAULT_TEMPLATE) -> str:
+    """Single-image multiple choice (user text; the image goes before it)."""
+    return fill(get_template("sivqa", lang, template), question, choices)
 
 
-def question_prompt(item, lang: str = "zh") -> tuple[str, list[str]]:
-    """(user text, image paths relative to the data root) for a FoodieQA item (foodie.foodieqa)."""
-    if lang == "en" and not item.question_en:
-        raise ValueError(f"{item.task} question {item.question_id} has no question_en: evaluate it with lang 'zh'")
-    question = item.question_en if lang == "en" else item.question
-    if item.task == "sivqa":
-        choices = item.choices_en if lang == "en" else item.choices
-        if not choices:
-            raise ValueError(f"sivqa question {item.question_id} has no choices_en: evaluate it with lang 'zh'")
-        return sivqa_prompt(question, choices, lang), list(item.images)
-    if item.task == "mivqa":
-        return mivqa_prompt(question, lang, len(item.images)), list(item.images)
-    raise ValueError(f"no prompt template for task {item.task!r} (templates: sivqa, mivqa)")
+def mivqa_prompt(question: str, lang: str = "zh", n_images: int = 4, template: int = DEFAULT_TEMPLATE) -> str:
+    """Multi-image multiple choice: the images (A-D) where the template puts them, and the question."""
+    return fill(get_template("mivqa", lang, template), question, n_images=n_images)
+
+
+def textqa_prompt(question: str, choices, lang: str = "zh", template: int = DEFAULT_TEMPLATE) -> str:
+    """Text-only multiple choice."""
+    return fill(get_template("textqa", lang, template), question, choices)
+
+
+class EvalPrompt(NamedTuple):
+    user: str  # user text; one <image> per image, in the order of ``images``
+    images: list[str]  # paths relative to the data root
+    reply_prefix: str  # the start of the reply the model continues ("" for most templates)
+
+
+def question_prompt(item, lang: str = "zh", template: int = DEFAULT_TEMPLATE) -> EvalPrompt:
+    """The authors' prompt for a FoodieQA item (foodie.foodieqa) in a language and template."""
+    question, choices = item_text(item, lang)
+    t = get_template(item.task, lang, template)
+    images = list(item.images)
+    return EvalPrompt(fill(t, question, choices, n_images=len(images)), images, t.reply_prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,16 +175,6 @@ COLLAGE_INTRO = {
     "en": "This picture is made of four pictures: top left is Option (A), top right Option (B), "
           "bottom left Option (C), bottom right Option (D). ",
 }
-
-
-def textqa_prompt(question: str, choices, lang: str = "zh") -> str:
-    """Text-only multiple choice, authors' text-QA template 0."""
-    opts = format_choices(choices)
-    if lang == "zh":
-        return f"{question.strip()} 选项有: {opts}, 请根据从所提供的选项中选择一个正确答案，为（"
-    if lang == "en":
-        return f"{question.strip()} Here are the options: {opts} If I had to select one of the options, my answer would be ("
-    raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
 
 
 def item_text(item, lang: str):

@@ -14,46 +14,19 @@ from rich.console import Console
 
 from foodie.evaluation import (LETTERS, EvalConfig, binomial_test, build_questions, chance_range, evaluate,
                                mcnemar_exact, paired_bootstrap, parse_choice, read_predictions, wilson_interval)
+from foodie.scoring import authors_letter
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = Console(file=open("/dev/null", "w"))
-CHOICES = ["北京烤鸭", "宫保鸡丁", "烤鸭", "Mapo tofu"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing
+# The diagnostic reading still reads what the name style teaches (foodie.scoring has the parser tests)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("response, expected", [
-    ("答案是（B）", 1),
-    ("b.", 1),
-    ("The answer is C because the dish is red.", 2),
-    ("选项D", 3),
-    ("A", 0),
-    ("（Ｃ）宫保鸡丁", 2),  # full-width letter and brackets
-    ("图B", 1),  # multi-image answers name an image letter
-    ("Option (D)", 3),
-    ("(c) something", 2),
-    ("Answer: A", 0),  # the A of "Answer" is part of a word, the lone A is the answer
-    ("宫保鸡丁", 1),  # choice text only
-    ("我觉得是北京烤鸭。", 0),  # 烤鸭 is also a choice, but only as part of 北京烤鸭
-    ("mapo TOFU, I think", 3),  # case-insensitive choice text
-    ("", None),
-    ("我不知道", None),
-    ("a dish of noodles", None),  # an English article is not option a
-    ("KFC", None),
-    ("宫保鸡丁还是Mapo tofu？", None),  # two different choices named: cannot tell
-    ("图中的菜是北京烤鸭。答案是宫保鸡丁。", 1),  # the text after the answer marker decides
-    ("The dish is Peking duck... the answer is mapo tofu.", 3),
-    ("答案是宫保鸡丁还是Mapo tofu？", None),  # two choices after the marker, nothing else: cannot tell
-])
-def test_parse_choice(response, expected):
-    assert parse_choice(response, CHOICES) == expected
-
 
 def test_parse_choice_reads_what_the_name_style_teaches():
-    """Every training answer of the default style parses back to its own option (foodie.prompts.answer_text),
-    though the dish named first may itself be one of the options (猪肉 in 猪肉炖粉条)."""
+    """Every training answer of the name style parses back to its own option by the option-text diagnostic
+    (foodie.prompts.answer_text), though the dish named first may itself be one of the options."""
     from types import SimpleNamespace
 
     from foodie.prompts import answer_text
@@ -66,12 +39,6 @@ def test_parse_choice_reads_what_the_name_style_teaches():
                                    food_meta={"food_name_en": "Pork stewed with vermicelli"}, raw={})
             text = answer_text(item, lang, "name")
             assert parse_choice(text, choices if lang == "zh" else item.choices_en) == answer, text
-
-
-def test_parse_choice_without_choices_reads_letters_only():
-    assert parse_choice("图C", None) == 2
-    assert parse_choice("北京烤鸭", None) is None
-    assert parse_choice(None, CHOICES) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +113,9 @@ def test_a_guessing_model_scores_chance(small_foodieqa_dir, tmp_path):
     m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "guess"))], data_root=str(small_foodieqa_dir),
                             out=str(tmp_path / "out")), console=QUIET, load=loader({"guess": fake}))
     overall = m["models"][0]["overall"]
-    assert overall["n"] == 144 and overall["unparsed"] == 0
-    assert binomial_test(overall["correct"], overall["n"]) > 0.001
+    assert overall["n"] == 144 and overall["no_letter"] == 0
+    assert overall["accuracy"] == overall["strict"]["accuracy"] == overall["seeded_guess"]["accuracy"]
+    assert binomial_test(overall["letter_right"], overall["n"]) > 0.001
 
 
 def test_comparison_of_two_models(small_foodieqa_dir, tmp_path):
@@ -165,7 +133,8 @@ def test_comparison_of_two_models(small_foodieqa_dir, tmp_path):
     d = c["overall"]
     assert d["difference"] == pytest.approx(1.0 - base["overall"]["accuracy"])
     assert 0 < d["ci95"][0] <= d["difference"] <= d["ci95"][1] and d["mcnemar_p"] < 1e-6
-    assert d["base_only_correct"] == 0 and d["other_only_correct"] == base["overall"]["n"] - base["overall"]["correct"]
+    assert d["base_only_correct"] == 0
+    assert d["other_only_correct"] == base["overall"]["n"] - base["overall"]["seeded_guess"]["correct"]
     report = (out / "report.md").read_text()
     assert "## Differences (paired, same questions)" in report
     assert "| tuned | base | all |" in report
@@ -214,17 +183,54 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
     assert len(changed.asked) == 40
 
 
-def test_unparsed_answers_are_counted_never_guessed(small_foodieqa_dir, tmp_path):
+def test_answers_without_a_letter_count_a_quarter(small_foodieqa_dir, tmp_path):
+    """The headline is the authors' protocol: a letterless answer is worth 1/4 (their random guess);
+    strict counts it wrong; the seeded guess makes it right about a quarter of the time."""
     fake = FakeBackend(lambda t, i: "这个我不确定" if int(i[0][:2]) % 2 else "（A）")
     out = tmp_path / "out"
     m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
                             out=str(out), tasks=("sivqa",)), console=QUIET, load=loader({"m": fake}))
     rows = read_predictions(out / "predictions" / "m.jsonl")
-    unparsed = [r for r in rows if r["parsed"] is None]
     t = m["models"][0]["tasks"]["sivqa"]
-    assert t["unparsed"] == len(unparsed) > 0 and not any(r["correct"] for r in unparsed)
-    assert t["correct"] == sum(r["answer"] == "A" for r in rows if r["parsed"] == "A")
-    assert "这个我不确定" in (out / "report.md").read_text()
+    letterless = [r for r in rows if r["letter"] is None]
+    right = sum(r["answer"] == "A" for r in rows if r["letter"] == "A")
+    assert t["no_letter"] == len(letterless) > 0 and all(r["score"] == 0.25 for r in letterless)
+    assert t["accuracy"] == pytest.approx((right + 0.25 * len(letterless)) / len(rows))
+    assert t["strict"]["accuracy"] == pytest.approx(right / len(rows))
+    assert t["strict"]["accuracy"] < t["accuracy"]
+    guessed = sum(r["guess"] == r["answer"] for r in letterless)
+    assert t["seeded_guess"]["correct"] == right + guessed
+    assert all(r["guess"] in LETTERS for r in letterless) and all(r["guess"] is None for r in rows if r["letter"])
+    report = (out / "report.md").read_text()
+    assert "这个我不确定" in report and "## Responses without a letter" in report
+
+
+def test_saved_predictions_rescore_to_the_reported_numbers(small_foodieqa_dir, tmp_path):
+    """An independent scorer that knows only the authors' rule and the predictions file (raw response +
+    gold letter per question) gets every reported accuracy."""
+    import re
+
+    styles = ["Based on the image: C", "c", "（Ｄ）", "答案是麻婆豆腐。", "D) 川菜", "A, not B", ""]
+    fake = FakeBackend(lambda t, i: styles[hashlib.sha256((t + str(i)).encode()).digest()[0] % len(styles)])
+    out = tmp_path / "out"
+    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
+                            out=str(out)), console=QUIET, load=loader({"m": fake}))
+
+    def rescore(path):
+        per_task = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            found = re.findall(r"[A-D]", row["response"])
+            value = 0.25 if not found else float(found[0] == row["answer"])
+            per_task.setdefault(row["task"], []).append(value)
+        return {task: sum(v) / len(v) for task, v in per_task.items()}
+
+    saved = json.loads((out / "metrics.json").read_text())
+    reported = {task: t["accuracy"] for task, t in saved["models"][0]["tasks"].items()}
+    assert rescore(out / "predictions" / "m.jsonl") == pytest.approx(reported)
+    assert set(reported) == {"sivqa", "mivqa"}
+    rows = read_predictions(out / "predictions" / "m.jsonl")
+    assert {"response", "answer", "task", "question_id", "template", "prompt", "images"} <= set(rows[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,9 +249,7 @@ def test_untrained_tiny_model_is_at_chance(tiny_eval):
     """Random weights cannot know dishes: accuracy is not above what guessing gives.
 
     "Near chance", statistically: the one-sided exact binomial test of "better than 25%" is not
-    significant (p > 0.01) over all answers, nor over the parsed ones. A random model mostly emits
-    text that names no option: such answers count as wrong (never replaced by a random guess), so
-    its accuracy can sit below 25%, and the report shows how many answers were unparsed.
+    significant (p > 0.01), on the seeded-guess outcomes and on the answers that have a letter.
     """
     metrics, out = tiny_eval
     m = metrics["models"][0]
@@ -256,10 +260,10 @@ def test_untrained_tiny_model_is_at_chance(tiny_eval):
     def p_above_chance(k, n):
         return sum(math.comb(n, i) * 0.25 ** i * 0.75 ** (n - i) for i in range(k, n + 1))
 
-    assert p_above_chance(m["overall"]["correct"], 32) > 0.01
-    parsed = [r for r in rows if r["parsed"] is not None]
-    assert p_above_chance(sum(r["correct"] for r in parsed), len(parsed)) > 0.01
-    assert m["overall"]["unparsed"] == 32 - len(parsed)
+    assert p_above_chance(m["overall"]["seeded_guess"]["correct"], 32) > 0.01
+    lettered = [r for r in rows if r["letter"] is not None]
+    assert p_above_chance(sum(r["letter"] == r["answer"] for r in lettered), len(lettered)) > 0.01
+    assert m["overall"]["no_letter"] == 32 - len(lettered)
     for task in ("sivqa", "mivqa"):
         t = m["tasks"][task]
         assert t["n"] == 16 and t["chance"]["range95"][0] <= 4 <= t["chance"]["range95"][1]
@@ -271,11 +275,15 @@ def test_report_and_chart_are_well_formed(tiny_eval):
     metrics, out = tiny_eval
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["models"] == json.loads(json.dumps(metrics["models"]))
-    assert {"lang", "models", "comparisons", "published", "runs", "settings"} <= set(saved)
+    assert {"lang", "template", "protocol", "questions", "models", "comparisons", "published", "runs",
+            "settings"} <= set(saved)
+    assert saved["template"] == 0 == saved["settings"]["template"]
+    assert saved["questions"] == {"data": "synthetic", "scope": "subset (first 16 per task, spread)"}
     m = saved["models"][0]
     assert {"overall", "tasks", "label", "fingerprint", "backend"} <= set(m)
     for t in m["tasks"].values():
-        assert {"n", "correct", "accuracy", "ci95", "unparsed", "by_question_type", "by_cuisine", "chance"} <= set(t)
+        assert {"n", "accuracy", "ci95", "no_letter", "letter_right", "seeded_guess", "strict", "option_text",
+                "by_question_type", "by_cuisine", "chance"} <= set(t)
         assert t["ci95"][0] <= t["accuracy"] <= t["ci95"][1]
         assert sum(g["n"] for g in t["by_cuisine"].values()) == t["n"] == sum(g["n"] for g in t["by_question_type"].values())
     assert len(m["tasks"]["sivqa"]["by_cuisine"]) > 1  # cuisines come from the data, not "unknown"
@@ -285,10 +293,12 @@ def test_report_and_chart_are_well_formed(tiny_eval):
     assert len(table) == 3  # sivqa, mivqa, all
     header = next(ln for ln in report.splitlines() if ln.startswith("| model | task | accuracy %"))
     assert all(ln.count("|") == header.count("|") for ln in table)
-    for heading in ("## Accuracy", "## Accuracy by question type", "## Accuracy by cuisine", "## Unparsed answers",
-                    "## Published FoodieQA results (for context)"):
+    for heading in ("## Accuracy", "## Accuracy by question type", "## Accuracy by cuisine",
+                    "## Responses without a letter"):
         assert heading in report
-    assert "GPT-4o | 72.66 | full set, by the authors" in report
+    # Synthetic data: the paper's models are never set beside it, in the report or the chart.
+    assert saved["published"]["results"] == {} and "GPT-4o" not in report
+    assert "Not shown: synthetic data" in report and "first capital A-D anywhere" in report
     assert "![accuracy by model and task](accuracy.png)" in report
 
     with Image.open(out / "accuracy.png") as im:
@@ -300,19 +310,26 @@ def test_cli(tiny_model_dir, small_foodieqa_dir, tmp_path):
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tiny_model_dir),
                           "--label", "tiny", "--data-root", str(small_foodieqa_dir), "--out", str(out),
-                          "--tasks", "sivqa", "--limit", "3", "--lang", "en", "--backend", "transformers"],
+                          "--tasks", "sivqa", "--limit", "3", "--lang", "en", "--backend", "transformers",
+                          "--template", "1", "--max-new-tokens", "8"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "FoodieQA accuracy (en)" in run.stderr  # the rich table
+    assert "FoodieQA accuracy (en, template 1" in run.stderr  # the rich table
     rows = read_predictions(out / "predictions" / "tiny.jsonl")
     assert [r["task"] for r in rows] == ["sivqa"] * 3
-    assert all(r["prompt"].endswith("my answer would be (") for r in rows)
+    assert all(r["template"] == 1 and r["prompt"].startswith("You are an AI assistant.") for r in rows)
+    assert json.loads((out / "metrics.json").read_text())["settings"]["template"] == 1
     assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
 
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tmp_path / "nope"),
                           "--data-root", str(small_foodieqa_dir), "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr and "config.json" in bad.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tiny_model_dir),
+                          "--data-root", str(small_foodieqa_dir), "--out", str(out), "--template", "5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--template 5" in bad.stderr and "0-4" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_held_out_manifest_selects_items(small_foodieqa_dir, tmp_path):
@@ -335,3 +352,154 @@ def test_prompts_are_the_authors_templates(small_foodieqa_dir):
     assert si.prompt.endswith("请根据上图从所提供的选项中选择一个正确答案，为（") and "选项有: （A) " in si.prompt
     assert si.images and (root / si.images[0]).is_file() and si.choices
     assert mi.prompt.count("<image>") == 4 and mi.prompt.endswith("答案为：图") and mi.choices is None
+
+
+def test_every_template_of_the_authors_is_selectable(small_foodieqa_dir):
+    """Single-image zh 0-4 / en 0-3, multi-image zh and en 0-3: each builds every question, with one
+    <image> per image, and the templates that start the reply carry that start separately."""
+    from foodie.prompts import TEMPLATES
+    for lang in ("zh", "en"):
+        for task in ("sivqa", "mivqa"):
+            numbers = range(len(TEMPLATES[task][lang]))
+            assert len(numbers) == {"sivqa": {"zh": 5, "en": 4}, "mivqa": {"zh": 4, "en": 4}}[task][lang]
+            for n in numbers:
+                qs, _ = build_questions(small_foodieqa_dir, (task,), lang, limit=2, template=n)
+                for q in qs:
+                    assert q.template == n
+                    if task == "mivqa":
+                        assert q.prompt.count("<image>") == 4 and len(q.images) == 4
+                    assert q.reply_prefix == TEMPLATES[task][lang][n].reply_prefix
+        with pytest.raises(ValueError, match="0-3"):
+            build_questions(small_foodieqa_dir, ("mivqa",), lang, template=4)
+    si, = build_questions(small_foodieqa_dir, ("sivqa",), "zh", limit=1, template=3)[0]
+    assert si.prompt.endswith("请根据上图从所提供的选项中选择一个正确答案。") and si.reply_prefix == "我选择（"
+
+
+def test_english_prompts_use_the_english_question_and_choices(small_foodieqa_dir):
+    from foodie.foodieqa import load_foodieqa
+    items = {it.question_id: it for it in load_foodieqa(small_foodieqa_dir, ("sivqa",)).sivqa}
+    for template in range(4):
+        for q in build_questions(small_foodieqa_dir, ("sivqa",), "en", limit=8, template=template)[0]:
+            it = items[q.question_id]
+            assert it.question_en.strip() in q.prompt and q.choices == it.choices_en
+            assert all(f"（{x}) {c.strip()}\n" in q.prompt for x, c in zip(LETTERS, it.choices_en))
+            assert not any(c in q.prompt for c in it.choices if c not in it.choices_en)
+            assert "选项" not in q.prompt
+
+
+def test_multi_image_questions_keep_the_images_in_the_files_order(small_foodieqa_dir, tmp_path):
+    """Image k of the file is image k of the prompt (option A-D), whatever the template; the answer
+    letter indexes that order; the model is handed the images in it."""
+    raw = {str(r["question_id"]): r["images"] for r in json.loads((small_foodieqa_dir / "mivqa_tidy.json").read_text())}
+    for template in range(4):
+        qs, _ = build_questions(small_foodieqa_dir, ("mivqa",), "zh", template=template)
+        assert all(q.images == raw[q.question_id] for q in qs)
+    seen = []
+
+    class Recorder(FakeBackend):
+        def generate(self, requests, params):
+            seen.extend((r[-1].text, [Path(p).relative_to(small_foodieqa_dir).as_posix() for p in r[-1].images])
+                        for r in requests)
+            return ["A"] * len(requests)
+
+    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
+                        out=str(tmp_path / "out"), tasks=("mivqa",), template=1), console=QUIET,
+             load=loader({"m": Recorder(None)}))
+    qs = build_questions(small_foodieqa_dir, ("mivqa",), "zh", template=1)[0]
+    assert sorted(seen) == sorted((q.prompt, raw[q.question_id]) for q in qs)
+    for text, _ in seen:
+        assert text.index("<image>图A") < text.index("<image>图B") < text.index("<image>图C") < text.index("<image>图D")
+
+
+def test_reply_prefix_reaches_the_model_as_the_start_of_its_turn(small_foodieqa_dir, tmp_path):
+    asked = []
+
+    class Recorder(FakeBackend):
+        def generate(self, requests, params):
+            asked.extend(requests)
+            return ["B"] * len(requests)
+
+    out = tmp_path / "out"
+    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
+                        tasks=("sivqa",), template=4, limit=3), console=QUIET, load=loader({"m": Recorder(None)}))
+    assert [[m.role for m in r] for r in asked] == [["user", "assistant"]] * 3
+    assert all(r[-1].text == "我选择（" for r in asked)
+    rows = read_predictions(out / "predictions" / "m.jsonl")
+    assert all(r["reply_prefix"] == "我选择（" and r["response"] == "B" for r in rows)
+
+    # Multi-image zh template 3 starts the reply with "...选项ABCD中...": only what the model wrote is
+    # scored, so its "B" reads as B, not as the A of the prefix.
+    asked.clear()
+    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir),
+                            out=str(out), tasks=("mivqa",), template=3), console=QUIET,
+                 load=loader({"n": Recorder(None)}))
+    assert "ABCD" in asked[0][-1].text and authors_letter(asked[0][-1].text) == 0
+    rows = read_predictions(out / "predictions" / "n.jsonl")
+    assert {r["letter"] for r in rows} == {"B"}
+    assert m["models"][0]["tasks"]["mivqa"]["accuracy"] == pytest.approx(sum(r["answer"] == "B" for r in rows) / len(rows))
+
+
+def test_published_rows_only_beside_real_foodieqa(small_foodieqa_dir, tmp_path):
+    """The same questions without the synthetic marker stand for a real FoodieQA folder: the authors'
+    rows appear, all of them, marks kept, labelled full test set; ours labelled with its own scope."""
+    import shutil
+
+    from PIL import Image
+
+    from foodie.published import PUBLISHED
+    real = tmp_path / "FoodieQA"
+    shutil.copytree(small_foodieqa_dir, real)
+    (real / ".synthetic.json").unlink()
+    (real / "README.md").unlink()
+    fake = FakeBackend(guesser)
+    out = tmp_path / "out"
+    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(real), out=str(out)),
+                 console=QUIET, load=loader({"m": fake}))
+    assert m["questions"] == {"data": "FoodieQA", "scope": "full test set"}
+    assert [r["model"] for r in m["published"]["results"]["sivqa"]] == \
+        [r["model"] for r in sorted(PUBLISHED["sivqa"]["zh"], key=lambda r: -r["accuracy"])]
+    assert len(m["published"]["results"]["sivqa"]) == 9 and len(m["published"]["results"]["mivqa"]) == 7
+    report = (out / "report.md").read_text()
+    assert "| GPT-4o | 72.66 | full test set, by the authors |" in report
+    assert "| Human | 91.69 | full test set, by the authors |" in report
+    assert "| **m** (ours) |" in report and "full test set, FoodieQA, n=96" in report
+    with Image.open(out / "accuracy.png") as im:
+        assert im.width > 1000  # the second panel
+
+    en = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "e"))], data_root=str(real), out=str(tmp_path / "en"),
+                             lang="en", tasks=("sivqa",), limit=5), console=QUIET, load=loader({"e": FakeBackend(guesser)}))
+    assert {r["model"]: r["mark"] for r in en["published"]["results"]["sivqa"]}["Human"] == "†"
+    report = (tmp_path / "en" / "report.md").read_text()
+    assert "| Human | 46.53† | full test set, by the authors |" in report
+    assert "subset" in report and "not the full test set" in report
+
+
+def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
+    """A model at 100% puts its value label above the bar: it must stay inside the axes, under the title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from foodie import evaluation
+    questions, _ = build_questions(small_foodieqa_dir, ("sivqa",), "zh")
+    truth = {q.prompt: LETTERS[q.answer] for q in questions}
+    out = tmp_path / "out"
+    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "o"))], data_root=str(small_foodieqa_dir), out=str(out),
+                            tasks=("sivqa",)), console=QUIET, load=loader({"o": FakeBackend(lambda t, i: truth[t])}))
+    assert m["models"][0]["tasks"]["sivqa"]["accuracy"] == 1.0
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig=None: captured.setdefault("fig", fig)
+    try:
+        evaluation.render_chart(m, tmp_path / "c.png")
+    finally:
+        plt.close = real_close
+    fig = captured["fig"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    title = ax.title.get_window_extent(renderer)
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert box.y1 <= ax.get_window_extent(renderer).y1 and not box.overlaps(title), text.get_text()
+    real_close(fig)

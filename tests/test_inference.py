@@ -192,8 +192,10 @@ def test_image_placeholders():
 def test_bad_requests_are_refused_clearly(backend, tmp_path):
     with pytest.raises(ValueError, match="must alternate"):
         backend.generate([[Message("user", "a"), Message("user", "b")]])
-    with pytest.raises(ValueError, match="last message .* user"):
-        backend.generate([[Message("user", "a"), Message("assistant", "b")]])
+    with pytest.raises(ValueError, match="must alternate"):
+        backend.generate([[Message("assistant", "b")]])
+    with pytest.raises(ValueError, match="start of the reply"):
+        backend.generate([[Message("user", "a"), Message("assistant", "")]])
     with pytest.raises(ValueError, match="only user messages"):
         Message("assistant", "a", images=["x.jpg"])
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -203,6 +205,16 @@ def test_bad_requests_are_refused_clearly(backend, tmp_path):
     # A system message replaces the checkpoint's system prompt.
     assert backend.render([Message("system", "You are a chef."), Message("user", "hi")]).startswith(
         "<|im_start|>system\nYou are a chef.")
+
+
+def test_a_started_reply_is_continued(backend):
+    """FoodieQA templates that start the assistant's turn ("我选择（"): the prompt ends inside that turn,
+    and the answer returned is only what the model adds."""
+    plain = backend.render([Message("user", "hi")])
+    started = backend.render([Message("user", "hi"), Message("assistant", "我选择（")])
+    assert started == plain + "我选择（" and plain.endswith("<|im_start|>assistant\n")
+    out = backend.generate([[Message("user", "hi"), Message("assistant", "我选择（")]], GenerationParams(max_new_tokens=3))
+    assert len(out) == 1 and not out[0].startswith("我选择（")
 
 
 def test_backend_choice_on_cpu(tmp_path, monkeypatch):

@@ -213,7 +213,8 @@ def test_eval_food_metrics_json_is_rendered_by_its_own_report_writer(tmp_path):
     if not all(hasattr(evaluation, n) for n in ("ModelRun", "build_metrics", "render_report")):
         pytest.skip("foodie.evaluation is not complete yet")
     rows = [dict(item_id=f"sivqa:{i}", task="sivqa", question_type="main-ingredient", cuisine="Sichuan",
-                 correct=i < 5, parsed="A", response="A") for i in range(8)]
+                 answer="A" if i < 5 else "B", letter="A", score=float(i < 5), guess=None, option_text="A",
+                 response="A") for i in range(8)]
     run = evaluation.ModelRun(label="fine-tuned", model_dir="m", backend="transformers", fingerprint="f", rows=rows)
     metrics = evaluation.build_metrics([run], "zh", tmp_path, None)
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))

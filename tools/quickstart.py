@@ -239,14 +239,20 @@ class Pipeline:
         metrics = json.loads((self.eval_dir / "metrics.json").read_text())
         acc = {m["label"]: m["overall"] for m in metrics["models"]}
         self.console.print(self.sources_line())
-        table = Table(title="[7/7] FoodieQA held-out accuracy, before vs after fine-tuning")
-        table.add_column("model")
-        table.add_column("accuracy", justify="right")
-        table.add_column("correct / asked", justify="right")
-        table.add_column("unparseable", justify="right")
+        asked = metrics.get("questions", {})
+        table = Table(title=f"[7/7] FoodieQA accuracy ({asked.get('scope', 'held-out split')}, {asked.get('data', '')} "
+                            f"data), before vs after fine-tuning (authors' rule, template {metrics.get('template', 0)})")
+        for col in ("model", "accuracy", "95% CI", "letter right / no letter / n", "seeded guess", "strict",
+                    "option text (diagnostic)"):
+            table.add_column(col, justify="left" if col == "model" else "right")
         for label, o in acc.items():
-            table.add_row(label, f"{100 * o['accuracy']:.1f}%", f"{o['correct']}/{o['n']}", str(o["unparsed"]))
+            table.add_row(label, f"{100 * o['accuracy']:.1f}%", f"{100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}",
+                          f"{o['letter_right']} / {o['no_letter']} / {o['n']}",
+                          f"{100 * o['seeded_guess']['accuracy']:.1f}%", f"{100 * o['strict']['accuracy']:.1f}%",
+                          f"{100 * o['option_text']['accuracy']:.1f}%")
         self.console.print(table)
+        self.console.print("[dim]accuracy: first capital A-D in the answer, none counts 1/4 (FoodieQA's scoring); "
+                           f"predictions with raw answers and gold letters: {self.eval_dir / 'predictions'}/[/dim]")
         demo = f"{PY if not PY.startswith(str(REPO_ROOT)) else os.path.relpath(PY, REPO_ROOT)} demo/app.py " \
                f"--model {self.merged} --compare {self.model} --data-root {self.data_root}"
         self.console.print(f"chart:  {self.eval_dir / 'accuracy.png'}\nreport: {self.eval_dir / 'report.md'}")

@@ -1,0 +1,57 @@
+"""FoodieQA accuracy published by its authors: every row of their tables, marks kept.
+
+Source: the FoodieQA repository's README (lyan62/FoodieQA, "Models and results for the VQA tasks" and
+"... for the TextQA task"), the tables of Li et al., "FoodieQA", EMNLP 2024. Every number was measured
+on the FULL test set (256 single-image, 403 multi-image questions; all text questions), never on a
+held-out split: shown beside a project result only when that result is a run on the real FoodieQA,
+and always labelled as the full set.
+"""
+from __future__ import annotations
+
+SOURCE = "Li et al., FoodieQA (EMNLP 2024); tables of github.com/lyan62/FoodieQA README"
+SCOPE = "full test set"
+# The authors mark the human accuracy on the English questions with a dagger; the paper explains it.
+DAGGER_NOTE = "† as marked by the authors (human accuracy on the English questions; see the paper)"
+TEXTQA_NOTE = ("TextQA: each model's best accuracy over the authors' text prompts 0-3 (the prompt is named), "
+               "Chinese questions")
+
+# (model, accuracy %, mark, note); "-": not evaluated by the authors (left out).
+VQA_COLUMNS = ("mivqa/zh", "mivqa/en", "sivqa/zh", "sivqa/en")
+_VQA = [
+    ("Human", "91.69", "77.22†", "74.41", "46.53†"),
+    ("Phi-3-vision-4.2B", "29.03", "33.75", "42.58", "44.53"),
+    ("Idefics2-8B", "50.87", "41.69", "46.87", "52.73"),
+    ("Mantis-8B", "46.65", "43.67", "41.80", "47.66"),
+    ("Qwen-VL-12B", "32.26", "27.54", "48.83", "42.97"),
+    ("Yi-VL-6B", "-", "-", "49.61", "41.41"),
+    ("Yi-VL-34B", "-", "-", "52.73", "48.05"),
+    ("GPT-4V", "78.92", "69.23", "63.67", "60.16"),
+    ("GPT-4o", "86.35", "80.64", "72.66", "67.97"),
+]
+_TEXTQA_ZH = [  # (model, best accuracy %, prompt)
+    ("Phi-3-medium", 41.28, 1), ("Mistral-7B-instruct", 35.18, 1), ("Llama3-8B-Chinese", 47.38, 1),
+    ("YI-6B", 25.53, 3), ("YI-34B", 46.38, 3), ("Qwen2-7B-instruct", 68.23, 3), ("GPT-4", 60.99, 1),
+]
+
+
+def _rows() -> dict:
+    out: dict = {}
+    for name, *cells in _VQA:
+        for column, cell in zip(VQA_COLUMNS, cells):
+            if cell == "-":
+                continue
+            task, lang = column.split("/")
+            mark = "†" if cell.endswith("†") else ""
+            out.setdefault(task, {}).setdefault(lang, []).append(
+                dict(model=name, accuracy=float(cell.rstrip("†")), mark=mark, note=""))
+    out["textqa"] = {"zh": [dict(model=name, accuracy=acc, mark="", note=f"prompt {prompt}")
+                            for name, acc, prompt in _TEXTQA_ZH]}
+    return out
+
+
+PUBLISHED = _rows()  # task -> lang -> [{model, accuracy, mark, note}]
+
+
+def published(task: str, lang: str) -> list[dict]:
+    """The authors' rows for a task and language, best first (empty when they published none)."""
+    return sorted(PUBLISHED.get(task, {}).get(lang, []), key=lambda r: -r["accuracy"])
