@@ -4,10 +4,15 @@ links into the code must point at the lines that hold the symbol they name (tool
 
 A fenced block is CPU-runnable when the line before its opening fence is `<!-- cpu-runnable -->`; the blocks
 of one page run in order, in one bash session, from the repository root, with FOODIE_WORK pointing at a
-temporary folder (so the embedded defaults are built there, never in the checkout)."""
+temporary folder (so the embedded defaults are built there, never in the checkout).
+
+An exercise's answer is a ```text block right after `<!-- answer: COMMAND -->`: every line of it must be a line
+that COMMAND prints, so the pages' exercises and the tools cannot drift apart."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -271,3 +276,74 @@ def test_committed_contact_sheet_is_what_the_documented_command_makes(tmp_path):
     committed = np.asarray(Image.open(REPO / "docs/images/example_mapo_tofu_tiles.png").convert("RGB"), dtype=np.int16)
     assert made.shape == committed.shape
     assert np.abs(made - committed).mean() < 1.0  # identical up to font rendering differences
+
+
+# ------------------------------------------------------------------------------------------------
+# Exercises: the answers are what the tools print
+# ------------------------------------------------------------------------------------------------
+
+ANSWER = re.compile(r"^<!-- answer: (.+?) -->$")
+TEACHING_DOCS = ("multimodal_llm.md", "internvl2.md")
+
+
+def answer_blocks(doc: Path) -> list[tuple[int, str, list[str]]]:
+    """(line number, command, expected lines) of every `<!-- answer: COMMAND -->` + ```text block."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    found = []
+    for n, line in enumerate(lines):
+        m = ANSWER.match(line.strip())
+        if not m:
+            continue
+        assert n + 1 < len(lines) and lines[n + 1].strip() == "```text", f"{doc.name}:{n + 1}: no ```text block"
+        end = next(k for k in range(n + 2, len(lines)) if lines[k].strip() == "```")
+        found.append((n + 1, m.group(1), [ln for ln in lines[n + 2:end] if ln.strip()]))
+    return found
+
+
+def test_each_teaching_page_ends_with_checked_exercises():
+    for name in TEACHING_DOCS:
+        text = (REPO / "docs" / name).read_text(encoding="utf-8")
+        assert "## Exercises (练习)" in text, name
+        tail = text[text.index("## Exercises (练习)"):]
+        assert tail.count("<details><summary>Answer</summary>") >= 5, name
+        assert len(answer_blocks(REPO / "docs" / name)) >= 5, name
+
+
+def run_documented(command: str, work: Path) -> str:
+    """stdout of a documented command; explain_image runs in this process (fast), anything else in bash."""
+    words = shlex.split(command)
+    if words[:2] == ["python", "tools/explain_image.py"] and "$" not in command:
+        spec = importlib.util.spec_from_file_location("explain_image_for_docs", REPO / "tools" / "explain_image.py")
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert tool.main(words[2:]) == 0, command
+        return out.getvalue()
+    env = dict(os.environ, FOODIE_WORK=str(work), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               MPLBACKEND="Agg")
+    r = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{command}\n{r.stderr[-2000:]}"
+    return r.stdout
+
+
+def test_exercise_answers_are_what_the_tools_print(tmp_path):
+    printed: dict[str, set[str]] = {}
+    problems = []
+    for name in TEACHING_DOCS:
+        for line, command, expected in answer_blocks(REPO / "docs" / name):
+            if command not in printed:
+                printed[command] = {ln.strip() for ln in run_documented(command, tmp_path).splitlines()}
+            problems += [f"{name}:{line}: `{command}` no longer prints: {want.strip()}"
+                         for want in expected if want.strip() not in printed[command]]
+    assert not problems, "\n".join(problems)
+
+
+def test_answer_checker_catches_a_wrong_answer(tmp_path):
+    """The checker itself: a stale line is reported with its page and command."""
+    doc = tmp_path / "page.md"
+    doc.write_text("# P\n\n<!-- answer: python tools/explain_image.py --size 448x448 -->\n```text\n"
+                   "image 448x448 -> grid 1x1 (cols x rows) = 1 tile(s)\ntiles: 2\n```\n", encoding="utf-8")
+    [(line, command, expected)] = answer_blocks(doc)
+    out = {ln.strip() for ln in run_documented(command, tmp_path).splitlines()}
+    assert line == 3 and expected[0] in out and expected[1] not in out

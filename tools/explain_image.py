@@ -1,13 +1,23 @@
 """Show what InternVL2 sees of one image: the grid it is cut into, the tiles, the thumbnail.
 
     python tools/explain_image.py IMAGE [--max-tiles N] [--min-tiles N] [--no-thumbnail] [--out PNG]
+    python tools/explain_image.py --size WxH [--size WxH ...] [--max-tiles N] [--tile-size 448]
     python tools/explain_image.py --list-grids [--max-tiles N]
+    python tools/explain_image.py --compare anyres [--size WxH ...]
+    python tools/explain_image.py --pixel-shuffle
+    python tools/explain_image.py --connectors
 
-Writes a PNG contact sheet (default: work/explain/<image name>_tiles.png) with
+With an IMAGE: writes a PNG contact sheet (default: work/explain/<image name>_tiles.png) with
   1. the original image with the chosen grid drawn over it,
   2. the 448x448 tiles in their grid positions (row-major numbering, as the model reads them),
   3. the 448x448 thumbnail of the whole image (only when there is more than one tile),
-and prints the tile count and the image-token budget (256 <IMG_CONTEXT> tokens per tile).
+and prints the tile count, the image-token budget (256 <IMG_CONTEXT> tokens per tile) and how much the
+image is enlarged and stretched to fit its grid. --size does the same arithmetic for a size, no image needed.
+
+The other modes print the answers to the exercises in docs/internvl2.md and docs/multimodal_llm.md:
+--list-grids the candidate grids and their distinct aspect ratios, --compare anyres a table of InternVL2's
+tiling against LLaVA-NeXT's AnyRes (foodie/anyres.py) with token counts and resize factors,
+--pixel-shuffle the model's own pixel_shuffle on a torch.arange grid, --connectors the projector sizes.
 
 Everything comes from foodie.image_tiling, the code the model uses in training, evaluation and the demo;
 images are opened through its safe door (any mode -> RGB, decompression bombs refused).
@@ -16,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foodie import anyres  # noqa: E402
 from foodie import image_tiling as it  # noqa: E402
 from foodie.atomic import atomic_path  # noqa: E402
 from foodie.paths import work_dir  # noqa: E402
@@ -65,14 +77,15 @@ def original_with_grid(image: Image.Image, cols: int, rows: int, box_w: int, box
     return shown
 
 
-def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Image], title: str) -> Image.Image:
+def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Image], title: str,
+                  tile: int = it.IMAGE_SIZE) -> Image.Image:
     """Compose original-with-grid, the tiles in grid layout, and the thumbnail into one picture."""
     cols, rows = plan.cols, plan.rows
     grid_tiles, thumbnail = tiles[: cols * rows], tiles[cols * rows:]
     has_thumb = bool(thumbnail)
     head, label = font(22), font(14)
     line_h = 20
-    caption = f"{cols * rows} tile(s) of {it.IMAGE_SIZE}x{it.IMAGE_SIZE}, numbered in row-major order"
+    caption = f"{cols * rows} tile(s) of {tile}x{tile}, numbered in row-major order"
     caption += ", then the thumbnail (right)" if has_thumb else ""
 
     # Tile cells: the grid plus (when present) one thumbnail cell to its right fit the width,
@@ -109,14 +122,22 @@ def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Ima
     return sheet
 
 
-def describe(plan: it.TilingPlan, use_thumbnail: bool) -> str:
-    per_tile = it.tokens_per_tile()
+def grid_scale(plan: it.TilingPlan, tile: int = it.IMAGE_SIZE) -> tuple[float, float]:
+    """(horizontal, vertical) resize factors of the image onto its cols x rows grid of tiles."""
+    return tile * plan.cols / plan.width, tile * plan.rows / plan.height
+
+
+def describe(plan: it.TilingPlan, use_thumbnail: bool, tile: int = it.IMAGE_SIZE) -> str:
+    per_tile = it.tokens_per_tile(tile)
     grid = f"grid {plan.cols}x{plan.rows} (cols x rows) = {plan.cols * plan.rows} tile(s)"
     thumb = " + 1 thumbnail" if plan.tiles > plan.cols * plan.rows else ""
+    sx, sy = grid_scale(plan, tile)
     return (f"image {plan.width}x{plan.height} -> {grid}{thumb}\n"
             f"tiles: {plan.tiles}\n"
             f"image tokens: {plan.tiles} x {per_tile} = {plan.tokens} <IMG_CONTEXT> "
-            f"(+2 for <img> </img> = {plan.tokens + 2} in the prompt)")
+            f"(+2 for <img> </img> = {plan.tokens + 2} in the prompt)\n"
+            f"resized to {tile * plan.cols}x{tile * plan.rows}: x{sx:.2f} wide, x{sy:.2f} high "
+            f"(aspect ratio x{sx / sy:.2f})")
 
 
 def list_grids(min_tiles: int, max_tiles: int) -> None:
@@ -125,6 +146,127 @@ def list_grids(min_tiles: int, max_tiles: int) -> None:
     for n in sorted({c * r for c, r in grids}):
         row = [f"{c}x{r} ({c / r:.3g})" for c, r in grids if c * r == n]
         print(f"  {n:2d} tiles: " + ", ".join(row))
+    by_ratio: dict[Fraction, list[str]] = {}
+    for c, r in grids:
+        by_ratio.setdefault(Fraction(c, r), []).append(f"{c}x{r}")
+    shared = {ratio: names for ratio, names in by_ratio.items() if len(names) > 1}
+    print(f"{len(by_ratio)} distinct aspect ratios: {len(grids) - len(by_ratio)} grids repeat the ratio of a "
+          f"smaller grid, so the ratio alone cannot choose between them (the tie rule looks at the image's size):")
+    for ratio, names in sorted(shared.items()):
+        print(f"  {float(ratio):.3g}: " + ", ".join(names))
+
+
+# Sizes of the comparison table: a small photo, one tile, the tie rule at work, common photo and screen
+# sizes, our example picture, a phone photo and an extreme strip.
+COMPARE_SIZES = ((300, 200), (448, 448), (700, 700), (800, 600), (1141, 760), (1920, 1080), (4032, 3024),
+                 (10000, 100))
+
+
+def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
+    per_tile = it.tokens_per_tile()
+    canvases = " ".join(f"{w}x{h}" for w, h in anyres.V16_CANVASES)
+    print(f"InternVL2: {it.IMAGE_SIZE}-px tiles, grid closest in aspect ratio among {min_tiles}..{max_tiles} tiles, "
+          f"image stretched onto it, thumbnail last, {per_tile} tokens per tile (+2 for <img> </img>).")
+    print(f"LLaVA-NeXT AnyRes: {anyres.TILE}-px tiles, canvas with the most effective pixels (then least waste) "
+          f"among {canvases}, image fitted and padded, base image first ({anyres.BASE_TOKENS} tokens), "
+          f"unpadded rows each followed by a newline token.")
+    print()
+    print("| image | InternVL2 grid | tiles | tokens | scale w, h | aspect | AnyRes canvas | crops | tokens "
+          "| scale | padding |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for w, h in sizes:
+        plan = it.TilingPlan.for_size(w, h, min_num=min_tiles, max_num=max_tiles)
+        sx, sy = grid_scale(plan)
+        a = anyres.AnyResPlan.for_size(w, h)
+        print(f"| {w}x{h} | {plan.cols}x{plan.rows} | {plan.tiles} | {plan.tokens:,} | x{sx:.2f}, x{sy:.2f} "
+              f"| x{sx / sy:.2f} | {a.canvas_w}x{a.canvas_h} | {a.crops} | {a.tokens:,} | x{a.scale:.2f} "
+              f"| {a.padding:.0%} |")
+    print()
+    print("tiles/crops count the thumbnail or base image; aspect = how much wider (x>1) or narrower the image "
+          "is made; padding = share of the AnyRes canvas that is black padding.")
+
+
+PS_SIDE = 4  # the exercise's grid: 4x4 patches, one channel each
+
+
+def model_pixel_shuffle(x, ps_version: str = "v2"):
+    """The model's own InternVLChatModel.pixel_shuffle(x, 0.5), given the one attribute it reads."""
+    import warnings
+    from types import SimpleNamespace
+
+    from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # v1's "transposed image" warning: showing it is the point here
+        return InternVLChatModel.pixel_shuffle(SimpleNamespace(ps_version=ps_version), x, scale_factor=0.5)
+
+
+def pixel_shuffle_example(side: int = PS_SIDE):
+    """(x, y): torch.arange(side*side) as a [1, side, side, 1] grid of 1-channel patches, and its pixel shuffle."""
+    import torch
+
+    x = torch.arange(side * side).reshape(1, side, side, 1)
+    return x, model_pixel_shuffle(x)
+
+
+def pixel_shuffle_exercise() -> str:
+    import torch
+
+    x, y = pixel_shuffle_example()
+    side = x.shape[1]
+    lines = [f"input  {list(x.shape)}  = torch.arange({side * side}).reshape(1, {side}, {side}, 1): "
+             f"[tiles, rows, cols, channels], patch (r, c) holds {side}*r + c"]
+    lines += ["  " + " ".join(f"{int(v):2d}" for v in row) for row in x[0, :, :, 0]]
+    lines.append(f"output {list(y.shape)}  pixel_shuffle(x, 0.5) with ps_version v2 (InternVL2's config): "
+                 f"each token stacks a 2x2 block of patches into its channels")
+    for r in range(y.shape[1]):
+        for c in range(y.shape[2]):
+            lines.append(f"  token ({r}, {c}) <- {[int(v) for v in y[0, r, c]]}")
+    t = model_pixel_shuffle(x, "v1")
+    lines.append(f"with ps_version v1 the grid stays transposed: token (0, 1) <- {[int(v) for v in t[0, 0, 1]]}")
+    real = model_pixel_shuffle(torch.zeros(1, 32, 32, 1024))
+    lines.append(f"InternVL2-2B, one 448-px tile: [1, 32, 32, 1024] -> {list(real.shape)} -> "
+                 f"{real.shape[1] * real.shape[2]} tokens of width {real.shape[3]}")
+    return "\n".join(lines)
+
+
+def mlp1_parameters(vit_hidden: int, llm_hidden: int, downsample_ratio: float = it.DOWNSAMPLE_RATIO) -> int:
+    """Parameters of InternVL's mlp1: LayerNorm(d) -> Linear(d, llm) -> GELU -> Linear(llm, llm), d = vit * 4."""
+    d = vit_hidden * int(1 / downsample_ratio) ** 2
+    return 2 * d + (d * llm_hidden + llm_hidden) + (llm_hidden * llm_hidden + llm_hidden)
+
+
+def llava_projector_parameters(vit_hidden: int, llm_hidden: int) -> int:
+    """LLaVA-1.5's mm_projector: Linear(vit, llm) -> GELU -> Linear(llm, llm)."""
+    return (vit_hidden * llm_hidden + llm_hidden) + (llm_hidden * llm_hidden + llm_hidden)
+
+
+# (model, vision encoder and width, LLM and width): widths from the models' config.json files
+CONNECTORS = (("InternVL2-2B", "InternViT-300M", 1024, "InternLM2-chat-1.8B", 2048),
+              ("InternVL 1.5", "InternViT-6B", 3200, "InternLM2-chat-20B", 6144))
+LLAVA15_PROJECTOR = ("LLaVA-1.5-7B", "CLIP ViT-L/14-336", 1024, "Vicuna-7B", 4096)  # mm_projector mlp2x_gelu
+QFORMER_PARAMS = 188_000_000  # BLIP-2 paper, section 3.1 ("Q-Former ... contains 188M parameters")
+
+
+def connectors() -> str:
+    lines = ["mlp1 = LayerNorm(4C) -> Linear(4C, D) -> GELU -> Linear(D, D), C = ViT width, D = LLM width:"]
+    for name, vit, c, llm, d in CONNECTORS:
+        lines.append(f"  {name:13s} {vit} C={c}, {llm} D={d}: {mlp1_parameters(c, d):,} parameters")
+    name, vit, c, llm, d = LLAVA15_PROJECTOR
+    lines.append("mm_projector (mlp2x_gelu) = Linear(C, D) -> GELU -> Linear(D, D), no pixel shuffle:")
+    lines.append(f"  {name:13s} {vit} C={c}, {llm} D={d}: {llava_projector_parameters(c, d):,} parameters")
+    lines.append(f"  BLIP-2 Q-Former (32 queries of width 768, from BERT-base): about {QFORMER_PARAMS:,} parameters")
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,27 +279,52 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"min_dynamic_patch (default {it.MIN_TILES})")
     ap.add_argument("--no-thumbnail", action="store_true", help="as with use_thumbnail=false")
     ap.add_argument("--out", type=Path, help="PNG to write (default: work/explain/<image name>_tiles.png)")
+    ap.add_argument("--size", type=parse_size, action="append", metavar="WxH",
+                    help="print the plan for an image of this size (no image needed); repeatable; "
+                         "with --compare: the sizes to compare")
+    ap.add_argument("--tile-size", type=int, default=it.IMAGE_SIZE,
+                    help=f"tile side in pixels, force_image_size (default {it.IMAGE_SIZE}; the tiny model: 224)")
     ap.add_argument("--list-grids", action="store_true", help="print every candidate grid and exit")
+    ap.add_argument("--compare", choices=["anyres"], help="compare InternVL2's tiling with LLaVA-NeXT's AnyRes")
+    ap.add_argument("--pixel-shuffle", action="store_true", help="run the model's pixel_shuffle on a 4x4 arange grid")
+    ap.add_argument("--connectors", action="store_true", help="print the projector parameter counts")
     args = ap.parse_args(argv)
 
     if not 1 <= args.min_tiles <= args.max_tiles:
         ap.error(f"need 1 <= --min-tiles <= --max-tiles, got {args.min_tiles} and {args.max_tiles}")
+    if args.tile_size < it.PATCH_SIZE or args.tile_size % it.PATCH_SIZE:
+        ap.error(f"--tile-size must be a multiple of the {it.PATCH_SIZE}-pixel patch, got {args.tile_size}")
     if args.list_grids:
         list_grids(args.min_tiles, args.max_tiles)
         return 0
+    if args.compare:
+        compare_anyres(args.size or COMPARE_SIZES, args.min_tiles, args.max_tiles)
+        return 0
+    if args.pixel_shuffle:
+        print(pixel_shuffle_exercise())
+        return 0
+    if args.connectors:
+        print(connectors())
+        return 0
+    use_thumbnail = not args.no_thumbnail
+    if args.size and not args.image:
+        for w, h in args.size:
+            plan = it.TilingPlan.for_size(w, h, min_num=args.min_tiles, max_num=args.max_tiles,
+                                          image_size=args.tile_size, use_thumbnail=use_thumbnail)
+            print(describe(plan, use_thumbnail, args.tile_size))
+        return 0
     if not args.image:
-        ap.error("give an IMAGE (or --list-grids)")
+        ap.error("give an IMAGE (or --size, --list-grids, --compare, --pixel-shuffle, --connectors)")
 
     try:
         image = it.open_image(args.image)
     except it.ImageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    use_thumbnail = not args.no_thumbnail
     plan = it.TilingPlan.for_size(image.width, image.height, min_num=args.min_tiles, max_num=args.max_tiles,
-                                  use_thumbnail=use_thumbnail)
+                                  image_size=args.tile_size, use_thumbnail=use_thumbnail)
     tiles = it.dynamic_preprocess(image, min_num=args.min_tiles, max_num=args.max_tiles,
-                                  use_thumbnail=use_thumbnail)
+                                  image_size=args.tile_size, use_thumbnail=use_thumbnail)
     assert len(tiles) == plan.tiles, (len(tiles), plan)
 
     out = args.out or work_dir() / "explain" / f"{Path(args.image).stem}_tiles.png"
@@ -165,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--out must end in .png, got {out}")
     title = (f"{Path(args.image).name}: {plan.width}x{plan.height} -> {plan.cols}x{plan.rows} grid, "
              f"{plan.tiles} tiles, {plan.tokens} image tokens")
-    sheet = contact_sheet(image, plan, tiles, title)
+    sheet = contact_sheet(image, plan, tiles, title, args.tile_size)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
-    print(describe(plan, use_thumbnail))
+    print(describe(plan, use_thumbnail, args.tile_size))
     print(f"contact sheet: {out}")
     return 0
 

@@ -1,0 +1,266 @@
+"""Draw the docs' figures with our own code, so they can be regenerated and checked.
+
+    python tools/make_figures.py --out docs/images [--only qformer_masks|internvl_architecture|pixel_shuffle]
+
+Writes (fixed size, about 1100 px wide, small PNGs):
+  qformer_masks.png          BLIP-2's Q-Former and the attention masks of its three stage-1 losses
+  internvl_architecture.png  InternVL 1.5/2's ViT-MLP-LLM path: tiles + thumbnail -> InternViT -> pixel shuffle
+                             -> mlp1 -> the LLM's prompt (counts from foodie.image_tiling)
+  pixel_shuffle.png          the model's own pixel_shuffle on a 4x4 torch.arange grid (tools/explain_image.py
+                             --pixel-shuffle prints the same numbers)
+
+tests/test_figures.py regenerates them into a temporary folder and compares them with the committed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
+
+import explain_image  # noqa: E402
+from foodie import image_tiling as it  # noqa: E402
+from foodie.atomic import atomic_path  # noqa: E402
+
+DPI = 100
+EXAMPLE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
+QUERY, TEXT, IMAGE, MODULE, MASKED = "#f4a259", "#5b8e7d", "#bc4b51", "#e9ecef", "#f8f9fa"
+ALLOWED = "#264653"
+
+
+def box(ax, x, y, w, h, text, colour=MODULE, size=9, **kw):
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=colour, edgecolor="#343a40", linewidth=1, **kw))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True)
+
+
+def arrow(ax, a, b, **kw):
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, linewidth=1, color="#343a40", **kw))
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Q-Former and its three masks (BLIP-2, section 3.2 and Figure 2)
+# ------------------------------------------------------------------------------------------------
+
+N_QUERIES, N_TEXT = 4, 4  # drawn sizes; BLIP-2 uses 32 queries
+
+
+def qformer_mask(kind: str):
+    """allowed[i][j]: may position i (row) attend to position j (column)? Queries first, then text."""
+    n = N_QUERIES + N_TEXT
+    allowed = [[False] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            qi, qj = i < N_QUERIES, j < N_QUERIES
+            if kind == "ITM":  # bi-directional: everything sees everything
+                allowed[i][j] = True
+            elif kind == "ITG":  # multimodal causal: queries see queries; text sees queries and earlier text
+                allowed[i][j] = qj if qi else (qj or j <= i)
+            elif kind == "ITC":  # uni-modal: queries and text do not see each other
+                allowed[i][j] = qi == qj
+            else:
+                raise ValueError(kind)
+    return allowed
+
+
+MASKS = (("ITM", "image-text matching\nbi-directional mask"),
+         ("ITG", "image-grounded text generation\nmultimodal causal mask"),
+         ("ITC", "image-text contrastive\nuni-modal mask"))
+
+
+def draw_qformer(path: Path) -> None:
+    fig = plt.figure(figsize=(11, 4.2), dpi=DPI)
+    ax = fig.add_axes([0.0, 0.0, 0.36, 1.0])
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    ax.axis("off")
+    ax.text(5, 9.6, "Q-Former (BLIP-2, stage 1)", ha="center", fontsize=11, weight="bold")
+    box(ax, 0.2, 0.3, 3.6, 1.0, "frozen image encoder", IMAGE, size=8)
+    box(ax, 4.4, 1.8, 2.4, 0.8, "learned queries\n32 x 768", QUERY, size=8)
+    box(ax, 7.2, 1.8, 2.6, 0.8, "text tokens", TEXT, size=8)
+    ax.add_patch(Rectangle((0.9, 3.1), 9.0, 4.6, fill=False, linestyle="--", edgecolor="#6c757d"))
+    ax.text(1.1, 3.3, "x N blocks", fontsize=7.5, color="#6c757d")
+    box(ax, 4.4, 3.7, 5.4, 0.9, "self-attention, shared by both\nbranches; the mask decides\nwho sees whom", size=7.5)
+    box(ax, 1.1, 5.1, 5.7, 0.9, "cross-attention to the image features\n(every other block, queries only)", size=8)
+    box(ax, 4.4, 6.6, 2.4, 0.8, "feed forward", size=8)
+    box(ax, 7.2, 6.6, 2.6, 0.8, "feed forward", size=8)
+    for x in (5.6, 8.5):
+        arrow(ax, (x, 2.6), (x, 3.7))
+    arrow(ax, (5.6, 4.6), (5.6, 5.1))
+    arrow(ax, (5.6, 6.0), (5.6, 6.6))
+    arrow(ax, (8.5, 4.6), (8.5, 6.6))
+    arrow(ax, (2.0, 1.3), (2.0, 5.1))
+    ax.text(2.1, 2.2, "image\nfeatures", fontsize=7.5)
+    ax.text(5.4, 8.2, "32 query outputs -> ITC, ITM (stage 2: the LLM's input)\ntext outputs -> ITC ([CLS]), ITG",
+            ha="center", fontsize=7.5)
+    ax.text(5.0, 0.55, "BERT-base initialised,\n188M parameters", fontsize=7.5, ha="left")
+
+    labels = [f"Q{i + 1}" for i in range(N_QUERIES)] + [f"T{i + 1}" for i in range(N_TEXT)]
+    n = len(labels)
+    for k, (kind, title) in enumerate(MASKS):
+        mx = fig.add_axes([0.40 + k * 0.205, 0.12, 0.17, 0.62])
+        allowed = qformer_mask(kind)
+        for i in range(n):
+            for j in range(n):
+                mx.add_patch(Rectangle((j, n - 1 - i), 1, 1, facecolor=ALLOWED if allowed[i][j] else MASKED,
+                                       edgecolor="white", linewidth=1))
+        mx.set_xlim(0, n)
+        mx.set_ylim(0, n)
+        mx.set_xticks([i + 0.5 for i in range(n)], labels, fontsize=7)
+        mx.set_yticks([n - 1 - i + 0.5 for i in range(n)], labels, fontsize=7)
+        for t, lab in zip(mx.get_xticklabels() + mx.get_yticklabels(), labels + labels):
+            t.set_color(QUERY if lab.startswith("Q") else TEXT)
+            t.set_weight("bold")
+        mx.tick_params(length=0)
+        mx.set_title(f"{kind}: {title}", fontsize=8.5)
+        mx.set_xlabel("attends to (keys)", fontsize=7.5)
+        if k == 0:
+            mx.set_ylabel("query position (row)", fontsize=7.5)
+    fig.text(0.70, 0.90, "dark = may attend; Q = learned query, T = text token", ha="center", fontsize=9)
+    save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. InternVL 1.5 / 2: ViT-MLP-LLM with tiles and thumbnail
+# ------------------------------------------------------------------------------------------------
+
+def draw_architecture(path: Path) -> None:
+    image = it.open_image(EXAMPLE)
+    plan = it.TilingPlan.for_size(image.width, image.height)
+    tiles = it.dynamic_preprocess(image)
+    per_tile = it.tokens_per_tile()
+    fig = plt.figure(figsize=(11, 4.4), dpi=DPI)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, 110)
+    ax.set_ylim(0, 44)
+    ax.axis("off")
+    ax.text(55, 41.5, f"InternVL 1.5 / 2: ViT-MLP-LLM (InternVL2-2B sizes; our {image.width}x{image.height} example "
+                      f"-> {plan.cols}x{plan.rows} grid + thumbnail)", ha="center", fontsize=11, weight="bold")
+    # tiles, row-major, then the thumbnail (drawn small: the picture only has to show the layout)
+    s, gap, x0, y0 = 5.2, 0.5, 1.0, 21.0
+    for i, tile in enumerate(tiles[: plan.cols * plan.rows]):
+        r, c = divmod(i, plan.cols)
+        x, y = x0 + c * (s + gap), y0 + (plan.rows - 1 - r) * (s + gap)
+        ax.imshow(tile.resize((48, 48)), extent=(x, x + s, y, y + s))
+        ax.text(x + 0.4, y + s - 0.5, f"{i + 1}", color="white", fontsize=7, va="top", weight="bold")
+    tx = x0 + plan.cols * (s + gap) + 1.5
+    ax.imshow(tiles[-1].resize((48, 48)), extent=(tx, tx + s, y0, y0 + s))
+    ax.text(tx + s / 2, y0 - 1.2, "thumbnail", ha="center", fontsize=7.5)
+    ax.text(x0, y0 + plan.rows * (s + gap) + 0.8,
+            f"{plan.cols * plan.rows} tiles of {it.IMAGE_SIZE}x{it.IMAGE_SIZE} + 1 thumbnail = {plan.tiles}",
+            fontsize=8.5)
+    ax.set_xlim(0, 110)
+    ax.set_ylim(0, 44)
+
+    steps = [(f"InternViT-300M\n{plan.tiles} x [1025, 1024]\n(32x32 patches\n+ [CLS])", IMAGE),
+             ("pixel shuffle 0.5\n[32, 32, 1024] ->\n[16, 16, 4096]", MODULE),
+             (f"mlp1: LayerNorm,\nLinear, GELU, Linear\n-> [{per_tile}, 2048] per tile", QUERY),
+             ("InternLM2-1.8B\n(LLM)", TEXT)]
+    x = 33.0
+    for k, (label, colour) in enumerate(steps):
+        box(ax, x, 21.5, 16, 9, label, colour, size=8.5)
+        arrow(ax, (x - 3.2 if k else tx + s + 0.6, 26), (x, 26))
+        x += 19.5
+    # the prompt the LLM reads
+    y = 6.0
+    ax.text(1.0, y + 5.5, "the LLM's input sequence (image tokens replace the <IMG_CONTEXT> placeholders, in order):",
+            fontsize=8.5)
+    parts = [("<img>", 3.8, MODULE)] + [(f"tile {i + 1}\n{per_tile}", 6.6, QUERY) for i in range(plan.cols * plan.rows)]
+    parts += [(f"thumb\n{per_tile}", 6.6, IMAGE), ("</img>", 4.2, MODULE), ("question ...", 9.0, TEXT)]
+    px = 1.0
+    for label, w, colour in parts:
+        box(ax, px, y, w, 4.2, label, colour, size=7.5)
+        px += w + 0.3
+    ax.text(px + 1, y + 2.1, f"= {plan.tokens:,} image tokens + 2 markers\n({plan.tiles} x {per_tile})",
+            fontsize=8.5, va="center")
+    arrow(ax, (px - 0.3, y + 4.2), (99.5, 21.5), connectionstyle="arc3,rad=0.2")
+    ax.text(1.0, 1.5, "InternVL 1.5 (InternViT-6B + InternLM2-20B) has the same layout; training uses 1..12 tiles, "
+                      "testing up to 40 (4K).", fontsize=8)
+    save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Pixel shuffle on a 4x4 grid
+# ------------------------------------------------------------------------------------------------
+
+BLOCK_COLOURS = ("#f4a259", "#5b8e7d", "#8cb369", "#bc4b51")
+
+
+def draw_pixel_shuffle(path: Path) -> None:
+    x, y = explain_image.pixel_shuffle_example()
+    side, out = x.shape[1], y.shape[1]
+    fig = plt.figure(figsize=(11, 4.0), dpi=DPI)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, 110)
+    ax.set_ylim(0, 40)
+    ax.axis("off")
+    ax.text(55, 37, "pixel shuffle (ratio 0.5): every 2x2 block of patches becomes one token with 4x the channels",
+            ha="center", fontsize=11, weight="bold")
+    cell = 6.0
+    gx, gy = 4.0, 4.0
+    for r in range(side):
+        for c in range(side):
+            colour = BLOCK_COLOURS[(r // 2) * (side // 2) + c // 2]
+            ax.add_patch(Rectangle((gx + c * cell, gy + (side - 1 - r) * cell), cell, cell, facecolor=colour,
+                                   edgecolor="white", linewidth=2))
+            ax.text(gx + c * cell + cell / 2, gy + (side - 1 - r) * cell + cell / 2, f"{int(x[0, r, c, 0])}",
+                    ha="center", va="center", fontsize=12, color="white", weight="bold")
+    ax.text(gx, gy + side * cell + 1.5,
+            f"input {list(x.shape)}: torch.arange({side * side}), 1 channel per patch", fontsize=9)
+    arrow(ax, (gx + side * cell + 2, gy + side * cell / 2), (gx + side * cell + 12, gy + side * cell / 2))
+    ax.text(gx + side * cell + 7, gy + side * cell / 2 + 1.5, "pixel_shuffle", ha="center", fontsize=9)
+    ox, oy, ocell = 46.0, 4.0, 12.0
+    for r in range(out):
+        for c in range(out):
+            vals = [int(v) for v in y[0, r, c]]
+            bx, by = ox + c * ocell, oy + (out - 1 - r) * ocell
+            colour = BLOCK_COLOURS[r * out + c]
+            for k, v in enumerate(vals):  # the token's 4 channels, drawn as a column of 4 small cells
+                ax.add_patch(Rectangle((bx + 1 + k * 2.5, by + 2), 2.5, 7, facecolor=colour, edgecolor="white"))
+                ax.text(bx + 2.25 + k * 2.5, by + 5.5, f"{v}", ha="center", va="center", fontsize=9, color="white",
+                        weight="bold")
+            ax.text(bx + ocell / 2 - 0.5, by + 10.2, f"token ({r}, {c})", ha="center", fontsize=8)
+    ax.text(ox + out * ocell / 2, oy + out * ocell + 1.5, f"output {list(y.shape)} (ps_version v2)",
+            ha="center", fontsize=9)
+    ax.text(75, 26, "InternVL2-2B, per 448-px tile:", fontsize=9.5, weight="bold")
+    ax.text(75, 14.5, "[32, 32, 1024]  ViT patch features\n"
+                      "        |  pixel shuffle\n"
+                      "[16, 16, 4096]  = 256 tokens\n"
+                      "        |  mlp1 (4096 -> 2048)\n"
+                      "[256, 2048]  LLM width", fontsize=9, family="monospace")
+    ax.text(75, 8.5, "nothing is dropped: the 4 patches'\nvalues sit side by side in one token", fontsize=8.5)
+    save(fig, path)
+
+
+def save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+
+
+FIGURES = {"qformer_masks": draw_qformer, "internvl_architecture": draw_architecture,
+           "pixel_shuffle": draw_pixel_shuffle}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder (default: %(default)s)")
+    ap.add_argument("--only", choices=sorted(FIGURES), action="append", help="draw only this figure (repeatable)")
+    args = ap.parse_args(argv)
+    for name in args.only or FIGURES:
+        path = args.out / f"{name}.png"
+        FIGURES[name](path)
+        print(f"{path}  ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
