@@ -6,7 +6,8 @@ uses), and every --eval-every iterations measures the held-out accuracy of the f
 (greedy: what chat() would start its reply with), overall and per question type, on held-out and
 on training photos. Used to choose the CPU config's lr / iterations / answer style; the real check is
 tests/test_training.py::test_embedded_default_learns_the_dishes (xtuner train + chat()).
-Accuracy: the greedy reply (up to 32 tokens), parsed as the evaluation does (foodie.evaluation.parse_choice).
+Accuracy: the greedy reply (up to 32 tokens) read by the option-text diagnostic (foodie.scoring.option_text_reading;
+not FoodieQA's rule, which reads only the first capital A-D).
 
     python bench/tiny_learning_sweep.py --work /tmp/sweep --lr 1e-3 3e-3 --style name letter
     python bench/tiny_learning_sweep.py --device cuda ...      # same dynamics, for quick sweeps

@@ -235,7 +235,8 @@ def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
     explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
     tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
     Letter and explain answers start with the option letter; name answers carry the option's text after
-    "答案是" / "The answer is". The evaluation parses both (``foodie.evaluation.parse_choice``).
+    "答案是" / "The answer is". FoodieQA's scoring (``foodie.scoring``) reads only a letter: a name answer
+    has none and counts 1/4; the option-text diagnostic (``foodie.scoring.option_text_reading``) reads both.
 
     ``name`` is the default: it does not depend on where an option sits in the list (a letter answer
     asks the model to bind each option's text to its letter, which a small model learns slowly and a

@@ -237,7 +237,8 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
     Builds the config's model (``checkpoint=None``: the untrained model, LoRA adding zero), loads the
     checkpoint's LoRA + projector weights, and asks each held-out question through the model's own
     ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``); the
-    reply is parsed by ``foodie.evaluation.parse_choice`` (a standalone A-D, else the option it names).
+    reply is read by the option-text diagnostic (``foodie.scoring.option_text_reading``: a standalone A-D,
+    else the option it names) -- a learning probe, not FoodieQA accuracy (``foodie.scoring``'s rule).
     For the full report on a converted checkpoint use tools/eval_food.py.
     """
     import torch
