@@ -219,6 +219,8 @@ def test_compare_anyres_table(capsys):
     assert rows["300x200"][5:] == ["336x672", "3", "976", "x1.12", "67%"]
     assert rows["300x200"][:5] == ["3x2", "7", "1,792", "x4.48, x4.48", "x1.00"]  # InternVL blows it up 4.48x
     assert rows["1920x1080"][4] == "x1.12"
+    # transformers reads the same list transposed (see the next test): only ties differ, the small image first
+    assert "300x200 -> 672x336, 1,464 tokens there" in out
 
 
 def test_anyres_custom_sizes(capsys):

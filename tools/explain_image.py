@@ -184,6 +184,14 @@ def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
     print()
     print("tiles/crops count the thumbnail or base image; aspect = how much wider (x>1) or narrower the image "
           "is made; padding = share of the AnyRes canvas that is black padding.")
+    # transformers' LLaVA-NeXT port reads image_grid_pinpoints as (height, width), the LLaVA code as (width, height)
+    transposed = tuple((h, w) for w, h in anyres.V16_CANVASES)
+    for w, h in sizes:
+        ours, port = anyres.AnyResPlan.for_size(w, h), anyres.AnyResPlan.for_size(w, h, transposed)
+        if (ours.canvas_w, ours.canvas_h) != (port.canvas_w, port.canvas_h):
+            print(f"transformers' port reads the canvas list as (height, width); on a tie it picks another canvas: "
+                  f"{w}x{h} -> {port.canvas_w}x{port.canvas_h}, {port.tokens:,} tokens there")
+            break
 
 
 PS_SIDE = 4  # the exercise's grid: 4x4 patches, one channel each
