@@ -284,7 +284,8 @@ def test_connector_parameter_counts(capsys):
     assert "12,595,200" in out and "116,429,824" in out and "20,979,712" in out and "188,000,000" in out
 
 
-@pytest.mark.parametrize("argv", [["--size", "12"], ["--size", "0x5"], ["--tile-size", "100", "--size", "9x9"]])
+@pytest.mark.parametrize("argv", [["--size", "12"], ["--size", "0x5"], ["--tile-size", "100", "--size", "9x9"],
+                                  ["x.png", "--size", "9x9"]])
 def test_bad_teaching_arguments(argv):
     r = subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr

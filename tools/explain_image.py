@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print(connectors())
         return 0
     use_thumbnail = not args.no_thumbnail
-    if args.size and not args.image:
+    if args.size and args.image:
+        ap.error("give an IMAGE or --size WxH, not both")
+    if args.size:
         for w, h in args.size:
             plan = it.TilingPlan.for_size(w, h, min_num=args.min_tiles, max_num=args.max_tiles,
                                           image_size=args.tile_size, use_thumbnail=use_thumbnail)
