@@ -303,6 +303,40 @@ def test_foodieqa_model_needs_the_licence_acknowledgement(tmp_path):
     assert (model / CARD_FILE).exists()
 
 
+def test_foodieqa_trained_model_card_states_the_terms_and_own_photos_need_no_flag(tmp_path):
+    """The provenance process_food -> train -> merge records (foodie.terms.describe_source) decides: a model
+    trained on FoodieQA is refused without the acknowledgement and its card lists the terms it inherits; a model
+    trained on the publisher's own photos publishes without it."""
+    from foodie.terms import TERMS_EN, TERMS_ZH, describe_source
+
+    data = tmp_path / "FoodieQA"
+    data.mkdir()
+    foodie_data = {**describe_source(data, terms_accepted=True), "train_questions": 200, "held_out": 56}
+    model = make_checkpoint(tmp_path / "foodie", provenance={**PROVENANCE, "data": foodie_data})
+    refused = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    assert refused.returncode == 2 and ACK_FLAG == "--accept-foodieqa-terms" and ACK_FLAG in refused.stderr
+    assert "EVALUATION ONLY" in refused.stderr and "authors' permission" in refused.stderr
+    assert not (model / CARD_FILE).exists()
+    publish(model, REPO_ID, "hf", dry_run=True, accept_foodieqa_licence=True, console=quiet())
+    card = (model / CARD_FILE).read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "cc-by-nc-nd-4.0" and meta["datasets"] == ["lyan62/FoodieQA"]
+    assert "Training data: FoodieQA" in card and "inherits the non-commercial terms" in card
+    assert all(t in card for t in TERMS_EN + TERMS_ZH)
+    assert run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run",
+                   "--i-accept-foodieqa-license").returncode == 0  # the earlier flag still works
+
+    own = {"kind": "own-photos", "name": "own photos (tools/photos_to_foodieqa.py)", "synthetic": False,
+           "source": "/home/me/photos", "photos": 120, "dishes": 12}
+    mine = make_checkpoint(tmp_path / "mine", provenance={**PROVENANCE, "data": own})
+    ok = run_cli("--model", str(mine), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    card = (mine / CARD_FILE).read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "mit" and "datasets" not in meta and "own-photos" in meta["tags"]
+    assert "own dish photos" in card and "no FoodieQA data was trained on" in card
+
+
 def _break(model: Path, how: str) -> str:
     """Damage the folder; return text the error must contain (the file it names)."""
     if how == "no config":

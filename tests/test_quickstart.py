@@ -97,3 +97,50 @@ def test_training_resumes_only_a_run_of_the_same_inputs(tmp_path, monkeypatch):
     assert (stale / "iter_100.pth").read_bytes() == b"checkpoint of the same inputs"
     assert not (train_dir / "iter_100.pth").exists()
     assert (train_dir / tool.TRAIN_INPUTS_FILE).read_text().strip() == "key-b"
+
+
+def test_training_source_and_evaluation_source_stay_apart(tmp_path, monkeypatch, small_foodieqa_dir):
+    """make quickstart TRAIN_DATA=photos DATA=...: the data step converts the training source (a photo folder
+    goes through tools/photos_to_foodieqa.py first), evaluation asks every question of DATA, never trained on,
+    and the summary says which is which. Without TRAIN_DATA the held-out split of DATA is evaluated."""
+    import argparse
+    import importlib.util
+
+    for key in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR", "PYTHONUNBUFFERED"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FOODIE_WORK", str(tmp_path / "work"))
+    spec = importlib.util.spec_from_file_location("quickstart_tool", REPO / "tools" / "quickstart.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = tmp_path / "InternVL2-2B"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    photos = tmp_path / "my-photos"
+    for dish in ("麻婆豆腐", "白切鸡", "东坡肉", "羊肉串"):
+        (photos / dish).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(photos / dish / "1.jpg")
+
+    def pipeline(train_data):
+        args = argparse.Namespace(model=str(model), data_root=str(small_foodieqa_dir), train_data=train_data,
+                                  accept_foodieqa_terms=False, config=None, lang="zh", tasks="sivqa", deepspeed=None)
+        p = tool.Pipeline(args)
+        p.commands = []
+        p.run = lambda stage, cmd: p.commands.append(cmd)
+        p.prepare_inputs()
+        p.convert_data()
+        return p, p.eval_cmd([("base", model)])
+
+    p, evaluate = pipeline(str(photos))
+    photo_tool, process_food = p.commands
+    assert photo_tool[1:4] == ["tools/photos_to_foodieqa.py", str(photos), "--out"]
+    trained_on = Path(photo_tool[4])
+    assert process_food[process_food.index("--data-root") + 1] == str(trained_on)
+    assert "--accept-foodieqa-terms" not in process_food
+    assert evaluate[evaluate.index("--data-root") + 1] == str(small_foodieqa_dir) and "--items" not in evaluate
+    line = p.sources_line()
+    assert str(trained_on) in line and "every question of synthetic FoodieQA" in line and str(small_foodieqa_dir) in line
+
+    p, evaluate = pipeline(None)
+    assert p.commands[0][p.commands[0].index("--data-root") + 1] == str(small_foodieqa_dir)
+    assert evaluate[evaluate.index("--items") + 1] == str(p.xtuner_data / "held_out.json")
+    assert "held-out split" in p.sources_line()
