@@ -295,6 +295,10 @@ class TransformersBackend:
         self._get_conv_template = module.get_conv_template
         self.sep = self._get_conv_template(self.model.template).sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
+        # Generation ends with the turn (<|im_end|>) or the tokenizer's end of text (</s>), as the
+        # checkpoint's generation_config says: a short answer costs no more however long max_new_tokens is.
+        self.stop_token_ids = [i for i in dict.fromkeys([self.eos_token_id, self.tokenizer.eos_token_id])
+                               if i is not None]
         self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -355,7 +359,7 @@ class TransformersBackend:
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
         kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                  eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+                  eos_token_id=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id)
         if params.do_sample:
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:  # silence "temperature is set but do_sample=False" from the checkpoint's generation_config

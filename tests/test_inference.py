@@ -207,6 +207,17 @@ def test_bad_requests_are_refused_clearly(backend, tmp_path):
         "<|im_start|>system\nYou are a chef.")
 
 
+def test_generation_ends_with_the_turn_or_the_text(backend):
+    """<|im_end|> and </s> both stop a reply (the authors allow 500+ new tokens: only a model that never
+    ends its turn pays for them); what follows an end is not part of the answer."""
+    tok = backend.tokenizer
+    im_end, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    stops = backend._generate_kwargs(GenerationParams(max_new_tokens=512))["eos_token_id"]
+    assert im_end in stops and eos in stops and im_end != eos
+    word = tok.encode("好", add_special_tokens=False)
+    assert backend.decode(word + [im_end] + word) == backend.decode(word + [eos]) == backend.decode(word) == "好"
+
+
 def test_a_started_reply_is_continued(backend):
     """FoodieQA templates that start the assistant's turn ("我选择（"): the prompt ends inside that turn,
     and the answer returned is only what the model adds."""
