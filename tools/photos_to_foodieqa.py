@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {args.out}: {counts['dishes']} dishes, {counts['images']} photos, {counts['sivqa']} single-image"
           f" and {counts['mivqa']} multi-image questions")
-    print(f"next: python tools/process_food.py --data-root {args.out} --out {work_dir() / 'my-photos-xtuner'}")
+    print(f"next: python tools/process_food.py --data-root {args.out} --out {args.out}-xtuner")
     return 0
 
 
