@@ -302,6 +302,10 @@ def score_row(row: dict, q: Question) -> dict:
     """Our reading of a response (foodie.scoring), written into its row beside the gold answer."""
     letter = authors_letter(row["response"])
     reading = option_text_reading(row["response"], q.choices)
+    for stale in ("parsed", "correct"):  # rows written before the authors' rule was the headline
+        row.pop(stale, None)
+    row.setdefault("template", q.template)
+    row.setdefault("reply_prefix", q.reply_prefix)
     row.update(answer=LETTERS[q.answer],
                letter=None if letter is None else LETTERS[letter],
                score=credit(letter, q.answer),
@@ -695,8 +699,8 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
                     continue
                 xs.append(i + (j - (len(models) - 1) / 2) * width)
                 ys.append(100 * t["accuracy"])
-                errs[0].append(100 * (t["accuracy"] - t["ci95"][0]))
-                errs[1].append(100 * (t["ci95"][1] - t["accuracy"]))
+                errs[0].append(max(0.0, 100 * (t["accuracy"] - t["ci95"][0])))  # rounding at 0% / 100%
+                errs[1].append(max(0.0, 100 * (t["ci95"][1] - t["accuracy"])))
                 missing.append(t["no_letter"])
             ax.bar(xs, ys, width * 0.95, yerr=errs, capsize=3, label=m["label"])
             for x, y, hi, u in zip(xs, ys, errs[1], missing):

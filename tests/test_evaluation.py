@@ -503,3 +503,31 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
         box = text.get_window_extent(renderer)
         assert box.y1 <= ax.get_window_extent(renderer).y1 and not box.overlaps(title), text.get_text()
     real_close(fig)
+
+
+def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
+    """The synthetic set has a TextQA file in the official schema; with no --tasks every task the folder
+    has is asked, TextQA included, as text only."""
+    from foodie.prompts import TEMPLATES
+    from foodie.synthetic_data import make_demo_data
+
+    data = tmp_path / "foodieqa"
+    make_demo_data(data, seed=0, num_dishes=4, photos_per_dish=1, questions_per_photo=1, mivqa_per_dish=1)
+    raw = json.loads((data / "textqa_tidy.json").read_text())
+    assert {"question_id", "question", "choices", "answer", "question_en", "choices_en"} <= set(raw[0])
+    for lang in ("zh", "en"):
+        for n in range(len(TEMPLATES["textqa"][lang])):
+            qs = build_questions(data, ("textqa",), lang, template=n)[0]
+            assert len(qs) == len(raw) and all(not q.images and "<image>" not in q.prompt for q in qs)
+            assert qs[0].reply_prefix == TEMPLATES["textqa"][lang][n].reply_prefix
+    zh = build_questions(data, ("textqa",), "zh")[0][0]
+    assert zh.prompt.endswith("请根据从所提供的选项中选择一个正确答案，为（") and "选项有: （A) " in zh.prompt
+
+    questions = build_questions(data, None, "zh")[0]
+    truth = {(q.prompt, str([Path(p).name for p in q.images])): LETTERS[q.answer] for q in questions}
+    oracle = FakeBackend(lambda t, i: truth[t, str(i)])
+    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "o"))], data_root=str(data), out=str(tmp_path / "out")),
+                 console=QUIET, load=loader({"o": oracle}))
+    assert list(m["models"][0]["tasks"]) == ["sivqa", "mivqa", "textqa"]
+    assert m["models"][0]["tasks"]["textqa"]["accuracy"] == 1.0 and m["settings"]["tasks"] == ["sivqa", "mivqa", "textqa"]
+    assert "| o | text-only QA | 100.0 |" in (tmp_path / "out" / "report.md").read_text()
