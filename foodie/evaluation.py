@@ -9,7 +9,8 @@ For every model it writes ``predictions/<label>.jsonl``, then ``metrics.json``, 
 * Prompts: the FoodieQA authors' templates (``foodie.prompts``; ``--template N``, default 0, recorded in
   the output), rendered through the model's own chat template by the inference backend
   (``foodie.inference``). Greedy decoding up to ``--max-new-tokens`` (default 512: the authors generate
-  500-512 new tokens, 1024 for Yi-VL); generation stops at the end of the model's turn, so short answers cost nothing more.
+  500-512 new tokens, 1024 for Yi-VL); generation stops at the end of the model's turn (<|im_end|> or
+  </s>), so short answers cost nothing more.
 * Scoring: the authors' protocol (``foodie.scoring``) is the headline -- the first capital A-D anywhere
   in the response; a response without one counts 1/4, the expected value of their random guess.
   Beside it: the same with one seeded guess per question (whole right answers), strict (no letter =
@@ -28,7 +29,7 @@ For every model it writes ``predictions/<label>.jsonl``, then ``metrics.json``, 
   the paired difference to the first model with a paired-bootstrap 95% interval and an exact McNemar
   test on the seeded-guess outcomes (the held-out set is small: differences of a few points are noise).
 * Published numbers (``foodie.published``, the authors' full test set) appear only beside a run on the
-  real FoodieQA, never beside results on the synthetic stand-in (it carries a marker file).
+  real FoodieQA, never beside the synthetic stand-in or the user's own photos (``foodie.terms`` markers).
 """
 from __future__ import annotations
 
@@ -823,6 +824,11 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     questions, data_root = build_questions(cfg.data_root, cfg.tasks, cfg.lang, cfg.items, cfg.limit, cfg.skip_bad,
                                            cfg.template)
     tasks = tuple(cfg.tasks or dict.fromkeys(q.task for q in questions))
+    if any(q.reply_prefix for q in questions):
+        from foodie.inference import resolve_backend
+        if resolve_backend(cfg.backend) == "lmdeploy":
+            raise ValueError(f"--template {cfg.template} starts the model's reply, which the LMDeploy backend cannot "
+                             f"continue: add --backend transformers")
     if not questions:
         raise ValueError(f"no questions to ask in {cfg.data_root} for tasks {', '.join(tasks)}"
                          + (f" and manifest {cfg.items}" if cfg.items else ""))

@@ -531,3 +531,13 @@ def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
     assert list(m["models"][0]["tasks"]) == ["sivqa", "mivqa", "textqa"]
     assert m["models"][0]["tasks"]["textqa"]["accuracy"] == 1.0 and m["settings"]["tasks"] == ["sivqa", "mivqa", "textqa"]
     assert "| o | text-only QA | 100.0 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_template_that_starts_the_reply_is_refused_on_lmdeploy_before_loading(small_foodieqa_dir, tmp_path,
+                                                                                monkeypatch):
+    from foodie import inference
+    monkeypatch.setattr(inference, "resolve_backend", lambda backend="auto": "lmdeploy")
+    cfg = EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(tmp_path / "o"),
+                     tasks=("sivqa",), template=3)
+    with pytest.raises(ValueError, match="--template 3 .*--backend transformers"):
+        evaluate(cfg, console=QUIET, load=lambda *a, **k: pytest.fail("model loaded"))
