@@ -195,7 +195,7 @@ def test_own_photos_train_merge_evaluate_on_foodieqa_and_publish_without_its_ter
     step("tools/convert_to_official.py", CPU_CONFIG, "latest", tmp_path / "merged", "--work-dir", tmp_path / "run",
          "--base-model", tiny_model_dir, "--dtype", "float32")
     step("tools/eval_food.py", "--model", tmp_path / "merged", "--label", "tuned", "--data-root", small_foodieqa_dir,
-         "--tasks", "sivqa", "--limit", "8", "--out", tmp_path / "eval")
+         "--tasks", "sivqa", "--limit", "8", "--max-new-tokens", "16", "--out", tmp_path / "eval")  # 6 steps: no turn end
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["models"][0]["overall"]["n"] == 8
     assert metrics["data_root"] == str(small_foodieqa_dir.resolve())
