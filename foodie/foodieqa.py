@@ -381,7 +381,12 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         raise FoodieQAError([Problem(str(root), None, None, None,
                                      "data root is not a folder; point it at the FoodieQA folder that holds "
                                      "sivqa_tidy.json and images/")], "cannot read FoodieQA")
-    root = root.resolve()
+    from foodie.foodieqa_download import DownloadError, locate_data_root
+
+    try:  # the folder `hf download` wrote: FoodieQA.zip, unpacked into a folder below (or not yet: say what to run)
+        root = locate_data_root(root).resolve()
+    except DownloadError as e:
+        raise FoodieQAError([Problem(str(root), None, None, None, str(e))], "cannot read FoodieQA") from None
     required = tasks is not None
     if isinstance(tasks, str):
         tasks = (tasks,)

@@ -151,3 +151,16 @@ def test_training_work_dir_keeps_the_data_source_the_merge_reports(real_like, tm
     assert describe_data(run)["kind"] == "foodieqa"
     os.remove(work / terms.DATA_SOURCE_FILE)
     assert describe_data(run)["kind"] == "synthetic"  # without the copy: the summary beside the data
+
+
+def test_evaluation_reads_the_unpacked_download_and_names_a_packed_one(real_like, tmp_path):
+    from foodie.foodieqa import FoodieQAError, load_foodieqa
+
+    download = tmp_path / "download"
+    download.mkdir()
+    zip_folder(real_like, download / ZIP_NAME)
+    with pytest.raises(FoodieQAError, match=r"FoodieQA.zip, not yet unpacked: run python tools/process_food.py"):
+        load_foodieqa(download, check_images=False)
+    unpack_zip(download / ZIP_NAME, download)
+    data = load_foodieqa(download, check_images=False)  # eval_food / the demo pointed at the download folder
+    assert data.root == (download / "FoodieQA").resolve() and data.sivqa
