@@ -36,6 +36,7 @@ warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE_ENTITY.*")  
 import gradio as gr  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from foodie import cli  # noqa: E402
 from foodie import paths  # noqa: E402
 from foodie.atomic import atomic_path  # noqa: E402
 from foodie.chat_state import ChatState, stream_answers  # noqa: E402
@@ -173,6 +174,12 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
         if len(dishes) < max_per_cuisine:
             dishes.append(Dish(data.path(item.image), name))
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] == "unknown", -len(kv[1]), kv[0])))
+
+
+def served_files(gallery: Gallery) -> list[str]:
+    """The gallery's original photos, file by file: what gradio may serve beyond its own files (allowed_paths).
+    Never their folders: a folder would expose every file beside a photo, dotfiles included."""
+    return sorted({str(d.image) for dishes in gallery.values() for d in dishes})
 
 
 def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
@@ -393,8 +400,8 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *,
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="InternVL2 checkpoint folder (official format), e.g. your fine-tuned, merged "
                                     "model; default: the embedded tiny model")
     ap.add_argument("--compare", help="a second checkpoint answering side by side, labelled 'base' (left) while "
@@ -438,10 +445,11 @@ def main(argv=None):
               f"{len(gallery)} cuisines", flush=True)
         demo = build_demo(slots, gallery, backend_name=slots[0].backend.name, max_upload_mb=args.max_upload_mb,
                           temp_root=temp_root, concurrency=args.concurrency)
-        # The chat shows a picked dish's original photo: its folder is the only one served beyond gradio's own.
-        gallery_dirs = sorted({str(d.image.parent) for dishes in gallery.values() for d in dishes})
+        # The chat shows a picked dish's original photo: those files (resolved, inside the data root: load_foodieqa
+        # refuses links out of it) are the only ones served beyond gradio's own; never their folders.
+        gallery_files = served_files(gallery)
         demo.queue(default_concurrency_limit=args.concurrency)
-        demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=gallery_dirs,
+        demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=gallery_files,
                     max_file_size=f"{args.max_upload_mb}mb", show_error=False, css=CSS, theme=THEME,
                     footer_links=[])
     finally:
@@ -449,4 +457,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,8 +23,11 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     For folders an existing ``dest`` is replaced only after the new one is complete.
     """
     dest = Path(dest)
+    if is_dir and dest.is_symlink():  # replace the folder the link points at, not the link
+        dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{dest.name}.tmp-"
+    remove_stale_staging(dest)
+    prefix = f".{dest.name}.tmp-{os.getpid()}-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
     else:
@@ -49,6 +53,38 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(dest: str | os.PathLike) -> list[Path]:
+    """Delete the staging copies (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) of ``dest`` that a killed run left
+    behind: those whose process is gone. A live writer's staging copy is left alone."""
+    dest = Path(dest)
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
+    removed = []
+    try:
+        siblings = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        m = pattern.fullmatch(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def write_text(dest: str | os.PathLike, text: str) -> Path:

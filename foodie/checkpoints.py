@@ -41,6 +41,22 @@ def _is_complete_torch_file(path: Path) -> bool:
         return False
 
 
+def damaged_member(path: str | os.PathLike) -> str | None:
+    """The first damaged part of a checkpoint (a torch archive, or a DeepSpeed folder's shards): every byte
+    is read and checked against the archive's CRC-32s. None when all of it is intact. Slower than
+    ``is_complete_checkpoint`` (it reads everything): for checking before a checkpoint is trusted for good."""
+    path = Path(path)
+    for archive in (sorted(path.rglob("*.pt")) if path.is_dir() else [path]):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            return f"{archive}: {e}"
+        if bad is not None:
+            return f"{archive}: {bad} fails its CRC check"
+    return None
+
+
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     """True when ``path`` is a whole checkpoint: a readable torch archive, or a DeepSpeed folder
     whose model-state and optimizer shards are all readable archives."""

@@ -291,9 +291,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
     opts.validate()
     wrap = progress or (lambda it, desc, total: it)
     out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not (out / "summary.json").is_file():
-        raise FileExistsError(f"{out} exists and is not an output of process_food (no summary.json); "
-                              f"choose another --out or empty it")
+    check_out_folder(out, [Path(data.root if data is not None else data_root)])
     if data is None:
         data = load_foodieqa(data_root, None, check_images=opts.check_images, skip_bad=opts.skip_bad,
                              workers=opts.workers)
@@ -392,7 +390,54 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         _dump(tmp / "held_out.json", held_out, indent=1)
         _dump(tmp / "summary.json", summary, indent=2)
         (tmp / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+        if not samples:
+            raise ValueError(f"{data.root}: 0 training samples for tasks {', '.join(opts.tasks)} (lang {opts.lang}; "
+                             f"{len(data)} items read, {len(data.skipped)} bad ones skipped); XTuner cannot train on "
+                             f"nothing. Check --tasks/--lang and the data; nothing was written to {out}")
+        write_marker(tmp)
     return ConversionResult(out, summary, len(samples), sum(len(v) for v in split.held_out.values()))
+
+
+OUTPUT_MARKER = ".foodie-process-food.json"  # what makes a folder ours to replace
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if not p.is_dir() or p.is_symlink())
+
+
+def write_marker(folder: Path) -> None:
+    """Record every file of a finished output folder: a later run replaces the folder only if it holds
+    exactly these files (nobody added anything of theirs)."""
+    files = [f for f in _files_under(folder) if f != OUTPUT_MARKER]
+    _dump(folder / OUTPUT_MARKER, {"format": "foodie-process-food-output", "version": FORMAT_VERSION, "files": files})
+
+
+def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is, holds or sits inside an input, or that is not exactly an earlier
+    output of this tool (its marker listing every file in it): such a folder is never replaced."""
+    for given in inputs:
+        inp = Path(given).expanduser().resolve()
+        if out == inp or inp.is_relative_to(out) or out.is_relative_to(inp):
+            where = "is" if out == inp else "contains" if inp.is_relative_to(out) else "is inside"
+            raise ValueError(f"--out {out} {where} the input {inp}: replacing it could delete the data. "
+                             f"Choose an output folder outside the data (default: work/foodieqa-xtuner)")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        marker = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8"))
+        listed = set(marker["files"]) if marker.get("format") == "foodie-process-food-output" else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        listed = None
+    if listed is None:
+        raise FileExistsError(f"--out {out} exists and is not an output of process_food (no valid {OUTPUT_MARKER}); "
+                              f"it is never replaced: choose another --out, or empty or delete it yourself")
+    extra = sorted(set(_files_under(out)) - listed - {OUTPUT_MARKER})
+    if extra:
+        raise FileExistsError(f"--out {out} holds files process_food did not write ({', '.join(extra[:3])}"
+                              f"{f' and {len(extra) - 3} more' if len(extra) > 3 else ''}), so it is not replaced: move them out or choose another --out")
 
 
 def _safe_name(qid: str) -> str:

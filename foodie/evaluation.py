@@ -798,13 +798,14 @@ def default_labels(models: Sequence[str], labels: Sequence[str]) -> list[str]:
     if labels and len(labels) != len(models):
         raise ValueError(f"got {len(labels)} --label for {len(models)} --model; give one label per model or none")
     out = list(labels) or [Path(m).resolve().name or "model" for m in models]
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(out):  # make labels unique: they name the predictions files
-        if lab in seen:
-            seen[lab] += 1
-            out[i] = f"{lab}-{seen[lab]}"
-        else:
-            seen[lab] = 1
+    used: set[str] = set()
+    for i, lab in enumerate(out):  # unique as file names too: they name the predictions files
+        n, candidate = 1, lab
+        while safe_label(candidate) in used:
+            n += 1
+            candidate = f"{lab}-{n}"
+        out[i] = candidate
+        used.add(safe_label(candidate))
     return out
 
 
@@ -866,11 +867,9 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+    from foodie import cli, paths
 
-    from foodie import paths
-
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="tools/eval_food.py",
         description="Measure FoodieQA multiple-choice accuracy of one or more InternVL2 checkpoints and compare "
                     "them (predictions JSONL, metrics.json, report.md, accuracy.png). Re-running reuses "

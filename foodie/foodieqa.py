@@ -39,6 +39,10 @@ UNKNOWN = "unknown"
 CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
 
 
+OUTSIDE_ROOT = ("{rel}: a symlink to {target}, outside the data root: refused (nothing outside the folder is read or "
+                "served); copy the image into the folder instead of linking it")
+
+
 class FoodieQAError(ValueError):
     """The data cannot be used as is. ``problems`` lists every problem found."""
 
@@ -426,11 +430,12 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
                                      "no question files found (sivqa_tidy.json, mivqa_tidy.json, textqa_tidy.json)")],
                             "cannot read FoodieQA")
 
-    # Images: every distinct image checked once; every item using a bad image reported.
+    # Images: every distinct image checked once; every item using a bad image reported. An image whose
+    # resolved path leaves the data root (a symlink out of it) is never read, served or trained on.
+    paths = sorted({p for item in data.items() for p in item.images})
+    image_problem = {rel: OUTSIDE_ROOT.format(rel=rel, target=(root / rel).resolve())
+                     for rel in paths if not (root / rel).resolve().is_relative_to(root)}
     if check_images:
-        paths = sorted({p for item in data.items() for p in item.images})
-        image_problem = {}
-
         def check(rel: str):
             try:
                 return rel, verify_image(root / rel, max_pixels=max_pixels), None
@@ -438,11 +443,12 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
                 return rel, None, str(e).replace(str(root / rel), rel)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for rel, size, err in pool.map(check, paths):
+            for rel, size, err in pool.map(check, [p for p in paths if p not in image_problem]):
                 if err:
                     image_problem[rel] = err
                 else:
                     data.image_sizes[rel] = size
+    if image_problem:
         for task in tasks:
             kept = []
             for item in getattr(data, task):

@@ -46,8 +46,8 @@ import torch
 
 from foodie import paths
 from foodie.atomic import atomic_path, write_json
-from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint,
-                                list_checkpoints)
+from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, damaged_member, is_complete_checkpoint,
+                                latest_complete_checkpoint, list_checkpoints)
 
 PROVENANCE_FILE = "foodie_provenance.json"  # read by foodie.publish
 WEIGHTS_FILE = "model.safetensors"
@@ -316,6 +316,10 @@ def load_trained_state(ckpt: Path, trust: bool = False) -> dict[str, torch.Tenso
     Files load with ``weights_only=True`` (tensors and plain data only), which our AtomicCheckpointHook's
     checkpoints pass; one from MMEngine's stock CheckpointHook pickles logging objects and needs
     ``trust=True`` (``weights_only=False``: only for your own files, it can run code)."""
+    damaged = damaged_member(ckpt)
+    if damaged:
+        raise ConvertError(f"checkpoint {ckpt} is damaged ({damaged}); merging it would publish corrupt weights. "
+                           "Use another checkpoint (or `latest`), or resume training to write a new one.")
     if ckpt.is_dir():
         try:
             from xtuner.utils.zero_to_any_dtype import get_state_dict_from_zero_checkpoint

@@ -11,9 +11,17 @@ MMEngine's ``last_checkpoint`` can name a checkpoint that a kill cut short. ``ru
    (XTuner starts ``python``/``torchrun`` from PATH), tee-ing output to ``<work_dir>/train-*.log``;
 4. declares success only when the process exited 0, printed no traceback, and a complete checkpoint
    of the final iteration exists; otherwise raises ``TrainingFailed`` with the reason and the log.
+
+The trainer runs under ``foodie.process_guard`` in its own process group, recorded in
+``<work_dir>/.foodie-trainer.pid``: when the launcher dies (kill -9 included) or is interrupted the whole
+trainer tree ends, and a start or resume refuses a work dir whose trainer still runs. A finished run
+leaves ``.foodie-train-done.json``; ``--resume`` then says so instead of training again. A failed run
+puts back the config copies (``<work_dir>/*.py``) it overwrote, so they still name what the last
+successful run trained with.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -25,11 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foodie import paths
+from foodie.atomic import write_json
+from foodie.process_guard import group_commands
 from foodie.checkpoints import checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint, list_checkpoints
 
 DEFAULT_CONFIG = paths.REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
 TRACEBACK = "Traceback (most recent call last)"
 ITER_LINE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")  # also json.decoder.JSONDecodeError
+TRAINER_PID_FILE = ".foodie-trainer.pid"  # process group of the trainer running in this work dir
+DONE_FILE = ".foodie-train-done.json"  # the final checkpoint of a finished run
 
 
 class TrainingFailed(RuntimeError):
@@ -45,6 +58,7 @@ class TrainPlan:
     resume_from: Path | None
     command: list[str]
     env: dict
+    finished: Path | None = None  # --resume of a run that already finished: its final checkpoint
 
 
 def embedded_data_xtuner_dir() -> Path:
@@ -113,6 +127,7 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
     model_path = str(cfg.get("path", ""))
     data_path = Path(str(cfg.get("data_path", "")))
 
+    check_no_running_trainer(work_dir)
     resume_from = None
     if resume:
         resume_from = latest_complete_checkpoint(work_dir)
@@ -145,7 +160,41 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
         # DeepSpeed's loader there and through our plain-data checkpoints otherwise.
         cmd += ["--cfg-options", "resume=True", f"load_from={resume_from}"]
     cmd += list(extra_args or [])
-    return TrainPlan(config, work_dir, model_path, data_path, resume_from, cmd, env)
+    finished = resume_from if resume_from is not None and finished_checkpoint(work_dir) == resume_from else None
+    return TrainPlan(config, work_dir, model_path, data_path, resume_from, cmd, env, finished)
+
+
+def running_trainer(work_dir: Path) -> tuple[int, str] | None:
+    """(process group, a command line) of a trainer still running in ``work_dir``, else None."""
+    try:
+        pgid = int((work_dir / TRAINER_PID_FILE).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    mine = [c for c in group_commands(pgid) if str(work_dir) in c]  # a reused group id is not ours
+    return (pgid, mine[0]) if mine else None
+
+
+def check_no_running_trainer(work_dir: Path) -> None:
+    found = running_trainer(work_dir)
+    if found:
+        pgid, command = found
+        raise TrainingFailed(f"a trainer is still running in {work_dir} (process group {pgid}: {command[:160]}). "
+                             f"Two trainers in one work dir overwrite each other's checkpoints: wait for it to end, "
+                             f"or stop it with `kill -- -{pgid}`, then run this again.")
+
+
+def finished_checkpoint(work_dir: Path) -> Path | None:
+    """The final checkpoint recorded by a run that finished in ``work_dir``, if it is still there unchanged."""
+    try:
+        done = json.loads((work_dir / DONE_FILE).read_text(encoding="utf-8"))
+        ckpt = work_dir / done["checkpoint"]
+        return ckpt if ckpt.exists() and ckpt.stat().st_mtime_ns == done["mtime_ns"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _config_copies(work_dir: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in work_dir.glob("*.py") if p.is_file()}
 
 
 def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
@@ -162,18 +211,32 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     print(f"[train] running:{' NPROC_PER_NODE=' + nproc if nproc else ''} {shlex.join(plan.command)}", flush=True)
     print(f"[train] log: {log_path}", flush=True)
 
-    saw_traceback, total_iters, tail = False, None, []
+    check_no_running_trainer(plan.work_dir)
+    configs_before = _config_copies(plan.work_dir)
+    (plan.work_dir / DONE_FILE).unlink(missing_ok=True)
+
+    saw_traceback, total_iters, errors = False, None, []
+    guard = [sys.executable, "-m", "foodie.process_guard", str(os.getpid()), "--"]
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(plan.command, cwd=paths.REPO_ROOT, env=plan.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-            saw_traceback |= TRACEBACK in line
-            if m := ITER_LINE.search(line):
-                total_iters = int(m.group(2))
-            tail = (tail + [line.rstrip()])[-40:]
-        rc = proc.wait()
+        # Own process group, ended with this process (foodie.process_guard); never left running.
+        proc = subprocess.Popen(guard + plan.command, cwd=paths.REPO_ROOT, env=plan.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                start_new_session=True)
+        (plan.work_dir / TRAINER_PID_FILE).write_text(f"{proc.pid}\n", encoding="utf-8")
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                saw_traceback |= TRACEBACK in line
+                if m := ITER_LINE.search(line):
+                    total_iters = int(m.group(2))
+                if ERROR_LINE.match(line):
+                    errors = (errors + [line.rstrip()])[-200:]
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM: end the trainer's whole group, then stop
+            _end_trainer(proc)
+            raise
+    (plan.work_dir / TRAINER_PID_FILE).unlink(missing_ok=True)
 
     final = latest_complete_checkpoint(plan.work_dir)
     new = final is not None and before.get(final) != final.stat().st_mtime_ns
@@ -187,13 +250,17 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     elif total_iters is not None and checkpoint_iter(final) != total_iters:
         reasons.append(f"the newest checkpoint is {final.name}, not iteration {total_iters}")
     if reasons:
-        error = next((ln for ln in reversed(tail) if re.match(r"^\w*(Error|Exception)\b", ln)), None)
+        for path, text in configs_before.items():  # the copies still name what the last good run used
+            if not path.is_file() or path.read_bytes() != text:
+                atomic_bytes(path, text)
+        error = last_error(errors)
         raise TrainingFailed("training failed: " + "; ".join(reasons)
                              + (f"\n  last error: {error}" if error else "")
                              + f"\n  full log: {log_path}"
                              + f"\n  command: {shlex.join(plan.command)}"
                              + ("\n  after fixing it, continue with: make train RESUME=1"
                                 f" CONFIG={plan.config}" if list_checkpoints(plan.work_dir) else ""))
+    write_json(plan.work_dir / DONE_FILE, {"checkpoint": final.name, "mtime_ns": final.stat().st_mtime_ns})
     return final
 
 
@@ -208,6 +275,34 @@ def record_data_source(data_path: Path, work_dir: Path) -> None:
         write_text(work_dir / DATA_SOURCE_FILE, summary.read_text(encoding="utf-8"))
     else:
         (work_dir / DATA_SOURCE_FILE).unlink(missing_ok=True)
+
+
+def last_error(lines: list[str]) -> str | None:
+    """The error that explains a failed run: a missing file (the root cause a DataLoader's follow-up errors
+    hide), else the last exception line (dotted names too: ``json.decoder.JSONDecodeError``)."""
+    errors = [ln for ln in lines if ERROR_LINE.match(ln)]
+    missing = [ln for ln in errors if ln.startswith("FileNotFoundError") or "No such file" in ln]
+    return (missing or errors or [None])[-1]
+
+
+def _end_trainer(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the guard ends the rest of the group
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    from foodie.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def describe_checkpoint(ckpt: Path) -> str:

@@ -27,11 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foodie import cli  # noqa: E402
 from foodie.merge import DEFAULT_MAX_SHARD_SIZE, DTYPES, ConvertError, convert  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="XTuner config of the run")
     ap.add_argument("checkpoint", help="iter_N.pth (file or DeepSpeed folder), or `latest`")
     ap.add_argument("save_dir", help="output folder (refused if it exists, unless --force)")
@@ -71,4 +72,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

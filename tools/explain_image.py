@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie import anyres  # noqa: E402
+from foodie import cli  # noqa: E402
 from foodie import image_tiling as it  # noqa: E402
 from foodie.atomic import atomic_path  # noqa: E402
 from foodie.paths import work_dir  # noqa: E402
@@ -278,8 +279,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image", nargs="?", help="image file (any format Pillow reads)")
     ap.add_argument("--max-tiles", type=int, default=it.MAX_TILES,
                     help=f"max_dynamic_patch: most tiles before the thumbnail (default {it.MAX_TILES})")
@@ -351,4 +352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

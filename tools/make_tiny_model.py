@@ -12,12 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foodie import cli  # noqa: E402
 from foodie import paths  # noqa: E402
 from foodie.tiny_model import count_parameters, parameter_shapes, write_checkpoint  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', type=Path, default=None, help=f'output folder (default {paths.tiny_model_dir()})')
     parser.add_argument('--seed', type=int, default=0, help='weights are a pure function of this seed')
     parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
@@ -48,4 +49,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

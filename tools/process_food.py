@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foodie import cli  # noqa: E402
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa  # noqa: E402
 from foodie.foodieqa import TASKS, FoodieQAError  # noqa: E402
 from foodie.image_tiling import tiling_of  # noqa: E402
@@ -54,8 +55,8 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--data-root", type=Path, default=demo_data_dir(), help="FoodieQA folder (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=default_out(), help="output folder (default: %(default)s)")
     ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",),
@@ -108,7 +109,13 @@ def main(argv=None) -> int:
             print(f"error: --tokenizer: {e}", file=sys.stderr)
             return 2
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer), trust_remote_code=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer), trust_remote_code=True)
+        except Exception as e:  # noqa: BLE001 - missing or damaged tokenizer files raise many kinds
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            print(f"error: --tokenizer {args.tokenizer}: its tokenizer files cannot be loaded ({reason}); point it "
+                  f"at an intact InternVL2 checkpoint folder (tokenizer_config.json, tokenizer.model)", file=sys.stderr)
+            return 2
     from tqdm import tqdm
     start = time.perf_counter()
     try:
@@ -141,4 +148,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

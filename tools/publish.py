@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console  # noqa: E402
 
-from foodie.publish import ACK_FLAG, HUBS, OLD_ACK_FLAG, PublishError, publish  # noqa: E402
+from foodie import cli  # noqa: E402
+from foodie.publish import ACK_FLAG, EXTRA_FLAG, HUBS, OLD_ACK_FLAG, PublishError, publish  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="merged checkpoint folder (tools/convert_to_official.py)")
     parser.add_argument("--repo-id", required=True, help='OWNER/NAME; NAME must contain "InternVL"')
     parser.add_argument("--hub", required=True, choices=HUBS)
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="acknowledge FoodieQA's terms (research only, non-commercial, evaluation only: training "
                              "needs the authors' permission; CC BY-NC-ND 4.0): needed to publish a model trained on "
                              "it, not one trained on your own photos")
+    parser.add_argument(EXTRA_FLAG, dest="allow_extra", action="store_true",
+                        help="also upload files that are no part of a checkpoint (refused by default, listed)")
     args = parser.parse_args(argv)
     console = Console()
     try:
         result = publish(args.model, args.repo_id, args.hub, private=args.private, dry_run=args.dry_run,
-                         eval_report=args.eval_report, accept_foodieqa_licence=args.accept_licence, console=console)
+                         eval_report=args.eval_report, accept_foodieqa_licence=args.accept_licence, console=console,
+                         allow_extra=args.allow_extra)
     except PublishError as e:
         print(f"Not published: {e}", file=sys.stderr)
         return 2
@@ -53,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -32,6 +32,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from foodie import cli  # noqa: E402
 from foodie import paths  # noqa: E402
 from foodie.atomic import write_json, write_text  # noqa: E402
 from foodie.tiny_model import tiny_model_is_current  # noqa: E402
@@ -268,8 +269,8 @@ class Pipeline:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/quickstart.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="tools/quickstart.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="InternVL2 checkpoint folder (default: the embedded tiny model, built on first use)")
     p.add_argument("--data-root", help="FoodieQA folder (default: the synthetic FoodieQA, built on first use)")
     p.add_argument("--train-data", help="training source (default: --data-root): a data set in the FoodieQA "
@@ -298,4 +299,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

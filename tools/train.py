@@ -21,11 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foodie import cli  # noqa: E402
 from foodie.training import DEFAULT_CONFIG, TrainingFailed, describe_checkpoint, plan_training, run_training  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="XTuner config (default: %(default)s)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     ap.add_argument("--work-dir", help="logs and checkpoints (default: the config's work_dir)")
@@ -37,6 +38,12 @@ def main(argv=None) -> int:
     try:
         plan = plan_training(args.config, resume=args.resume, work_dir=args.work_dir,
                              deepspeed=args.deepspeed, extra_args=extra, nproc=args.nproc)
+        if plan.finished is not None:
+            print(f"[train] --resume: this run already finished; its final checkpoint is "
+                  f"{describe_checkpoint(plan.finished)}. Nothing to resume. To train again, run without --resume "
+                  f"or with another --work-dir.\n[train] merge it: python tools/convert_to_official.py "
+                  f"{plan.config} {plan.finished} work/merged", flush=True)
+            return 0
         if args.resume and plan.resume_from is None:
             print(f"[train] --resume: no complete checkpoint in {plan.work_dir}; starting from scratch", flush=True)
         final = run_training(plan)
@@ -51,4 +58,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from foodie import cli  # noqa: E402
 from foodie.image_tiling import load_image  # noqa: E402
 from foodie.inference import IMG_CONTEXT, Message, TransformersBackend  # noqa: E402
 from foodie.paths import tiny_model_dir  # noqa: E402
@@ -51,7 +52,7 @@ def ensure_model(model: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="InternVL2 checkpoint folder (default: the embedded tiny model)")
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image (default: %(default)s)")
     ap.add_argument("--max-tiles", type=int, help="max_dynamic_patch (default: the model's config)")
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

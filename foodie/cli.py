@@ -1,0 +1,90 @@
+"""What every ``tools/*.py`` main shares: an OS error (read-only or full disk, a file where a folder belongs,
+no permission) becomes one line naming the path and the fix, exit 2, instead of a traceback; and argument
+errors never echo a secret (a mistyped ``--token hf_...`` is shown as ``--token ***``).
+
+    from foodie import cli
+    ap = cli.ArgumentParser(...)
+    ...
+    if __name__ == "__main__":
+        sys.exit(cli.run(main))
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+SECRET_FLAG = re.compile(r"^--?[\w-]*(token|secret|password|passwd|api[-_]?key|auth)[\w-]*$", re.IGNORECASE)
+SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|ms-[A-Za-z0-9-]{16,})\b")
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
+
+FIXES = {  # what to do, after the system's own words (e.g. "Read-only file system")
+    errno.EROFS: "choose an output folder on a writable disk",
+    errno.ENOSPC: "free space there or choose an output folder on another disk",
+    errno.EDQUOT: "free space or choose an output folder on another disk",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path or move that file",
+    errno.EISDIR: "a folder is where a file belongs: choose a file name",
+    errno.EEXIST: "choose another path or remove it",
+    errno.EACCES: "choose a path you may use, or fix its permissions",
+    errno.EPERM: "choose a path you may use, or fix its permissions",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ELOOP: "fix the symbolic link",
+    errno.EIO: "the disk or file is damaged: check it or use another copy",
+}
+
+
+def secrets_in(argv: Sequence[str]) -> list[str]:
+    """Values on a command line that must never be echoed: those of --token-like options, hub-token-shaped
+    strings, and the hub tokens in the environment."""
+    found = [v for v in (os.environ.get(k, "").strip() for k in SECRET_ENV) if len(v) >= 8]
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if SECRET_FLAG.match(flag):
+            if eq and value:
+                found.append(value)
+            elif i + 1 < len(argv):
+                found.append(argv[i + 1])
+        found += SECRET_VALUE.findall(arg)
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def redact(text: str, argv: Sequence[str] | None = None) -> str:
+    for secret in secrets_in(sys.argv[1:] if argv is None else argv):
+        text = text.replace(secret, "***")
+    return SECRET_VALUE.sub("***", text)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose error messages (unknown or mistyped options) never show a secret value."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv_seen = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        super().error(redact(message, getattr(self, "_argv_seen", sys.argv[1:])))
+
+
+def os_error_line(e: OSError) -> str:
+    """``PATH: what is wrong; the fix`` for an OS error, on one line."""
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    if e.errno is None or not paths:  # raised by a library with its own message (e.g. "Can't load tokenizer")
+        text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        return text or type(e).__name__
+    fix = FIXES.get(e.errno)
+    return f"{' -> '.join(paths)}: {e.strerror or e}" + (f" ({fix})" if fix else "")
+
+
+def run(main: Callable[..., int], argv: Sequence[str] | None = None) -> int:
+    """Call a tool's ``main``; an OS error becomes one clear line on stderr and exit 2."""
+    try:
+        return main(argv) if argv is not None else main()
+    except OSError as e:
+        print(f"error: {redact(os_error_line(e))}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
