@@ -407,13 +407,17 @@ def _plan(work: Path, code: str):
                      resume_from=None, command=[sys.executable, "-c", code], env=dict(os.environ))
 
 
-def test_an_old_checkpoint_is_not_the_result_of_a_failed_run(finished_run, tmp_path):
+def test_an_old_checkpoint_is_not_the_result_of_a_failed_run(tmp_path):
     """Mutation: the launcher must not take the checkpoint of an earlier run as this run's result."""
+    import torch
+
+    from foodie.checkpoints import is_complete_checkpoint
     from foodie.training import TrainingFailed, run_training
 
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy2(finished_run / "iter_2.pth", work / "iter_2.pth")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, work / "iter_2.pth")  # an earlier run's last checkpoint
+    assert is_complete_checkpoint(work / "iter_2.pth")
     with pytest.raises(TrainingFailed, match="no new complete checkpoint"):
         run_training(_plan(work, "print('Iter(train) [2/2]  lr: 1e-4')"), build_inputs=False)
 
