@@ -204,6 +204,7 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     if plan.resume_from is not None:
         print(f"[train] resuming from {plan.resume_from} (iteration {checkpoint_iter(plan.resume_from)})", flush=True)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    check_no_running_trainer(plan.work_dir)
     record_data_source(plan.data_path, plan.work_dir)
     log_path = plan.work_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log"
     before = {p: p.stat().st_mtime_ns for p in list_checkpoints(plan.work_dir)}
@@ -211,7 +212,6 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     print(f"[train] running:{' NPROC_PER_NODE=' + nproc if nproc else ''} {shlex.join(plan.command)}", flush=True)
     print(f"[train] log: {log_path}", flush=True)
 
-    check_no_running_trainer(plan.work_dir)
     configs_before = _config_copies(plan.work_dir)
     (plan.work_dir / DONE_FILE).unlink(missing_ok=True)
 
