@@ -390,7 +390,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         _dump(tmp / "held_out.json", held_out, indent=1)
         _dump(tmp / "summary.json", summary, indent=2)
         (tmp / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-        if not samples:
+        if not samples and not eval_only:
             raise ValueError(f"{data.root}: 0 training samples for tasks {', '.join(opts.tasks)} (lang {opts.lang}; "
                              f"{len(data)} items read, {len(data.skipped)} bad ones skipped); XTuner cannot train on "
                              f"nothing. Check --tasks/--lang and the data; nothing was written to {out}")

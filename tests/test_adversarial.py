@@ -721,43 +721,7 @@ def test_eval_bad_paths(capsys, tiny_model_dir, small_foodieqa_dir, tmp_path, ca
 
 
 # =========================================================================== surviving mutants of the first audit
-
-def test_answer_is_the_first_capital_letter_not_the_last():
-    from foodie.evaluation import parse_choice
-
-    assert parse_choice("B，不是C。") == 1
-    assert parse_choice("答案是A，D是错的") == 0
-    assert parse_choice("The answer is C; not B or D") == 2
-
-
-def _item(task: str, raw: dict):
-    from foodie.foodieqa import _parse_item
-
-    item, problems = _parse_item(task, "x.json", 0, raw, {})
-    assert item is not None, problems
-    return item
-
-
-def test_english_prompts_use_the_english_choices():
-    from foodie.prompts import question_prompt
-
-    item = _item("sivqa", {"question_id": "q1", "question": "这是哪个菜系？", "question_en": "Which cuisine is this?",
-                           "choices": ["粤菜", "川菜", "鲁菜", "苏菜"],
-                           "choices_en": ["Cantonese", "Sichuan", "Shandong", "Jiangsu"], "answer": "1",
-                           "food_meta": {"food_file": "images/a.jpg", "food_name": "白切鸡", "cuisine_type": "粤菜"}})
-    text, _ = question_prompt(item, "en")
-    assert all(c in text for c in ["Cantonese", "Sichuan", "Shandong", "Jiangsu"])
-    assert not any(c in text for c in ["粤菜", "川菜", "鲁菜", "苏菜"])
-
-
-def test_multi_image_questions_keep_the_question_order_of_images():
-    from foodie.prompts import question_prompt
-
-    images = ["images/d.jpg", "images/a.jpg", "images/c.jpg", "images/b.jpg"]
-    item = _item("mivqa", {"question_id": "m1", "question": "哪一张是白切鸡？", "images": images, "answer": "2"})
-    _, got = question_prompt(item, "zh")
-    assert got == images  # 图A..图D are these photos, in this order
-
+# (first capital letter, English choices, multi-image order: tests/test_scoring.py, tests/test_evaluation.py)
 
 def test_items_straddling_the_split_are_never_trained_on(small_foodieqa_dir):
     from foodie.data_conversion import ConversionOptions, make_split
