@@ -140,6 +140,10 @@ def test_training_source_and_evaluation_source_stay_apart(tmp_path, monkeypatch,
     line = p.sources_line()
     assert str(trained_on) in line and "every question of synthetic FoodieQA" in line and str(small_foodieqa_dir) in line
 
+    trained_on.mkdir(parents=True)  # as the photo tool leaves it: a re-run with the same photos converts nothing
+    again, _ = pipeline(str(photos))
+    assert [c[1] for c in again.commands] == ["tools/process_food.py"]
+
     p, evaluate = pipeline(None)
     assert p.commands[0][p.commands[0].index("--data-root") + 1] == str(small_foodieqa_dir)
     assert evaluate[evaluate.index("--items") + 1] == str(p.xtuner_data / "held_out.json")

@@ -155,7 +155,11 @@ class Pipeline:
             raise StageFailed(str(e)) from None
         if separate and looks_like_photo_folder(self.train_root):
             photos, self.train_root = self.train_root, self.work / f"{self.train_root.name}-foodieqa"
-            self.run("data", [PY, "tools/photos_to_foodieqa.py", str(photos), "--out", str(self.train_root)])
+            key = fingerprint("photos", photos, REPO_ROOT / "foodie" / "own_photos.py")
+            if self.state.get("photos") != key or not self.train_root.is_dir():  # else: converted, unchanged
+                self.run("data", [PY, "tools/photos_to_foodieqa.py", str(photos), "--out", str(self.train_root)])
+                self.state["photos"] = key
+                write_json(self.state_file, self.state)
 
     @property
     def separate(self) -> bool:
