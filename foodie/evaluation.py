@@ -442,11 +442,22 @@ def _grouped(rows: Sequence[dict], key: str) -> dict:
     return {g: _acc(rs) for g, rs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
 
 
+def trained_on(model_dir: str | os.PathLike) -> dict | None:
+    """What a merged model was trained on, from its provenance note (foodie_provenance.json's ``data``: name,
+    kind, source folder); None for a model without one (a base model)."""
+    try:
+        note = json.loads((Path(model_dir) / "foodie_provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = note.get("data") if isinstance(note, dict) else None
+    return data if isinstance(data, dict) and data.get("name") else None
+
+
 def model_metrics(run: ModelRun) -> dict:
     rows = run.rows
     by_task = {t: [r for r in rows if r["task"] == t] for t in dict.fromkeys(r["task"] for r in rows)}
     out = dict(label=run.label, model_dir=run.model_dir, backend=run.backend, fingerprint=run.fingerprint,
-               overall=_acc(rows), tasks={})
+               trained_on=trained_on(run.model_dir), overall=_acc(rows), tasks={})
     for task, rs in by_task.items():
         m = _acc(rs)
         lo, hi = chance_range(len(rs))
@@ -557,6 +568,23 @@ def comparability(metrics: dict) -> str:
             "points against a published number mean nothing.")
 
 
+def _training_data_lines(metrics: dict) -> list[str]:
+    """Which data trained each model (its provenance note), and whether that is the data evaluated here."""
+    trained = [(m["label"], m["trained_on"]) for m in metrics["models"] if m.get("trained_on")]
+    if not trained:
+        return []
+    here = Path(metrics["data_root"]).resolve()
+    lines = ["", "Training data: " + "; ".join(f"{_md_cell(label)}: {t['name']} (`{t.get('source', '?')}`)"
+                                               for label, t in trained) + "."]
+    same = [label for label, t in trained if t.get("source") and Path(t["source"]).resolve() == here]
+    if same and not metrics["items_manifest"]:
+        lines.append(f"**These questions include training data of {', '.join(same)}**: evaluate its held-out "
+                     "manifest (--items) or another data set.")
+    elif not same:
+        lines.append("The evaluated data is not the training data of any model here.")
+    return lines
+
+
 def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str:
     models = metrics["models"]
     lang = metrics["lang"]
@@ -565,6 +593,7 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
     L.append(f"Language: **{lang}**; prompt: the authors' template **{metrics.get('template', 0)}**; data: "
              f"`{metrics['data_root']}` ({q.get('data', 'FoodieQA')}); questions: **{q.get('scope', '?')}**"
              + (f" (manifest `{metrics['items_manifest']}`)" if metrics["items_manifest"] else "") + ".")
+    L += _training_data_lines(metrics)
     L.append("")
     L.append(f"**Accuracy** is the {PROTOCOL}. Beside it: *seeded guess* (one fixed random letter per letterless "
              "response: whole right answers), *strict* (no letter = wrong) and *option text*, a diagnostic that "

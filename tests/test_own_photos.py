@@ -199,6 +199,9 @@ def test_own_photos_train_merge_evaluate_on_foodieqa_and_publish_without_its_ter
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["models"][0]["overall"]["n"] == 8
     assert metrics["data_root"] == str(small_foodieqa_dir.resolve())
+    report = (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")  # says which data is which
+    assert f"Training data: tuned: own photos (tools/photos_to_foodieqa.py) (`{(tmp_path / 'ds').resolve()}`)" in report
+    assert "The evaluated data is not the training data of any model here." in report
 
     provenance = json.loads((tmp_path / "merged" / "foodie_provenance.json").read_text(encoding="utf-8"))
     assert provenance["data"]["kind"] == "own-photos" and provenance["data"]["photos"] == 16 * 3

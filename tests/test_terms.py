@@ -164,3 +164,18 @@ def test_evaluation_reads_the_unpacked_download_and_names_a_packed_one(real_like
     unpack_zip(download / ZIP_NAME, download)
     data = load_foodieqa(download, check_images=False)  # eval_food / the demo pointed at the download folder
     assert data.root == (download / "FoodieQA").resolve() and data.sivqa
+
+
+def test_evaluation_report_says_which_data_trained_each_model(tmp_path):
+    from foodie.evaluation import _training_data_lines
+
+    photos, foodieqa = tmp_path / "my-photos-dataset", tmp_path / "FoodieQA"
+    tuned = {"label": "tuned", "trained_on": {"name": "own photos (tools/photos_to_foodieqa.py)", "source": str(photos)}}
+    base = {"label": "base", "trained_on": None}
+    apart = _training_data_lines({"models": [base, tuned], "data_root": str(foodieqa), "items_manifest": None})
+    assert f"tuned: own photos (tools/photos_to_foodieqa.py) (`{photos}`)" in apart[1]
+    assert "not the training data of any model" in apart[2]
+    mixed = _training_data_lines({"models": [base, tuned], "data_root": str(photos), "items_manifest": None})
+    assert "include training data of tuned" in mixed[2]
+    assert len(_training_data_lines({"models": [base, tuned], "data_root": str(photos), "items_manifest": "h.json"})) == 2
+    assert _training_data_lines({"models": [base], "data_root": str(photos), "items_manifest": None}) == []
