@@ -523,7 +523,8 @@ def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: s
         published=dict(source=published.SOURCE, scope=published.SCOPE, marks=published.DAGGER_NOTE,
                        textqa_note=published.TEXTQA_NOTE, results=pub,
                        shown=bool(pub), why_not=None if pub else (
-                           f"{asked['data']} data: published FoodieQA results are never shown beside it"
+                           f"these questions are {asked['data']} data, and published FoodieQA results are shown "
+                           f"only beside the real FoodieQA"
                            if asked["data"] != "FoodieQA" else "the authors published none for these tasks")),
     )
 

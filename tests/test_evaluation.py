@@ -298,7 +298,7 @@ def test_report_and_chart_are_well_formed(tiny_eval):
         assert heading in report
     # Synthetic data: the paper's models are never set beside it, in the report or the chart.
     assert saved["published"]["results"] == {} and "GPT-4o" not in report
-    assert "Not shown: synthetic data" in report and "first capital A-D anywhere" in report
+    assert "Not shown: these questions are synthetic data" in report and "first capital A-D anywhere" in report
     assert "![accuracy by model and task](accuracy.png)" in report
 
     with Image.open(out / "accuracy.png") as im:
