@@ -1,22 +1,36 @@
 #!/usr/bin/env python
-"""Serving speed on a GPU: the 256-question single-image FoodieQA evaluation through foodie.inference,
-LMDeploy backend against transformers backend, batched; questions/s and time to first token.
+"""Serving speed on a GPU: the single-image FoodieQA evaluation through foodie.inference, LMDeploy
+variants against the transformers backend; questions/s, where the time goes, answers that agree.
 
     # on the GPU machine (see docs/guide_gpu.md for the wheels); builds what is missing:
     python3 bench/eval_throughput.py --make-model /tmp/internvl2-2b-random --make-data /tmp/foodie-photos
-    python3 bench/eval_throughput.py --model DIR --data-root DIR --backends lmdeploy,transformers
+    python3 bench/eval_throughput.py --model DIR --data-root DIR --variants lmdeploy,lmdeploy-stock,transformers
+    python3 bench/eval_throughput.py ... --variants "lmdeploy:batch=64:prefill=16384,lmdeploy:workers=12"
 
 Workload: the authors' single-image prompt (zh) for each question, greedy decoding, --max-new-tokens
 new tokens (a random-weight model never stops early, so every answer is that long). The photos are
 the synthetic FoodieQA drawings resized to --photo-size (default 1600x1200, a 4:3 phone photo: 12 tiles
 + thumbnail = 13 tiles = 3,328 image tokens, as real FoodieQA photos give).
 
-* transformers: ``generate`` on chunks of --batch-size questions (true batching, left padding);
-* lmdeploy: ``generate`` on all questions at once; the PyTorch engine batches up to --lmdeploy-batch.
+Variants (each in its own process: clean GPU memory, no engine threads left behind):
 
-Each backend runs in its own process (clean GPU memory, no engine threads left behind). Time to first
-token: --ttft-runs single questions through ``stream`` one after another, time to the first non-empty
-text. Prints a Markdown table and writes --out (JSON).
+* ``lmdeploy``: the backend as shipped (``foodie.inference.answer_all``): our image workers prepare
+  pixel values ahead of the engine, large engine batches; ``:batch=N``, ``:prefill=TOKENS`` and
+  ``:workers=N`` override its settings (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips
+  the engine-only rerun);
+* ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
+  before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
+* ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
+  questions, the reference the LMDeploy answers are compared with (greedy, same bf16 weights).
+
+Where the time goes, per LMDeploy variant: the same questions once more with every image prepared
+beforehand (``engine only``: what the engine alone sustains), the image path alone on this machine's
+CPU (``images``: decode, tiling and normalisation over the image workers, no GPU), the GPU's busy share
+(``nvidia-smi``'s utilisation, sampled every 0.2 s), and the share of the card's bf16 peak the
+questions' FLOPs reach (peak measured in the same command, an 8192^3 bf16 matrix product). Time to first
+token: --ttft-runs single questions through ``stream`` one after another.
+
+Prints a Markdown table and writes --out (JSON).
 
 A random-weight full-size model made by tools/make_tiny_model.py --full-size carries the small test
 tokenizer (2,048 tokens) beside a 92,553-row vocabulary; --make-model pads that tokenizer with plain
@@ -33,7 +47,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,10 +96,13 @@ def make_data(out: Path, photo_size: tuple[int, int], questions: int) -> Path:
     from foodie.synthetic_data import make_demo_data
     if not (out / "sivqa_tidy.json").is_file():
         make_demo_data(out, seed=0, photos_per_dish=-(-questions // 16), mivqa_per_dish=1, textqa=False)
-        for p in (out / "images").rglob("*.jpg"):
+
+        def enlarge(p):
             with Image.open(p) as im:
                 big = im.convert("RGB").resize(photo_size, Image.Resampling.BICUBIC)
             big.save(p, quality=90)
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            list(pool.map(enlarge, sorted((out / "images").rglob("*.jpg"))))
     return out
 
 
@@ -93,34 +112,161 @@ def _cuda() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# One backend (in its own process)
+# What a question costs
 # ---------------------------------------------------------------------------------------------
 
-def run_backend(args) -> dict:
+def question_flops(model_dir: Path, tiles: int, prompt_tokens: int, new_tokens: int) -> float:
+    """Forward FLOPs of one question: InternViT over its tiles, the projector, the LLM over the prompt
+    (prefill, causal attention) and the new tokens (weights only). 2 FLOPs per multiply-add."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    v, m = cfg["vision_config"], cfg["llm_config"]
+    n = (v["image_size"] // v["patch_size"]) ** 2 + 1  # patches + class token
+    d, f = v["hidden_size"], v["intermediate_size"]
+    vit = tiles * v["num_hidden_layers"] * (2 * n * (4 * d * d + 2 * d * f) + 4 * n * n * d)
+    shuffled = d * 4
+    h, fi = m["hidden_size"], m["intermediate_size"]
+    kv = m["num_key_value_heads"] * h // m["num_attention_heads"]  # width of K (and of V)
+    proj = 2 * tiles * (n - 1) // 4 * (shuffled * h + h * h)
+    per_token = m["num_hidden_layers"] * 2 * (h * h * 2 + 2 * h * kv + 3 * h * fi) + 2 * h * m["vocab_size"]
+    t = prompt_tokens
+    llm = t * (per_token - 2 * h * m["vocab_size"]) + m["num_hidden_layers"] * 2 * t * t * h  # causal: half of 4*t^2*h
+    decode = new_tokens * per_token + 2 * h * m["vocab_size"]
+    return vit + proj + llm + decode
+
+
+def bf16_peak_tflops() -> float:
+    """Median of 10 timed 8192^3 bf16 matrix products on random data (after 3 warm-ups)."""
+    import torch
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    times = []
+    for i in range(13):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1000)
+    return 2 * 8192 ** 3 / statistics.median(times) / 1e12
+
+
+class GpuBusy:
+    """Samples nvidia-smi's GPU utilisation (share of time a kernel ran) every 0.2 s in a thread."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
+                                     capture_output=True, text=True, timeout=5).stdout.split()
+                self.samples.append(float(out[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+# ---------------------------------------------------------------------------------------------
+# One variant (in its own process)
+# ---------------------------------------------------------------------------------------------
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
+    name, *opts = spec.split(":")
+    if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
+        raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:batch=N][:prefill=N][:workers=N], lmdeploy-stock, "
+                         f"transformers, each with [:questions=N][:engine=0|1]")
+    settings = {}
+    for o in opts:
+        k, _, v = o.partition("=")
+        if k not in ("batch", "prefill", "workers", "questions", "engine") or not v.isdigit():
+            raise SystemExit(f"variant {spec!r}: options are batch=N, prefill=N, workers=N, questions=N, engine=0|1")
+        settings[k] = int(v)
+    return name, settings
+
+
+def load_variant(args, name: str, settings: dict):
+    from foodie.inference import LMDeployBackend, load_backend
+    if name == "transformers":
+        return load_backend(args.model, backend="transformers")
+    if name == "lmdeploy-stock":  # before: LMDeploy's own image preprocessing, engine settings of before
+        return LMDeployBackend(args.model, max_batch_size=16, max_prefill_tokens=4096, prepare_images=False)
+    return load_backend(args.model, backend="lmdeploy", max_batch_size=settings.get("batch"),
+                        max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"))
+
+
+def timed_answers(backend, requests, params, batch_size) -> tuple[list[str], float, float | None]:
+    """Answers in request order, seconds, mean GPU busy %."""
+    import torch
+
+    from foodie.inference import answer_all
+    answers: list[str | None] = [None] * len(requests)
+    with GpuBusy() as busy:
+        t0 = time.perf_counter()
+        for idx, got in answer_all(backend, requests, params, batch_size):
+            for i, a in zip(idx, got):
+                answers[i] = a
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    return answers, seconds, busy.mean
+
+
+def run_variant(args) -> dict:
     import torch
 
     from foodie.evaluation import build_questions, parse_choice
-    from foodie.inference import GenerationParams, Message, load_backend
+    from foodie.inference import GenerationParams, Message
 
-    questions, root = build_questions(args.data_root, ("sivqa",), "zh", limit=args.questions)
+    name, settings = parse_variant(args.only)
+    n = min(args.questions, args.compare_questions) if name == "transformers" else args.questions
+    n = min(n, settings.get("questions", n))
+    questions, root = build_questions(args.data_root, ("sivqa",), "zh", limit=n + args.warmup)
     requests = [[Message("user", q.prompt, images=[root / p for p in q.images])] for q in questions]
+    warm, requests, questions = requests[n:], requests[:n], questions[:n]  # warm-up on other photos
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
-    backend = load_backend(args.model, backend=args.only, max_batch_size=args.lmdeploy_batch)
+    backend = load_variant(args, name, settings)
     load_s = time.perf_counter() - t0
-    backend.generate(requests[:2], params)  # warm-up (kernels, allocator, engine graphs)
+    backend.generate(warm, params)  # kernels, allocator, engine graphs
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
-    t0 = time.perf_counter()
-    answers: list[str] = []
-    chunk = len(requests) if args.only == "lmdeploy" else args.batch_size
-    for i in range(0, len(requests), chunk):
-        answers += backend.generate(requests[i:i + chunk], params)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    total_s = time.perf_counter() - t0
+    batch = args.batch_size if name == "transformers" else len(requests)
+    answers, total_s, busy = timed_answers(backend, requests, params, batch)
+    result = dict(variant=args.only, backend=backend.name, questions=len(requests), load_s=round(load_s, 2),
+                  total_s=round(total_s, 2), questions_per_s=round(len(requests) / total_s, 3), gpu_busy_pct=busy,
+                  settings=dict(batch=getattr(getattr(backend, "engine_config", None), "max_batch_size", batch),
+                                prefill_tokens=getattr(getattr(backend, "engine_config", None),
+                                                       "max_prefill_token_num", None),
+                                image_workers=getattr(backend, "image_workers", None),
+                                our_image_path=getattr(backend, "prepares_images", True)))
+
+    if name == "lmdeploy" and settings.get("engine", int(args.engine_only)):
+        # The same questions with every image prepared beforehand: what the engine alone sustains.
+        ready = {id(r): m for r, m in zip(requests, backend._pool.map(backend._prepare, requests))}
+        prepare = backend._prepare
+        backend._prepare = lambda r: ready.get(id(r)) or prepare(r)
+        _, engine_s, engine_busy = timed_answers(backend, requests, params, batch)
+        backend._prepare = prepare
+        result.update(engine_only_questions_per_s=round(len(requests) / engine_s, 3), engine_only_gpu_busy_pct=engine_busy)
+        del ready
 
     ttft, full = [], []
     for r in requests[: args.ttft_runs]:
@@ -133,11 +279,10 @@ def run_backend(args) -> dict:
         ttft.append(first if first is not None else float("nan"))
 
     free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (0, 0)
-    result = dict(
-        backend=args.only, questions=len(requests), batch=chunk if args.only != "lmdeploy" else args.lmdeploy_batch,
-        load_s=round(load_s, 2), total_s=round(total_s, 2), questions_per_s=round(len(requests) / total_s, 3),
-        ttft_median_s=round(statistics.median(ttft), 4), ttft_p90_s=round(sorted(ttft)[int(0.9 * (len(ttft) - 1))], 4),
-        stream_answer_median_s=round(statistics.median(full), 4),
+    result.update(
+        ttft_median_s=round(statistics.median(ttft), 4) if ttft else None,
+        ttft_p90_s=round(sorted(ttft)[int(0.9 * (len(ttft) - 1))], 4) if ttft else None,
+        stream_answer_median_s=round(statistics.median(full), 4) if full else None,
         parsed=[None if (p := parse_choice(a, q.choices)) is None else int(p) for a, q in zip(answers, questions)],
         answers=answers,
         max_allocated_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else 0,
@@ -149,15 +294,51 @@ def run_backend(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Driver
+# The image path alone (CPU) and the driver
 # ---------------------------------------------------------------------------------------------
+
+def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -> dict:
+    """ms per question for each image stage on one thread, and questions/s over `workers` threads."""
+    from foodie import image_tiling as it
+    from foodie.evaluation import build_questions
+    from foodie.inference import Message, Tiling
+
+    questions, root = build_questions(data_root, ("sivqa",), "zh", limit=n)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    size, _ = it.tiling_of(model_dir)
+    tiling = Tiling(size, cfg.get("max_dynamic_patch", 12), cfg.get("min_dynamic_patch", 1), cfg.get("use_thumbnail", True))
+    stages = dict(decode=0.0, tiles=0.0, normalise=0.0)
+    tiles = 0
+    for q in questions[: min(n, 32)]:
+        t0 = time.perf_counter()
+        rgb = it.open_image(root / q.images[0])
+        t1 = time.perf_counter()
+        parts = it.dynamic_preprocess(rgb, max_num=tiling.max_tiles, image_size=size)
+        t2 = time.perf_counter()
+        import torch
+        torch.stack([it.to_tensor(t, size) for t in parts]).to(torch.bfloat16)
+        t3 = time.perf_counter()
+        stages["decode"] += t1 - t0
+        stages["tiles"] += t2 - t1
+        stages["normalise"] += t3 - t2
+        tiles += len(parts)
+    k = min(n, 32)
+    requests = [[Message("user", q.prompt, images=[root / p for p in q.images])] for q in questions]
+    import torch
+    t0 = time.perf_counter()
+    tiling.prepare(requests, workers, torch.bfloat16)
+    pool_s = time.perf_counter() - t0
+    return dict(ms_per_question={s: round(1000 * v / k, 1) for s, v in stages.items()}, tiles_per_question=tiles / k,
+                workers=workers, questions=len(requests), questions_per_s=round(len(requests) / pool_s, 1))
+
 
 def environment() -> dict:
     import torch
     env = dict(python=platform.python_version(), torch=torch.__version__, cpu_cores=os.cpu_count())
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    for pkg in ("transformers", "lmdeploy"):
+        env["cuda"] = torch.version.cuda
+    for pkg in ("transformers", "lmdeploy", "PIL"):
         try:
             env[pkg] = __import__(pkg).__version__
         except Exception as e:  # noqa: BLE001 - report why it is missing
@@ -172,68 +353,114 @@ def main() -> int:
     p.add_argument("--make-model", type=Path, help="build a full-size random-weight InternVL2-2B here if missing")
     p.add_argument("--make-data", type=Path, help="build synthetic FoodieQA with large photos here if missing")
     p.add_argument("--photo-size", default="1600x1200", help="WxH of the photos --make-data writes")
-    p.add_argument("--backends", default="lmdeploy,transformers")
+    p.add_argument("--variants", default="lmdeploy,transformers,lmdeploy-stock",
+                   help="comma-separated, run in this order (see the module doc); the first lmdeploy one is "
+                        "compared with transformers")
     p.add_argument("--questions", type=int, default=256)
+    p.add_argument("--compare-questions", type=int, default=128, help="questions the transformers variant answers")
+    p.add_argument("--warmup", type=int, default=4, help="warm-up questions (other photos), not timed")
     p.add_argument("--batch-size", type=int, default=8, help="transformers: questions per generate call")
-    p.add_argument("--lmdeploy-batch", type=int, default=16, help="LMDeploy engine max_batch_size")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--ttft-runs", type=int, default=10)
+    p.add_argument("--ttft-runs", type=int, default=5)
+    p.add_argument("--no-engine-only", dest="engine_only", action="store_false",
+                   help="skip the engine-only rerun of each LMDeploy variant")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no further variant after this much time (the rest are listed as skipped)")
     p.add_argument("--out", type=Path, default=REPO / "work" / "bench" / "eval_throughput.json")
-    p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one backend, print its JSON
+    p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = p.parse_args()
 
     if args.only:
-        print("RESULT " + json.dumps(run_backend(args)), flush=True)
+        print("RESULT " + json.dumps(run_variant(args)), flush=True)
         return 0
 
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        parse_variant(v)
+    t_start = time.perf_counter()
     if args.make_model:
         args.model = make_model(args.make_model)
     if args.make_data:
         w, h = (int(x) for x in args.photo_size.lower().split("x"))
-        args.data_root = make_data(args.make_data, (w, h), args.questions)
+        args.data_root = make_data(args.make_data, (w, h), args.questions + args.warmup)
     if not args.model or not args.data_root:
         p.error("give --model and --data-root (or --make-model / --make-data)")
 
+    from foodie.evaluation import build_questions
+    from foodie.image_tiling import image_size_of, num_tiles
+    from foodie.inference import image_workers_for
+
     env = environment()
     print(f"# eval throughput: {json.dumps(env)}", flush=True)
-    results, failures = [], {}
-    for name in [b for b in args.backends.split(",") if b]:
-        cmd = [sys.executable, __file__, "--only", name, "--model", str(args.model), "--data-root", str(args.data_root),
-               "--questions", str(args.questions), "--batch-size", str(args.batch_size),
-               "--lmdeploy-batch", str(args.lmdeploy_batch), "--max-new-tokens", str(args.max_new_tokens),
-               "--ttft-runs", str(args.ttft_runs)]
+    if _cuda():
+        env["bf16_peak_tflops"] = round(bf16_peak_tflops(), 1)
+    cfg = json.loads((args.model / "config.json").read_text())
+    q0, root = build_questions(args.data_root, ("sivqa",), "zh", limit=1)
+    tiles = num_tiles(*image_size_of(root / q0[0].images[0]), max_num=cfg.get("max_dynamic_patch", 12))
+    from foodie.image_tiling import tiling_of
+    prompt_tokens = tiles * tiling_of(args.model)[1] + 80  # image tokens + template and question (~80)
+    flops = question_flops(args.model, tiles, prompt_tokens, args.max_new_tokens)
+    env.update(tiles_per_question=tiles, prompt_tokens_about=prompt_tokens, tflop_per_question=round(flops / 1e12, 2))
+    images = image_path_profile(args.data_root, args.model, min(64, args.questions), image_workers_for("cuda"))
+    print(f"# {tiles} tiles, ~{prompt_tokens} prompt tokens, {flops / 1e12:.1f} TFLOP a question; bf16 peak "
+          f"{env.get('bf16_peak_tflops')} TFLOP/s; image path on the CPU: {json.dumps(images)}", flush=True)
+
+    results, failures, skipped = [], {}, []
+    for spec in variants:
+        if args.time_budget and time.perf_counter() - t_start > args.time_budget:
+            skipped.append(spec)
+            continue
+        cmd = [sys.executable, __file__, "--only", spec, "--model", str(args.model), "--data-root", str(args.data_root),
+               "--questions", str(args.questions), "--compare-questions", str(args.compare_questions),
+               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+               "--max-new-tokens", str(args.max_new_tokens), "--ttft-runs", str(args.ttft_runs)]
+        if not args.engine_only:
+            cmd.append("--no-engine-only")
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
-            failures[name] = (proc.stderr or proc.stdout)[-3000:]
-            print(f"## {name} FAILED (exit {proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n{failures[name]}",
+            failures[spec] = (proc.stderr or proc.stdout)[-3000:]
+            print(f"## {spec} FAILED (exit {proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n{failures[spec]}",
                   flush=True)
             continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
-        print(f"## {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        r = json.loads(lines[-1][len("RESULT "):])
+        if env.get("bf16_peak_tflops"):
+            r["share_of_bf16_peak_pct"] = round(100 * r["questions_per_s"] * flops / 1e12 / env["bf16_peak_tflops"], 1)
+        results.append(r)
+        print(f"## {spec}: {r['questions_per_s']:.2f} questions/s, done in {time.perf_counter() - t0:.0f} s "
+              f"({time.perf_counter() - t_start:.0f} s in all)", flush=True)
 
-    if len(results) == 2:
-        a, b = results[0]["parsed"], results[1]["parsed"]
-        agree = sum(x == y for x, y in zip(a, b)) / max(1, len(a))
-        same = sum(x == y for x, y in zip(results[0]["answers"], results[1]["answers"])) / max(1, len(a))
-        for r in results:
-            r["same_parsed_answer_as_other_backend"] = round(agree, 3)
-            r["same_answer_text_as_other_backend"] = round(same, 3)
-    print()
-    print("| backend | questions | batch | questions/s | TTFT median / p90 s | streamed answer median s | "
-          "load s | max allocated GiB | GPU used GiB | parsed answers | same text as the other |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    reference = next((r for r in results if r["backend"] == "transformers"), None)
     for r in results:
-        parsed = sum(x is not None for x in r["parsed"])
-        print(f"| {r['backend']} | {r['questions']} | {r['batch']} | {r['questions_per_s']:.2f} | "
-              f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f} | {r['stream_answer_median_s']:.3f} | {r['load_s']:.1f} | "
-              f"{r['max_allocated_gib']:.1f} | {r['device_used_gib']:.1f} | {parsed}/{r['questions']} | "
-              f"{100 * r.get('same_answer_text_as_other_backend', float('nan')):.0f}% |")
+        if reference is None or r is reference:
+            continue
+        k = min(len(r["answers"]), len(reference["answers"]))
+        pairs = list(zip(r["answers"][:k], reference["answers"][:k]))
+        r["compared_with_transformers"] = k
+        r["same_answer_text_pct"] = round(100 * sum(a == b for a, b in pairs) / max(1, k), 1)
+        r["same_parsed_answer_pct"] = round(100 * sum(a == b for a, b in zip(r["parsed"][:k], reference["parsed"][:k]))
+                                            / max(1, k), 1)
+        r["same_first_word_pct"] = round(100 * sum(a.split()[:1] == b.split()[:1] for a, b in pairs) / max(1, k), 1)
+
+    print()
+    print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "
+          "| load s | max alloc GiB | same text as transformers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        same = (f"{r['same_answer_text_pct']:.1f}% of {r['compared_with_transformers']}"
+                if "same_answer_text_pct" in r else "-")
+        ttft = f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f}" if r.get("ttft_median_s") is not None else "-"
+        print(f"| {r['variant']} | {r['questions']} | {r['questions_per_s']:.2f} | "
+              f"{r.get('engine_only_questions_per_s', '-')} | {r.get('gpu_busy_pct', '-')} | "
+              f"{r.get('share_of_bf16_peak_pct', '-')}% | {ttft} | {r['load_s']:.1f} | {r['max_allocated_gib']:.1f} | "
+              f"{same} |")
+    if skipped:
+        print(f"\nskipped (time budget): {', '.join(skipped)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from foodie.atomic import write_json
-    write_json(args.out, dict(environment=env, settings={k: str(v) for k, v in vars(args).items()},
-                              results=results, failures=failures))
+    write_json(args.out, dict(environment=env, image_path=images, settings={k: str(v) for k, v in vars(args).items()},
+                              results=results, failures=failures, skipped=skipped))
     print(f"\nwrote {args.out}")
     return 0 if results and not failures else 1
 

@@ -325,7 +325,14 @@ class ModelRun:
     rows: list[dict]
     reused: int = 0
     computed: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # model load + answering
+    load_seconds: float = 0.0
+
+    @property
+    def questions_per_s(self) -> float | None:
+        """Answering throughput, model load excluded (None when nothing was asked)."""
+        answering = self.seconds - self.load_seconds
+        return self.computed / answering if self.computed and answering > 0 else None
 
 
 def estimated_tiles(q: Question, data_root: Path, max_tiles: int | None = None) -> int:
@@ -353,7 +360,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
               load: Callable | None = None, on_batch: Callable[[int], None] | None = None,
               device: str = "auto", dtype: str = "auto", max_tiles: int | None = None) -> ModelRun:
     """Ask one model every question, reusing finished predictions; returns all rows in order."""
-    from foodie.inference import GenerationParams, Message, load_backend, resolve_backend
+    from foodie.inference import GenerationParams, Message, answer_all, load_backend, resolve_backend
 
     backend_name = resolve_backend(backend)
     fingerprint = model_fingerprint(model_dir, cache_dir=out_dir)
@@ -384,14 +391,14 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     start = time.perf_counter()
     if todo:
         chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype, max_tiles=max_tiles)
+        run.load_seconds = time.perf_counter() - start
         try:
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i:i + batch_size]
-                requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
-                            + ([Message("assistant", q.reply_prefix)] if q.reply_prefix else []) for _, q in batch]
-                answers = chat.generate(requests, params)
+            requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
+                        + ([Message("assistant", q.reply_prefix)] if q.reply_prefix else []) for _, q in todo]
+            # Images are prepared ahead of the model; answers come a batch at a time (LMDeploy: as they finish).
+            for idx, answers in answer_all(chat, requests, params, batch_size):
                 new = []
-                for (k, q), response in zip(batch, answers):
+                for (k, q), response in zip((todo[i] for i in idx), answers):
                     row = dict(key=k, item_id=q.item_id, task=q.task, question_id=q.question_id,
                                question_type=q.question_type, cuisine=q.cuisine, template=q.template,
                                prompt=q.prompt, reply_prefix=q.reply_prefix, images=q.images,
@@ -401,7 +408,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
                     done[k] = row
                 append_rows(path, new)
                 if on_batch:
-                    on_batch(len(batch))
+                    on_batch(len(idx))
         finally:
             chat.close()
     run.seconds = time.perf_counter() - start
@@ -878,11 +885,13 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
                             batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, load=load,
                             on_batch=lambda n, bar=bar: progress.advance(bar, n), device=cfg.device, dtype=cfg.dtype,
                             max_tiles=cfg.max_tiles)
-            progress.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked)")
+            speed = f", {run.backend} {run.questions_per_s:.2f} questions/s" if run.questions_per_s else ""
+            progress.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked{speed})")
             runs.append(run)
     metrics = build_metrics(runs, cfg.lang, data_root, cfg.items, cfg.limit, cfg.template)
-    metrics["runs"] = [dict(label=r.label, reused=r.reused, computed=r.computed, seconds=round(r.seconds, 2))
-                       for r in runs]
+    metrics["runs"] = [dict(label=r.label, backend=r.backend, reused=r.reused, computed=r.computed,
+                            seconds=round(r.seconds, 2), load_seconds=round(r.load_seconds, 2),
+                            questions_per_s=r.questions_per_s and round(r.questions_per_s, 3)) for r in runs]
     metrics["settings"] = dict(tasks=list(tasks), template=cfg.template, backend=cfg.backend,
                                batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
                                decoding="greedy, stops at the end of the turn",

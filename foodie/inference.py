@@ -26,6 +26,13 @@ Two backends:
   (lmdeploy >= 0.7), else ours -- so calls from any thread (Gradio's workers) never meet
   "Current event loop is different" (lmdeploy issue 2101).
 
+Many questions (the evaluation): ``answer_all(backend, requests, params, batch_size)`` yields
+``(indices, answers)`` a batch at a time. Images are decoded, tiled and normalised by
+``foodie.image_tiling`` in worker threads *ahead* of the model (transformers: the next batch while
+the current one generates; LMDeploy: every request as soon as a worker is free, handed to the engine
+as ready pixel values, so LMDeploy's own one-thread image preprocessing is skipped). Both backends,
+the evaluation and the demo see exactly the same tiles.
+
 ``stream`` yields text deltas whose concatenation equals ``generate``'s answer (transformers:
 each token's text as soon as it is complete; LMDeploy: its incremental detokeniser). Closing the
 iterator early stops the generation.
@@ -45,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
-from foodie.image_tiling import ImageLike
+from foodie.image_tiling import ImageLike, load_image
 
 IMAGE_PLACEHOLDER = "<image>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -144,6 +151,65 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
     return max(1, max_tiles // max(1, n_images))
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How a checkpoint wants its images: tile side, tile budget of a request, thumbnail."""
+    image_size: int
+    max_tiles: int
+    min_tiles: int = 1
+    use_thumbnail: bool = True
+
+    def jobs(self, request: Request) -> list[tuple[ImageLike, int]]:
+        """(image, its tile budget) for every image of a request, in prompt order."""
+        images = [image for m in request for image in m.images]
+        return [(image, tiles_per_image(self.max_tiles, len(images))) for image in images]
+
+    def pixels(self, image: ImageLike, budget: int, dtype=None):
+        """One image -> float tensor [tiles, 3, size, size] (``foodie.image_tiling.load_image``: bitwise
+        the reference tiles), cast to ``dtype`` if given."""
+        x = load_image(image, input_size=self.image_size, max_num=budget, min_num=min(self.min_tiles, budget),
+                       use_thumbnail=self.use_thumbnail)
+        return x if dtype is None else x.to(dtype)
+
+    def prepare(self, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
+        """Pixel values of every image of every request ([request][image]), over ``workers`` threads."""
+        jobs = [(r, image, budget) for r, request in enumerate(requests) for image, budget in self.jobs(request)]
+        if workers > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="foodie-images") as pool:
+                done = list(pool.map(lambda job: self.pixels(job[1], job[2], dtype), jobs))
+        else:
+            done = [self.pixels(image, budget, dtype) for _, image, budget in jobs]
+        out: list[list] = [[] for _ in requests]
+        for (r, _, _), x in zip(jobs, done):
+            out[r].append(x)
+        return out
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def image_workers_for(device: str = "cpu") -> int:
+    """Threads that decode and tile images ahead of the model. On a CPU they share the cores with the
+    model (a quarter of them, at least one); beside a GPU the model needs few cores (up to 8)."""
+    cores = _cores()
+    return max(1, cores // 4) if str(device).startswith("cpu") else max(1, min(8, cores - 2))
+
+
+def answer_all(backend: "ChatBackend", requests: Sequence[Request], params: GenerationParams = GenerationParams(),
+               batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
+    """Answers to many requests, ``(indices, answers)`` a batch of at most ``batch_size`` at a time (in
+    any order). Uses the backend's own ``answer_all`` (images prepared ahead of the model) where it has
+    one, else ``generate`` on consecutive chunks."""
+    own = getattr(backend, "answer_all", None)
+    if own is not None:
+        yield from own(requests, params, batch_size)
+        return
+    for i in range(0, len(requests), batch_size):
+        idx = list(range(i, min(i + batch_size, len(requests))))
+        yield idx, backend.generate([requests[j] for j in idx], params)
+
+
 def _as_answer(deltas: Iterator[str], sep: str | None = None) -> Iterator[str]:
     """Text deltas -> non-empty deltas whose concatenation is the answer as ``generate`` returns it:
     nothing from ``sep`` on, no leading or trailing whitespace. Trailing whitespace, and an ending
@@ -202,16 +268,19 @@ def resolve_backend(backend: str = "auto") -> str:
 
 
 def load_backend(model_dir: str | os.PathLike, backend: str = "auto", device: str = "auto",
-                 dtype: str = "auto", max_tiles: int | None = None, max_batch_size: int = 16,
-                 attn_implementation: str = "auto") -> ChatBackend:
+                 dtype: str = "auto", max_tiles: int | None = None, max_batch_size: int | None = None,
+                 attn_implementation: str = "auto", image_workers: int | None = None,
+                 max_prefill_tokens: int | None = None) -> ChatBackend:
     """Load an InternVL2 checkpoint (official format) behind the chat interface.
 
     backend: 'auto' (LMDeploy when importable and CUDA is available, else transformers),
     'transformers' or 'lmdeploy'. device/dtype apply to transformers ('auto': cuda+bfloat16 when
     available, else cpu+float32). max_tiles: tile budget of a request (default: the checkpoint's
-    max_dynamic_patch; several images share it, see ``tiles_per_image``). max_batch_size: LMDeploy's
-    engine batch size. attn_implementation (transformers): 'auto' (see ``pick_attention``),
-    'checkpoint' (leave config.json's choice), 'eager', 'sdpa' or 'flash_attention_2'.
+    max_dynamic_patch; several images share it, see ``tiles_per_image``). attn_implementation
+    (transformers): 'auto' (see ``pick_attention``), 'checkpoint' (leave config.json's choice), 'eager',
+    'sdpa' or 'flash_attention_2'. image_workers: threads that prepare images ahead of the model
+    (default ``image_workers_for``). LMDeploy engine: max_batch_size (sequences at once) and
+    max_prefill_tokens (prompt tokens per prefill step); defaults in ``LMDeployBackend``.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -224,9 +293,11 @@ def load_backend(model_dir: str | os.PathLike, backend: str = "auto", device: st
             raise RuntimeError("backend 'lmdeploy' needs the lmdeploy package and a CUDA GPU (no LMDeploy release "
                                "runs on CPU); install the gpu profile (make venv PROFILE=gpu) or use "
                                "--backend transformers")
-        return LMDeployBackend(model_dir, max_tiles=max_tiles, max_batch_size=max_batch_size)
+        engine = {k: v for k, v in dict(max_batch_size=max_batch_size, max_prefill_tokens=max_prefill_tokens).items()
+                  if v is not None}
+        return LMDeployBackend(model_dir, max_tiles=max_tiles, image_workers=image_workers, **engine)
     return TransformersBackend(model_dir, device=device, dtype=dtype, max_tiles=max_tiles,
-                               attn_implementation=attn_implementation)
+                               attn_implementation=attn_implementation, image_workers=image_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +339,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto",
-                 max_tiles: int | None = None, attn_implementation: str = "auto"):
+                 max_tiles: int | None = None, attn_implementation: str = "auto", image_workers: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -287,6 +358,8 @@ class TransformersBackend:
         self.min_tiles = getattr(cfg, "min_dynamic_patch", 1)
         self.use_thumbnail = getattr(cfg, "use_thumbnail", True)
         self.image_size = cfg.force_image_size or cfg.vision_config.image_size
+        self.tiling = Tiling(self.image_size, self.max_tiles, self.min_tiles, self.use_thumbnail)
+        self.image_workers = image_workers or image_workers_for(self.device)
         # The conversation template module the checkpoint's model code itself uses.
         module = sys.modules[type(self.model).__module__]
         if not hasattr(module, "get_conv_template"):
@@ -328,33 +401,19 @@ class TransformersBackend:
                 prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * n_tokens * n + IMG_END, 1)
         return prompt
 
-    def _prepare(self, requests: Sequence[Request]):
+    def _pixels(self, requests: Sequence[Request], workers: int | None = None) -> list[list]:
+        """Pixel values of every request's images. Decoding and resizing photos is single-threaded work:
+        spread over ``workers`` threads (default: every core, up to 8, as nothing else runs meanwhile)."""
+        return self.tiling.prepare(requests, workers or max(self.image_workers, min(8, _cores())))
+
+    def _prepare(self, requests: Sequence[Request], pixels: list[list] | None = None):
         """Tokens (left-padded), attention mask and pixel values for a batch of requests."""
-        from foodie.image_tiling import load_image
-
-        jobs = []  # (request index, image, tile budget), in prompt order
-        for r, request in enumerate(requests):
-            max_num = tiles_per_image(self.max_tiles, sum(len(m.images) for m in request))
-            jobs += [(r, image, max_num) for m in request for image in m.images]
-
-        def tile(job):
-            _, image, max_num = job
-            return load_image(image, input_size=self.image_size, max_num=max_num,
-                              min_num=min(self.min_tiles, max_num), use_thumbnail=self.use_thumbnail)
-
-        # Decoding and resizing photos is single-threaded work: spread it over the cores.
-        if len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1, 8)) as pool:
-                pixels = list(pool.map(tile, jobs))
-        else:
-            pixels = [tile(j) for j in jobs]
-        tiles: list[list[int]] = [[] for _ in requests]
-        for (r, _, _), t in zip(jobs, pixels):
-            tiles[r].append(t.shape[0])
-        prompts = [self.render(request, n) for request, n in zip(requests, tiles)]
+        pixels = self._pixels(requests) if pixels is None else pixels
+        prompts = [self.render(request, [t.shape[0] for t in p]) for request, p in zip(requests, pixels)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
-        pixel_values = (self._torch.cat(pixels).to(self.device, self.dtype) if pixels else None)
+        flat = [t for p in pixels for t in p]
+        pixel_values = self._torch.cat(flat).to(self.device, self.dtype) if flat else None
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), pixel_values
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
@@ -376,16 +435,45 @@ class TransformersBackend:
         return text.split(self.sep)[0].strip()
 
     # -- the interface --------------------------------------------------------------------------
-    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
+                 pixels: list[list] | None = None) -> list[str]:
+        """Answers to a batch of requests (``pixels``: their images already prepared, see ``_pixels``)."""
         if not requests:
             return []
         with self._lock, self._torch.inference_mode():
-            input_ids, attention_mask, pixel_values = self._prepare(requests)
+            input_ids, attention_mask, pixel_values = self._prepare(requests, pixels)
             self.model.img_context_token_id = self.img_context_token_id
             out = self.model.generate(pixel_values=pixel_values, input_ids=input_ids,
                                       attention_mask=attention_mask, **self._generate_kwargs(params))
         # The model generates from input embeddings, so the output holds only the new tokens.
         return [self.decode(row) for row in out.tolist()]
+
+    def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
+                   batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
+        """Batches of ``batch_size`` in order; the next batch's images are prepared in a background
+        thread while the current one generates. On a CPU the model then runs on the cores the image
+        workers leave free (an OpenMP team on an oversubscribed core waits at every barrier: on a busy
+        2-core machine two model threads took 3x the CPU time of one)."""
+        chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
+        if not chunks:
+            return
+        on_cpu = str(self.device).startswith("cpu")
+        threads = self._torch.get_num_threads()
+        if on_cpu:
+            self._torch.set_num_threads(max(1, threads - self.image_workers))
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="foodie-prefetch") as ahead:
+                def prepare(chunk):  # beside the model: image_workers threads
+                    return self._pixels([requests[i] for i in chunk], self.image_workers)
+                upcoming = ahead.submit(prepare, chunks[0])
+                for k, chunk in enumerate(chunks):
+                    pixels = upcoming.result()
+                    if k + 1 < len(chunks):
+                        upcoming = ahead.submit(prepare, chunks[k + 1])
+                    yield chunk, self.generate([requests[i] for i in chunk], params, pixels=pixels)
+        finally:
+            if on_cpu:
+                self._torch.set_num_threads(threads)
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -490,26 +578,82 @@ class _LoopThread:
         self.loop: asyncio.AbstractEventLoop = ready.result()
 
 
+class PreparedImage:
+    """An image already decoded, tiled and normalised by ``foodie.image_tiling``: what our LMDeploy
+    requests carry in place of a PIL image, so that the engine gets ready pixel values."""
+
+    __slots__ = ("pixel_values",)
+
+    def __init__(self, pixel_values):
+        self.pixel_values = pixel_values
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.pixel_values.shape[-1:-3:-1])
+
+
+def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
+    """Let an LMDeploy InternVL image preprocessor (``pipe.vl_encoder.model``) pass our prepared pixel
+    values through; False (nothing changed) where it does not look like the one this was written for.
+
+    LMDeploy's ``preprocess(messages)`` turns each image into ``dict(pixel_values, image_tokens,
+    image_token_id, image_size)`` and appends them as a 'preprocess' message; for requests whose
+    images are all ``PreparedImage`` we produce exactly that, anything else goes to its own code.
+    """
+    stock = getattr(vision_model, "preprocess", None)
+    if stock is None or not hasattr(vision_model, "collect_images") or not hasattr(vision_model, "image_token_id"):
+        return False
+    if getattr(vision_model, "image_tokens_per_patch", tokens_per_tile) != tokens_per_tile:
+        return False
+
+    def preprocess(messages):
+        images = vision_model.collect_images(messages)
+        if not images or not all(isinstance(image, PreparedImage) for image, _ in images):
+            return stock(messages)
+        messages.append(dict(role="preprocess", content=[
+            dict(pixel_values=image.pixel_values, image_tokens=image.pixel_values.shape[0] * tokens_per_tile,
+                 image_token_id=vision_model.image_token_id, image_size=image.size) for image, _ in images]))
+        return messages
+
+    vision_model.preprocess = preprocess
+    return True
+
+
 class LMDeployBackend:
-    """LMDeploy pipeline (PyTorch engine, ``internvl2-internlm2`` template); GPU only."""
+    """LMDeploy pipeline (PyTorch engine, ``internvl2-internlm2`` template); GPU only.
+
+    Images are prepared by ``image_workers`` threads of ours (``foodie.image_tiling``, cast to the
+    engine's dtype), at most ``2 * max_batch_size`` requests ahead of the engine, and handed over as
+    pixel values: LMDeploy (0.9) would otherwise decode in the caller and tile every image of every
+    request in one thread, which kept a 13-tile evaluation at ~5 questions/s on an H200. Where the
+    installed LMDeploy does not have the preprocessing hook this relies on, images go the stock way.
+    Engine: ``max_prefill_tokens`` prompt tokens per prefill step (LMDeploy's default 4,096 admits one
+    3,400-token question at a time: the vision encoder and prefill then run at batch 1).
+    """
 
     name = "lmdeploy"
 
-    def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 16,
-                 session_len: int = 16384, cache_max_entry_count: float = 0.5):
+    def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
+                 max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
+                 image_workers: int | None = None, prepare_images: bool = True):
         import lmdeploy
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
+
+        from foodie.image_tiling import tiling_of
 
         self.model_dir = Path(model_dir)
         cfg = json.loads((self.model_dir / "config.json").read_text())
         self.max_tiles = max_tiles or (cfg.get("max_dynamic_patch", 12) if cfg.get("dynamic_image_size", True) else 1)
+        image_size, self.tokens_per_tile = tiling_of(self.model_dir)
+        self.tiling = Tiling(image_size, self.max_tiles, cfg.get("min_dynamic_patch", 1), cfg.get("use_thumbnail", True))
         kwargs = {}
         if "thread_safe" in getattr(lmdeploy.VisionConfig, "__dataclass_fields__", {}):
             # lmdeploy 0.5.1-0.6.4 needed this against issue 2101; harmless later.
             kwargs["vision_config"] = lmdeploy.VisionConfig(thread_safe=True)
-        self.pipe = pipeline(str(self.model_dir),
-                             backend_config=PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
-                                                                cache_max_entry_count=cache_max_entry_count),
+        self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
+                                                 cache_max_entry_count=cache_max_entry_count,
+                                                 max_prefill_token_num=max_prefill_tokens)
+        self.pipe = pipeline(str(self.model_dir), backend_config=self.engine_config,
                              chat_template_config=ChatTemplateConfig("internvl2-internlm2"),
                              log_level="ERROR", **kwargs)
         # One event loop for every call: the pipeline's own one where it has it (lmdeploy >= 0.7),
@@ -517,16 +661,35 @@ class LMDeployBackend:
         internal = getattr(self.pipe, "internal_thread", None)
         self.loop = internal.loop if internal is not None else _LoopThread().loop
         self._session_ids = itertools.count(1 << 20)  # clear of the ids the pipeline hands out itself
+        self.image_workers = image_workers or image_workers_for("cuda")
+        self._pool = ThreadPoolExecutor(max_workers=self.image_workers, thread_name_prefix="foodie-images")
+        self.max_in_flight = 2 * max_batch_size
+        self._slots: asyncio.Semaphore | None = None  # made on the loop: requests being prepared or generated
+        dtype = getattr(getattr(getattr(self.pipe, "engine", None), "model_config", None), "dtype", None)
+        import torch
+        self._dtype = dtype if isinstance(dtype, torch.dtype) else None  # the engine casts otherwise
+        self.prepares_images = prepare_images and self._take_over_preprocessing()
 
-    def _messages(self, request: Request) -> list[dict]:
-        """Our request -> LMDeploy's OpenAI-style messages, with images where our placeholders are."""
-        from foodie.image_tiling import open_image
+    def _take_over_preprocessing(self) -> bool:
+        model = getattr(getattr(self.pipe, "vl_encoder", None), "model", None)
+        return model is not None and pass_prepared_images(model, self.tokens_per_tile)
 
+    @staticmethod
+    def _check(request: Request) -> tuple[str | None, list[Message]]:
         system, msgs = _check_request(request)
         if reply_prefix(msgs) is not None:
             raise ValueError("the LMDeploy backend cannot continue a started reply (templates with a reply "
                              "prefix, such as FoodieQA's --template 3): use --backend transformers")
+        return system, msgs
+
+    def _messages(self, request: Request, pixels: list | None = None) -> list[dict]:
+        """Our request -> LMDeploy's OpenAI-style messages, with images where our placeholders are:
+        ``PreparedImage`` from ``pixels`` (its images' pixel values, in order) or else PIL images."""
+        from foodie.image_tiling import open_image
+
+        system, msgs = self._check(request)
         n_images = sum(len(m.images) for m in msgs)
+        prepared = iter(pixels) if pixels is not None else None
         out = [] if system is None else [dict(role="system", content=system)]
         for m in msgs:
             if m.role == "assistant" or not m.images:
@@ -536,10 +699,17 @@ class LMDeployBackend:
             text = with_image_placeholders(m.text, len(m.images)).replace(IMAGE_PLACEHOLDER, "<IMAGE_TOKEN>")
             content = [dict(type="text", text=text)]
             for image in m.images:
-                data = dict(data=open_image(image), max_dynamic_patch=tiles_per_image(self.max_tiles, n_images))
+                picture = PreparedImage(next(prepared)) if prepared is not None else open_image(image)
+                data = dict(data=picture, max_dynamic_patch=tiles_per_image(self.max_tiles, n_images))
                 content.append(dict(type="image_data", image_data=data))
             out.append(dict(role="user", content=content))
         return out
+
+    def _prepare(self, request: Request) -> list[dict]:
+        """Messages with their images decoded and tiled (runs in an image worker)."""
+        if self.prepares_images and any(m.images for m in request):
+            return self._messages(request, self.tiling.prepare([request], 1, self._dtype)[0])
+        return self._messages(request)
 
     def _gen_config(self, params: GenerationParams):
         from lmdeploy import GenerationConfig
@@ -548,38 +718,68 @@ class LMDeployBackend:
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         return GenerationConfig(**kw)
 
-    async def _answer(self, messages, gen_config, on_delta=None) -> str:
-        parts = []
-        async for out in self.pipe.generate(messages, next(self._session_ids), gen_config=gen_config,
-                                            stream_response=on_delta is not None, sequence_start=True,
-                                            sequence_end=True, do_preprocess=True):
-            if getattr(out, "finish_reason", None) == "error":
-                raise RuntimeError(f"LMDeploy failed on this request: {out.response}")
-            if out.response:
-                parts.append(out.response)
-                if on_delta is not None:
-                    on_delta(out.response)
-        return "".join(parts)
+    async def _answer(self, request: Request, gen_config, on_delta=None) -> str:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        async with self._slots:  # bounds the prepared pixel values waiting in memory
+            messages = await asyncio.wrap_future(self._pool.submit(self._prepare, request))
+            parts = []
+            async for out in self.pipe.generate(messages, next(self._session_ids), gen_config=gen_config,
+                                                stream_response=on_delta is not None, sequence_start=True,
+                                                sequence_end=True, do_preprocess=True):
+                if getattr(out, "finish_reason", None) == "error":
+                    raise RuntimeError(f"LMDeploy failed on this request: {out.response}")
+                if out.response:
+                    parts.append(out.response)
+                    if on_delta is not None:
+                        on_delta(out.response)
+            return "".join(parts)
 
     def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
         if not requests:
             return []
-        batch = [self._messages(r) for r in requests]
+        for r in requests:
+            self._check(r)  # bad requests fail here, in the caller, before anything runs
         gen_config = self._gen_config(params)
 
         async def run_all():
-            return await asyncio.gather(*(self._answer(m, gen_config) for m in batch))
+            return await asyncio.gather(*(self._answer(r, gen_config) for r in requests))
 
         return [t.strip() for t in asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()]
 
+    def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
+                   batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
+        """Every request goes to the engine at once (it batches them itself); answers come back in
+        groups of ``batch_size`` in the order they finish."""
+        from concurrent.futures import as_completed
+
+        for r in requests:
+            self._check(r)
+        gen_config = self._gen_config(params)
+        futures = {asyncio.run_coroutine_threadsafe(self._answer(r, gen_config), self.loop): i
+                   for i, r in enumerate(requests)}
+        try:
+            idx, answers = [], []
+            for future in as_completed(futures):
+                idx.append(futures[future])
+                answers.append(future.result().strip())
+                if len(idx) >= batch_size:
+                    yield idx, answers
+                    idx, answers = [], []
+            if idx:
+                yield idx, answers
+        finally:
+            for future in futures:
+                future.cancel()  # the consumer went away or one failed: stop the rest
+
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        messages = self._messages(request)
+        self._check(request)
         deltas: queue.Queue = queue.Queue()
         done = object()
 
         async def run():
             try:
-                await self._answer(messages, self._gen_config(params), on_delta=deltas.put)
+                await self._answer(request, self._gen_config(params), on_delta=deltas.put)
             finally:
                 deltas.put(done)
 
@@ -592,4 +792,5 @@ class LMDeployBackend:
                 future.cancel()  # the consumer went away: LMDeploy cancels the session
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.pipe.close()

@@ -313,3 +313,44 @@ def test_lmdeploy_generate_stream_and_threads(lmdeploy_backend, photos):
         t.join(timeout=120)
     assert not errors and sorted(results) == [0, 1, 2, 3]
     assert all(isinstance(t, str) for t in results.values())
+
+
+def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_photo):
+    """Our prepared images pass LMDeploy's InternVL preprocessor as exactly what its own code makes of
+    the same files (tile count, image tokens, pixel values bitwise); other requests still go its way.
+    Runs where LMDeploy's Python package is importable (no GPU needed)."""
+    internvl = pytest.importorskip("lmdeploy.vl.model.internvl")
+    from PIL import Image
+    from transformers import AutoConfig
+
+    from foodie.image_tiling import tiling_of
+    from foodie.inference import PreparedImage, Tiling, pass_prepared_images
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    theirs = internvl.InternVLVisionModel(str(tiny_model_dir), hf_config=config, backend="pytorch")
+    theirs.build_preprocessor()
+    ours = internvl.InternVLVisionModel(str(tiny_model_dir), hf_config=config, backend="pytorch")
+    ours.build_preprocessor()
+    size, per_tile = tiling_of(tiny_model_dir)
+    assert pass_prepared_images(ours, per_tile)
+    tiling = Tiling(size, config.max_dynamic_patch, config.min_dynamic_patch, config.use_thumbnail)
+
+    def message(images):
+        return [dict(role="user", content=[dict(type="text", text="<IMAGE_TOKEN>\n?")]
+                     + [dict(type="image", image=im, max_dynamic_patch=budget) for im, budget in images])]
+
+    for files in ([wide_photo], [photos[0], wide_photo]):
+        request = [Message("user", "?", images=files)]
+        budgets = [budget for _, budget in tiling.jobs(request)]
+        pixels = tiling.prepare([request])[0]
+        got = ours.preprocess(message([(PreparedImage(x), b) for x, b in zip(pixels, budgets)]))[-1]["content"]
+        want = theirs.preprocess(message([(Image.open(f), b) for f, b in zip(files, budgets)]))[-1]["content"]
+        assert [g["image_tokens"] for g in got] == [w["image_tokens"] for w in want]
+        assert got[-1]["image_tokens"] > per_tile  # the wide photo: several tiles + thumbnail
+        for g, w in zip(got, want):
+            assert g["image_token_id"] == w["image_token_id"]
+            assert g["pixel_values"].dtype == w["pixel_values"].dtype
+            assert torch.equal(g["pixel_values"], w["pixel_values"])
+    # A PIL image (not prepared by us) still takes LMDeploy's own path.
+    stock = ours.preprocess(message([(Image.open(wide_photo), 6)]))[-1]["content"]
+    assert torch.equal(stock[0]["pixel_values"], tiling.pixels(wide_photo, 6))
