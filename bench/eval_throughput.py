@@ -230,7 +230,8 @@ def timed_answers(backend, requests, params, batch_size) -> tuple[list[str], flo
 def run_variant(args) -> dict:
     import torch
 
-    from foodie.evaluation import build_questions, parse_choice
+    from foodie.evaluation import build_questions
+    from foodie.scoring import authors_letter
     from foodie.inference import GenerationParams, Message
 
     name, settings = parse_variant(args.only)
@@ -283,7 +284,7 @@ def run_variant(args) -> dict:
         ttft_median_s=round(statistics.median(ttft), 4) if ttft else None,
         ttft_p90_s=round(sorted(ttft)[int(0.9 * (len(ttft) - 1))], 4) if ttft else None,
         stream_answer_median_s=round(statistics.median(full), 4) if full else None,
-        parsed=[None if (p := parse_choice(a, q.choices)) is None else int(p) for a, q in zip(answers, questions)],
+        parsed=[authors_letter(a) for a in answers],  # the letter by the FoodieQA authors' rule, or None
         answers=answers,
         max_allocated_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else 0,
         device_used_gib=round((total - free) / 2 ** 30, 2),
