@@ -96,6 +96,7 @@ def main() -> int:
     p.add_argument("--tasks", default="sivqa,mivqa")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", default="transformers")
+    p.add_argument("--max-new-tokens", type=int, default=32)
     a = p.parse_args()
     ensure_embedded(a.model, a.data_root)
     instrument()
@@ -111,7 +112,8 @@ def main() -> int:
         cpu0, t0 = time.process_time(), time.perf_counter()
         metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
                                       limit=-(-a.questions // len(tasks)), batch_size=a.batch_size,
-                                      backend=a.backend), console=Console(file=open(os.devnull, "w")))
+                                      backend=a.backend, max_new_tokens=a.max_new_tokens),
+                           console=Console(file=open(os.devnull, "w")))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = metrics["models"][0]["overall"]["n"]
     main_wall = sum(WALL[s] for s in ("vision encoder", "LLM prefill", "LLM decode", "model load",
