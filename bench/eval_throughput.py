@@ -235,11 +235,13 @@ def run_variant(args) -> dict:
     from foodie.inference import GenerationParams, Message
 
     name, settings = parse_variant(args.only)
+    # Every variant draws the same questions (the first n of one list), so answers compare one to one.
+    questions, root = build_questions(args.data_root, ("sivqa",), "zh", limit=args.questions + args.warmup)
     n = min(args.questions, args.compare_questions) if name == "transformers" else args.questions
     n = min(n, settings.get("questions", n))
-    questions, root = build_questions(args.data_root, ("sivqa",), "zh", limit=n + args.warmup)
     requests = [[Message("user", q.prompt, images=[root / p for p in q.images])] for q in questions]
-    warm, requests, questions = requests[n:], requests[:n], questions[:n]  # warm-up on other photos
+    warm = requests[args.questions:]  # warm-up on other photos
+    requests, questions = requests[:n], questions[:n]
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
     backend = load_variant(args, name, settings)

@@ -28,10 +28,11 @@ Two backends:
 
 Many questions (the evaluation): ``answer_all(backend, requests, params, batch_size)`` yields
 ``(indices, answers)`` a batch at a time. Images are decoded, tiled and normalised by
-``foodie.image_tiling`` in worker threads *ahead* of the model (transformers: the next batch while
-the current one generates; LMDeploy: every request as soon as a worker is free, handed to the engine
-as ready pixel values, so LMDeploy's own one-thread image preprocessing is skipped). Both backends,
-the evaluation and the demo see exactly the same tiles.
+``foodie.image_tiling`` in worker threads *ahead* of the model (transformers on a GPU: the next batch
+while the current one generates; LMDeploy: every request as soon as a worker is free, handed to the
+engine as ready pixel values, so LMDeploy's own one-thread image preprocessing is skipped; on a CPU
+each batch's images first, on every core, then the model on every core). Both backends, the
+evaluation and the demo see exactly the same tiles.
 
 ``stream`` yields text deltas whose concatenation equals ``generate``'s answer (transformers:
 each token's text as soon as it is complete; LMDeploy: its incremental detokeniser). Closing the
@@ -190,8 +191,8 @@ def _cores() -> int:
 
 
 def image_workers_for(device: str = "cpu") -> int:
-    """Threads that decode and tile images ahead of the model. On a CPU they share the cores with the
-    model (a quarter of them, at least one); beside a GPU the model needs few cores (up to 8)."""
+    """Threads that decode and tile images ahead of the model. Beside a GPU the model needs few cores:
+    all but two, up to 8; on a CPU a quarter of the cores (where a caller overlaps them with the model)."""
     cores = _cores()
     return max(1, cores // 4) if str(device).startswith("cpu") else max(1, min(8, cores - 2))
 
@@ -449,31 +450,25 @@ class TransformersBackend:
         return [self.decode(row) for row in out.tolist()]
 
     def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
-                   batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
-        """Batches of ``batch_size`` in order; the next batch's images are prepared in a background
-        thread while the current one generates. On a CPU the model then runs on the cores the image
-        workers leave free (an OpenMP team on an oversubscribed core waits at every barrier: on a busy
-        2-core machine two model threads took 3x the CPU time of one)."""
+                   batch_size: int = 8, prefetch: bool | None = None) -> Iterator[tuple[list[int], list[str]]]:
+        """Batches of ``batch_size`` in order. ``prefetch`` (default: on a GPU) prepares the next batch's
+        images in ``image_workers`` threads while the current one generates. On a CPU each batch's images
+        are prepared on every core first, then the model gets every core: overlapping the two made 100
+        questions on 2 quiet cores 2x slower (17.9 s against 8.6 s, docs/PERFORMANCE.md)."""
         chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
-        if not chunks:
+        if not (prefetch if prefetch is not None else not str(self.device).startswith("cpu")):
+            for chunk in chunks:
+                yield chunk, self.generate([requests[i] for i in chunk], params)
             return
-        on_cpu = str(self.device).startswith("cpu")
-        threads = self._torch.get_num_threads()
-        if on_cpu:
-            self._torch.set_num_threads(max(1, threads - self.image_workers))
-        try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="foodie-prefetch") as ahead:
-                def prepare(chunk):  # beside the model: image_workers threads
-                    return self._pixels([requests[i] for i in chunk], self.image_workers)
-                upcoming = ahead.submit(prepare, chunks[0])
-                for k, chunk in enumerate(chunks):
-                    pixels = upcoming.result()
-                    if k + 1 < len(chunks):
-                        upcoming = ahead.submit(prepare, chunks[k + 1])
-                    yield chunk, self.generate([requests[i] for i in chunk], params, pixels=pixels)
-        finally:
-            if on_cpu:
-                self._torch.set_num_threads(threads)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="foodie-prefetch") as ahead:
+            def prepare(chunk):
+                return self._pixels([requests[i] for i in chunk], self.image_workers)
+            upcoming = ahead.submit(prepare, chunks[0]) if chunks else None
+            for k, chunk in enumerate(chunks):
+                pixels = upcoming.result()
+                if k + 1 < len(chunks):
+                    upcoming = ahead.submit(prepare, chunks[k + 1])
+                yield chunk, self.generate([requests[i] for i in chunk], params, pixels=pixels)
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer

@@ -159,7 +159,9 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
     m = evaluate(cfg, console=QUIET, load=loader({"m": again}))
     assert len(again.asked) == 40 - 23
     assert not set(again.asked) & set(killed.asked[:23])
-    assert m["runs"][0] == dict(label="m", reused=23, computed=17, seconds=m["runs"][0]["seconds"])
+    run = m["runs"][0]
+    assert {k: run[k] for k in ("label", "reused", "computed")} == dict(label="m", reused=23, computed=17)
+    assert run["backend"] == "transformers" and run["questions_per_s"] > 0  # which backend ran, how fast
     rows = read_predictions(preds)
     assert len(rows) == 40 and len({r["item_id"] for r in rows}) == 40
 

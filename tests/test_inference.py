@@ -354,3 +354,17 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
     # A PIL image (not prepared by us) still takes LMDeploy's own path.
     stock = ours.preprocess(message([(Image.open(wide_photo), 6)]))[-1]["content"]
     assert torch.equal(stock[0]["pixel_values"], tiling.pixels(wide_photo, 6))
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_photo, prefetch):
+    """The evaluation's run loop: every request answered once, in batches of at most batch_size, each
+    answer what generate() gives for the same batch, with and without images prepared ahead."""
+    from foodie.inference import answer_all
+    requests = [[Message("user", "这是什么菜？", images=[p])] for p in (photos[0], wide_photo, photos[1])]
+    requests += [[Message("user", "哪张图是饺子？", images=photos[2:4])], [Message("user", "你好")]]
+    got = list(answer_all(backend, requests, GREEDY, batch_size=2) if not prefetch
+               else backend.answer_all(requests, GREEDY, batch_size=2, prefetch=True))
+    assert [idx for idx, _ in got] == [[0, 1], [2, 3], [4]]
+    for idx, answers in got:
+        assert answers == backend.generate([requests[i] for i in idx], GREEDY)
