@@ -432,11 +432,15 @@ class MergePlan:
 
 
 def build_meta_model(model_dir: Path):
-    """The InternVL2 model of ``model_dir``'s config.json on the meta device (names and shapes, no memory)."""
+    """The InternVL2 model of ``model_dir``'s config.json with its parameters on the meta device (names and
+    shapes, no memory), built by the checkpoint's own code. Only parameters go to meta (accelerate's
+    ``init_empty_weights``), not every tensor: OpenGVLab's InternViT calls ``.item()`` on a ``torch.linspace``
+    in ``__init__``, which ``with torch.device("meta")`` cannot run."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         return AutoModel.from_config(config, trust_remote_code=True)
 
 

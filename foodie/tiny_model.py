@@ -1,16 +1,20 @@
 """The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format.
 
 `write_checkpoint(out)` writes a folder that loads like OpenGVLab/InternVL2-2B (AutoModel/AutoTokenizer with
-trust_remote_code=True, XTuner, LMDeploy): config.json, our remote code (foodie/remote_code), safetensors,
-generation_config.json and a small byte-level BPE tokenizer. Everything is a pure function of the seed, so a
-rebuild is byte-identical. `full_size=True` gives the real InternVL2-2B architecture (2.2 B parameters) with
+trust_remote_code=True, XTuner, LMDeploy): config.json, remote code, safetensors, generation_config.json and a
+small byte-level BPE tokenizer. Everything is a pure function of the seed, so a rebuild is byte-identical.
+
+Which remote code (`modeling=`): 'official' (the default, what users of the real checkpoint run) writes
+OpenGVLab's InternViT and InternLM2 files as the installed XTuner 0.2.0 ships them, read from the package when
+the folder is built (they are never part of this repository), beside the project's InternVL chat files
+(XTuner ships none); 'project' writes the project's own rewrite, foodie/remote_code, for all seven. The weights
+are the same for both (the same names and shapes; the project's classes draw them). `full_size=True` gives the real InternVL2-2B architecture (2.2 B parameters) with
 random weights; `parameter_shapes()` lists its parameters without allocating them.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -28,6 +32,58 @@ REMOTE_CODE_FILES = (
     'modeling_internlm2.py',
     'modeling_internvl_chat.py',
 )
+
+MODELING_KINDS = ('official', 'project')
+DEFAULT_MODELING = 'official'
+# Checkpoint file -> the installed XTuner 0.2.0's copy of OpenGVLab's file (pyproject.toml pins xtuner).
+OFFICIAL_FILES = {
+    'configuration_intern_vit.py': '_lite/modelings/internvl2/configuration_intern_vit.py',
+    'modeling_intern_vit.py': '_lite/modelings/internvl2/modeling_intern_vit.py',
+    'configuration_internlm2.py': '_lite/modelings/internlm2/configuration_internlm2.py',
+    'modeling_internlm2.py': '_lite/modelings/internlm2/modeling_internlm2.py',
+}
+# XTuner's InternViT copy computes the drop-path rates with numpy and keeps OpenGVLab's released line as a
+# comment above it. The released line (what InternVL2-2B downloads with) calls .item() on a torch.linspace, so
+# the model cannot be built on the meta device; we write that line back so the checkpoint behaves as the real one.
+_XTUNER_DROP_PATH = (
+    '        # TODO: error\n'
+    '        # dpr = [x.item() for x in torch.linspace(0, config.drop_path_rate, config.num_hidden_layers)]\n'
+    '        dpr = np.linspace(0.0, float(config.drop_path_rate), int(config.num_hidden_layers))\n')
+_RELEASED_DROP_PATH = \
+    '        dpr = [x.item() for x in torch.linspace(0, config.drop_path_rate, config.num_hidden_layers)]\n'
+
+
+def xtuner_package_dir() -> Path:
+    """The installed xtuner package folder, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec('xtuner')
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError('the official InternVL2 modeling files are read from the installed XTuner 0.2.0, which '
+                           'is not installed: pip install -e . (pyproject.toml pins xtuner==0.2.0), or pass '
+                           "modeling='project' (--modeling project)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def modeling_files(modeling: str = DEFAULT_MODELING) -> dict[str, bytes]:
+    """{file name: content} of the remote code a checkpoint of this kind carries (REMOTE_CODE_FILES)."""
+    if modeling not in MODELING_KINDS:
+        raise ValueError(f'modeling must be one of {MODELING_KINDS}, got {modeling!r}')
+    files = {name: (REMOTE_CODE_DIR / name).read_bytes() for name in REMOTE_CODE_FILES}
+    if modeling == 'official':
+        root = xtuner_package_dir()
+        for name, relative in OFFICIAL_FILES.items():
+            path = root / relative
+            if not path.is_file():
+                raise RuntimeError(f'{path} is missing: the official files come from XTuner 0.2.0 '
+                                   f'(pip install xtuner==0.2.0), or pass --modeling project')
+            files[name] = path.read_bytes()
+        vit = files['modeling_intern_vit.py'].decode('utf-8')
+        if _XTUNER_DROP_PATH not in vit:
+            raise RuntimeError(f'{root / OFFICIAL_FILES["modeling_intern_vit.py"]} is not the XTuner 0.2.0 file '
+                               f'this code knows (its drop-path lines differ): install xtuner==0.2.0')
+        files['modeling_intern_vit.py'] = vit.replace(_XTUNER_DROP_PATH, _RELEASED_DROP_PATH).encode('utf-8')
+    return files
 
 # ----------------------------------------------------------------------------------------------------
 # Architecture
@@ -297,12 +353,15 @@ def _write_safetensors(folder: Path, state_dict: dict, progress: bool = False):
 
 
 def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
-                     progress: bool | None = None) -> Path:
+                     progress: bool | None = None, modeling: str = DEFAULT_MODELING) -> Path:
     """Write the official-format checkpoint folder to `out` (atomically) and return its path.
 
-    Refuses an existing non-empty `out` unless force=True (then it is replaced once the new one is complete).
+    `modeling`: 'official' (OpenGVLab's InternViT and InternLM2 files from the installed XTuner) or 'project'
+    (foodie/remote_code). Refuses an existing non-empty `out` unless force=True (then it is replaced once the
+    new one is complete).
     """
     out = Path(out)
+    code = modeling_files(modeling)  # fails early, before any weights are drawn
     if str(device) == 'meta':
         raise ValueError("device='meta' builds no weights; use parameter_shapes() to list them")
     if out.exists() and not out.is_dir():
@@ -321,13 +380,13 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
         _write_json(tmp / 'config.json', config_json(config))
         _write_json(tmp / 'generation_config.json',
                     {'bos_token_id': 1, 'eos_token_id': [2, im_end], 'pad_token_id': 2})
-        for fname in REMOTE_CODE_FILES:
-            shutil.copyfile(REMOTE_CODE_DIR / fname, tmp / fname)
+        for fname, content in code.items():
+            (tmp / fname).write_bytes(content)
         tokenizer.save_pretrained(tmp)
         for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
             _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
         _write_safetensors(tmp, model.state_dict(), progress=progress)
-        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size))
+        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, modeling))
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
@@ -338,14 +397,15 @@ RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file
 GENERATOR_VERSION = 3  # 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range); 3: 224-pixel tiles
 
 
-def recipe(seed: int = 0, full_size: bool = False) -> dict:
-    return {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size}
+def recipe(seed: int = 0, full_size: bool = False, modeling: str = DEFAULT_MODELING) -> dict:
+    return {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size,
+            'modeling': modeling}
 
 
-def tiny_model_is_current(folder, seed: int = 0) -> bool:
+def tiny_model_is_current(folder, seed: int = 0, modeling: str = DEFAULT_MODELING) -> bool:
     """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
     try:
-        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed)
+        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed, modeling=modeling)
     except (OSError, ValueError):
         return False
 

@@ -15,6 +15,7 @@ checkpointing and the saved state dict (LoRA weights + ``mlp1``) are XTuner's ow
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 import torch
@@ -50,6 +51,51 @@ def supported_attn_implementations(config) -> tuple[str, ...]:
     return tuple(getattr(module, "ATTN_IMPLEMENTATIONS", ("eager", "flash_attention_2")))
 
 
+MODEL_CODES = ("auto", "project", "checkpoint")
+
+
+def project_code_fits(config) -> bool:
+    """True when the checkpoint is the architecture foodie/remote_code implements (InternVL chat with InternViT
+    and InternLM2: InternVL2-2B and its siblings), whatever modeling files it carries."""
+    return (getattr(config, "model_type", None) == "internvl_chat"
+            and getattr(config.vision_config, "model_type", None) == "intern_vit_6b"
+            and list(getattr(config.llm_config, "architectures", None) or []) == ["InternLM2ForCausalLM"])
+
+
+def resolve_model_code(model_code: str, config) -> str:
+    """``"auto"``: the project's implementation when it fits the checkpoint (its attention has SDPA, the
+    official files have eager and flash-attn only), else the checkpoint's own code."""
+    if model_code not in MODEL_CODES:
+        raise ValueError(f"model_code={model_code!r}: choose one of {', '.join(MODEL_CODES)}")
+    if model_code == "auto":
+        return "project" if project_code_fits(config) else "checkpoint"
+    if model_code == "project" and not project_code_fits(config):
+        raise ValueError("model_code='project': the checkpoint is not InternVL chat + InternViT + InternLM2, which "
+                         "foodie/remote_code implements; use model_code='checkpoint' (or 'auto')")
+    return model_code
+
+
+def load_internvl(model_path, dtype: torch.dtype, attn_implementation: str = "auto", model_code: str = "auto"):
+    """(model, attention, code): the InternVL2 model with the checkpoint's weights, run by the checkpoint's own
+    remote code or by the project's numerically identical implementation (foodie/remote_code; same parameter
+    names, logits equal in float32: tests/test_remote_code.py)."""
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+    code = resolve_model_code(model_code, config)
+    model_class = AutoModel
+    if code == "project":
+        from foodie.remote_code.configuration_internvl_chat import InternVLChatConfig
+        from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
+
+        config, model_class = InternVLChatConfig.from_pretrained(model_path), InternVLChatModel
+    attn = resolve_attn_implementation(attn_implementation, supported_attn_implementations(config))
+    config.llm_config.attn_implementation = attn
+    config.vision_config.use_flash_attn = attn == "flash_attention_2"
+    kwargs = dict(trust_remote_code=True) if model_class is AutoModel else {}
+    model = model_class.from_pretrained(model_path, config=config, torch_dtype=dtype,
+                                        use_flash_attn=attn == "flash_attention_2", **kwargs)
+    return model, attn, code
+
+
 def resolve_attn_implementation(attn_implementation: str, supported: tuple[str, ...]) -> str:
     """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else sdpa where the
     checkpoint's code has it, else eager."""
@@ -83,14 +129,19 @@ class FoodieInternVL(InternVL_V1_5):
     * ``compile_elementwise``: InternLM2's RMSNorm and SwiGLU through ``torch.compile`` (``"auto"``: on
       CUDA only; compiling on a CPU costs more than it saves in a short run);
     * ``activation_checkpointing``: True (every LLM layer, XTuner's default), False, or a number of
-      LLM layers to checkpoint (the rest keep their activations: faster, more memory).
+      LLM layers to checkpoint (the rest keep their activations: faster, more memory); a number becomes
+      every layer when the attention is eager (its score tensors would not fit the count's memory budget);
+    * ``model_code``: which implementation runs the checkpoint's weights: ``"checkpoint"`` (its own remote
+      code, e.g. OpenGVLab's, eager attention without flash-attn), ``"project"`` (foodie/remote_code: same
+      parameters, same logits, SDPA) or ``"auto"`` (project code wherever it fits the architecture). The
+      saved weights (LoRA + ``mlp1``) and the merged folder's files do not depend on it.
     """
 
     def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
                  loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
-                 fused_lora=True, compile_elementwise="auto"):
+                 fused_lora=True, compile_elementwise="auto", model_code="auto"):
         BaseModel.__init__(self)
         # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
         self.fused_lora = fused_lora
@@ -105,14 +156,15 @@ class FoodieInternVL(InternVL_V1_5):
         self.quantization_vit = self.quantization_llm = False
 
         dtype = resolve_dtype(torch_dtype)
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
-        attn = resolve_attn_implementation(attn_implementation, supported_attn_implementations(config))
-        config.llm_config.attn_implementation = attn
-        config.vision_config.use_flash_attn = attn == "flash_attention_2"
-        self.model = AutoModel.from_pretrained(
-            model_path, config=config, torch_dtype=dtype, trust_remote_code=True,
-            use_flash_attn=attn == "flash_attention_2")
-        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}", logger="current")
+        self.model, attn, code = load_internvl(model_path, dtype, attn_implementation, model_code)
+        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}, code="
+                  f"{'foodie/remote_code' if code == 'project' else 'the checkpoint own remote code'}",
+                  logger="current")
+        if attn == "eager" and not isinstance(activation_checkpointing, bool) and activation_checkpointing:
+            # A partial count is sized for fast attention; eager keeps [B, heads, T, T] score tensors per layer.
+            print_log(f"eager attention: activation checkpointing on all LLM layers, not {activation_checkpointing}",
+                      logger="current", level=logging.WARNING)
+            activation_checkpointing = True
 
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
         self.model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
@@ -197,7 +249,7 @@ class FoodieInternVL(InternVL_V1_5):
         if n_slots != vit_embeds.shape[0]:
             # max_length cut a sample inside its image tokens: fill the slots that remain.
             print_log(f"{n_slots} image-token slots for {vit_embeds.shape[0]} image features "
-                      f"(sample truncated at max_length?)", logger="current", level="WARNING")
+                      f"(sample truncated at max_length?)", logger="current", level=logging.WARNING)
             vit_embeds = vit_embeds[:n_slots]
         embeds[selected] = embeds[selected] * 0.0 + vit_embeds
         embeds = embeds.reshape(B, N, C)

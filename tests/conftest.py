@@ -4,13 +4,28 @@ import pytest
 
 @pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory):
-    """The embedded tiny InternVL2 checkpoint (seed 0), built once per test session.
+    """The embedded tiny InternVL2 checkpoint (seed 0), built once per test session. It carries the official
+    remote code (OpenGVLab's InternViT and InternLM2 files from the installed XTuner), as the real one does.
 
     Read-only for tests: copy it first if a test must change files in it.
     """
     from foodie.tiny_model import write_checkpoint
 
-    return write_checkpoint(tmp_path_factory.mktemp('tiny-model') / 'tiny-internvl2', seed=0)
+    return write_checkpoint(tmp_path_factory.mktemp('tiny-model') / 'tiny-internvl2', seed=0, modeling='official')
+
+
+@pytest.fixture(scope='session')
+def project_tiny_model_dir(tmp_path_factory):
+    """The same tiny checkpoint (same weights) carrying the project's own remote code (foodie/remote_code).
+    Its folder name differs from tiny_model_dir's: transformers caches remote code by folder name, so two
+    folders of one name in one process would run the first one's code.
+
+    Read-only for tests: copy it first if a test must change files in it.
+    """
+    from foodie.tiny_model import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp('tiny-model-project') / 'tiny-internvl2-project', seed=0,
+                            modeling='project')
 
 
 @pytest.fixture(scope='session')

@@ -101,6 +101,9 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
     base_tiles = json.loads((Path(os.environ["FOODIE_MODEL"]) / "config.json").read_text())["max_dynamic_patch"]
     assert config["max_dynamic_patch"] == trained_tiles != base_tiles
     assert load_backend(out, backend="transformers").max_tiles == trained_tiles
+    base = Path(os.environ["FOODIE_MODEL"])
+    for code in base.glob("*.py"):  # the checkpoint's own remote code (the embedded model's: OpenGVLab's)
+        assert (out / code.name).read_bytes() == code.read_bytes(), code.name
 
     ckpt = check_checkpoint(out)  # foodie.publish: loadable official checkpoint, no LoRA tensors, no pickle
     assert ckpt.dtypes == ["BF16"]
@@ -336,6 +339,21 @@ def test_command_line_error_exit_code(run_env, tmp_path):
 
 
 # --------------------------------------------------------------------------- names
+
+def test_plan_builds_the_model_of_the_official_code_without_memory(tiny_model_dir):
+    """OpenGVLab's InternViT calls .item() on a torch.linspace in __init__, so it cannot be built under
+    torch.device("meta"); the merge plan builds it with empty parameters instead."""
+    from transformers import AutoConfig, AutoModel
+
+    from foodie.merge import build_meta_model
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    with pytest.raises(RuntimeError, match="meta"), torch.device("meta"):
+        AutoModel.from_config(config, trust_remote_code=True)
+    model = build_meta_model(tiny_model_dir)
+    assert type(model.vision_model).__module__.endswith(".modeling_intern_vit")
+    assert all(p.is_meta for p in model.parameters())
+
 
 def test_training_names_map_to_official_names():
     state = {

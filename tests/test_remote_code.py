@@ -1,4 +1,5 @@
-"""Our InternVL2 remote code, loaded the way users load it: AutoModel/AutoTokenizer, trust_remote_code=True."""
+"""Our InternVL2 remote code (foodie/remote_code), loaded the way users load it: AutoModel/AutoTokenizer,
+trust_remote_code=True, from a checkpoint that carries it; and the official-code checkpoint gives the same results."""
 import threading
 
 import pytest
@@ -15,11 +16,11 @@ GREEDY = dict(max_new_tokens=8, do_sample=False)
 
 
 @pytest.fixture(scope='module')
-def loaded(tiny_model_dir):
+def loaded(project_tiny_model_dir):
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(project_tiny_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(project_tiny_model_dir, trust_remote_code=True).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
     return model, tokenizer
 
@@ -268,7 +269,7 @@ def test_dynamic_ntk_rope_enlarges_the_base_past_max_positions(loaded):
     torch.testing.assert_close(rope.inv_freq(longer, 'cpu'), 1.0 / (scaled_base ** (torch.arange(0, D, 2).float() / D)))
 
 
-def test_flash_attention_request_falls_back_to_eager_without_flash_attn(tiny_model_dir):
+def test_flash_attention_request_falls_back_to_eager_without_flash_attn(project_tiny_model_dir):
     pytest.importorskip('transformers')
     try:
         import flash_attn  # noqa: F401
@@ -277,9 +278,9 @@ def test_flash_attention_request_falls_back_to_eager_without_flash_attn(tiny_mod
         pass
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    config = AutoConfig.from_pretrained(project_tiny_model_dir, trust_remote_code=True)
     config.llm_config.attn_implementation = 'flash_attention_2'  # what XTuner's InternVL_V1_5 does
-    model = AutoModel.from_pretrained(tiny_model_dir, config=config, trust_remote_code=True)
+    model = AutoModel.from_pretrained(project_tiny_model_dir, config=config, trust_remote_code=True)
     assert model.config.llm_config.attn_implementation == 'eager'
     assert model.language_model.config.attn_implementation == 'eager'
     assert model.vision_model.config.attn_implementation == 'eager'
@@ -304,7 +305,7 @@ def test_save_pretrained_round_trip(loaded, tmp_path):
     assert reloaded.config.to_dict()['auto_map'] == model.config.to_dict()['auto_map']
 
 
-def test_matches_the_official_implementation_bit_for_bit(tiny_model_dir, loaded):
+def test_matches_the_official_implementation_bit_for_bit(project_tiny_model_dir, loaded):
     """Same weights in the InternLM team's InternLM2 and InternViT code (as bundled with XTuner): identical
     outputs, so official checkpoints and ours are interchangeable logit for logit."""
     import json
@@ -316,8 +317,8 @@ def test_matches_the_official_implementation_bit_for_bit(tiny_model_dir, loaded)
     official_vit = pytest.importorskip('xtuner._lite.modelings.internvl2.modeling_intern_vit')
     official_vit_config = pytest.importorskip('xtuner._lite.modelings.internvl2.configuration_intern_vit')
     model, _ = loaded
-    config = json.loads((tiny_model_dir / 'config.json').read_text())
-    weights = {k: v.float() for k, v in load_file(tiny_model_dir / 'model.safetensors').items()}
+    config = json.loads((project_tiny_model_dir / 'config.json').read_text())
+    weights = {k: v.float() for k, v in load_file(project_tiny_model_dir / 'model.safetensors').items()}
 
     llm_config = official_lm_config.InternLM2Config(**dict(config['llm_config'], attn_implementation='eager'))
     llm_config._attn_implementation = 'eager'
@@ -370,13 +371,13 @@ def test_select_layer_and_precomputed_visual_features(loaded):
         model.generate(pixel_values=pixel_values, input_ids=input_ids[:, :5], **GREEDY)
 
 
-def test_forward_single_tile_without_image_flags_keeps_the_loss(tiny_model_dir):
+def test_forward_single_tile_without_image_flags_keeps_the_loss(project_tiny_model_dir):
     """One tile and no image_flags (or flags of shape (1,)) must still train: the flags stay 1-D."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(project_tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(project_tiny_model_dir, trust_remote_code=True)
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
     tokens = model.num_image_token
     ids = tok("<img>" + "<IMG_CONTEXT>" * tokens + "</img> 这是什么菜？", return_tensors="pt").input_ids
@@ -385,3 +386,29 @@ def test_forward_single_tile_without_image_flags_keeps_the_loss(tiny_model_dir):
               for flags in (None, torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))]
     assert all(torch.isfinite(l) and l.item() > 0.1 for l in losses)
     assert torch.allclose(losses[0], losses[2]) and torch.allclose(losses[1], losses[2])
+
+
+def test_official_code_checkpoint_gives_the_same_logits_and_answers(tiny_model_dir, loaded):
+    """The embedded checkpoint with OpenGVLab's files (AutoModel, trust_remote_code) and the same weights run by
+    our code: equal logits with an image and left padding, equal greedy answers from batch_chat."""
+    import sys
+
+    from transformers import AutoModel
+
+    official = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    model, tokenizer = loaded
+    official.img_context_token_id = model.img_context_token_id
+    assert type(official.language_model).__module__.endswith('modeling_internlm2')
+    assert 'resolve_attn_implementation' not in vars(sys.modules[type(official.language_model).__module__])
+    assert official.config.llm_config.attn_implementation == 'eager'  # no flash-attn here: the official fallback
+    questions = ['<image>\n这是什么菜？', '<image>\nWhich region is this dish from?']
+    pixel_values = tiles(2, seed=3)
+    input_ids, attention_mask = image_prompt(model, tokenizer, [(q, 1) for q in questions])
+    real = attention_mask.bool()
+    with torch.no_grad():
+        ours = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
+        theirs = official(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(theirs[real], ours[real], atol=1e-5, rtol=1e-5)
+    config = dict(max_new_tokens=8, do_sample=False)
+    assert official.batch_chat(tokenizer, pixel_values, questions, config, num_patches_list=[1, 1]) == \
+        model.batch_chat(tokenizer, pixel_values, questions, config, num_patches_list=[1, 1])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from foodie import tiny_model
-from foodie.tiny_model import (RECIPE_FILE, REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes, tiny_model_is_current,
-                               write_checkpoint)
+from foodie.tiny_model import (OFFICIAL_FILES, RECIPE_FILE, REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes,
+                               tiny_model_is_current, write_checkpoint, xtuner_package_dir)
 
 
 def file_hashes(folder: Path) -> dict:
@@ -23,10 +23,53 @@ def test_folder_has_the_official_files(tiny_model_dir):
                 'tokenizer_config.json', 'special_tokens_map.json', *REMOTE_CODE_FILES}
     assert expected <= names, f'missing: {expected - names}'
     assert not any(n.startswith('.') or n.endswith('.tmp') for n in names)
-    for fname in REMOTE_CODE_FILES:  # the code shipped is the project's, byte for byte
-        assert (tiny_model_dir / fname).read_bytes() == (REMOTE_CODE_DIR / fname).read_bytes()
     size = sum(f.stat().st_size for f in tiny_model_dir.iterdir())
     assert size < 5e6, f'the tiny checkpoint should be a few MB, is {size / 1e6:.1f} MB'
+
+
+def test_official_kind_carries_opengvlabs_files_and_project_kind_ours(tiny_model_dir, project_tiny_model_dir):
+    """The default folder runs what InternVL2-2B downloads with: OpenGVLab's InternViT and InternLM2 files,
+    read from the installed XTuner (its InternViT with the released drop-path line written back), and the
+    project's InternVL chat files, which XTuner does not ship. --modeling project: ours for all seven."""
+    xtuner = xtuner_package_dir()
+    for fname in REMOTE_CODE_FILES:
+        assert (project_tiny_model_dir / fname).read_bytes() == (REMOTE_CODE_DIR / fname).read_bytes()
+        if fname not in OFFICIAL_FILES:
+            assert (tiny_model_dir / fname).read_bytes() == (REMOTE_CODE_DIR / fname).read_bytes()
+        elif fname != 'modeling_intern_vit.py':
+            assert (tiny_model_dir / fname).read_bytes() == (xtuner / OFFICIAL_FILES[fname]).read_bytes()
+    vit = (tiny_model_dir / 'modeling_intern_vit.py').read_text().splitlines()
+    xtuner_vit = (xtuner / OFFICIAL_FILES['modeling_intern_vit.py']).read_text().splitlines()
+    released = [line for line in vit if line not in xtuner_vit]
+    assert released == ['        dpr = [x.item() for x in torch.linspace(0, config.drop_path_rate, '
+                        'config.num_hidden_layers)]']
+    assert len(xtuner_vit) - len(vit) == 2  # XTuner's comment line and numpy line, replaced by the released line
+
+
+def test_both_kinds_have_the_same_weights_config_and_tokenizer(tiny_model_dir, project_tiny_model_dir):
+    ours, official = file_hashes(project_tiny_model_dir), file_hashes(tiny_model_dir)
+    differ = {n for n in ours if ours[n] != official.get(n)}
+    assert differ == {*OFFICIAL_FILES, RECIPE_FILE}
+
+
+def load_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('make_tiny_model', Path(tiny_model.__file__).parent.parent
+                                                  / 'tools' / 'make_tiny_model.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_official_kind_without_xtuner_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tiny_model, 'xtuner_package_dir', lambda: tmp_path / 'no-xtuner')
+    with pytest.raises(RuntimeError, match='--modeling project'):
+        write_checkpoint(tmp_path / 'out')
+    assert load_cli().main(['--out', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'no-xtuner' in err and '--modeling project' in err
+    assert not (tmp_path / 'out').exists()
 
 
 def test_config_json_matches_internvl2_2b_layout(tiny_model_dir):
@@ -153,12 +196,7 @@ def test_full_size_meta_model_matches_internvl2_2b():
 
 
 def test_cli_lists_full_size_shapes_without_writing(capsys, tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('make_tiny_model', Path(tiny_model.__file__).parent.parent
-                                                  / 'tools' / 'make_tiny_model.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_cli()
     monkeypatch.chdir(tmp_path)
     assert cli.main(['--full-size', '--device', 'meta']) == 0
     out = capsys.readouterr().out

@@ -89,3 +89,38 @@ def test_partial_checkpointing_recomputes_only_the_chosen_layers(tiny_model_dir)
     assert not layers[0].forward is layers[0].__class__.forward  # wrapped
     assert "forward" not in vars(layers[1])  # untouched
     assert not model.model.language_model.get_base_model().model.gradient_checkpointing
+
+
+def test_official_code_checkpoint_trains_with_the_project_code_and_the_same_result(tiny_model_dir):
+    """The embedded checkpoint carries OpenGVLab's files (eager attention only). model_code='auto' trains its
+    weights with foodie/remote_code (SDPA); model_code='checkpoint' runs its own code, which has no fast
+    attention, so a partial activation-checkpointing count becomes every layer. Same loss, same gradients,
+    same saved names either way."""
+    fast = _model(tiny_model_dir, **FAST_PATH)
+    own = _model(tiny_model_dir, model_code="checkpoint", attn_implementation="auto", activation_checkpointing=1)
+    assert type(fast.model.language_model.get_base_model()).__module__ == "foodie.remote_code.modeling_internlm2"
+    assert type(own.model.language_model.get_base_model()).__module__.startswith("transformers_modules.")
+    assert own.model.config.llm_config.attn_implementation == "eager"
+    assert own.model.language_model.get_base_model().model.gradient_checkpointing  # all layers
+    assert "forward" not in vars(own._llm_layers()[0])  # not the partial wrapper
+    assert list(own.state_dict()) == list(fast.state_dict())
+
+    own.load_state_dict(fast.state_dict(), strict=False)
+    data = _batch(fast.model.img_context_token_id, lengths=[560, 470, 520])
+    loss_fast, grads_fast = _loss_and_grads(fast, data)
+    loss_own, grads_own = _loss_and_grads(own, data)
+    assert loss_own == pytest.approx(loss_fast, rel=1e-5)
+    for name, g in grads_own.items():
+        assert torch.linalg.norm(grads_fast[name] - g) <= 1e-4 * torch.linalg.norm(g) + 1e-8, name
+
+
+def test_project_code_refuses_an_architecture_it_does_not_implement():
+    from types import SimpleNamespace
+
+    from foodie.xtuner_model import resolve_model_code
+
+    qwen = SimpleNamespace(model_type="internvl_chat", vision_config=SimpleNamespace(model_type="intern_vit_6b"),
+                           llm_config=SimpleNamespace(architectures=["Qwen2ForCausalLM"]))
+    assert resolve_model_code("auto", qwen) == "checkpoint"
+    with pytest.raises(ValueError, match="model_code='checkpoint'"):
+        resolve_model_code("project", qwen)

@@ -4,6 +4,11 @@
     python tools/make_tiny_model.py --out DIR --seed 1 --force
     python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
     python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
+    python tools/make_tiny_model.py --modeling project --out DIR          # the project's remote code instead
+
+--modeling official (default) writes OpenGVLab's InternViT and InternLM2 files, read from the installed XTuner
+0.2.0 (what the real InternVL2-2B runs); --modeling project writes this project's rewrite (foodie/remote_code).
+The weights are the same.
 """
 import argparse
 import sys
@@ -14,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie import cli  # noqa: E402
 from foodie import paths  # noqa: E402
-from foodie.tiny_model import count_parameters, parameter_shapes, write_checkpoint  # noqa: E402
+from foodie.tiny_model import (DEFAULT_MODELING, MODELING_KINDS, count_parameters, parameter_shapes,  # noqa: E402
+                               write_checkpoint)
 
 
 def main(argv=None):
@@ -24,6 +30,9 @@ def main(argv=None):
     parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
     parser.add_argument('--device', default='cpu', help="cpu | cuda | meta (meta: list names and shapes only)")
     parser.add_argument('--force', action='store_true', help='replace an existing non-empty --out')
+    parser.add_argument('--modeling', choices=MODELING_KINDS, default=DEFAULT_MODELING,
+                        help="remote code written into the folder: 'official' (OpenGVLab's, from the installed "
+                             "XTuner) or 'project' (foodie/remote_code); default %(default)s")
     args = parser.parse_args(argv)
 
     if args.device == 'meta':
@@ -37,13 +46,14 @@ def main(argv=None):
     out = args.out or paths.tiny_model_dir()
     start = time.perf_counter()
     try:
-        write_checkpoint(out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force)
-    except FileExistsError as e:
+        write_checkpoint(out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force,
+                         modeling=args.modeling)
+    except (FileExistsError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
     shapes = parameter_shapes(full_size=args.full_size)
-    print(f'wrote {out}: {count_parameters(shapes):,} parameters, {size / 1e6:.1f} MB, '
+    print(f'wrote {out}: {count_parameters(shapes):,} parameters, {args.modeling} modeling files, {size / 1e6:.1f} MB, '
           f'{time.perf_counter() - start:.1f} s')
     return 0
 

@@ -20,7 +20,21 @@ from transformers.utils import logging
 from .configuration_internvl_chat import InternVLChatConfig
 from .conversation import get_conv_template
 from .modeling_intern_vit import InternVisionModel
-from .modeling_internlm2 import InternLM2ForCausalLM, resolve_attn_implementation
+from .modeling_internlm2 import InternLM2ForCausalLM
+
+try:  # this project's InternLM2 code: eager | sdpa | flash_attention_2 (falls back to eager without flash_attn)
+    from .modeling_internlm2 import resolve_attn_implementation
+    PROJECT_LLM_CODE = True
+except ImportError:  # OpenGVLab's InternLM2 code (eager and flash only): what the official chat model picks
+    PROJECT_LLM_CODE = False
+
+    def resolve_attn_implementation(requested):
+        try:
+            import flash_attn  # noqa: F401
+            has_flash_attn = True
+        except ImportError:
+            has_flash_attn = False
+        return 'flash_attention_2' if requested == 'flash_attention_2' and has_flash_attn else 'eager'
 
 logger = logging.get_logger(__name__)
 
@@ -59,6 +73,12 @@ class InternVLChatModel(PreTrainedModel):
             self.language_model = InternLM2ForCausalLM(config.llm_config)
         else:
             raise NotImplementedError(f'{self.llm_arch_name} is not implemented (only InternLM2ForCausalLM)')
+        if not PROJECT_LLM_CODE and getattr(self.language_model, '_supports_cache_class', False):
+            # The InternLM2 file XTuner 0.2.0 ships (InternLM2.5's) declares Cache support, so transformers 4.48
+            # gives its first generation step an empty DynamicCache, and its prepare_inputs_for_generation then
+            # drops inputs_embeds (the image features) for the empty input_ids. Without the flag generation
+            # starts from the embeddings and the model builds its cache itself (tuple format), as InternVL2's does.
+            self.language_model._supports_cache_class = False
 
         vit_hidden_size = config.vision_config.hidden_size
         llm_hidden_size = config.llm_config.hidden_size
