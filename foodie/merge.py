@@ -242,6 +242,11 @@ def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
         raise ConvertError(f"base model folder not found: {folder}{where}. {fix}")
     if not (folder / "config.json").is_file():
         raise ConvertError(f"base model folder {folder}{where} has no config.json: not a checkpoint folder. {fix}")
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{folder / 'config.json'}: not valid JSON ({e}): the base checkpoint{where} is damaged; "
+                           "copy or download it again.") from None
     if not _has_weights(folder):
         raise ConvertError(f"base model folder {folder}{where} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX}: the "
                            "merge reads the base weights from safetensors (convert .bin weights first, or use the "
@@ -272,9 +277,13 @@ def base_tensor_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
 
     shapes = {}
     for f in base_weight_files(base_dir):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                shapes[name] = tuple(st.get_slice(name).get_shape())
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    shapes[name] = tuple(st.get_slice(name).get_shape())
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type for a damaged header
+            raise ConvertError(f"{f}: not a readable safetensors file ({e}): the base checkpoint is damaged "
+                               "(a truncated copy?); copy or download it again.") from None
     return shapes
 
 

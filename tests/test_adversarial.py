@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from foodie import cli
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
@@ -57,14 +56,28 @@ class Result:
 
 
 def call(capsys, name: str, *args) -> Result:
-    """Run a tool's main as the command line would (cli.run: OS errors -> one line, exit 2)."""
+    """Run a tool as ``python tools/<name>.py ARGS`` does (its ``__main__`` block, in this process): the exit
+    code, stdout, stderr; an exception escaping the tool is a traceback, as the user would see it."""
+    import runpy
+    import traceback
+
+    path = REPO / ("demo/app.py" if name == "app" else f"tools/{name}.py")
     capsys.readouterr()
+    argv, sys.argv = sys.argv, [str(path), *map(str, args)]
+    trace = ""
     try:
-        code = cli.run(tool(name).main, [str(a) for a in args])
-    except SystemExit as e:  # argparse
-        code = e.code if isinstance(e.code, int) else 1
+        runpy.run_path(str(path), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if isinstance(e.code, str):
+            trace = e.code + "\n"  # what the interpreter prints for SystemExit("message")
+    except Exception:  # noqa: BLE001 - what reaches the user as a traceback
+        code, trace = 1, traceback.format_exc()
+    finally:
+        sys.argv = argv
     out, err = capsys.readouterr()
-    return Result(code or 0, out, err)
+    return Result(code, out, err + trace)
 
 
 def clear_error(r: Result, *needles: str, code: int = 2) -> None:
@@ -176,7 +189,7 @@ def test_output_path_through_a_file(capsys, data, tmp_path, case):
     assert blocker.read_text() == "keep"
 
 
-@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC], ids=["read-only", "disk-full"])
 def test_read_only_or_full_disk_is_one_line(capsys, monkeypatch, data, tmp_path, code):
     out = tmp_path / "disk" / "out"
     out.parent.mkdir()
@@ -312,8 +325,9 @@ def finished_run(tiny_model_dir, xtuner_data, tmp_path_factory):
     return work
 
 
-def _trainer_group(work: Path, launcher: subprocess.Popen, timeout: float = 300) -> int:
-    """The process group of the trainer the launcher started, once XTuner's own train.py runs in it."""
+def _trainer_group(work: Path, launcher: subprocess.Popen, marker: str, timeout: float = 300) -> int:
+    """The process group of the trainer the launcher started, once a process whose command line holds
+    ``marker`` (XTuner's own train.py, started by the xtuner CLI) runs in it."""
     from foodie.process_guard import group_commands
     from foodie.training import TRAINER_PID_FILE
 
@@ -324,7 +338,7 @@ def _trainer_group(work: Path, launcher: subprocess.Popen, timeout: float = 300)
             pgid = int((work / TRAINER_PID_FILE).read_text())
         except (OSError, ValueError):
             pgid = None
-        if pgid and any("xtuner/tools/train.py" in c for c in group_commands(pgid)):
+        if pgid and any(marker in c for c in group_commands(pgid)):
             return pgid
         time.sleep(0.3)
     raise AssertionError("the trainer did not start")
@@ -341,20 +355,11 @@ def _gone(pgid: int, timeout: float = 60) -> bool:
     return False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "kill", "ctrl-c"])
-def test_killing_the_launcher_ends_the_trainer(tiny_model_dir, xtuner_data, tmp_path, sig):
-    """Issue 20 #2: a real SIGKILL/SIGTERM/SIGINT to tools/train.py alone (not its group): the trainer dies
-    with it instead of training on in the background; --resume is not blocked afterwards."""
+def _kill_launcher_and_check(launcher: subprocess.Popen, work: Path, marker: str, sig: int) -> None:
     from foodie.training import check_no_running_trainer
 
-    work = tmp_path / "work"
-    launcher = subprocess.Popen([sys.executable, str(REPO / "tools/train.py"), "--config", str(CPU_CONFIG), "--",
-                                 "--cfg-options", "train_cfg.max_iters=5000"], cwd=REPO,
-                                env=_env_for(tiny_model_dir, xtuner_data, work), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
     try:
-        pgid = _trainer_group(work, launcher)
+        pgid = _trainer_group(work, launcher, marker)
         launcher.send_signal(sig)
         launcher.wait(timeout=60)
         assert _gone(pgid), "the trainer outlived its launcher"
@@ -363,6 +368,42 @@ def test_killing_the_launcher_ends_the_trainer(tiny_model_dir, xtuner_data, tmp_
         if launcher.poll() is None:
             launcher.kill()
         launcher.communicate()
+
+
+def _as_from_a_terminal():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell ignores SIGINT; a terminal does not
+
+
+# A stand-in trainer shaped like `xtuner train`: a CLI process that starts the real trainer as its child.
+FAKE_XTUNER = ("import subprocess, sys; print('Iter(train) [1/1000]', flush=True); "
+               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', 'fake-trainer-of', "
+               "sys.argv[1]]).wait()")
+LAUNCH_FAKE = ("import os, sys; from pathlib import Path; from foodie.training import TrainPlan, run_training; "
+               "work = Path(sys.argv[1]); run_training(TrainPlan(config=Path('c.py'), work_dir=work, model_path='m', "
+               "data_path=work / 'd' / 'train.json', resume_from=None, command=[sys.executable, '-c', sys.argv[2], "
+               "str(work)], env=dict(os.environ)), build_inputs=False)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "kill", "ctrl-c"])
+def test_killing_the_launcher_ends_the_whole_trainer_tree(tmp_path, sig):
+    """Issue 20 #2: a real SIGKILL/SIGTERM/SIGINT to the launcher process alone (not its group) ends the trainer
+    and the trainer's own children, instead of leaving them training in the background."""
+    work = tmp_path / "work"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH_FAKE, str(work), FAKE_XTUNER], cwd=REPO,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=_as_from_a_terminal)
+    _kill_launcher_and_check(launcher, work, "fake-trainer-of", sig)
+
+
+@pytest.mark.slow
+def test_kill_9_of_tools_train_ends_xtuner(tiny_model_dir, xtuner_data, tmp_path):
+    """The same with the real thing: kill -9 of tools/train.py while XTuner trains the tiny model."""
+    work = tmp_path / "work"
+    launcher = subprocess.Popen([sys.executable, str(REPO / "tools/train.py"), "--config", str(CPU_CONFIG), "--",
+                                 "--cfg-options", "train_cfg.max_iters=5000"], cwd=REPO,
+                                env=_env_for(tiny_model_dir, xtuner_data, work), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=_as_from_a_terminal)
+    _kill_launcher_and_check(launcher, work, "xtuner/tools/train.py", signal.SIGKILL)
 
 
 def test_resume_refuses_while_a_stale_trainer_runs(capsys, monkeypatch, tiny_model_dir, xtuner_data, tmp_path):
@@ -509,7 +550,7 @@ def test_convert_force_onto_a_symlinked_save_dir_writes_its_target(capsys, monke
     assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]  # the stale staging copy is gone
 
 
-@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC], ids=["read-only", "disk-full"])
 def test_convert_onto_a_read_only_or_full_disk(capsys, monkeypatch, tiny_model_dir, xtuner_data, finished_run,
                                                tmp_path, code):
     for k, v in _env_for(tiny_model_dir, xtuner_data, finished_run).items():
