@@ -567,6 +567,11 @@ def comparability(metrics: dict) -> str:
                 "works and say nothing about FoodieQA; no published result is shown beside them.")
     if q.get("data") not in (None, "FoodieQA"):
         return (f"These questions are not FoodieQA ({q['data']}): no published result is shown beside them.")
+    cap = (metrics.get("settings") or {}).get("max_new_tokens")
+    if q.get("scope") == "full test set" and isinstance(cap, int) and cap < 500:
+        return (f"Measured on the full test set with the authors' template {metrics.get('template', 0)} and their "
+                f"scoring rule, but answers were cut at {cap} new tokens (the authors allow 500-1024): close to "
+                f"the published protocol, not the same.")
     if q.get("scope") == "full test set":
         return (f"Measured on the full test set with the authors' template {metrics.get('template', 0)} and their "
                 "scoring rule: the same protocol as the published numbers (the prompt each published model got "
@@ -598,7 +603,11 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
     lang = metrics["lang"]
     q = metrics.get("questions") or {}
     L = ["# FoodieQA evaluation", ""]
-    L.append(f"Language: **{lang}**; prompt: the authors' template **{metrics.get('template', 0)}**; data: "
+    cap = (metrics.get("settings") or {}).get("max_new_tokens")
+    L.append(f"Language: **{lang}**; prompt: the authors' template **{metrics.get('template', 0)}**"
+             + (f"; answers up to {cap} new tokens, greedy"
+                + (" (**below the authors' 500**: a longer answer is cut there)" if cap < 500 else "")
+                if isinstance(cap, int) else "") + "; data: "
              f"`{metrics['data_root']}` ({q.get('data', 'FoodieQA')}); questions: **{q.get('scope', '?')}**"
              + (f" (manifest `{metrics['items_manifest']}`)" if metrics["items_manifest"] else "") + ".")
     L += _training_data_lines(metrics)

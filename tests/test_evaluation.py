@@ -543,3 +543,14 @@ def test_a_template_that_starts_the_reply_is_refused_on_lmdeploy_before_loading(
                      tasks=("sivqa",), template=3)
     with pytest.raises(ValueError, match="--template 3 .*--backend transformers"):
         evaluate(cfg, console=QUIET, load=lambda *a, **k: pytest.fail("model loaded"))
+
+
+def test_report_says_when_answers_were_cut_below_the_authors_length(small_foodieqa_dir, tmp_path):
+    out = tmp_path / "out"
+    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
+                        tasks=("sivqa",), limit=4, max_new_tokens=64), console=QUIET, load=loader({"m": FakeBackend(guesser)}))
+    assert "answers up to 64 new tokens, greedy (**below the authors' 500**" in (out / "report.md").read_text()
+    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir), out=str(out),
+                        tasks=("sivqa",), limit=4), console=QUIET, load=loader({"n": FakeBackend(guesser)}))
+    report = (out / "report.md").read_text()
+    assert "answers up to 512 new tokens, greedy;" in report and "below the authors'" not in report

@@ -148,3 +148,19 @@ def test_training_source_and_evaluation_source_stay_apart(tmp_path, monkeypatch,
     assert p.commands[0][p.commands[0].index("--data-root") + 1] == str(small_foodieqa_dir)
     assert evaluate[evaluate.index("--items") + 1] == str(p.xtuner_data / "held_out.json")
     assert "held-out split" in p.sources_line()
+
+
+def test_evaluations_get_the_answer_cap_chosen_for_the_device(tmp_path, monkeypatch):
+    """On CPU the quickstart caps answers at 64 new tokens (a model that never ends its turn would spend minutes
+    on the authors' 512); the cap reaches eval_food and is part of the base evaluation's stage key."""
+    tool, pipeline, _ = _pipeline(tmp_path, monkeypatch)
+    assert "--max-new-tokens" not in pipeline.eval_cmd([("base", pipeline.model)])  # not given: eval_food's 512
+    pipeline.max_new_tokens = 64
+    cmd = pipeline.eval_cmd([("base", pipeline.model)])
+    assert cmd[cmd.index("--max-new-tokens") + 1] == "64"
+    seen = {}
+    monkeypatch.setattr(tool, "Pipeline", lambda args: seen.setdefault("args", args) and pytest.fail("stop"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(BaseException):
+        tool.main([])
+    assert seen["args"].max_new_tokens == 64 and seen["args"].deepspeed == ""

@@ -91,6 +91,7 @@ class Pipeline:
         self.lang = args.lang
         self.tasks = args.tasks
         self.deepspeed = args.deepspeed
+        self.max_new_tokens = getattr(args, "max_new_tokens", None)  # None: eval_food's default (the authors' 512)
         # The configs read their paths from these variables, in this process and in every stage's.
         os.environ.update(FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
                           FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
@@ -178,6 +179,8 @@ class Pipeline:
                "--tasks", self.tasks, "--out", str(self.eval_dir)]
         if self.max_tiles is not None:
             cmd += ["--max-tiles", str(self.max_tiles)]
+        if self.max_new_tokens is not None:
+            cmd += ["--max-new-tokens", str(self.max_new_tokens)]
         for label, model in models:
             cmd += ["--model", str(model), "--label", label]
         return cmd
@@ -215,7 +218,8 @@ class Pipeline:
         data_key = fingerprint("data", self.train_root, self.accept_terms, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
                                REPO_ROOT / "foodie" / "prompts.py", self.model / "config.json")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
-        base_key = fingerprint("base", data_key, self.data_root, self.model / "config.json", self.max_tiles)
+        base_key = fingerprint("base", data_key, self.data_root, self.model / "config.json", self.max_tiles,
+                               self.max_new_tokens or "")
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
                    lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
         train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
@@ -289,11 +293,19 @@ def main(argv=None) -> int:
                         "questions; mivqa is trained on a 2x2 collage, see docs/TRAINING.md)")
     p.add_argument("--deepspeed", default=None,
                    help="e.g. deepspeed_zero2 (default: deepspeed_zero2 when a CUDA GPU is visible)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap of the evaluations (default: the authors' 512 on a GPU; 64 on CPU, where "
+                        "a model that never ends its turn, like the random base, would spend minutes on 512; "
+                        "the report records the cap)")
     args = p.parse_args(argv)
-    if args.deepspeed is None:
+    if args.deepspeed is None or args.max_new_tokens is None:
         import torch
 
-        args.deepspeed = "deepspeed_zero2" if torch.cuda.is_available() else ""
+        gpu = torch.cuda.is_available()
+        if args.deepspeed is None:
+            args.deepspeed = "deepspeed_zero2" if gpu else ""
+        if args.max_new_tokens is None and not gpu:
+            args.max_new_tokens = 64
     try:
         Pipeline(args).go()
     except StageFailed as e:
