@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make quickstart  - build the embedded tiny model + synthetic FoodieQA and run the whole course on them"
 	@echo "                   (real job: make quickstart MODEL=/path/InternVL2-2B TRAIN_DATA=/path/my-photos DATA=/path/FoodieQA)"
-	@echo "make test        - run the test suite (creates the environment when missing)"
+	@echo "make test        - run the test suite (creates the environment, installs chromium + CJK fonts when missing)"
 	@echo "make train       - xtuner train with a clear failure message (see tools/train.py --help)"
 	@echo "make convert     - merge the newest checkpoint into an official InternVL2 folder, verified (OUT=work/merged)"
 	@echo "make venv        - create $(VENV) for PROFILE=cpu|gpu (now: $(PROFILE))"
@@ -42,7 +42,9 @@ quickstart: $(STAMP)
 	$(PY) tools/quickstart.py $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data-root $(DATA)) \
 		$(if $(TRAIN_DATA),--train-data $(TRAIN_DATA)) $(if $(ACCEPT_FOODIEQA_TERMS),--accept-foodieqa-terms) $(QUICKSTART_ARGS)
 
+# The browser tests need Debian's chromium and CJK fonts: installed here when missing and root, else one command shown.
 test: $(STAMP)
+	@sh tools/test_system_deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -7,7 +7,12 @@ mode, e.g. ``{"base": ..., "tuned": ...}``). Images picked before the question i
 ``pending_images`` and join the next turn.
 
 Uploaded files are copied into the session's own temporary folder under generated (uuid) names
-(``new_upload_path``); ``close()`` removes that folder when the session ends.
+(``new_upload_path``); ``clear()`` deletes them and ``close()`` removes that folder when the session
+ends. ``on_delete`` hears of every upload deleted, so copies made elsewhere (a web server's cache)
+go with it.
+
+Waiting: a ``ModelGate`` lets a model answer a limited number of questions at a time; an answer
+waiting for its turn shows "waiting for the model (N ahead)" in place of its text.
 
 Streaming: ``stream_answers(state, {model: backend.stream, ...})`` answers the last turn with every
 model at once (a thread per model) and yields whenever there is something new to draw. An answer
@@ -17,6 +22,7 @@ so a late token never lands in a turn that was reset or removed.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -27,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections import deque
 from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,7 @@ class Turn:
     errors: dict[str, str] = field(default_factory=dict)
     streaming: set[str] = field(default_factory=set)  # models whose answer is still being written
     stopped: set[str] = field(default_factory=set)  # models whose answer the user stopped
+    waiting: dict[str, int] = field(default_factory=dict)  # model -> answers ahead of this one (none: started)
 
     def answered(self, model: str) -> bool:
         """Whether ``model`` has finished (or failed) its answer to this turn."""
@@ -54,30 +62,35 @@ class Turn:
         """Append streamed text to ``model``'s answer."""
         self.answers[model] = self.answers.get(model, "") + text
         self.streaming.add(model)
+        self.waiting.pop(model, None)
 
     def fail(self, model: str, message: str) -> None:
         """Record that ``model`` could not answer (shown in the chat instead, after any partial text)."""
         self.errors[model] = message
         self.streaming.discard(model)
+        self.waiting.pop(model, None)
 
     def finish(self, model: str) -> None:
         """Mark ``model``'s answer complete (an empty answer stays empty)."""
         self.answers.setdefault(model, "")
         self.streaming.discard(model)
+        self.waiting.pop(model, None)
 
 
 class ChatState:
     """The conversation of one session. ``models`` names the answer slots (one per model shown)."""
 
     def __init__(self, models: tuple[str, ...] = ("model",), *, max_images: int = MAX_IMAGES,
-                 temp_root: str | Path | None = None):
+                 temp_root: str | Path | None = None, on_delete: Callable[[Path], None] | None = None):
         if not models:
             raise ValueError("ChatState needs at least one model name")
         self.models = tuple(models)
         self.max_images = max_images
         self.turns: list[Turn] = []
         self.pending_images: list[Path] = []
+        self.system_prompt: str | None = None  # None: the model's own
         self._temp_root = temp_root
+        self._on_delete = on_delete
         self._session_dir: Path | None = None
         self._epoch = 0  # bumped by every cancel; an answer's token is the epoch it started in
         self.lock = threading.RLock()
@@ -88,15 +101,33 @@ class ChatState:
         """Every image of the conversation in order (sent turns first, then pending ones)."""
         return [p for t in self.turns for p in t.images] + list(self.pending_images)
 
+    def check_room(self, adding: int = 1) -> None:
+        """Raise ValueError (saying how many there are) when ``adding`` more images would exceed ``max_images``."""
+        have = len(self.images())
+        if have + adding > self.max_images:
+            what = "an image" if adding == 1 else f"{adding} images"
+            raise ValueError(f"this conversation has {have} image{'s' if have != 1 else ''}; one chat holds at most "
+                             f"{self.max_images}, so {what} more cannot join it. Send fewer, or press Clear to "
+                             f"start a new chat")
+
     def attach(self, path: str | Path) -> Path:
         """Queue an image for the next question. Raises ValueError past ``max_images``."""
         path = Path(path)
         with self.lock:
-            if len(self.images()) >= self.max_images:
-                raise ValueError(f"this conversation already has {self.max_images} images, the most one chat "
-                                 f"can hold; press Clear to start a new one")
+            self.check_room(1)
             self.pending_images.append(path)
         return path
+
+    def detach(self, path: str | Path) -> bool:
+        """Take a queued (not yet sent) image off the next question; deletes it if it was an upload.
+        Returns whether it was queued."""
+        path = Path(path)
+        with self.lock:
+            if path not in self.pending_images:
+                return False
+            self.pending_images.remove(path)
+            self._forget([path])
+            return True
 
     @property
     def session_dir(self) -> Path:
@@ -124,6 +155,8 @@ class ChatState:
         for p in paths:
             if p not in keep and p.parent == self._session_dir:
                 p.unlink(missing_ok=True)
+                if self._on_delete is not None:
+                    self._on_delete(p)
 
     # -- turns -------------------------------------------------------------------------------------
 
@@ -231,7 +264,7 @@ class ChatState:
         from foodie.inference import Message
         with self.lock:
             history, question, images = self.model_inputs(model)
-        request = []
+        request = [] if self.system_prompt is None else [Message("system", self.system_prompt)]
         for q, imgs, a in history:
             request += [Message("user", q, images=imgs), Message("assistant", a)]
         request.append(Message("user", question, images=images))
@@ -255,7 +288,9 @@ class ChatState:
                     out.append({"role": "assistant",
                                 "content": (partial + "\n\n" if partial else "") + f"⚠️ {turn.errors[model]}"})
                 elif not turn.answered(model):
-                    out.append({"role": "assistant", "content": partial + " ▌" if partial else "…"})
+                    ahead = turn.waiting.get(model)
+                    out.append({"role": "assistant", "content": partial + " ▌" if partial else
+                                "…" if ahead is None else waiting_text(ahead)})
                 elif model in turn.stopped:
                     out.append({"role": "assistant", "content": (partial + " " if partial else "") + STOPPED})
                 else:
@@ -265,19 +300,101 @@ class ChatState:
 
     # -- lifetime ----------------------------------------------------------------------------------
 
+    def export(self, fmt: str = "md", names: dict[str, str] | None = None) -> str:
+        """The conversation as Markdown (``md``) or JSON (``json``): questions, image file names, answers."""
+        names = names or {}
+        with self.lock:
+            turns = [dict(question=t.question, images=[p.name for p in t.images],
+                          answers={names.get(m, m): t.answers.get(m, "") for m in self.models},
+                          errors={names.get(m, m): t.errors[m] for m in self.models if m in t.errors})
+                     for t in self.turns]
+            system = self.system_prompt
+        if fmt == "json":
+            return json.dumps(dict(system_prompt=system, turns=turns), ensure_ascii=False, indent=2) + "\n"
+        if fmt != "md":
+            raise ValueError(f"unknown export format {fmt!r}: use 'md' or 'json'")
+        lines = ["# InternVL Foodie chat", ""] + ([f"*System prompt:* {system}", ""] if system is not None else [])
+        for i, t in enumerate(turns, 1):
+            lines += [f"## {i}. {t['question'] or '(image only)'}", ""]
+            lines += [f"*Images:* {', '.join(t['images'])}", ""] if t["images"] else []
+            for model, text in t["answers"].items():
+                error = t["errors"].get(model)
+                lines += [f"**{model}:** {text}" + (f" ⚠️ {error}" if error else ""), ""]
+        return "\n".join(lines)
+
     def close(self) -> None:
-        """Remove this session's upload folder (called when the browser session ends)."""
+        """Stop any answer and remove this session's upload folder (called when the browser session ends)."""
+        self.stop()
         if self._session_dir is not None:
+            for p in self._session_dir.iterdir() if self._session_dir.is_dir() else []:
+                if self._on_delete is not None:
+                    self._on_delete(p)
             shutil.rmtree(self._session_dir, ignore_errors=True)
             self._session_dir = None
 
     def __deepcopy__(self, memo):
         # gr.State deep-copies its initial value; a conversation is never shared, so copies start empty.
-        return ChatState(self.models, max_images=self.max_images, temp_root=self._temp_root)
+        return ChatState(self.models, max_images=self.max_images, temp_root=self._temp_root,
+                         on_delete=self._on_delete)
+
+
+def waiting_text(ahead: int) -> str:
+    """What an answer that waits for its model shows."""
+    return f"⏳ waiting for the model ({ahead} ahead) · 排队等待模型（前面还有 {ahead} 个）"
+
+
+class ModelGate:
+    """Lets a model answer at most ``capacity`` questions at once; the others wait in arrival order.
+
+    ``acquire`` reports how many answers are ahead (running or waiting earlier) while it waits, and
+    gives up when ``cancelled()`` becomes true (the user stopped a waiting answer)."""
+
+    def __init__(self, capacity: int = 1):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._cond = threading.Condition()
+        self._running = 0
+        self._queue: deque = deque()
+
+    def acquire(self, on_wait: Callable[[int], None] = lambda ahead: None,
+                cancelled: Callable[[], bool] = lambda: False, poll_s: float = 0.1) -> bool:
+        """Take a place; True once this answer may run, False when cancelled while waiting."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            shown = None
+            while True:
+                if self._queue[0] is ticket and self._running < self.capacity:
+                    self._queue.popleft()
+                    self._running += 1
+                    self._cond.notify_all()
+                    return True
+                if cancelled():
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()
+                    return False
+                ahead = self._running + self._queue.index(ticket)
+                if ahead != shown:
+                    on_wait(ahead)
+                    shown = ahead
+                self._cond.wait(poll_s)
+
+    def release(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Answers running or waiting now."""
+        with self._cond:
+            return self._running + len(self._queue)
 
 
 def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
-                   names: dict[str, str] | None = None, min_interval_s: float = 0.05) -> Iterator[None]:
+                   names: dict[str, str] | None = None, min_interval_s: float = 0.05,
+                   gates: dict[str, ModelGate] | None = None) -> Iterator[None]:
     """Answer the last turn of ``state`` with every model at once, each streaming in its own thread.
 
     ``answer_fns[model](request)`` returns an iterator of text deltas that stops generating when closed
@@ -286,9 +403,11 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     re-renders the whole message on every update); ends when every model is done, or at once when the answer is cancelled (stop,
     regenerate, undo, clear) -- the threads then close their streams. A model that raises gets the
     error recorded in the turn (shown in the chat) and the others go on. Nothing happens when the last
-    turn is already answered.
+    turn is already answered. ``gates[model]``, when given, is taken before ``model`` starts: while it
+    waits, the turn shows how many answers are ahead.
     """
     names = names or {}
+    gates = gates or {}
     with state.lock:
         if not state.turns or state.is_answered(state.turns[-1]):
             return
@@ -304,15 +423,23 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     over = threading.Event()  # this answer ended: done, cancelled, or the caller closed this generator
 
     def work(model: str):
+        gate = gates.get(model)
         try:
-            stream = answer_fns[model](requests[model])
+            if gate is not None and not gate.acquire(lambda ahead: events.put((model, "waiting", ahead)),
+                                                     lambda: over.is_set() or state.cancelled(token)):
+                return
             try:
-                for delta in stream:
-                    events.put((model, "delta", delta))
-                    if over.is_set() or state.cancelled(token):
-                        break
+                stream = answer_fns[model](requests[model])
+                try:
+                    for delta in stream:
+                        events.put((model, "delta", delta))
+                        if over.is_set() or state.cancelled(token):
+                            break
+                finally:
+                    getattr(stream, "close", lambda: None)()  # the backend stops generating
             finally:
-                getattr(stream, "close", lambda: None)()  # the backend stops generating
+                if gate is not None:
+                    gate.release()
         except Exception as e:  # noqa: BLE001 - a failing model is reported in the chat, the app goes on
             log.exception("model %s failed", names.get(model, model))
             events.put((model, "error", f"Model error ({names.get(model, model)}): {type(e).__name__}: "
@@ -343,6 +470,8 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
                 for model, kind, payload in batch:
                     if kind == "delta":
                         turn.add(model, payload)
+                    elif kind == "waiting":
+                        turn.waiting[model] = payload
                     elif kind == "error":
                         turn.fail(model, payload)
                     else:

@@ -49,7 +49,7 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -89,10 +89,16 @@ class GenerationParams:
     temperature: float = 1.0
     top_p: float = 1.0
     do_sample: bool = False
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens already said (1 = off)
+    max_tiles: int | None = None  # tile budget of a request (None: the backend's, i.e. the checkpoint's)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, "
                              f"got temperature={self.temperature}, top_p={self.top_p}")
@@ -171,6 +177,10 @@ class Tiling:
         x = load_image(image, input_size=self.image_size, max_num=budget, min_num=min(self.min_tiles, budget),
                        use_thumbnail=self.use_thumbnail)
         return x if dtype is None else x.to(dtype)
+
+    def for_params(self, params: "GenerationParams") -> "Tiling":
+        """This tiling with the request's own tile budget, when ``params`` sets one."""
+        return self if params.max_tiles is None else replace(self, max_tiles=params.max_tiles)
 
     def prepare(self, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
         """Pixel values of every image of every request ([request][image]), over ``workers`` threads."""
@@ -402,14 +412,15 @@ class TransformersBackend:
                 prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * n_tokens * n + IMG_END, 1)
         return prompt
 
-    def _pixels(self, requests: Sequence[Request], workers: int | None = None) -> list[list]:
+    def _pixels(self, requests: Sequence[Request], workers: int | None = None,
+                tiling: Tiling | None = None) -> list[list]:
         """Pixel values of every request's images. Decoding and resizing photos is single-threaded work:
         spread over ``workers`` threads (default: every core, up to 8, as nothing else runs meanwhile)."""
-        return self.tiling.prepare(requests, workers or max(self.image_workers, min(8, _cores())))
+        return (tiling or self.tiling).prepare(requests, workers or max(self.image_workers, min(8, _cores())))
 
-    def _prepare(self, requests: Sequence[Request], pixels: list[list] | None = None):
+    def _prepare(self, requests: Sequence[Request], pixels: list[list] | None = None, tiling: Tiling | None = None):
         """Tokens (left-padded), attention mask and pixel values for a batch of requests."""
-        pixels = self._pixels(requests) if pixels is None else pixels
+        pixels = self._pixels(requests, tiling=tiling) if pixels is None else pixels
         prompts = [self.render(request, [t.shape[0] for t in p]) for request, p in zip(requests, pixels)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -419,7 +430,8 @@ class TransformersBackend:
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
         kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                  eos_token_id=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id)
+                  eos_token_id=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                  repetition_penalty=params.repetition_penalty)
         if params.do_sample:
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:  # silence "temperature is set but do_sample=False" from the checkpoint's generation_config
@@ -442,7 +454,7 @@ class TransformersBackend:
         if not requests:
             return []
         with self._lock, self._torch.inference_mode():
-            input_ids, attention_mask, pixel_values = self._prepare(requests, pixels)
+            input_ids, attention_mask, pixel_values = self._prepare(requests, pixels, self.tiling.for_params(params))
             self.model.img_context_token_id = self.img_context_token_id
             out = self.model.generate(pixel_values=pixel_values, input_ids=input_ids,
                                       attention_mask=attention_mask, **self._generate_kwargs(params))
@@ -462,7 +474,7 @@ class TransformersBackend:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="foodie-prefetch") as ahead:
             def prepare(chunk):
-                return self._pixels([requests[i] for i in chunk], self.image_workers)
+                return self._pixels([requests[i] for i in chunk], self.image_workers, self.tiling.for_params(params))
             upcoming = ahead.submit(prepare, chunks[0]) if chunks else None
             for k, chunk in enumerate(chunks):
                 pixels = upcoming.result()
@@ -511,7 +523,8 @@ class TransformersBackend:
         def run():
             try:
                 with self._torch.inference_mode():
-                    input_ids, attention_mask, pixel_values = self._prepare([request])
+                    input_ids, attention_mask, pixel_values = self._prepare([request],
+                                                                            tiling=self.tiling.for_params(params))
                     self.model.img_context_token_id = self.img_context_token_id
                     self.model.generate(pixel_values=pixel_values, input_ids=input_ids,
                                         attention_mask=attention_mask, streamer=streamer,
@@ -677,7 +690,7 @@ class LMDeployBackend:
                              "prefix, such as FoodieQA's --template 3): use --backend transformers")
         return system, msgs
 
-    def _messages(self, request: Request, pixels: list | None = None) -> list[dict]:
+    def _messages(self, request: Request, pixels: list | None = None, max_tiles: int | None = None) -> list[dict]:
         """Our request -> LMDeploy's OpenAI-style messages, with images where our placeholders are:
         ``PreparedImage`` from ``pixels`` (its images' pixel values, in order) or else PIL images."""
         from foodie.image_tiling import open_image
@@ -695,29 +708,31 @@ class LMDeployBackend:
             content = [dict(type="text", text=text)]
             for image in m.images:
                 picture = PreparedImage(next(prepared)) if prepared is not None else open_image(image)
-                data = dict(data=picture, max_dynamic_patch=tiles_per_image(self.max_tiles, n_images))
+                data = dict(data=picture, max_dynamic_patch=tiles_per_image(max_tiles or self.max_tiles, n_images))
                 content.append(dict(type="image_data", image_data=data))
             out.append(dict(role="user", content=content))
         return out
 
-    def _prepare(self, request: Request) -> list[dict]:
+    def _prepare(self, request: Request, tiling: Tiling | None = None) -> list[dict]:
         """Messages with their images decoded and tiled (runs in an image worker)."""
+        tiling = tiling or self.tiling
         if self.prepares_images and any(m.images for m in request):
-            return self._messages(request, self.tiling.prepare([request], 1, self._dtype)[0])
-        return self._messages(request)
+            return self._messages(request, tiling.prepare([request], 1, self._dtype)[0], tiling.max_tiles)
+        return self._messages(request, max_tiles=tiling.max_tiles)
 
     def _gen_config(self, params: GenerationParams):
         from lmdeploy import GenerationConfig
-        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, skip_special_tokens=True)
+        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, skip_special_tokens=True,
+                  repetition_penalty=params.repetition_penalty)
         if params.do_sample:  # top_k=0: no top-k cut, as in the transformers backend
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         return GenerationConfig(**kw)
 
-    async def _answer(self, request: Request, gen_config, on_delta=None) -> str:
+    async def _answer(self, request: Request, gen_config, on_delta=None, tiling: Tiling | None = None) -> str:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_in_flight)
         async with self._slots:  # bounds the prepared pixel values waiting in memory
-            messages = await asyncio.wrap_future(self._pool.submit(self._prepare, request))
+            messages = await asyncio.wrap_future(self._pool.submit(self._prepare, request, tiling))
             parts = []
             async for out in self.pipe.generate(messages, next(self._session_ids), gen_config=gen_config,
                                                 stream_response=on_delta is not None, sequence_start=True,
@@ -735,10 +750,10 @@ class LMDeployBackend:
             return []
         for r in requests:
             self._check(r)  # bad requests fail here, in the caller, before anything runs
-        gen_config = self._gen_config(params)
+        gen_config, tiling = self._gen_config(params), self.tiling.for_params(params)
 
         async def run_all():
-            return await asyncio.gather(*(self._answer(r, gen_config) for r in requests))
+            return await asyncio.gather(*(self._answer(r, gen_config, tiling=tiling) for r in requests))
 
         return [t.strip() for t in asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()]
 
@@ -751,7 +766,8 @@ class LMDeployBackend:
         for r in requests:
             self._check(r)
         gen_config = self._gen_config(params)
-        futures = {asyncio.run_coroutine_threadsafe(self._answer(r, gen_config), self.loop): i
+        tiling = self.tiling.for_params(params)
+        futures = {asyncio.run_coroutine_threadsafe(self._answer(r, gen_config, tiling=tiling), self.loop): i
                    for i, r in enumerate(requests)}
         try:
             idx, answers = [], []
@@ -774,7 +790,8 @@ class LMDeployBackend:
 
         async def run():
             try:
-                await self._answer(request, self._gen_config(params), on_delta=deltas.put)
+                await self._answer(request, self._gen_config(params), on_delta=deltas.put,
+                                   tiling=self.tiling.for_params(params))
             finally:
                 deltas.put(done)
 

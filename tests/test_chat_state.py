@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from foodie.chat_state import EMPTY_ANSWER, STOPPED, ChatState, stream_answers
+from foodie.chat_state import EMPTY_ANSWER, STOPPED, ChatState, ModelGate, stream_answers, waiting_text
 
 
 def test_images_join_the_next_question_and_turns_keep_their_own_images(tmp_path):
@@ -112,8 +112,71 @@ def test_image_limit_per_conversation(tmp_path):
     s = ChatState(max_images=2)
     s.attach(tmp_path / "1.jpg"); s.ask("q"); s.finish("model")
     s.attach(tmp_path / "2.jpg")
-    with pytest.raises(ValueError, match="2 images"):
+    with pytest.raises(ValueError, match="has 2 images; one chat holds at most 2"):
         s.attach(tmp_path / "3.jpg")
+
+
+def test_the_image_limit_message_counts_what_the_chat_really_has(tmp_path):
+    """5 images in the chat and 4 more in one message: the refusal says 5, not the limit (8)."""
+    s = ChatState()
+    for i in range(5):
+        s.attach(tmp_path / f"{i}.jpg")
+    with pytest.raises(ValueError, match="has 5 images; one chat holds at most 8, so 4 images more"):
+        s.check_room(4)
+    s.check_room(3)  # exactly full is fine
+
+
+def test_a_queued_image_can_be_taken_off_again_and_uploads_are_deleted(tmp_path):
+    deleted = []
+    s = ChatState(temp_root=tmp_path, on_delete=deleted.append)
+    up = s.new_upload_path(".png")
+    up.write_bytes(b"x")
+    dish = tmp_path / "dish.jpg"
+    dish.write_bytes(b"y")
+    s.attach(dish); s.attach(up)
+    assert s.detach(dish) and s.pending_images == [up]
+    assert not s.detach(dish), "not queued any more"
+    assert dish.exists() and deleted == [], "a gallery photo is never deleted"
+    assert s.detach(up) and not up.exists() and deleted == [up]
+
+
+def test_clear_and_close_tell_on_delete_about_every_upload(tmp_path):
+    deleted = []
+    s = ChatState(temp_root=tmp_path, on_delete=deleted.append)
+    a, b = s.new_upload_path(".png"), s.new_upload_path(".png")
+    a.write_bytes(b"a"); b.write_bytes(b"b")
+    s.attach(a); s.ask("q"); s.finish("model")
+    s.clear()
+    assert deleted == [a]
+    s.close()  # b was written but never attached: the session folder goes with it
+    assert deleted == [a, b] and not b.exists()
+    assert copy.deepcopy(s)._on_delete == s._on_delete, "a session copy deletes the same way"
+
+
+def test_export_as_markdown_and_json():
+    import json
+    s = ChatState(models=("base", "tuned"))
+    s.system_prompt = "你是美食专家。"
+    s.attach("/x/dish.jpg"); s.ask("这是什么菜？")
+    s.add_delta("base", "不知道"); s.finish("base")
+    s.add_delta("tuned", "北京烤鸭"); s.finish("tuned")
+    data = json.loads(s.export("json", names={"base": "base · InternVL2-2B"}))
+    assert data == {"system_prompt": "你是美食专家。", "turns": [
+        {"question": "这是什么菜？", "images": ["dish.jpg"],
+         "answers": {"base · InternVL2-2B": "不知道", "tuned": "北京烤鸭"}, "errors": {}}]}
+    md = s.export("md")
+    assert "## 1. 这是什么菜？" in md and "**tuned:** 北京烤鸭" in md and "dish.jpg" in md
+    with pytest.raises(ValueError, match="md"):
+        s.export("pdf")
+
+
+def test_a_custom_system_prompt_leads_every_request():
+    s = ChatState()
+    s.ask("q")
+    assert [m.role for m in s.request("model")] == ["user"]  # the model's own system prompt
+    s.system_prompt = "Answer with one letter."
+    request = s.request("model")
+    assert request[0].role == "system" and request[0].text == "Answer with one letter."
 
 
 def test_compare_mode_keeps_one_answer_per_model_and_separate_histories():
@@ -269,3 +332,54 @@ def test_an_empty_answer_is_shown_as_such_not_as_an_empty_bubble():
     s = ChatState()
     s.ask("q"); s.finish("model")
     assert s.messages("model")[-1] == {"role": "assistant", "content": EMPTY_ANSWER}
+
+
+def test_a_gate_lets_one_answer_run_and_shows_the_others_how_many_are_ahead():
+    """Two sessions, one model that answers one at a time: the second shows "waiting (1 ahead)" until the
+    first is done, then streams; a third that is stopped while waiting leaves the queue."""
+    gate = ModelGate(1)
+    release_first = threading.Event()
+
+    def slow(request):
+        release_first.wait(5)
+        yield "first"
+
+    first, second = ChatState(), ChatState()
+    first.ask("q1"); second.ask("q2")
+    run_first = stream_answers(first, {"model": slow}, gates={"model": gate})
+    next(run_first)
+    t = threading.Thread(target=lambda: list(run_first))
+    t.start()
+    deadline = time.time() + 5
+    while gate.busy < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    run_second = stream_answers(second, {"model": lambda r: iter(["second"])}, gates={"model": gate},
+                                min_interval_s=0.01)
+    seen = []
+    for _ in run_second:
+        seen.append(second.messages("model")[-1]["content"])
+        if seen[-1] == waiting_text(1):
+            release_first.set()
+    t.join(5)
+    assert waiting_text(1) in seen, seen
+    assert "1 ahead" in waiting_text(1) and "前面还有 1 个" in waiting_text(1)
+    assert second.messages("model")[-1]["content"] == "second" and first.turns[-1].answers["model"] == "first"
+    assert gate.busy == 0
+
+    # Stopped while waiting: gives up its place and never calls the model.
+    called = []
+    gate2 = ModelGate(1)
+    assert gate2.acquire()
+    third = ChatState()
+    third.ask("q3")
+    run_third = stream_answers(third, {"model": lambda r: called.append(1) or iter(["x"])},
+                               gates={"model": gate2}, min_interval_s=0.01)
+    for _ in run_third:
+        if third.turns[-1].waiting.get("model") == 1:
+            third.stop()
+    deadline = time.time() + 5
+    while gate2.busy > 1 and time.time() < deadline:  # the waiting worker notices within its poll interval
+        time.sleep(0.01)
+    assert called == [] and gate2.busy == 1 and third.messages("model")[-1]["content"] == STOPPED
+    gate2.release()
+    assert gate2.busy == 0

@@ -2,8 +2,11 @@
 
 Browser tests (``e2e``): the test starts ``python demo/app.py`` itself (embedded tiny model, synthetic
 FoodieQA, a free port on 127.0.0.1) and drives it in a real headless Chromium (Debian's ``chromium``,
-through Playwright; never a downloaded browser): gallery pick, streamed answer, two tabs isolated,
-uploads checked. Screenshots are kept in ``test-artifacts/``.
+through Playwright; never a downloaded browser; ``make test`` installs it): gallery pick, streamed
+answer, two tabs isolated, a waiting tab's state, uploads checked and private to their session (gone
+after Clear and after the tab closes), the page's controls. Screenshots are kept in ``test-artifacts/``.
+
+The API: ``gradio_client`` in a second process calls the one named endpoint ``ask``.
 
 Handler tests: the page's own event handlers with the real tiny model, for what a browser cannot
 easily provoke (compare mode's two streams, a model failing mid-conversation).
@@ -24,6 +27,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from urllib.parse import quote, urljoin, urlparse
 
 import pytest
 
@@ -35,9 +39,25 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 BOT = '[data-testid="bot"]'
+UNREACHABLE = (403, 404)  # the app's guard answers 404; gradio answers 403 for a file that is gone
 USER = '[data-testid="user"]'
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def demo_files(name: str) -> list[Path]:
+    """Files called ``name`` anywhere in a running demo's temp folders (session uploads, gradio's cache)."""
+    return [p for root in Path(tempfile.gettempdir()).glob("foodie-demo-*") for p in root.rglob(name)]
+
+
+def plain_get(url: str, cookie: str | None = None) -> int:
+    """Status of a GET without the browser (no session; optionally with a cookie header)."""
+    request = urllib.request.Request(quote(url, safe=":/=?&%"), headers={"Cookie": cookie} if cookie else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def free_port() -> int:
@@ -121,15 +141,20 @@ def long_follow_up(first_question: str, first_max_new_tokens: int) -> str:
     pytest.fail(f"the embedded model ends every follow-up in {candidates} within 64 tokens: add a question")
 
 
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type='number']")
+    box.fill(str(value))
+    box.press("Enter")
+
+
 def open_page(browser, url, max_new_tokens=48):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#gallery-0 img", timeout=30_000)
     # Shorter answers keep the test fast (a random-weight model often runs on to the token limit).
-    tokens = page.locator("#max-new-tokens input[type='number']")
-    tokens.fill(str(max_new_tokens))
-    tokens.press("Enter")
+    set_number(page, "max-new-tokens", max_new_tokens)
+    set_number(page, "repetition-penalty", 1)  # decode as long_follow_up() does (the page's default is 1.1)
     return context, page
 
 
@@ -158,7 +183,7 @@ def wait_answer_done(page, n_answers, timeout=60):
         bots = page.locator(f"#chat-model {BOT}")
         if bots.count() >= n_answers:
             text = bots.nth(n_answers - 1).inner_text()
-            if not text.rstrip().endswith("▌") and text.strip() not in ("", "…"):
+            if not text.rstrip().endswith("▌") and text.strip() not in ("", "…") and not text.startswith("⏳"):
                 return text
         time.sleep(0.1)
     raise AssertionError(f"no finished answer after {timeout}s; chat: {page.locator('#chat-model').inner_text()!r}")
@@ -233,7 +258,7 @@ def test_gallery_pick_streamed_answer_and_two_isolated_tabs(server, browser, tmp
 
 
 @pytest.mark.e2e
-def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser, tmp_path):
+def test_uploads_are_validated_private_to_their_session_and_gone_after_clear(server, browser, tmp_path):
     from PIL import Image
 
     ctx, page = open_page(browser, server)
@@ -243,18 +268,25 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
         bomb = tmp_path / "bomb.png"
         png_bomb(bomb)
 
-        # A real photo is accepted, shown in the chat, and served under a generated name.
+        # A real photo is accepted, shown in the chat, and served under a generated name. Before Send, its
+        # preview in the box (gradio's upload cache) is served to this browser only.
         page.locator('#question input[type="file"]').set_input_files(str(photo))
-        page.wait_for_selector("#question img", timeout=15_000)
+        preview = urljoin(server, page.wait_for_selector("#question img", timeout=15_000).get_attribute("src"))
+        assert page.request.get(preview).status == 200 and plain_get(preview) == 404
         ask(page, "what is this?")
         img = page.wait_for_selector(f"#chat-model {USER} img", timeout=15_000)
-        src = img.get_attribute("src")
+        src = urljoin(server, img.get_attribute("src"))
         assert "dinner" not in src, src
         wait_answer_done(page, 1)
-        # The server keeps it in a per-session folder of its own temp folder, under a uuid name.
+        # The server keeps it in a per-session folder of its own temp folder, under a uuid name; gradio's
+        # copy of the upload under the user's file name is gone once it was copied.
         copies = [p for p in Path(tempfile.gettempdir()).glob("foodie-demo-*/foodie-chat-*/*")
                   if p.read_bytes() == photo.read_bytes()]
         assert copies and all(re.fullmatch(r"[0-9a-f]{32}\.png", p.name) for p in copies), copies
+        assert demo_files(photo.name) == []
+        # Served to this tab's browser only: plain HTTP without the session gets nothing.
+        assert page.request.get(src).status == 200
+        assert plain_get(src) == 404
 
         # A decompression bomb is refused with a message naming the file; nothing enters the chat.
         page.locator('#question input[type="file"]').set_input_files(str(bomb))
@@ -263,6 +295,7 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
         page.wait_for_selector("text=/bomb\\.png: refused/", timeout=15_000)
         assert page.locator(f"#chat-model {USER}").count() == 2  # the photo and its question only
         assert "and this?" not in page.locator("#chat-model").inner_text()
+        assert demo_files(bomb.name) == [], "a refused upload is not kept"
 
         # Nothing outside the gallery and the app's own files is served.
         for secret in (REPO / "pyproject.toml", paths.tiny_model_dir() / "config.json", Path("/etc/passwd")):
@@ -270,6 +303,12 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
         gallery_image = sorted((paths.demo_data_dir() / "images").rglob("*.*"))[0]
         assert http_status(f"{server}/gradio_api/file={gallery_image}") == 200
         page.screenshot(path=str(ARTIFACTS / "demo_e2e_upload.png"), full_page=True)
+
+        # Clear deletes the upload: the session folder's file and every copy of it in gradio's cache.
+        page.locator("#clear").click()
+        page.wait_for_function(f"() => !document.querySelector('#chat-model {USER}')", timeout=10_000)
+        assert page.request.get(src).status in UNREACHABLE
+        assert [p for p in copies if p.exists()] == [] and demo_files(copies[0].name) == []
     except BaseException:
         page.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_upload.png"), full_page=True)
         raise
@@ -278,8 +317,32 @@ def test_uploads_are_validated_and_only_gallery_files_are_served(server, browser
 
 
 @pytest.mark.e2e
-def test_regenerate_and_stop_in_the_browser(server, browser):
+def test_an_upload_is_gone_when_its_tab_closes(server, browser, tmp_path):
+    from PIL import Image
+
+    ctx, page = open_page(browser, server, max_new_tokens=8)
+    photo = tmp_path / "lunch.png"
+    Image.new("RGB", (200, 160), (20, 120, 200)).save(photo)
+    page.locator('#question input[type="file"]').set_input_files(str(photo))
+    page.wait_for_selector("#question img", timeout=15_000)
+    ask(page, "what is this?")
+    src = urljoin(server, page.wait_for_selector(f"#chat-model {USER} img", timeout=15_000).get_attribute("src"))
+    wait_answer_done(page, 1)
+    name = src.rstrip("/").rsplit("/", 1)[-1]
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in ctx.cookies())
+    assert plain_get(src, cookie) == 200 and demo_files(name), "this browser may fetch its own upload"
+    ctx.close()  # the tab goes away: gradio's unload event ends the session
+    deadline = time.time() + 30
+    while time.time() < deadline and (plain_get(src, cookie) not in UNREACHABLE or demo_files(name)):
+        time.sleep(0.5)
+    assert plain_get(src, cookie) in UNREACHABLE, "the upload is still served after its tab closed"
+    assert demo_files(name) == [], "the upload (or gradio's copy) is still on disk after its tab closed"
+
+
+@pytest.mark.e2e
+def test_regenerate_stop_and_a_waiting_tab_in_the_browser(server, browser):
     ctx, page = open_page(browser, server, max_new_tokens=24)
+    ctx_b, other = open_page(browser, server, max_new_tokens=8)
     try:
         ask(page, "What is Peking duck?")
         first = wait_answer_done(page, 1)
@@ -302,7 +365,12 @@ def test_regenerate_and_stop_in_the_browser(server, browser):
         ask(page, long_follow_up("What is Peking duck?", 24))
         page.wait_for_function(f"() => {{ const b = document.querySelectorAll('#chat-model {BOT}'); "
                                f"return b.length === 2 && b[1].innerText.length > 20; }}", timeout=30_000)
+        # Another tab asks meanwhile: the transformers backend answers one at a time, and the tab says so.
+        ask(other, "What is Peking duck?")
+        other.wait_for_selector(f"#chat-model {BOT} >> text=/waiting for the model \\(1 ahead\\)/", timeout=10_000)
+        other.screenshot(path=str(ARTIFACTS / "demo_e2e_waiting_tab.png"), full_page=True)
         page.locator("#stop").dispatch_event("click")  # no wait for layout: the chat is busy re-rendering
+        assert "waiting" not in wait_answer_done(other, 1, timeout=30), "the waiting tab got no answer"
         stopped = wait_answer_done(page, 2, timeout=10)
         assert stopped.rstrip().endswith("(stopped)"), stopped[-80:]
         time.sleep(1.0)
@@ -313,9 +381,139 @@ def test_regenerate_and_stop_in_the_browser(server, browser):
         wait_answer_done(page, 3)
     except BaseException:
         page.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_controls.png"), full_page=True)
+        other.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_waiting.png"), full_page=True)
         raise
     finally:
         ctx.close()
+        ctx_b.close()
+
+
+@pytest.mark.e2e
+def test_page_controls_examples_gallery_toggle_limits_export(server, browser, tmp_path):
+    """The fixed defects stay fixed: banner, bilingual labels, empty Undo, dish toggle, examples keep
+    attachments, the real image count in the refusal, no Share buttons, export private to the session."""
+    from PIL import Image
+
+    ctx, page = open_page(browser, server, max_new_tokens=8)
+    try:
+        assert "embedded tiny test model" in page.locator("#model-notice").inner_text()
+        assert "清空" in page.locator("#clear").inner_text() and "Clear" in page.locator("#clear").inner_text()
+        assert page.locator("#max-tiles input[type='number']").input_value() == "12"  # the checkpoint's own
+        page.get_by_text("System prompt · 系统提示").click()
+        assert page.locator("#system-prompt textarea").input_value().strip()  # the model's own, editable
+
+        # Undo with nothing to undo: a toast, and no error badge on the chat.
+        page.locator("#undo").click()
+        page.wait_for_selector("text=Nothing to undo", timeout=10_000)
+        assert page.get_by_text("Error", exact=True).count() == 0
+
+        # A dish clicked twice is taken off again (never attached twice); two dishes make two images.
+        dishes = page.locator("#gallery-0 button.thumbnail-item")
+        dishes.nth(0).click()
+        page.wait_for_function(f"() => document.querySelectorAll('#chat-model {USER} img').length === 1")
+        dishes.nth(0).click()
+        page.wait_for_function(f"() => document.querySelectorAll('#chat-model {USER} img').length === 0")
+        dishes.nth(0).click()
+        page.wait_for_function(f"() => document.querySelectorAll('#chat-model {USER} img').length === 1")
+        dishes.nth(1).click()
+        page.wait_for_function(f"() => document.querySelectorAll('#chat-model {USER} img').length === 2")
+
+        # An example question keeps the photo already attached in the box.
+        photo = tmp_path / "snack.png"
+        Image.new("RGB", (300, 220), (220, 180, 40)).save(photo)
+        page.locator('#question input[type="file"]').set_input_files(str(photo))
+        page.wait_for_selector("#question img", timeout=15_000)
+        page.locator("#examples button").first.click()
+        page.wait_for_function("() => document.querySelector('#question textarea').value.startsWith('图片中的食物')")
+        assert "选项有" in page.locator("#question textarea").input_value()  # FoodieQA's multiple-choice format
+        assert page.locator("#question img").count() == 1, "the example removed the attached photo"
+        page.locator("#question textarea").press("Enter")
+        wait_answer_done(page, 1)
+        assert page.locator(f"#chat-model {USER} img").count() == 3
+        shares = page.locator("button[aria-label='Share'], button[title='Share']")
+        assert all(not shares.nth(i).is_visible() for i in range(shares.count())), "a dead Share button is shown"
+
+        # Six more images in one message: the refusal counts the three the chat has.
+        more = []
+        for i in range(6):
+            more.append(tmp_path / f"more{i}.png")
+            Image.new("RGB", (64, 64), (i * 40, 90, 90)).save(more[-1])
+        page.locator('#question input[type="file"]').set_input_files([str(p) for p in more])
+        page.wait_for_function("() => document.querySelectorAll('#question img').length === 6", timeout=20_000)
+        ask(page, "and these?")
+        page.wait_for_selector("text=/has 3 images; one chat holds at most 8, so 6 images more/", timeout=15_000)
+        assert page.locator(f"#chat-model {BOT}").count() == 1
+
+        # Export: Markdown and JSON of the chat, for this browser only.
+        page.locator("#export").click()
+        page.wait_for_selector("#export-files a", timeout=15_000)
+        links = [urljoin(server, a.get_attribute("href")) for a in page.locator("#export-files a").all()]
+        assert {Path(urlparse(u).path).suffix for u in links} == {".md", ".json"}, links
+        for link in links:
+            response = page.request.get(link)
+            assert response.status == 200 and "图片中的食物" in response.text()
+            assert plain_get(link) == 404
+        page.screenshot(path=str(ARTIFACTS / "demo_e2e_controls.png"), full_page=True)
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "demo_e2e_failure_page_controls.png"), full_page=True)
+        raise
+    finally:
+        ctx.close()
+
+
+@pytest.mark.e2e
+def test_gradio_client_asks_from_a_second_process(server, tmp_path):
+    """The one documented endpoint: a question and a dish photo in, the answer out; nothing else listed."""
+    photo = tmp_path / "client-dish-photo.jpg"
+    shutil.copyfile(sorted((paths.demo_data_dir() / "images").rglob("*.jpg"))[0], photo)
+    script = f"""
+import json
+from gradio_client import Client, handle_file
+client = Client({server!r}, verbose=False)
+api = client.view_api(return_format="dict", print_info=False)
+result = client.predict(question="这道菜叫什么名字？", images=[handle_file({str(photo)!r})], max_new_tokens=8,
+                        api_name="/ask")
+print(json.dumps(dict(named=sorted(api["named_endpoints"]), unnamed=len(api["unnamed_endpoints"]),
+                      returns=[r["label"] for r in api["named_endpoints"]["/ask"]["returns"]], result=result)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["named"] == ["/ask"] and out["unnamed"] == 0, out
+    assert out["returns"] == ["answers"]
+    result = out["result"]
+    assert set(result) == {"answer", "answers"} and set(result["answers"]) == {"model"}
+    assert isinstance(result["answer"], str) and result["answer"].strip() and "⚠️" not in result["answer"]
+    assert demo_files(photo.name) == [], "the API's upload is kept after the answer"
+
+
+def test_a_busy_port_gets_one_line_naming_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # GRADIO_SERVER_PORT is the default of --port: one run checks both, before any model is loaded.
+        done = subprocess.run([sys.executable, str(REPO / "demo/app.py")], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "GRADIO_SERVER_PORT": str(port)})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout and "loading" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
+
+
+def test_make_test_stops_with_the_one_command_when_it_cannot_install(tmp_path):
+    """Not root and no chromium: the set-up step of `make test` stops before the suite, naming the command."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "id").write_text("#!/bin/sh\necho 1000\n")
+    (fake_bin / "id").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FOODIE_CHROMIUM": "no-such-chromium"}
+    done = subprocess.run(["sh", str(REPO / "tools/test_system_deps.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "sudo apt-get install -y chromium" in done.stderr
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("tools/test_system_deps.sh") < recipe.index("pytest"), "the check runs before the suite"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,3 +576,44 @@ def test_a_model_error_is_shown_in_the_chat_and_the_next_turn_works(demo_app, tm
     state.pending_images.clear()
     run_turn(handlers, state, "and now?", max_new_tokens=8)
     assert state.is_answered(state.turns[-1]) and not state.turns[-1].errors
+
+
+def test_ask_in_compare_mode_returns_both_answers_under_stable_names(demo_app):
+    app, backend, data_dir = demo_app
+    slots = [app.ModelSlot("base", "base · InternVL2-2B", backend), app.ModelSlot("tuned", "tuned · any-folder", backend)]
+    handlers = app.make_handlers(slots, {}, 2**20)
+    photo = sorted((data_dir / "images").rglob("*.jpg"))[0]
+    result = list(handlers["ask"]("这道菜叫什么名字？", [str(photo)], 8))[-1]
+    assert set(result) == {"answer", "answers"} and set(result["answers"]) == {"base", "tuned"}
+    assert result["answer"] == result["answers"]["tuned"] and result["answers"]["base"].strip()
+    assert photo.exists(), "a file outside gradio's upload folder is never deleted"
+    with pytest.raises(app.gr.Error, match="has 0 images; one chat holds at most 8, so 9 images"):
+        list(handlers["ask"]("too many", [str(photo)] * 9, 8))
+
+
+def test_the_tile_budget_the_page_uses_is_the_checkpoints_own_unless_changed(demo_app, tmp_path):
+    """A tuned model's merged config carries the budget it trained with (foodie.merge): the page starts
+    with it, no flag; the page's control changes the tiles a photo is cut into."""
+    import gradio as gr
+    from PIL import Image
+
+    from foodie.inference import Message, load_backend
+    app, backend, data_dir = demo_app
+    tuned = tmp_path / "tuned"
+    shutil.copytree(backend.model_dir, tuned)
+    config = json.loads((tuned / "config.json").read_text())
+    config["max_dynamic_patch"] = 1  # as foodie.merge writes it for the CPU config
+    (tuned / "config.json").write_text(json.dumps(config))
+    tuned_backend = load_backend(tuned, backend="transformers")
+    demo = app.build_demo([app.ModelSlot("model", "tuned", tuned_backend)], {})
+    slider = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.elem_id == "max-tiles")
+    assert slider.value == 1
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1800, 600), (120, 60, 30)).save(wide)
+    request = [Message("user", "这是什么菜？", images=[wide])]
+    def tiles(page_value):
+        params = app.generation_params(0.0, 1.0, 8, 1.1, page_value)
+        return tuned_backend._prepare([request], tiling=tuned_backend.tiling.for_params(params))[2].shape[0]
+    assert tiles(0) == 1  # 0: the checkpoint's own budget (1 tile, no thumbnail)
+    assert tiles(6) == 4  # a 3:1 photo within 6 tiles: 3x1 tiles + the thumbnail
