@@ -1,6 +1,6 @@
 """FoodieQA -> XTuner training data, with an honest held-out split.
 
-    convert_foodieqa("FoodieQA/", "work/foodieqa-xtuner", ConversionOptions(tasks=("sivqa",), style="name"))
+    convert_foodieqa("FoodieQA/", "work/foodieqa-xtuner", ConversionOptions(tasks=("sivqa",), style="letter"))
 
 writes one folder (atomically: all or nothing, an earlier output stays intact until the new one is complete):
 
@@ -54,7 +54,7 @@ TEMPLATE_OVERHEAD_TOKENS = 64
 class ConversionOptions:
     tasks: tuple[str, ...] = ("sivqa",)  # what goes into train.json
     lang: str = "zh"  # zh | en | both (both: one sample per language)
-    style: str = "name"  # name | letter | explain | tutorial (foodie.prompts.ANSWER_STYLES)
+    style: str = "letter"  # letter | name | explain | tutorial (foodie.prompts.ANSWER_STYLES)
     eval_ratio: float = 0.2  # share of images (or dishes) held out
     seed: int = 0
     split_by: str = "image"  # image | dish

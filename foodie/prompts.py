@@ -229,19 +229,16 @@ def _dish_name(item, lang: str):
 def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
     """The assistant turn of a training sample, in one of ``ANSWER_STYLES``.
 
+    letter:   ``B) 粤菜`` (multi-image: ``B) 图B``): the default;
     name:     the dish first, then the chosen option by its text: ``图中的菜是白切鸡。答案是粤菜。``
               (multi-image: ``答案是图B。图B中的菜是白切鸡。``; no known dish: ``答案是粤菜。``);
-    letter:   ``B) 粤菜`` (multi-image: ``B) 图B``);
     explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
     tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
-    Letter and explain answers start with the option letter; name answers carry the option's text after
-    "答案是" / "The answer is". FoodieQA's scoring (``foodie.scoring``) reads only a letter: a name answer
-    has none and counts 1/4; the option-text diagnostic (``foodie.scoring.option_text_reading``) reads both.
 
-    ``name`` is the default: it does not depend on where an option sits in the list (a letter answer
-    asks the model to bind each option's text to its letter, which a small model learns slowly and a
-    reshuffled list breaks), and saying the dish first makes the answer follow from what is in the
-    picture. docs/TRAINING.md compares the styles.
+    ``letter`` is the default because FoodieQA's scoring (``foodie.scoring``) reads only a letter, the first
+    capital A-D of the reply, and it answers what was asked, letter and option text. A name answer has none
+    and counts 1/4; the option-text diagnostic (``foodie.scoring.option_text_reading``) reads both.
+    docs/TRAINING.md compares the styles under the authors' scoring.
     """
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")

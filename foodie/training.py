@@ -331,18 +331,23 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
 
     Builds the config's model (``checkpoint=None``: the untrained model, LoRA adding zero), loads the
     checkpoint's LoRA + projector weights, and asks each held-out question through the model's own
-    ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``); the
-    reply is read by the option-text diagnostic (``foodie.scoring.option_text_reading``: a standalone A-D,
-    else the option it names) -- a learning probe, not FoodieQA accuracy (``foodie.scoring``'s rule).
-    For the full report on a converted checkpoint use tools/eval_food.py.
+    ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``).
+    ``accuracy`` is the FoodieQA authors' score (``foodie.scoring``: the first capital A-D in the reply; a
+    reply without one counts 1/4). Diagnostics beside it: ``option_text_accuracy`` (a standalone letter, else
+    the option the reply names) and ``answer_text_accuracy`` (the option the reply's text names once a leading
+    "X)" letter is cut off: does the model know the answer, whatever letter it wrote?). For the full report on
+    a converted checkpoint use tools/eval_food.py.
     """
+    import re
+
     import torch
     from mmengine.config import Config
     from transformers import AutoTokenizer
     from xtuner.registry import BUILDER
 
-    from foodie.evaluation import build_questions, parse_choice
+    from foodie.evaluation import build_questions
     from foodie.image_tiling import load_image
+    from foodie.scoring import authors_letter, credit, option_text_reading
 
     cfg = _load_config(Path(config))
     if model_path is not None:
@@ -369,7 +374,13 @@ def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike
             pixel_values = pixel_values.to(model.model.dtype)
             reply = model.model.chat(tokenizer, pixel_values, q.prompt,
                                      dict(max_new_tokens=max_new_tokens, do_sample=False))
-            pred = parse_choice(reply, q.choices)
-            rows.append(dict(question_id=q.question_id, answer=q.answer, pred=pred, reply=reply))
-    correct = sum(r["pred"] == r["answer"] for r in rows)
-    return dict(accuracy=correct / max(len(rows), 1), correct=correct, n=len(rows), rows=rows)
+            pred = authors_letter(reply)
+            rows.append(dict(question_id=q.question_id, answer=q.answer, pred=pred, credit=credit(pred, q.answer),
+                             option_text=option_text_reading(reply, q.choices),
+                             answer_text=option_text_reading(re.sub(r"^\s*[A-D]\)", "", reply), q.choices),
+                             reply=reply))
+    n = max(len(rows), 1)
+    return dict(accuracy=sum(r["credit"] for r in rows) / n, correct=sum(r["pred"] == r["answer"] for r in rows),
+                no_letter=sum(r["pred"] is None for r in rows), n=len(rows),
+                option_text_accuracy=sum(r["option_text"] == r["answer"] for r in rows) / n,
+                answer_text_accuracy=sum(r["answer_text"] == r["answer"] for r in rows) / n, rows=rows)

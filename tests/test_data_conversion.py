@@ -335,10 +335,14 @@ def run_cli(*args, cwd=None):
 
 def test_cli(tmp_path):
     src = write_small(tmp_path / "src")
-    r = run_cli("--data-root", src, "--out", tmp_path / "out", "--tasks", "sivqa,textqa", "--style", "letter",
+    r = run_cli("--data-root", src, "--out", tmp_path / "out", "--tasks", "sivqa,textqa",
                 "--eval-ratio", "0.1", "--accept-foodieqa-terms")  # a hand-written folder counts as FoodieQA
     assert r.returncode == 0, r.stderr
     assert "sivqa: 4 train, 0 held out" in r.stdout and (tmp_path / "out/train.json").is_file()
+    # The default answer starts with the option letter, which the FoodieQA authors' parser reads (first A-D).
+    answers = {s["id"]: s["conversations"][1]["value"] for s in train_by_id(tmp_path / "out").values()}
+    assert answers["sivqa:s-a:zh"] == GOLDEN["letter"]["sivqa:s-a:zh"][1] == "B) 粤菜"
+    assert answers["textqa:t-1:zh"] == "A) 粤菜"
     r = run_cli("--data-root", tmp_path / "nowhere", "--out", tmp_path / "out2")
     assert r.returncode == 2 and "not a folder" in r.stderr and not (tmp_path / "out2").exists()
     r = run_cli("--data-root", src, "--out", tmp_path / "out3", "--tasks", "sivqa,pictures")

@@ -1,7 +1,7 @@
 """Turn a FoodieQA folder into XTuner training data with an honest held-out split.
 
     python tools/process_food.py [--data-root DIR] [--out DIR] [--tasks sivqa,mivqa,textqa]
-        [--lang zh|en|both] [--style name|letter|explain|tutorial] [--eval-ratio 0.2] [--seed 0]
+        [--lang zh|en|both] [--style letter|name|explain|tutorial] [--eval-ratio 0.2] [--seed 0]
         [--split-by image|dish] [--no-stratify] [--skip-bad] [--tokenizer MODEL_DIR]
         [--eval-only] [--accept-foodieqa-terms]
 
@@ -11,9 +11,10 @@ absolute image paths), held_out.json (the evaluation manifest), summary.json and
 per split, cuisine and question type; token budget per sample). Nothing in the held-out split is
 trained on: no image (or, with --split-by dish, no dish) is in both. Outputs are written atomically.
 
-Answer styles: name (default: the dish, then the chosen option by its text, "图中的菜是白切鸡。答案是粤菜。"),
-letter ("B) 粤菜"), explain (the letter answer plus a sentence naming the dish), tutorial (the tutorial's
-"{choice}，图中的菜是{food_name}", for comparison). Why name is the default: foodie/prompts.py answer_text.
+Answer styles: letter (default: the option letter, then its text, "B) 粤菜" -- what the FoodieQA authors' parser
+reads), name (the dish, then the chosen option by its text, "图中的菜是白切鸡。答案是粤菜。": no letter, so the
+authors' parser guesses), explain (the letter answer plus a sentence naming the dish), tutorial (the tutorial's
+"{choice}，图中的菜是{food_name}", for comparison). docs/TRAINING.md compares them under the authors' scoring.
 
 FoodieQA's terms (foodie/terms.py): research only, no commercial use, EVALUATION ONLY -- not for training
 models -- attribution, CC BY-NC-ND 4.0. A --data-root in the FoodieQA schema that is neither the synthetic set
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",),
                     help="comma list of sivqa,mivqa,textqa to train on (default: sivqa)")
     ap.add_argument("--lang", choices=LANG_CHOICES, default="zh", help="question language (default: %(default)s)")
-    ap.add_argument("--style", choices=ANSWER_STYLES, default="name", help="answer style (default: %(default)s)")
+    ap.add_argument("--style", choices=ANSWER_STYLES, default="letter", help="answer style (default: %(default)s)")
     ap.add_argument("--eval-ratio", type=float, default=0.2, help="share held out (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
     ap.add_argument("--split-by", choices=SPLIT_BY, default="image", help="unit of the split (default: %(default)s)")

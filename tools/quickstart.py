@@ -218,11 +218,11 @@ class Pipeline:
         data_key = fingerprint("data", self.train_root, self.accept_terms, self.lang, self.tasks, REPO_ROOT / "foodie" / "data_conversion.py",
                                REPO_ROOT / "foodie" / "prompts.py", self.model / "config.json")
         self.stage(2, "data", "FoodieQA -> XTuner training data + held-out split", data_key, self.convert_data)
-        base_key = fingerprint("base", data_key, self.data_root, self.model / "config.json", self.max_tiles,
-                               self.max_new_tokens or "")
+        # The model folder by its files (a rebuilt embedded model has new weights under the same config.json).
+        base_key = fingerprint("base", data_key, self.data_root, self.model, self.max_tiles, self.max_new_tokens or "")
         self.stage(3, "eval-base", "held-out accuracy of the base model", base_key,
                    lambda: self.run("eval", self.eval_cmd([("base", self.model)])))
-        train_key = fingerprint("train", data_key, self.config, self.model / "config.json", self.deepspeed or "")
+        train_key = fingerprint("train", data_key, self.config, self.model, self.deepspeed or "")
         self.stage(4, "train", "LoRA fine-tune with xtuner train", train_key, lambda: self.train(train_key))
         merge_key = fingerprint("merge", train_key)
         self.stage(5, "merge", "LoRA merged into an official InternVL2 checkpoint", merge_key, self.merge)
