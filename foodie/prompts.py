@@ -100,11 +100,6 @@ TEMPLATES: dict[str, dict[str, list[Template]]] = {
 }
 
 
-def template_numbers(task: str, lang: str) -> range:
-    """The template numbers the authors ship for a task and language."""
-    return range(len(TEMPLATES[task][lang]))
-
-
 def get_template(task: str, lang: str, number: int = DEFAULT_TEMPLATE) -> Template:
     if task not in TEMPLATES:
         raise ValueError(f"no prompt templates for task {task!r} (tasks: {', '.join(TEMPLATES)})")
