@@ -942,8 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", choices=("auto", "transformers", "lmdeploy"), default="auto",
                    help="auto: LMDeploy when importable and a GPU is visible, else transformers")
     p.add_argument("--batch-size", type=int, default=8,
-                   help="questions per generate call, and per fsync of the predictions (default 8; with LMDeploy "
-                        "on a GPU use 64 or more: its engine batches them itself)")
+                   help="transformers: questions per generate call; both: answers per fsync of the predictions "
+                        "(default 8; LMDeploy gets every question at once and batches them itself)")
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help="answer length cap (default %(default)s, as the authors' scripts; generation stops "

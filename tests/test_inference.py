@@ -368,3 +368,68 @@ def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_
     assert [idx for idx, _ in got] == [[0, 1], [2, 3], [4]]
     for idx, answers in got:
         assert answers == backend.generate([requests[i] for i in idx], GREEDY)
+
+
+def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos, wide_photo):
+    """LMDeployBackend.answer_all without LMDeploy (a stand-in pipeline): every request answered once, in
+    groups of at most batch_size, its images handed over as our prepared tiles, never more than
+    max_in_flight requests prepared or generating at once, and an engine error reaches the caller."""
+    import asyncio
+    import itertools
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from foodie.inference import LMDeployBackend, PreparedImage, Tiling, _LoopThread
+
+    state = dict(now=0, most=0)
+
+    class Pipe:
+        async def generate(self, messages, session_id, **kwargs):
+            images = [c["image_data"]["data"] for m in messages if isinstance(m["content"], list)
+                      for c in m["content"] if c["type"] == "image_data"]
+            assert all(isinstance(i, PreparedImage) for i in images)
+            texts = [c["text"] for m in messages if isinstance(m["content"], list) for c in m["content"]
+                     if c["type"] == "text"]
+            text = texts[0].split("\n")[-1] if texts else messages[-1]["content"]  # after "<IMAGE_TOKEN>\n"
+            if "boom" in text:
+                yield type("Out", (), dict(response="engine failed", finish_reason="error"))()
+                return
+            await asyncio.sleep(random.random() / 100)  # finish out of order
+            yield type("Out", (), dict(response=f" {text}:{[i.pixel_values.shape[0] for i in images]} ",
+                                       finish_reason="stop"))()
+
+    b = object.__new__(LMDeployBackend)
+    b.pipe, b.loop, b._session_ids = Pipe(), _LoopThread().loop, itertools.count()
+    b._pool, b.max_in_flight, b._slots = ThreadPoolExecutor(2), 3, None
+    b.prepares_images, b.tiling, b._dtype, b.max_tiles = True, Tiling(224, 12, 1, True), None, 12
+    b._gen_config = lambda params: None
+    prepare = b._prepare
+
+    lock = threading.Lock()
+
+    def counting(request):  # count requests between "prepared" and "answered"
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        return prepare(request)
+    b._prepare = counting
+    answer = b._answer
+
+    async def answered(*args, **kwargs):
+        try:
+            return await answer(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+    b._answer = answered
+
+    requests = [[Message("user", f"q{i}", images=[wide_photo if i % 3 == 0 else photos[i]])] for i in range(9)]
+    got = list(b.answer_all(requests, GREEDY, batch_size=4))
+    assert [len(idx) for idx, _ in got] == [4, 4, 1]
+    answers = {i: a for idx, ans in got for i, a in zip(idx, ans)}
+    assert sorted(answers) == list(range(9))
+    for i, a in answers.items():  # stripped; the wide photo is several tiles + thumbnail, the small ones one
+        assert a.startswith(f"q{i}:[") and a == a.strip() and (a != f"q{i}:[1]") == (i % 3 == 0)
+    assert state["most"] <= 3
+    with pytest.raises(RuntimeError, match="engine failed"):
+        list(b.answer_all(requests[:2] + [[Message("user", "boom")]], GREEDY, batch_size=4))
