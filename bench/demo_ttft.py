@@ -20,6 +20,10 @@ question's photo and the first photo with the most tiles (the slowest to encode)
     python bench/demo_ttft.py --browser                              # CPU, embedded tiny model
     python bench/demo_ttft.py --browser --model DIR --backend lmdeploy --sessions 2   # GPU
 
+  ``--browser`` needs what the page needs (gradio, the project's cpu/gpu profile) and Debian's
+  ``chromium``; a GPU host without them (the offline one's wheel set has neither) runs the in-process
+  levels: ``--backend lmdeploy --sessions 2``.
+
 Prints a table and writes ``work/bench/demo_ttft.json``. ``--limit 1.0`` exits non-zero when a median
 is over the limit (the demo's target on CPU with the tiny model is < 1 s). Runs never overlap: each
 waits until the previous one's generation threads have ended.

@@ -67,6 +67,7 @@ EXAMPLES = [
     "What is this dish called, and which region of China is it from?",
     "Which of these two dishes is spicier, and why?",
 ]
+FIRST_DRAW_S = 0.15  # Send: how long the question waits to be drawn together with the first token
 REPETITION_PENALTY = 1.1  # InternVL's own chat demo default; 1.0 lets a small model loop ("炸酱面。炸酱面。...")
 CLIENT_COOKIE = "foodie_client"  # a random id per browser, set by the page: uploads are served to it only
 # Sets the browser's id before the page requests anything (crypto.getRandomValues also works over plain http).
@@ -447,7 +448,8 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         return gr.MultimodalTextbox(value=None), state
 
     def answer(state: ChatState, temperature: float, top_p: float, max_new_tokens: int,
-               repetition_penalty: float = 1.0, max_tiles: int = 0, system_prompt: str | None = None):
+               repetition_penalty: float = 1.0, max_tiles: int = 0, system_prompt: str | None = None,
+               first_draw_s: float = 0.0):
         """Stream every model's answer to the last turn into the chat (model errors become chat messages)."""
         try:
             params = generation_params(temperature, top_p, max_new_tokens, repetition_penalty, max_tiles)
@@ -462,7 +464,7 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         state.system_prompt = None if not system_prompt or system_prompt == (system_default or "").strip() \
             else system_prompt
         answer_fns = {s.key: functools.partial(s.backend.stream, params=params) for s in slots}
-        for _ in stream_answers(state, answer_fns, names=names, gates=gates):
+        for _ in stream_answers(state, answer_fns, names=names, gates=gates, first_draw_s=first_draw_s):
             yield (state, *views(state))
         yield (state, *views(state))
 
@@ -470,11 +472,19 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
              repetition_penalty: float = 1.0, max_tiles: int = 0, system_prompt: str | None = None,
              request: gr.Request = None):
         """Send: the question joins the chat and the answers stream, in one event (one round trip less
-        before the first token than two chained events). A refused message raises before anything shows."""
-        add_question(message, state, request)
+        before the first token than two chained events). A refused message (bad upload, too many images,
+        empty question) is a warning toast and changes nothing: no error badge covers the chat."""
+        try:
+            add_question(message, state, request)
+        except gr.Error as e:
+            gr.Warning(e.message, duration=8)
+            yield tuple(gr.skip() for _ in range(2 + len(keys)))
+            return
         first = True
+        # The question is drawn with the first token when that comes within FIRST_DRAW_S (one page update
+        # less before the answer shows), else alone with "…".
         for update in answer(state, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
-                             system_prompt):
+                             system_prompt, FIRST_DRAW_S):
             yield (gr.MultimodalTextbox(value=None) if first else gr.skip(), *update)
             first = False
 
@@ -522,8 +532,9 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
             try:
                 open_image(dish.image)
                 state.attach(dish.image)
-            except (ImageError, ValueError) as e:
-                raise refused(str(e)) from None
+            except (ImageError, ValueError) as e:  # a toast; no error badge over the chat
+                gr.Warning(str(e), duration=8)
+                return (state, *views(state))
             gr.Info(f"{dish.name} added: now ask about it (click it again to remove it) · "
                     f"已加入对话，再点一次可移除", duration=4)
             return (state, *views(state))

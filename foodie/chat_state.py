@@ -394,7 +394,7 @@ class ModelGate:
 
 def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
                    names: dict[str, str] | None = None, min_interval_s: float = 0.05,
-                   gates: dict[str, ModelGate] | None = None) -> Iterator[None]:
+                   gates: dict[str, ModelGate] | None = None, first_draw_s: float = 0.0) -> Iterator[None]:
     """Answer the last turn of ``state`` with every model at once, each streaming in its own thread.
 
     ``answer_fns[model](request)`` returns an iterator of text deltas that stops generating when closed
@@ -404,7 +404,10 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     regenerate, undo, clear) -- the threads then close their streams. A model that raises gets the
     error recorded in the turn (shown in the chat) and the others go on. Nothing happens when the last
     turn is already answered. ``gates[model]``, when given, is taken before ``model`` starts: while it
-    waits, the turn shows how many answers are ahead.
+    waits, the turn shows how many answers are ahead. The first yield (the question, "…" for each answer)
+    comes at once, or with ``first_draw_s`` > 0 as soon as the first token (or word from a gate) arrives,
+    at the latest after ``first_draw_s``: a fast first token is then drawn in the same update as the
+    question, one browser update earlier.
     """
     names = names or {}
     gates = gates or {}
@@ -418,7 +421,9 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
                 requests[model] = state.request(model)
             except ValueError as e:
                 turn.fail(model, f"Cannot ask {names.get(model, model)}: {e}")
-    yield  # the question shows at once, with "…" for each answer
+    if first_draw_s <= 0:
+        yield  # the question shows at once, with "…" for each answer
+    drawn = first_draw_s <= 0
     events: queue.Queue = queue.Queue()
     over = threading.Event()  # this answer ended: done, cancelled, or the caller closed this generator
 
@@ -455,7 +460,7 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     try:
         while running:
             try:
-                batch = [events.get(timeout=min_interval_s)]
+                batch = [events.get(timeout=min_interval_s if drawn else first_draw_s)]
             except queue.Empty:
                 batch = []
             while True:  # apply everything that arrived since the last look in one go
@@ -478,8 +483,8 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
                         turn.finish(model)
                         running.discard(model)
             changed = changed or bool(batch)
-            if not running or (changed and time.monotonic() - last_yield >= min_interval_s):
+            if not drawn or not running or (changed and time.monotonic() - last_yield >= min_interval_s):
                 yield
-                last_yield, changed = time.monotonic(), False
+                last_yield, changed, drawn = time.monotonic(), False, True
     finally:
         over.set()

@@ -383,3 +383,25 @@ def test_a_gate_lets_one_answer_run_and_shows_the_others_how_many_are_ahead():
     assert called == [] and gate2.busy == 1 and third.messages("model")[-1]["content"] == STOPPED
     gate2.release()
     assert gate2.busy == 0
+
+
+def test_first_draw_waits_briefly_for_the_first_token_to_draw_it_with_the_question():
+    fast = ChatState()
+    fast.ask("q")
+    updates = stream_answers(fast, {"model": lambda r: iter(["Dumplings"])}, first_draw_s=2.0)
+    next(updates)
+    assert fast.messages("model")[-1]["content"].startswith("Dumplings"), "one update: question and token"
+    list(updates)
+
+    def slow(request):
+        time.sleep(1.0)
+        yield "late"
+
+    waiting = ChatState()
+    waiting.ask("q")
+    updates = stream_answers(waiting, {"model": slow}, first_draw_s=0.1)
+    t0 = time.monotonic()
+    next(updates)
+    assert time.monotonic() - t0 < 0.8 and waiting.messages("model")[-1]["content"] == "…"
+    list(updates)
+    assert waiting.messages("model")[-1]["content"] == "late"

@@ -295,6 +295,7 @@ def test_uploads_are_validated_private_to_their_session_and_gone_after_clear(ser
         page.wait_for_selector("text=/bomb\\.png: refused/", timeout=15_000)
         assert page.locator(f"#chat-model {USER}").count() == 2  # the photo and its question only
         assert "and this?" not in page.locator("#chat-model").inner_text()
+        assert page.get_by_text("Error", exact=True).count() == 0, "a refusal put error badges on the page"
         assert demo_files(bomb.name) == [], "a refused upload is not kept"
 
         # Nothing outside the gallery and the app's own files is served.
@@ -443,6 +444,7 @@ def test_page_controls_examples_gallery_toggle_limits_export(server, browser, tm
         ask(page, "and these?")
         page.wait_for_selector("text=/has 3 images; one chat holds at most 8, so 6 images more/", timeout=15_000)
         assert page.locator(f"#chat-model {BOT}").count() == 1
+        assert page.get_by_text("Error", exact=True).count() == 0, "a refusal put error badges on the page"
 
         # Export: Markdown and JSON of the chat, for this browser only.
         page.locator("#export").click()
