@@ -265,7 +265,7 @@ def run_variant(args) -> dict:
         # The same questions with every image prepared beforehand: what the engine alone sustains.
         ready = {id(r): m for r, m in zip(requests, backend._pool.map(backend._prepare, requests))}
         prepare = backend._prepare
-        backend._prepare = lambda r: ready.get(id(r)) or prepare(r)
+        backend._prepare = lambda r, *rest: ready.get(id(r)) or prepare(r, *rest)
         _, engine_s, engine_busy = timed_answers(backend, requests, params, batch)
         backend._prepare = prepare
         result.update(engine_only_questions_per_s=round(len(requests) / engine_s, 3), engine_only_gpu_busy_pct=engine_busy)

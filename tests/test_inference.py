@@ -407,11 +407,11 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos,
 
     lock = threading.Lock()
 
-    def counting(request):  # count requests between "prepared" and "answered"
+    def counting(request, *args):  # count requests between "prepared" and "answered"
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
-        return prepare(request)
+        return prepare(request, *args)
     b._prepare = counting
     answer = b._answer
 
