@@ -275,6 +275,8 @@ def main():
             ap.add_argument(f'--{f.name.replace("_", "-")}', type=int if f.type == 'int' else float)
     ap.add_argument('--width', type=int, help='tiny LLM hidden size (intermediate = 2x)')
     ap.add_argument('--layers', type=int, help='tiny LLM layers')
+    ap.add_argument('--rope-theta', type=float, help='tiny LLM rope_theta (InternLM2-1.8B: 1e6)')
+    ap.add_argument('--std', type=float, help='tiny LLM init std (TINY_LLM initializer_range)')
     args = ap.parse_args()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReadingRecipe)
                if getattr(args, f.name, None) is not None}
@@ -283,6 +285,10 @@ def main():
         tm.TINY_LLM.update(hidden_size=args.width, intermediate_size=2 * args.width)
     if args.layers:
         tm.TINY_LLM.update(num_hidden_layers=args.layers)
+    if args.rope_theta:
+        tm.TINY_LLM.update(rope_theta=args.rope_theta)
+    if args.std:
+        tm.TINY_LLM.update(initializer_range=args.std)
     tokenizer = tm.build_tokenizer()
     model = tm.build_model(args.seed, vocab_size=len(tokenizer), dtype=torch.float32, device=args.device)
     encoder = ChatEncoder(tokenizer, conversation_factory(tm.REMOTE_CODE_DIR, model.config.template))
