@@ -1,25 +1,34 @@
 """Training throughput of InternVL2-2B + LoRA: the tutorial's setup against ours, on one device command.
 
-    python3 bench/train_throughput.py --work /tmp/bench --out $OUT                # baseline vs ours
-    python3 bench/train_throughput.py --variants baseline,ours,ours_eager --iters 40
-    python3 bench/train_throughput.py --nproc 2 --variants ours                  # two GPUs, ZeRO-2
+    python3 bench/train_throughput.py --work /tmp/bench --out $OUT      # tutorial, baseline, ours, ours:project
+    python3 bench/train_throughput.py --variants tutorial,ours --iters 40
+    python3 bench/train_throughput.py --nproc 2 --variants ours          # two GPUs, ZeRO-2
 
-Builds what is missing under --work: the full-size random-weight InternVL2-2B (tools/make_tiny_model.py
---full-size --device cuda) and a synthetic FoodieQA-like training set of realistic photos (4:3 and 16:9,
-1-4 megapixels: 13 and 9 tiles with the default max_dynamic_patch 12). Then, per variant, runs
-`xtuner/tools/train.py <config> --launcher pytorch --deepspeed deepspeed_zero2` under torchrun (what
-`NPROC_PER_NODE=N xtuner train` runs) on a config that inherits xtuner_configs/
-internvl_v2_internlm2_2b_lora_finetune_food.py and changes only what the variant names (VARIANTS below),
-with bench/throughput_hook.py logging every iteration. Same data, data order (seed), optimiser and
-schedule for all variants, so their loss curves can be compared.
+Builds what is missing under --work: two full-size random-weight InternVL2-2B checkpoints with the same weights
+(tools/make_tiny_model.py --full-size --device cuda), one carrying OpenGVLab's modeling files, as the real
+InternVL2-2B does (`--modeling official`: the default model of every row), one carrying the project's rewrite
+(`--modeling project`: rows named `VARIANT:project`); and a synthetic FoodieQA-like training set of realistic
+photos (4:3 and 16:9, 1-4 megapixels: 13 and 9 tiles with the default max_dynamic_patch 12). Then, per row,
+runs `xtuner/tools/train.py <config> --launcher pytorch --deepspeed deepspeed_zero2` under torchrun (what
+`NPROC_PER_NODE=N xtuner train` runs) with bench/throughput_hook.py logging every iteration.
 
-Reports per variant: s/iteration, samples/s, tokens/s (real tokens, padding excluded), peak GPU memory
-(max allocated and max reserved), and model FLOPs utilisation: the FLOPs the LoRA fine-tune must do
-(frozen InternViT forward; mlp1 forward + weight gradients; InternLM2 forward, input gradients through
-every layer, LoRA weight gradients; causal attention counted once; output head at labelled positions
-only; no activation recomputation) over the dense bf16 peak measured on this GPU with an 8192^3 matmul.
-Writes results.json (with every iteration's record), results.md, logs_tail.txt and loss.png (if matplotlib
-is there) to --out; full logs stay under WORK/logs.
+Rows:
+* `tutorial`: the tutorial's setup: XTuner's own stock config (internvl_v2_internlm2_2b_lora_finetune.py, read
+  from the installed XTuner) with the tutorial's overrides (batch 4 x accumulation 2, lr 3e-5, 10 epochs,
+  max_length 8192, fp16 AmpOptimWrapper), its dataset, class and loader as they are;
+* every other row inherits xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py exactly as shipped and
+  changes only what VARIANTS names (`ours`: nothing). `baseline` puts XTuner's stock model class back into our
+  config: the tutorial's computation on our data, order and schedule, so its loss curve is the reference for ours.
+Only measurement plumbing is added (iteration count, no checkpoint saving, the hook); `--workers N` changes
+the loader's workers only when given.
+
+Reports per row: s/iteration, samples/s, tokens/s (real tokens, padding excluded), peak GPU memory (max
+allocated and max reserved), the code that ran (the checkpoint's own or foodie/remote_code, and the attention)
+and model FLOPs utilisation: the FLOPs the LoRA fine-tune must do (frozen InternViT forward; mlp1 forward +
+weight gradients; InternLM2 forward, input gradients through every layer, LoRA weight gradients; causal
+attention counted once; output head at labelled positions only; no activation recomputation) over the dense
+bf16 peak measured on this GPU with an 8192^3 matmul. Writes results.json (with every iteration's record),
+results.md, logs_tail.txt and loss.png (if matplotlib is there) to --out; full logs stay under WORK/logs.
 """
 from __future__ import annotations
 
@@ -40,11 +49,29 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 BASE_CONFIG = REPO / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
+STOCK_CONFIG = "configs/internvl/v2/internvl_v2_internlm2_2b_lora_finetune.py"  # inside the installed xtuner
+
+# The tutorial's overrides of XTuner's stock config (its path and data settings aside).
+TUTORIAL = ("batch_size = 4\naccumulative_counts = 2\nlr = 3e-5\nmax_epochs = 10\nmax_length = 8192\n"
+            "model.update(model_path=path)\n"
+            "llava_dataset.update(model_path=path, data_paths=data_path, image_folders=image_folder,\n"
+            "                     max_length=max_length)\n"
+            "train_dataloader.update(batch_size=batch_size, dataset=llava_dataset)\n"
+            "train_dataloader.sampler.update(per_device_batch_size=batch_size * accumulative_counts)\n"
+            "optim_wrapper.update(accumulative_counts=accumulative_counts, dtype='float16')\n"
+            "optim_wrapper.optimizer.update(lr=lr)\n"
+            "param_scheduler = [dict(s, begin=s['begin'] * max_epochs, end=s['end'] * max_epochs)  # epochs: 1 -> 10\n"
+            "                   for s in param_scheduler]\n"
+            "tokenizer.update(pretrained_model_name_or_path=path)\n"
+            "custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]\n"
+            "randomness = dict(seed=42, deterministic=False)\n")
 
 # Each variant: extra imports + statements applied after inheriting the real config.
 OURS_SLOW = "loss_on_labels_only=False, frozen_vit_without_grad=False, causal_mask_for_right_padding=False"
 VARIANTS = {
-    # The tutorial's setup: XTuner's stock class (forces flash_attention_2, which without flash-attn falls
+    # The tutorial's setup, as a user runs it: XTuner's stock config + the tutorial's overrides (TUTORIAL).
+    "tutorial": ("", ""),
+    # XTuner's stock class (forces flash_attention_2, which without flash-attn falls
     # back to eager attention in the ViT and the LLM), fp16 AmpOptimWrapper (XTuner's DeepSpeed path turns
     # it into bf16 ZeRO-2, as for every variant), batch 4 x accumulation 2, max_length 8192.
     "baseline": ("from xtuner.model import InternVL_V1_5\n",
@@ -57,8 +84,13 @@ VARIANTS = {
     "ours_sdpa_only": ("", f"model.update(attn_implementation='sdpa', {OURS_SLOW})\n"),
     # Speed switches on, eager attention (isolates the attention lever).
     "ours_eager": ("", "model.update(attn_implementation='eager')\n"),
-    # Our config as shipped (sdpa + all switches).
+    # Our config as shipped.
     "ours": ("", ""),
+    # Ours run by the checkpoint's own modeling files (official: eager attention, so every layer checkpointed).
+    "ours_checkpoint_code": ("", "model.update(model_code='checkpoint')\n"),
+    # Ours with fewer LLM layers checkpointed (memory against speed).
+    "ours_ckpt12": ("", "model.update(activation_checkpointing=12)\n"),
+    "ours_ckpt13": ("", "model.update(activation_checkpointing=13)\n"),
     # Ours without activation checkpointing in the LLM (memory check).
     "ours_no_ckpt": ("", "model.update(activation_checkpointing=False)\n"),
     # Ours with InternLM2's RMSNorm and SwiGLU through torch.compile.
@@ -127,12 +159,15 @@ def make_data(folder: Path, samples: int, seed: int = 0) -> None:
     print(f"[data] {samples} photos in {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
 
 
-def make_model(folder: Path) -> None:
-    if (folder / "config.json").is_file():
+def make_model(folder: Path, modeling: str) -> None:
+    """The full-size random-weight checkpoint carrying `modeling`'s files (same weights for both kinds)."""
+    from foodie.tiny_model import RECIPE_FILE
+    recipe = folder / RECIPE_FILE
+    if recipe.is_file() and json.loads(recipe.read_text()).get("modeling") == modeling:
         return
     device = "cuda" if _cuda() else "cpu"
     subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--full-size", "--device", device,
-                    "--out", str(folder), "--force"], check=True)
+                    "--modeling", modeling, "--out", str(folder), "--force"], check=True)
 
 
 def _cuda() -> bool:
@@ -204,21 +239,40 @@ CPU_SMOKE = ("from mmengine.optim import OptimWrapper\n",
              "if 'torch_dtype' in model: model.update(torch_dtype='float32')\n")
 
 
-def write_config(variant: str, folder: Path, iters: int, jsonl: Path, workers: int, cpu_smoke: bool = False,
-                 profile_iter: int | None = None) -> Path:
+def stock_config() -> Path:
+    import importlib.util
+    return Path(list(importlib.util.find_spec("xtuner").submodule_search_locations)[0]) / STOCK_CONFIG
+
+
+def write_config(variant: str, folder: Path, iters: int, jsonl: Path, workers: int | None, cpu_smoke: bool = False,
+                 profile_iter: int | None = None, model: Path | None = None, data: Path | None = None) -> Path:
+    """A config that inherits the shipped one (or, for `tutorial`, XTuner's stock one) and adds the variant's
+    changes and the measurement plumbing."""
     imports, body = VARIANTS[variant]
+    base = BASE_CONFIG
+    if variant == "tutorial":  # XTuner's stock config: paths are set here (it has no environment variables)
+        base = stock_config()
+        body = (f"path = {str(model)!r}\ndata_path = {str(Path(data) / 'train.json')!r}\n"
+                f"image_folder = {str(data)!r}\n" + TUTORIAL + body)
+    if cpu_smoke and variant in ("tutorial", "baseline"):
+        # XTuner's class needs a process group (torch.distributed.get_rank): ours stands in for the smoke
+        imports += "from foodie.xtuner_model import FoodieInternVL\n"
+        body += "model.update(type=FoodieInternVL)\n"
     if cpu_smoke:  # plumbing check on a machine without a GPU: no DeepSpeed, float32, gloo
         imports, body = imports + CPU_SMOKE[0], body + CPU_SMOKE[1]
+    if workers is not None:
+        body = (f"train_dataloader.update(num_workers={workers}, persistent_workers={workers > 0})\n"
+                + body)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(BASE_CONFIG, folder / BASE_CONFIG.name)
+    shutil.copy(base, folder / base.name)
     cfg = folder / f"bench_{variant}.py"
     cfg.write_text(
         "from mmengine.config import read_base\n"
         "from xtuner.engine.runner import TrainLoop\n"
+        "from xtuner.engine.hooks import DatasetInfoHook\n"
         "from bench.throughput_hook import ThroughputHook\n" + imports +
         "with read_base():\n"
-        f"    from .{BASE_CONFIG.stem} import *  # noqa: F401,F403\n\n"
-        f"train_dataloader.update(num_workers={workers})\n" + body +
+        f"    from .{base.stem} import *  # noqa: F401,F403\n\n" + body +
         f"train_cfg = dict(type=TrainLoop, max_iters={iters})\n"
         "default_hooks.update(checkpoint=None)\n"
         "default_hooks.logger.update(interval=5)\n"
@@ -227,15 +281,18 @@ def write_config(variant: str, folder: Path, iters: int, jsonl: Path, workers: i
     return cfg
 
 
-def run_variant(variant: str, args, model: Path, data: Path) -> dict:
+def run_variant(row: str, args, model: Path, data: Path) -> dict:
+    """One row: `VARIANT` on the official-code checkpoint or `VARIANT:project` on the project-code one."""
     import xtuner
+    variant = row.split(":")[0]
+    tag = row.replace(":", "_")
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
-    jsonl = args.work / "logs" / f"iters_{variant}.jsonl"
-    cfg = write_config(variant, args.work / "configs", args.iters, jsonl, args.workers, args.cpu_smoke,
-                       args.profile_iter)
-    log = args.work / "logs" / f"train_{variant}.log"
+    jsonl = args.work / "logs" / f"iters_{tag}.jsonl"
+    cfg = write_config(variant, args.work / "configs" / tag, args.iters, jsonl, args.workers, args.cpu_smoke,
+                       args.profile_iter, model=model, data=data)
+    log = args.work / "logs" / f"train_{tag}.log"
     env = dict(os.environ, FOODIE_MODEL=str(model), FOODIE_DATA=str(data),
-               FOODIE_WORK_DIR=str(args.work / "runs" / variant),
+               FOODIE_WORK_DIR=str(args.work / "runs" / tag),
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     train_py = str(Path(xtuner.__file__).parent / "tools" / "train.py")
     if args.cpu_smoke:  # one plain process (MMEngine's pytorch launcher needs CUDA)
@@ -244,7 +301,7 @@ def run_variant(variant: str, args, model: Path, data: Path) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
                f"--master_port={29500 + random.randint(0, 999)}", train_py, str(cfg), "--launcher", "pytorch",
                "--deepspeed", "deepspeed_zero2"]
-    print(f"[{variant}] {' '.join(cmd)}", flush=True)
+    print(f"[{row}] {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     with open(log, "w") as f:
         try:
@@ -254,17 +311,40 @@ def run_variant(variant: str, args, model: Path, data: Path) -> dict:
             rc = "timeout"
     elapsed = time.perf_counter() - start
     records = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.is_file() else []
-    result = dict(variant=variant, rc=rc, elapsed_s=round(elapsed, 1), iters_logged=len(records), records=records)
+    text = log.read_text(errors="replace")
+    result = dict(variant=row, rc=rc, elapsed_s=round(elapsed, 1), iters_logged=len(records), records=records,
+                  checkpoint_code=model_code_kind(model), ran=code_that_ran(text))
     profile = jsonl.with_suffix(".profile.txt")
     with open(args.out / "logs_tail.txt", "a") as f:  # few files come back from a device: one for all logs
-        f.write(f"===== {variant} (rc {rc}) {log}\n" + "\n".join(x[:300] for x in log.read_text(errors="replace").splitlines()[-40:]) + "\n")
+        f.write(f"===== {row} (rc {rc}) {log}\n" + "\n".join(x[:300] for x in text.splitlines()[-40:]) + "\n")
         if profile.is_file():
-            f.write(f"----- {variant}: torch.profiler, iteration {args.profile_iter}\n{profile.read_text()}\n")
+            f.write(f"----- {row}: torch.profiler, iteration {args.profile_iter}\n{profile.read_text()}\n")
     if len(records) <= args.skip:
-        tail = log.read_text(errors="replace")[-3000:]
-        print(f"[{variant}] FAILED rc={rc}, {len(records)} iterations logged; log tail:\n{tail}", flush=True)
+        tail = text[-3000:]
+        print(f"[{row}] FAILED rc={rc}, {len(records)} iterations logged; log tail:\n{tail}", flush=True)
         return dict(result, error=tail[-800:])
     return dict(result, **summarise(records, args))
+
+
+def model_code_kind(model: Path) -> str:
+    """Which modeling files the checkpoint carries (the tiny-model recipe says; else 'own')."""
+    from foodie.tiny_model import RECIPE_FILE
+    try:
+        return json.loads((model / RECIPE_FILE).read_text()).get("modeling", "own")
+    except (OSError, ValueError):
+        return "own"
+
+
+def code_that_ran(log: str) -> str:
+    """From the training log: foodie's 'InternVL2 loaded: ..., attention=X, code=Y' line, or XTuner's stock
+    class (the checkpoint's code; attention as its InternVLChatModel fell back)."""
+    import re
+    m = re.search(r"InternVL2 loaded: dtype=\S+, attention=(\w+), code=(.+)", log)
+    if m:
+        return f"{m.group(2).strip()}, {m.group(1)}"
+    return "the checkpoint's own remote code (XTuner's class), " + (
+        "eager" if "falls back" in log or "flash_attn is not installed" in log or "FlashAttention2 is not installed" in log
+        else "attention as the checkpoint chose")
 
 
 def summarise(records: list[dict], args) -> dict:
@@ -303,17 +383,28 @@ def versions() -> dict:
 
 
 def table(results: list[dict], base: dict | None) -> str:
-    rows = ["| variant | samples/iter | s/iter | samples/s | tokens/s | x baseline | MFU | max alloc GiB | max reserved GiB | "
-            "loss first -> last |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = ["| row | checkpoint's files | code that ran, attention | samples/iter | s/iter | samples/s | tokens/s | "
+            f"x {base['variant'] if base else 'base'} | MFU | max alloc GiB | max reserved GiB | loss first -> last |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {r['variant']} | | failed (rc {r['rc']}) | | | | | | | |")
+            rows.append(f"| {r['variant']} | {r['checkpoint_code']} | {r['ran']} | | failed (rc {r['rc']}) | | | | | | | |")
             continue
         speed = f"{r['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
-        rows.append(f"| {r['variant']} | {r['samples_per_iter']:.0f} | {r['s_per_iter']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+        rows.append(f"| {r['variant']} | {r['checkpoint_code']} | {r['ran']} | {r['samples_per_iter']:.0f} | "
+                    f"{r['s_per_iter']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
                     f"{speed} | {100 * r['mfu']:.1f}% | {r['max_allocated_gib']:.1f} | {r['max_reserved_gib']:.1f} | "
                     f"{r['loss'][0]:.3f} -> {r['loss'][-1]:.3f} |")
     return "\n".join(rows)
+
+
+def loss_agreement(results: list[dict], reference: str = "baseline") -> dict:
+    """Largest per-iteration loss difference of each row against `reference` (same data, order, schedule)."""
+    ref = next((r for r in results if r["variant"] == reference and "loss" in r), None)
+    if ref is None:
+        return {}
+    return {r["variant"]: max(abs(a - b) for a, b in zip(r["loss"], ref["loss"]))
+            for r in results if "loss" in r and r is not ref and not r["variant"].startswith("tutorial")}
 
 
 def loss_chart(results: list[dict], path: Path) -> None:
@@ -338,14 +429,19 @@ def loss_chart(results: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"), help="model, data, configs, runs")
-    ap.add_argument("--model", type=Path, help="InternVL2 checkpoint (default: WORK/internvl2-2b-random, built)")
+    ap.add_argument("--model", type=Path, help="InternVL2 checkpoint for the rows (default: WORK/internvl2-2b-random, "
+                                                "built with OpenGVLab's modeling files)")
+    ap.add_argument("--project-model", type=Path, help="checkpoint for VARIANT:project rows (default: "
+                                                        "WORK/internvl2-2b-random-project, built, same weights)")
     ap.add_argument("--data", type=Path, help="XTuner data folder (default: WORK/data, built)")
     ap.add_argument("--samples", type=int, default=160, help="synthetic photos/samples to build")
-    ap.add_argument("--variants", default="baseline,ours", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="tutorial,baseline,ours,ours:project",
+                    help=f"comma list of {', '.join(VARIANTS)}; VARIANT:project runs it on the project-code checkpoint")
     ap.add_argument("--iters", type=int, default=30, help="training iterations per variant")
     ap.add_argument("--skip", type=int, default=5, help="first iterations left out of the timing (warm-up)")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (torchrun processes)")
-    ap.add_argument("--workers", type=int, default=4, help="dataloader workers per process")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="dataloader workers per process (default: each config's own; the shipped one has 8)")
     ap.add_argument("--peak", type=float, help="bf16 dense peak TFLOP/s (default: measured here)")
     ap.add_argument("--timeout", type=int, default=400, help="seconds per variant")
     ap.add_argument("--profile-iter", type=int, help="profile this iteration (left out of the timing)")
@@ -353,14 +449,20 @@ def main(argv=None) -> int:
                     help="check the plumbing without a GPU (use with --model pointing at the tiny model)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "work/bench/train_throughput")))
     args = ap.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    unknown = [v for v in args.variants.split(",") if v.split(":")[0] not in VARIANTS or v.count(":") > 1
+               or (":" in v and not v.endswith(":project"))]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    args.model = args.model or args.work / "internvl2-2b-random"
+    rows = args.variants.split(",")
     args.data = args.data or args.work / "data"
-    make_model(args.model)
+    if args.model is None:
+        args.model = args.work / "internvl2-2b-random"
+        make_model(args.model, "official")
+    if any(r.endswith(":project") for r in rows) and args.project_model is None:
+        args.project_model = args.work / "internvl2-2b-random-project"
+        make_model(args.project_model, "project")
     make_data(args.data, args.samples)
     args.peak = args.peak or (measure_bf16_peak() if _cuda() else float("nan"))
     info = dict(versions(), peak_bf16_tflops=args.peak, nproc=args.nproc, iters=args.iters, skip=args.skip,
@@ -368,15 +470,20 @@ def main(argv=None) -> int:
     print(f"[bench] {json.dumps(info)}", flush=True)
 
     results = []
-    for variant in args.variants.split(","):
-        results.append(run_variant(variant, args, args.model, args.data))
+    for row in rows:
+        model = args.project_model if row.endswith(":project") else args.model
+        results.append(run_variant(row, args, model, args.data))
         r = results[-1]
-        print(f"[{variant}] " + json.dumps({k: v for k, v in r.items() if k not in ("loss", "records")}), flush=True)
+        print(f"[{row}] " + json.dumps({k: v for k, v in r.items() if k not in ("loss", "records")}), flush=True)
         from foodie.atomic import write_json
-        write_json(args.out / "results.json", dict(info=info, results=results))
+        write_json(args.out / "results.json", dict(info=info, results=results, loss_max_abs_diff=loss_agreement(results)))
 
-    base = next((r for r in results if r["variant"] == "baseline" and "error" not in r), None)
+    base = next((r for r in results if r["variant"] in ("tutorial", "baseline") and "error" not in r), None)
     md = table(results, base)
+    agreement = loss_agreement(results)
+    if agreement:
+        md += "\n\nLargest per-iteration loss difference against `baseline` (same data, order, schedule): " + \
+              ", ".join(f"{k} {v:.4f}" for k, v in agreement.items())
     (args.out / "results.md").write_text(md + "\n")
     loss_chart(results, args.out / "loss.png")
     print(f"\n{info['gpu']} x{args.nproc}, bf16 peak {args.peak:.0f} TFLOP/s, {args.iters} iterations "

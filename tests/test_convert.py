@@ -413,3 +413,39 @@ def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, t
     v = result.verification
     assert v["max_abs_logit_diff"] <= v["tolerance"] < v["lora_effect"]
     assert json.loads((out / PROVENANCE_FILE).read_text())["checkpoint"].endswith("iter_2.pth")
+
+
+def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run_env, tmp_path):
+    """The whole course on the embedded checkpoint, which carries OpenGVLab's modeling files: the run trained
+    above (data converted as tools/process_food.py does, tools/train.py) merges with verification, keeps the official files, is scored by
+    tools/eval_food.py, answers through the demo's backend (streamed and batched alike) and passes the publish
+    dry run."""
+    from rich.console import Console
+
+    from foodie.inference import GenerationParams, Message, load_backend
+    from foodie.publish import publish
+
+    base = Path(os.environ["FOODIE_MODEL"])
+    assert "resolve_attn_implementation" not in (base / "modeling_internlm2.py").read_text()  # not ours
+    out = tmp_path / "InternVL2-tiny-foodie"
+    result = convert(CPU_CONFIG, "latest", out, progress=False)
+    assert result.verification["max_abs_logit_diff"] <= result.verification["tolerance"]
+    assert (out / "modeling_intern_vit.py").read_bytes() == (base / "modeling_intern_vit.py").read_bytes()
+
+    foodieqa = Path(os.environ["FOODIE_DATA"]).parent / "foodieqa"
+    evaluated = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(out),
+                                "--label", "tuned", "--data-root", str(foodieqa), "--out", str(tmp_path / "eval"),
+                                "--tasks", "sivqa", "--limit", "2", "--backend", "transformers",
+                                "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"]
+
+    backend = load_backend(out, backend="transformers")  # what demo/app.py serves on a CPU
+    assert type(backend.model.vision_model).__module__.endswith(f"{out.name}.modeling_intern_vit")
+    request = [Message("user", "这是什么菜？", images=[probe_image()])]
+    params = GenerationParams(max_new_tokens=6)
+    assert "".join(backend.stream(request, params)) == backend.generate([request], params)[0]
+
+    published = publish(out, "me/InternVL2-tiny-foodie", "hf", dry_run=True,
+                        eval_report=tmp_path / "eval" / "report.md", console=Console(file=open(os.devnull, "w")))
+    assert published.url is None and "modeling_internlm2.py" in {f.path for f in published.files}
