@@ -413,6 +413,19 @@ def write_marker(folder: Path) -> None:
     _dump(folder / OUTPUT_MARKER, {"format": "foodie-process-food-output", "version": FORMAT_VERSION, "files": files})
 
 
+def _legacy_output(out: Path) -> set[str] | None:
+    """The files of an output written before the marker existed: its summary.json is ours and it holds nothing
+    but the names process_food writes. None for anything else."""
+    try:
+        if json.loads((out / "summary.json").read_text(encoding="utf-8")).get("format") != "foodie-conversion-summary":
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    files = set(_files_under(out))
+    ours = {"train.json", "held_out.json", "summary.json", "summary.md"}
+    return files if all(f in ours or f.split("/")[0] in ("collages", "normalised") for f in files) else None
+
+
 def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output folder that is, holds or sits inside an input, or that is not exactly an earlier
     output of this tool (its marker listing every file in it): such a folder is never replaced."""
@@ -430,7 +443,7 @@ def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
         marker = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8"))
         listed = set(marker["files"]) if marker.get("format") == "foodie-process-food-output" else None
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        listed = None
+        listed = _legacy_output(out)
     if listed is None:
         raise FileExistsError(f"--out {out} exists and is not an output of process_food (no valid {OUTPUT_MARKER}); "
                               f"it is never replaced: choose another --out, or empty or delete it yourself")

@@ -164,6 +164,22 @@ def test_own_output_is_replaced_but_not_once_the_user_added_a_file(capsys, data,
     assert snapshot(out) == before
 
 
+def test_output_of_an_earlier_version_without_marker(capsys, data, tmp_path):
+    """An output written before the marker existed is still replaced, if it holds only what process_food writes."""
+    from foodie.data_conversion import OUTPUT_MARKER
+
+    out = tmp_path / "out"
+    assert call(capsys, "process_food", "--data-root", data, "--out", out, "--no-image-check").code == 0
+    (out / OUTPUT_MARKER).unlink()
+    assert call(capsys, "process_food", "--data-root", data, "--out", out, "--no-image-check").code == 0
+    (out / OUTPUT_MARKER).unlink()
+    (out / "images").mkdir()
+    (out / "images" / "dish.jpg").write_bytes(b"a photo")
+    r = call(capsys, "process_food", "--data-root", data, "--out", out, "--no-image-check")
+    clear_error(r, "not an output of process_food")
+    assert (out / "images" / "dish.jpg").read_bytes() == b"a photo"
+
+
 def test_forged_marker_does_not_make_a_folder_ours(capsys, data, tmp_path):
     from foodie.data_conversion import OUTPUT_MARKER
 
