@@ -778,7 +778,22 @@ def test_eval_bad_paths(capsys, tiny_model_dir, small_foodieqa_dir, tmp_path, ca
 
 
 # =========================================================================== surviving mutants of the first audit
-# (first capital letter, English choices, multi-image order: tests/test_scoring.py, tests/test_evaluation.py)
+# (first capital letter, multi-image order: tests/test_scoring.py, tests/test_evaluation.py catch those mutants)
+
+def test_english_prompts_use_the_english_choices_of_the_file():
+    """Mutation: choices_en read from the Chinese field (foodie/foodieqa.py). tests/test_evaluation.py compares the
+    prompt with the parsed item, which such a bug changes too; this compares it with the file's text."""
+    from foodie.foodieqa import _parse_item
+    from foodie.prompts import question_prompt
+
+    raw = {"question_id": "q1", "question": "这是哪个菜系？", "question_en": "Which cuisine is this?",
+           "choices": ["粤菜", "川菜", "鲁菜", "苏菜"], "choices_en": ["Cantonese", "Sichuan", "Shandong", "Jiangsu"],
+           "answer": "1", "food_meta": {"food_file": "images/a.jpg", "food_name": "白切鸡", "cuisine_type": "粤菜"}}
+    item, problems = _parse_item("sivqa", "sivqa_tidy.json", 0, raw, {})
+    assert item is not None, problems
+    text = question_prompt(item, "en").user
+    assert all(c in text for c in raw["choices_en"]) and not any(c in text for c in raw["choices"])
+
 
 def test_items_straddling_the_split_are_never_trained_on(small_foodieqa_dir):
     from foodie.data_conversion import ConversionOptions, make_split
