@@ -207,6 +207,7 @@ def browser_rows(args, model_dir: Path, data_dir: Path) -> list[dict]:
                                     page.wait_for_selector("[data-testid='user'] img")
                                 page.locator("#question textarea").fill(question)
                                 page.evaluate(ARM_CLOCK)
+                            time.sleep(1.0)  # the previous answer's last updates are drawn (nobody types that fast)
                             for page in pages:  # as close together as the browser takes key presses
                                 page.locator("#question textarea").press("Enter")
                             got = []
