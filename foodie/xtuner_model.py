@@ -157,9 +157,8 @@ class FoodieInternVL(InternVL_V1_5):
 
         dtype = resolve_dtype(torch_dtype)
         self.model, attn, code = load_internvl(model_path, dtype, attn_implementation, model_code)
-        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}, code="
-                  f"{'foodie/remote_code' if code == 'project' else 'the checkpoint own remote code'}",
-                  logger="current")
+        ran = "foodie/remote_code" if code == "project" else "the checkpoint's own remote code"
+        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}, code={ran}", logger="current")
         if attn == "eager" and not isinstance(activation_checkpointing, bool) and activation_checkpointing:
             # A partial count is sized for fast attention; eager keeps [B, heads, T, T] score tensors per layer.
             print_log(f"eager attention: activation checkpointing on all LLM layers, not {activation_checkpointing}",
