@@ -50,10 +50,17 @@ def end_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
         pass
 
 
+def _proc_entries() -> list[str]:
+    try:
+        return os.listdir("/proc")
+    except OSError:  # no /proc (not Linux): nothing can be inspected
+        return []
+
+
 def group_has_others(pgid: int) -> bool:
     """True when a live (not zombie) process other than this one is in process group ``pgid``."""
     me = os.getpid()
-    for entry in os.listdir("/proc"):
+    for entry in _proc_entries():
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
@@ -70,7 +77,7 @@ def group_has_others(pgid: int) -> bool:
 def group_commands(pgid: int) -> list[str]:
     """Command lines of the live processes in group ``pgid`` (empty when the group is gone)."""
     found = []
-    for entry in os.listdir("/proc"):
+    for entry in _proc_entries():
         if not entry.isdigit():
             continue
         try:
