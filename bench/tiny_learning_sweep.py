@@ -5,7 +5,8 @@ with a plain PyTorch loop on the config's dataset (the same samples, template an
 uses), and every --eval-every iterations measures the held-out accuracy of the first answer token
 (greedy: what chat() would start its reply with), overall and per question type, on held-out and
 on training photos. Used to choose the CPU config's lr / iterations / answer style; the real check is
-tests/test_training.py::test_embedded_default_learns_the_dishes (xtuner train + chat()).
+tests/test_quickstart.py::test_quickstart_runs_the_course_and_skips_finished_stages_on_rerun (xtuner train,
+merge, eval_food).
 Accuracy: the greedy reply (up to 32 tokens) read by the option-text diagnostic (foodie.scoring.option_text_reading;
 not FoodieQA's rule, which reads only the first capital A-D).
 
