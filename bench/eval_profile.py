@@ -21,11 +21,9 @@ stages as wall seconds of the main thread. Prints a Markdown table for docs/PERF
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.eval_speed import ensure_embedded  # noqa: E402
+from bench.eval_speed import ensure_embedded, timed_evaluation, workload_parser  # noqa: E402
 
 CPU = defaultdict(float)  # stage -> thread CPU seconds
 WALL = defaultdict(float)  # stage -> wall seconds
@@ -87,35 +85,15 @@ def instrument() -> None:
 
 
 def main() -> int:
-    from foodie import paths
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=paths.tiny_model_dir())
-    p.add_argument("--data-root", type=Path, default=paths.demo_data_dir())
-    p.add_argument("--questions", type=int, default=100)
-    p.add_argument("--tasks", default="sivqa,mivqa")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--backend", default="transformers")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    a = p.parse_args()
+    a = workload_parser(__doc__.split("\n\n")[0]).parse_args()
     ensure_embedded(a.model, a.data_root)
     instrument()
 
     import torch
-    from rich.console import Console
-
-    from foodie.evaluation import EvalConfig, evaluate
 
     tasks = tuple(t for t in a.tasks.split(",") if t)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="eval-profile-") as out:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
-                                      limit=-(-a.questions // len(tasks)), batch_size=a.batch_size,
-                                      backend=a.backend, max_new_tokens=a.max_new_tokens),
-                           console=Console(file=open(os.devnull, "w")))
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    n = metrics["models"][0]["overall"]["n"]
+    n, wall, cpu = timed_evaluation(a, tasks)
     main_wall = sum(WALL[s] for s in ("vision encoder", "LLM prefill", "LLM decode", "model load",
                                       "fingerprint + tile estimates", "report + chart"))
     print(f"# {n} questions ({', '.join(tasks)}), batch {a.batch_size}, {os.cpu_count()} cores, torch threads "

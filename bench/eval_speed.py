@@ -34,45 +34,56 @@ def ensure_embedded(model: Path, data: Path) -> None:
                         "--out", str(data)], check=True)
 
 
-def main() -> int:
+def workload_parser(description: str) -> argparse.ArgumentParser:
+    """The evaluation workload both eval benches time (bench/eval_profile.py adds its stage profile on top)."""
     from foodie import paths
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", type=Path, default=paths.tiny_model_dir())
     p.add_argument("--data-root", type=Path, default=paths.demo_data_dir())
     p.add_argument("--questions", type=int, default=100)
     p.add_argument("--tasks", default="sivqa,mivqa")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--backend", default="transformers")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="answer length cap (default 32, the workload the 100-question budget was set on; the "
                         "random-weight tiny model rarely ends its turn early, so answers run to the cap)")
-    a = p.parse_args()
-    ensure_embedded(a.model, a.data_root)
+    return p
 
-    import torch
+
+def timed_evaluation(a: argparse.Namespace, tasks: tuple[str, ...]) -> tuple[int, float, float]:
+    """One real evaluation into a fresh folder: (questions answered, wall s, CPU s of this process)."""
     from rich.console import Console
 
     from foodie.evaluation import EvalConfig, evaluate
 
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as out:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
+                                      limit=-(-a.questions // len(tasks)), batch_size=a.batch_size,
+                                      backend=a.backend, max_new_tokens=a.max_new_tokens),
+                           console=Console(file=open(os.devnull, "w")))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return metrics["models"][0]["overall"]["n"], wall, cpu
+
+
+def main() -> int:
+    p = workload_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=1)
+    a = p.parse_args()
+    ensure_embedded(a.model, a.data_root)
+
+    import torch
+
     tasks = tuple(t for t in a.tasks.split(",") if t)
-    per_task = -(-a.questions // len(tasks))
     print(f"# {a.questions} questions ({', '.join(tasks)}), batch {a.batch_size}, backend {a.backend}, "
           f"{a.max_new_tokens} new tokens at most, "
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print("| run | questions | wall s | CPU s | questions/s | load avg (1 min) at start |")
     print("|---|---:|---:|---:|---:|---:|")
     for i in range(a.repeat):
-        with tempfile.TemporaryDirectory(prefix="eval-speed-") as out:
-            load = os.getloadavg()[0]
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
-                                          limit=per_task, batch_size=a.batch_size, backend=a.backend,
-                                          max_new_tokens=a.max_new_tokens),
-                               console=Console(file=open(os.devnull, "w")))
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        n = metrics["models"][0]["overall"]["n"]
+        load = os.getloadavg()[0]
+        n, wall, cpu = timed_evaluation(a, tasks)
         print(f"| {i + 1} | {n} | {wall:.1f} | {cpu:.1f} | {n / wall:.2f} | {load:.1f} |", flush=True)
     return 0
 
