@@ -56,7 +56,7 @@ def timed(stage_of, fn):
 
 
 def instrument() -> None:
-    from foodie import evaluation, image_tiling, inference
+    from foodie import evaluation, image_tiling, inference, report
 
     image_tiling.open_image = timed(lambda a, k: "decode", image_tiling.open_image)
     image_tiling.dynamic_preprocess = timed(lambda a, k: "resize + tiles", image_tiling.dynamic_preprocess)
@@ -79,7 +79,7 @@ def instrument() -> None:
 
     inference.TransformersBackend.__init__ = init
     inference.load_backend = timed(lambda a, k: "model load", inference.load_backend)
-    evaluation.render_chart = timed(lambda a, k: "report + chart", evaluation.render_chart)
+    report.render_chart = timed(lambda a, k: "report + chart", report.render_chart)
     evaluation.model_fingerprint = timed(lambda a, k: "fingerprint + tile estimates", evaluation.model_fingerprint)
     evaluation.estimated_tiles = timed(lambda a, k: "fingerprint + tile estimates", evaluation.estimated_tiles)
 

@@ -54,8 +54,9 @@ def run(setting: dict, args) -> dict:
     from xtuner.dataset.collate_fns import default_collate_fn
     from xtuner.registry import BUILDER
 
-    from foodie.evaluation import build_questions, parse_choice
+    from foodie.evaluation import build_questions
     from foodie.image_tiling import load_image
+    from foodie.scoring import option_text_reading as parse_choice
     from foodie.xtuner_dataset import conversation_template
 
     model_dir, demo, data = build_inputs(args.work, setting["style"], setting["photos"], args.seed)

@@ -8,7 +8,7 @@ writes one folder (atomically: all or nothing, an earlier output stays intact un
                       training runs from any working directory), ``image_wh``, ``conversations``
                       (human turn with ``<image>``, gpt turn)
     held_out.json     the evaluation manifest: ids and the untouched items of every task whose images
-                      are all in the held-out split (foodie.evaluation reads it with ``read_held_out``)
+                      are all in the held-out split (``foodie.held_out`` reads it)
     summary.json/.md  counts per split, task, cuisine and question type; token budget per sample
     collages/         2x2 collages of multi-image questions (XTuner's dataset takes one image a sample)
     normalised/       upright RGB copies of images XTuner would read differently from our inference
@@ -39,6 +39,7 @@ from PIL import Image
 from foodie import prompts
 from foodie.atomic import atomic_path
 from foodie.foodieqa import TASKS, UNKNOWN, FoodieQA, QAItem, load_foodieqa
+from foodie.held_out import FORMAT as HELD_OUT_FORMAT
 from foodie.image_tiling import IMAGE_SIZE, MAX_TILES, MIN_TILES, num_tiles, open_image, tokens_per_tile
 from foodie.terms import describe_source
 
@@ -377,7 +378,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         summary = build_summary(data, split, opts, samples, tokens, sample_task, skipped_lang, to_fix,
                                 "tokenizer" if tokenizer is not None else "estimate (1 per CJK character, 1 per 4 others)")
         held_out = {
-            "format": "foodie-held-out", "version": FORMAT_VERSION, "data_root": str(data.root),
+            "format": HELD_OUT_FORMAT, "version": FORMAT_VERSION, "data_root": str(data.root),
             "seed": opts.seed, "split_by": opts.split_by, "eval_ratio": opts.eval_ratio,
             "images": sorted(split.eval_images),
             "question_ids": {t: [it.question_id for it in split.held_out[t]] for t in TASKS if t in data.files},
@@ -540,16 +541,3 @@ def summary_markdown(s: dict) -> str:
         lines += ["", f"## Skipped bad items ({len(s['skipped_bad_items'])})", ""]
         lines += [f"- {p}" for p in s["skipped_bad_items"]]
     return "\n".join(lines) + "\n"
-
-
-def read_held_out(path: str | os.PathLike, tasks: Sequence[str] | None = None) -> dict[str, set[str]]:
-    """Question ids per task from a held-out manifest written by ``convert_foodieqa``."""
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the held-out manifest ({e}); re-run tools/process_food.py") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "foodie-held-out":
-        raise ValueError(f"{path}: not a held-out manifest of tools/process_food.py (held_out.json)")
-    ids = manifest.get("question_ids", {})
-    return {t: set(ids.get(t, [])) for t in (tasks or TASKS)}

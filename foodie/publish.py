@@ -452,7 +452,7 @@ def read_eval_report(path: str | os.PathLike) -> str:
             raise PublishError(f"--eval-report {path}: not valid JSON ({e}).") from None
         if isinstance(metrics, dict) and isinstance(metrics.get("models"), list):
             try:
-                from foodie.evaluation import render_report
+                from foodie.report import render_report
 
                 return _embed_markdown(render_report(metrics, chart_name=None))
             except (ImportError, KeyError, TypeError, ValueError, AttributeError, IndexError):

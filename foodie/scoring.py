@@ -1,21 +1,15 @@
 """How a FoodieQA answer is scored: the authors' rule, in one place.
 
-The FoodieQA authors (lyan62/FoodieQA, ``model-eval/scripts/get_accuracy.py``) read a response by
-the **first ASCII capital A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``): "Based on
-the picture..." reads as B, "Answer: C" as A, a lower-case "b" or a full-width "Ｂ" is no letter. A
-response with no such letter gets a random guess (``random.choice``), so its expected credit is 1/4.
-Accuracy is taken over every question of the task. Their released script crashes on its single- and
-multi-image paths (TypeError), so the rule is re-implemented here, not called.
+The FoodieQA authors (lyan62/FoodieQA, ``model-eval/scripts/get_accuracy.py``) read a response by the **first
+ASCII capital A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``): "Based on the picture..." reads as B,
+a lower-case "b" or a full-width "Ｂ" is no letter. A response with no such letter gets a random guess, so its
+expected credit is 1/4. Their released script crashes on its image paths (TypeError), so the rule is
+re-implemented here, not called. Readings of one response:
 
-Three readings of one response, every one from this module:
-
-* ``authors_letter`` + ``credit``: the headline. A letter scores 1 or 0; no letter scores
-  ``NO_LETTER_CREDIT`` (= 1/4, the expected value of the authors' guess).
-* ``seeded_guess``: the authors' guess made concrete and repeatable (one fixed pseudo-random letter
-  per question), for a figure of whole right answers beside the expected value.
-* strict (no letter = wrong): ``authors_letter(r) == answer``.
-* ``option_text_reading``: a diagnostic of what the model meant -- a standalone letter, else the
-  option whose text the answer names. Never the headline: the authors do not read option text.
+* ``authors_letter`` + ``credit``: the headline (1 right letter, 0 wrong, ``NO_LETTER_CREDIT`` no letter).
+* ``seeded_guess``: the authors' guess made repeatable (one fixed letter per question).
+* strict (no letter = wrong) and ``option_text_reading``: a diagnostic of what the model meant (a standalone
+  letter, else the option whose text the answer names). Never the headline: the authors do not read option text.
 """
 from __future__ import annotations
 
@@ -24,7 +18,8 @@ import re
 import unicodedata
 from typing import Sequence
 
-LETTERS = "ABCD"
+from foodie.foodieqa import LETTERS
+
 NO_LETTER_CREDIT = 0.25  # expected value of the authors' random guess among four options
 GUESS_SEED = 0
 
@@ -33,17 +28,13 @@ _FIRST_CAPITAL = re.compile(r"[A-D]")  # the authors' pattern: ASCII capitals on
 
 def authors_letter(response) -> int | None:
     """Option index (0-3) of the first ASCII capital A-D anywhere in the response; None if it has none."""
-    if not isinstance(response, str):
-        return None
-    m = _FIRST_CAPITAL.search(response)
+    m = _FIRST_CAPITAL.search(response) if isinstance(response, str) else None
     return None if m is None else LETTERS.index(m.group())
 
 
 def credit(letter: int | None, answer: int) -> float:
     """Score of one answer by the authors' protocol: 1 right letter, 0 wrong letter, 1/4 no letter."""
-    if letter is None:
-        return NO_LETTER_CREDIT
-    return 1.0 if letter == answer else 0.0
+    return NO_LETTER_CREDIT if letter is None else float(letter == answer)
 
 
 def seeded_guess(question_key: str, seed: int = GUESS_SEED) -> int:
@@ -51,13 +42,38 @@ def seeded_guess(question_key: str, seed: int = GUESS_SEED) -> int:
     return hashlib.sha256(f"{seed}:{question_key}".encode()).digest()[0] % len(LETTERS)
 
 
-# ---------------------------------------------------------------------------------------------
-# Diagnostic only: the option-text reading
-# ---------------------------------------------------------------------------------------------
+def read_response(response: str, answer: int, question_key: str, choices: Sequence[str] | None) -> dict:
+    """The fields a predictions row records beside the raw response: gold ``answer`` letter, ``letter`` (the
+    authors' rule; None = none), ``score`` (1, 0 or 1/4), ``guess`` (seeded, when no letter), ``option_text``."""
+    letter, reading = authors_letter(response), option_text_reading(response, choices)
+    return dict(answer=LETTERS[answer], letter=None if letter is None else LETTERS[letter],
+                score=credit(letter, answer), guess=LETTERS[seeded_guess(question_key)] if letter is None else None,
+                option_text=None if reading is None else LETTERS[reading])
 
+
+def accuracy(rows: Sequence[dict]) -> dict:
+    """The headline ``accuracy`` (mean score) of read rows, with seeded-guess, strict and option-text figures."""
+    from foodie.stats import wilson_interval
+
+    n = len(rows)
+    score = sum(r["score"] for r in rows)
+    letter_right = sum(r["letter"] == r["answer"] for r in rows)
+    guessed_right = sum((r["letter"] or r["guess"]) == r["answer"] for r in rows)
+    read_right = sum(r["option_text"] == r["answer"] for r in rows)
+    per = max(n, 1)  # no rows: every figure 0
+    return dict(n=n, accuracy=score / per, score=score, ci95=list(wilson_interval(score, n)),
+                letter_right=letter_right, no_letter=sum(r["letter"] is None for r in rows),
+                seeded_guess=dict(accuracy=guessed_right / per, correct=guessed_right, seed=GUESS_SEED),
+                strict=dict(accuracy=letter_right / per, correct=letter_right,
+                            ci95=list(wilson_interval(letter_right, n))),
+                option_text=dict(accuracy=read_right / per, correct=read_right,
+                                 unread=sum(r["option_text"] is None for r in rows)))
+
+
+# Diagnostic only: the option-text reading.
 _UPPER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
-# A lone lower-case letter counts only at the very start and followed by punctuation or the end
-# ("b.", "(c) ...", "d"): "a dish of noodles" must not read as A.
+# A lone lower-case letter counts only at the very start, followed by punctuation or the end ("b.", "(c) ..."):
+# "a dish of noodles" must not read as A.
 _LOWER_START = re.compile(r"^[\s(\[{（【<「『\"'“‘]*([a-d])\s*(?:$|[)\]}）】>」』.:,;!?。．、:：，；！？\"'”’])")
 # Where a reply states its conclusion ("...。答案是粤菜。"): option text after it is searched first.
 _ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)
@@ -70,30 +86,20 @@ def _normalise(text: str) -> str:
 def option_text_reading(response, choices: Sequence[str] | None = None) -> int | None:
     """The option (0-3) a free-text answer seems to mean, or None: a DIAGNOSTIC, not FoodieQA accuracy.
 
-    1. The first capital letter A-D standing alone ("答案是（B）", "选项D", "The answer is C because",
-       "图B", full-width "（Ｃ）"); a lone lower-case letter at the start ("b.", "(c)").
-    2. Otherwise the choice whose text the answer contains ("北京烤鸭" -> the option reading 北京烤鸭);
-       when several do, the one that is not part of a longer matching choice; still several: None.
-       Text after the last answer marker ("答案是", "答案为", "the answer is") is searched first, so
-       "图中的菜是猪肉炖粉条。答案是粉条。" picks 粉条, not 猪肉, though both are options.
+    1. The first capital A-D standing alone ("答案是（B）", "选项D", full-width "（Ｃ）"); a lone lower-case
+       letter at the start ("b.", "(c)").
+    2. Else the choice whose text the answer contains, not as part of a longer matching choice; several: None.
+       Text after the last answer marker ("答案是", "the answer is") is searched first.
     """
-    if not isinstance(response, str):
-        return None
-    text = unicodedata.normalize("NFKC", response).strip()
-    if not text:
-        return None
-    m = _UPPER.search(text)
-    if m:
-        return LETTERS.index(m.group(1))
-    m = _LOWER_START.search(text)
+    text = unicodedata.normalize("NFKC", response).strip() if isinstance(response, str) else ""
+    m = _UPPER.search(text) or _LOWER_START.search(text)
     if m:
         return LETTERS.index(m.group(1).upper())
-    if choices:
-        marked = [m.end() for m in _ANSWER_MARKER.finditer(text)]
-        for haystack in ([text[marked[-1]:]] if marked else []) + [text]:
-            found = _choice_in_text(_normalise(haystack), choices)
-            if found is not None:
-                return found
+    marked = [m.end() for m in _ANSWER_MARKER.finditer(text)]
+    for haystack in ([text[marked[-1]:]] if marked else []) + [text]:
+        found = _choice_in_text(_normalise(haystack), choices or [])
+        if found is not None:
+            return found
     return None
 
 
@@ -102,5 +108,4 @@ def _choice_in_text(haystack: str, choices: Sequence[str]) -> int | None:
     hits = {i: c for i, c in hits.items() if c and c in haystack}
     # Drop a hit that is only part of a longer hit ("鸭" inside "北京烤鸭").
     hits = {i: c for i, c in hits.items() if not any(c != d and c in d for d in hits.values())}
-    distinct = set(hits.values())
-    return min(hits) if len(distinct) == 1 else None
+    return min(hits) if len(set(hits.values())) == 1 else None

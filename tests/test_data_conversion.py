@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from foodie import data_conversion as dc
+from foodie.held_out import read_held_out
 from foodie import synthetic_data as sd
 from foodie.foodieqa import FoodieQAError
 
@@ -189,12 +190,12 @@ def test_held_out_manifest_has_untouched_items(synthetic, tmp_path):
     held = json.loads((out / "held_out.json").read_text())
     originals = {i["question_id"]: i for i in json.loads((synthetic / "sivqa_tidy.json").read_text())}
     assert held["items"]["sivqa"] and all(originals[i["question_id"]] == i for i in held["items"]["sivqa"])
-    ids = dc.read_held_out(out / "held_out.json", ["sivqa", "mivqa"])
+    ids = read_held_out(out / "held_out.json", ["sivqa", "mivqa"])
     assert ids["sivqa"] == {i["question_id"] for i in held["items"]["sivqa"]}
     trained = {s["id"].split(":")[1] for s in json.loads((out / "train.json").read_text())}
     assert not (trained & ids["sivqa"])
     with pytest.raises(ValueError, match="not a held-out manifest"):
-        dc.read_held_out(out / "summary.json")
+        read_held_out(out / "summary.json")
 
 
 def test_split_deterministic_and_seeded(synthetic, tmp_path):

@@ -1,4 +1,4 @@
-"""foodie.evaluation + tools/eval_food.py: parsing, statistics, resume, report and chart, the tiny model at chance."""
+"""foodie.evaluation + foodie.report + tools/eval_food.py: questions, resume, report and chart, the tiny model at chance."""
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from foodie.evaluation import (LETTERS, EvalConfig, binomial_test, build_questions, chance_range, evaluate,
-                               mcnemar_exact, paired_bootstrap, parse_choice, read_predictions, wilson_interval)
-from foodie.scoring import authors_letter
+from foodie.evaluation import EvalConfig, build_questions, evaluate, read_predictions
+from foodie.foodieqa import LETTERS
+from foodie.scoring import authors_letter, option_text_reading
+from foodie.stats import binomial_test
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = Console(file=open("/dev/null", "w"))
@@ -38,34 +39,7 @@ def test_parse_choice_reads_what_the_name_style_teaches():
                                    answer=answer, images=["a.jpg"], food_name="猪肉炖粉条", cuisine="东北菜",
                                    food_meta={"food_name_en": "Pork stewed with vermicelli"}, raw={})
             text = answer_text(item, lang, "name")
-            assert parse_choice(text, choices if lang == "zh" else item.choices_en) == answer, text
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-def test_statistics_against_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for k, n in [(0, 10), (3, 10), (25, 100), (40, 100), (70, 256)]:
-        assert binomial_test(k, n, 0.25) == pytest.approx(stats.binomtest(k, n, 0.25).pvalue, rel=1e-6)
-        lo, hi = wilson_interval(k, n)
-        ci = stats.binomtest(k, n).proportion_ci(method="wilson")
-        assert (lo, hi) == pytest.approx((ci.low, ci.high), abs=1e-6)
-    for a, b in [(10, 2), (5, 5), (0, 7)]:
-        assert mcnemar_exact(a, b) == pytest.approx(stats.binomtest(a, a + b, 0.5).pvalue, rel=1e-6)
-
-
-def test_chance_range_and_bootstrap():
-    lo, hi = chance_range(100)
-    assert lo < 25 < hi and (lo, hi) == (17, 34)
-    assert chance_range(0) == (0, 0)
-    same = [True, False, True, True] * 10
-    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
-    diff, lo, hi = paired_bootstrap([False] * 30 + [True] * 10, [True] * 30 + [True] * 10)
-    assert diff == pytest.approx(0.75) and lo <= 0.75 <= hi and lo > 0.5
-    with pytest.raises(ValueError):
-        paired_bootstrap([True], [True, False])
+            assert option_text_reading(text, choices if lang == "zh" else item.choices_en) == answer, text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +456,7 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from foodie import evaluation
+    from foodie import report
     questions, _ = build_questions(small_foodieqa_dir, ("sivqa",), "zh")
     truth = {q.prompt: LETTERS[q.answer] for q in questions}
     out = tmp_path / "out"
@@ -493,7 +467,7 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
     real_close = plt.close
     plt.close = lambda fig=None: captured.setdefault("fig", fig)
     try:
-        evaluation.render_chart(m, tmp_path / "c.png")
+        report.render_chart(m, tmp_path / "c.png")
     finally:
         plt.close = real_close
     fig = captured["fig"]

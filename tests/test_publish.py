@@ -209,16 +209,15 @@ def test_card_snippet_is_valid_python_and_metrics_json_becomes_a_table(tmp_path)
 
 
 def test_eval_food_metrics_json_is_rendered_by_its_own_report_writer(tmp_path):
-    evaluation = pytest.importorskip("foodie.evaluation")
-    if not all(hasattr(evaluation, n) for n in ("ModelRun", "build_metrics", "render_report")):
-        pytest.skip("foodie.evaluation is not complete yet")
+    from foodie import evaluation
+    from foodie.report import render_report
     rows = [dict(item_id=f"sivqa:{i}", task="sivqa", question_type="main-ingredient", cuisine="Sichuan",
                  answer="A" if i < 5 else "B", letter="A", score=float(i < 5), guess=None, option_text="A",
                  response="A") for i in range(8)]
     run = evaluation.ModelRun(label="fine-tuned", model_dir="m", backend="transformers", fingerprint="f", rows=rows)
     metrics = evaluation.build_metrics([run], "zh", tmp_path, None)
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    (tmp_path / "report.md").write_text(evaluation.render_report(metrics, "accuracy.png"))
+    (tmp_path / "report.md").write_text(render_report(metrics, "accuracy.png"))
 
     model = make_checkpoint(tmp_path / "merged")
     publish(model, REPO_ID, "hf", dry_run=True, eval_report=tmp_path / "metrics.json", accept_foodieqa_licence=True,

@@ -167,7 +167,7 @@ def test_evaluation_reads_the_unpacked_download_and_names_a_packed_one(real_like
 
 
 def test_evaluation_report_says_which_data_trained_each_model(tmp_path):
-    from foodie.evaluation import _training_data_lines
+    from foodie.report import training_data_lines as _training_data_lines
 
     photos, foodieqa = tmp_path / "my-photos-dataset", tmp_path / "FoodieQA"
     tuned = {"label": "tuned", "trained_on": {"name": "own photos (tools/photos_to_foodieqa.py)", "source": str(photos)}}
