@@ -99,7 +99,7 @@ def make_item(rng: random.Random, pools: dict[str, list[str]], recipe: ReadingRe
     rng.shuffle(passage)
     question = rng.choice(QUESTIONS_EN if lang == 'en' else QUESTIONS_ZH)
     # Each passage word after a space, as each option stands after "（A) ": the same tokens.
-    user = f'<img>{"".join(" " + w for w in passage)}</img>\n{prompts.sivqa_prompt(question, options, lang)}'
+    user = f'<img>{"".join(" " + w for w in passage)}</img>\n{prompts.user_text("sivqa", question, options, lang)}'
     return ReadingItem(user, f'{LETTERS[answer]}) {options[answer]}', LETTERS[answer])
 
 

@@ -44,7 +44,7 @@ from foodie.atomic import atomic_path  # noqa: E402
 from foodie.chat_state import ChatState, ModelGate, stream_answers  # noqa: E402
 from foodie.image_tiling import ImageError, open_image  # noqa: E402
 from foodie.inference import BACKENDS, GenerationParams, Message, load_backend  # noqa: E402
-from foodie.prompts import sivqa_prompt  # noqa: E402
+from foodie.prompts import user_text  # noqa: E402
 
 log = logging.getLogger("foodie.demo")
 
@@ -52,9 +52,9 @@ MAX_UPLOAD_MB = 20
 MAX_QUESTION_CHARS = 4000  # a longer question is refused (it would only slow every user down)
 EXAMPLES = [
     # FoodieQA's own single-image multiple-choice format (authors' template 0): the tuned model answers a letter.
-    sivqa_prompt("图片中的食物是哪个地区的特色美食？", ["川菜", "粤菜", "鲁菜", "苏菜"], "zh"),
-    sivqa_prompt("Which region is the food in the picture a specialty of?",
-                 ["Sichuan", "Cantonese", "Shandong", "Jiangsu"], "en"),
+    user_text("sivqa", "图片中的食物是哪个地区的特色美食？", ["川菜", "粤菜", "鲁菜", "苏菜"], "zh"),
+    user_text("sivqa", "Which region is the food in the picture a specialty of?",
+              ["Sichuan", "Cantonese", "Shandong", "Jiangsu"], "en"),
     "这道菜叫什么名字？是哪个菜系的？",
     "这道菜的主要食材有哪些？怎么做？",
     "What is this dish called, and which region of China is it from?",

@@ -30,7 +30,7 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -38,9 +38,10 @@ from PIL import Image
 
 from foodie import prompts
 from foodie.atomic import atomic_path
-from foodie.foodieqa import TASKS, UNKNOWN, FoodieQA, QAItem, load_foodieqa
+from foodie.foodieqa import UNKNOWN, FoodieQA, QAItem, load_foodieqa
 from foodie.held_out import FORMAT as HELD_OUT_FORMAT
 from foodie.image_tiling import IMAGE_SIZE, MAX_TILES, MIN_TILES, num_tiles, open_image, tokens_per_tile
+from foodie.tasks import TASKS, get_task
 from foodie.terms import describe_source
 
 FORMAT_VERSION = 1
@@ -100,36 +101,30 @@ class Split:
     train: dict[str, list[QAItem]]
     held_out: dict[str, list[QAItem]]
     dropped: dict[str, list[QAItem]]  # images in both splits
-    units: dict[str, str]  # image -> split unit (the image itself, or its dish)
 
 
 def image_cuisines(data: FoodieQA) -> dict[str, str]:
-    """Cuisine of every image: from single-image metadata, else from multi-image questions' answers."""
+    """Cuisine of every image the answer of a question with a known cuisine is about."""
     out: dict[str, str] = {}
-    for item in data.sivqa:
-        if item.cuisine != UNKNOWN:
-            out.setdefault(item.image, item.cuisine)
-    for item in data.mivqa:
-        if item.image_paths and item.cuisine != UNKNOWN:
-            out.setdefault(item.image_paths[item.answer], item.cuisine)
+    for item in data.items():
+        if item.answer_image and item.cuisine != UNKNOWN:
+            out.setdefault(item.answer_image, item.cuisine)
     return out
 
 
 def image_dishes(data: FoodieQA) -> dict[str, str]:
-    """Dish name of every image that has one (single-image metadata; multi-image answers)."""
+    """Dish name of every image that has one (``food_names``, one per image, else the answer's dish)."""
     out: dict[str, str] = {}
-    for item in data.sivqa:
-        name = item.food_meta.get("food_name") or item.food_name
-        if name:
-            out.setdefault(item.image, str(name).strip())
-    for item in data.mivqa:
+    for item in data.items():
         names = item.raw.get("food_names")
-        if isinstance(names, list) and len(names) == len(item.image_paths):
-            for p, n in zip(item.image_paths, names):
+        if isinstance(names, list) and len(names) == len(item.images) > 1:
+            for p, n in zip(item.images, names):
                 if isinstance(n, str) and n.strip():
                     out.setdefault(p, n.strip())
-        elif item.food_name and item.image_paths:
-            out.setdefault(item.image_paths[item.answer], item.food_name)
+            continue
+        name = item.food_meta.get("food_name") or item.food_name
+        if name and item.answer_image:
+            out.setdefault(item.answer_image, str(name).strip())
     return out
 
 
@@ -154,12 +149,13 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     eval_units: set[str] = set()
 
     # 1. Whole multi-image questions first (their images must all be held out to be evaluable).
-    if data.mivqa and opts.mivqa_eval_share > 0:
+    multi = [it for t in TASKS if get_task(t).collage for it in getattr(data, t)]
+    if multi and opts.mivqa_eval_share > 0:
         mivqa_budget = math.floor(budget * opts.mivqa_eval_share)
-        order = sorted(data.mivqa, key=lambda it: it.question_id)
+        order = sorted(multi, key=lambda it: (it.task, it.question_id))
         rng.shuffle(order)
         for item in order:
-            new = {unit_of[p] for p in item.image_paths} - eval_units
+            new = {unit_of[p] for p in item.images} - eval_units
             if len(eval_units) + len(new) <= mivqa_budget:
                 eval_units |= new
 
@@ -191,7 +187,7 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
         dish_sides[d].add(p in eval_images)
     for task in TASKS:
         for item in getattr(data, task):
-            if item.images:
+            if get_task(task).held_out == "images":
                 sides = {p in eval_images for p in item.images}
                 target = dropped if len(sides) > 1 else (held if sides == {True} else train)
             else:
@@ -202,7 +198,7 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
                     coin = _stable_rng(opts.seed, task, item.question_id).random()
                     target = held if coin < opts.eval_ratio else train
             target[task].append(item)
-    return Split(eval_images, train, held, dropped, unit_of)
+    return Split(eval_images, train, held, dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +228,7 @@ def make_collage(data: FoodieQA, item: QAItem, cache: dict, cell_size: int = IMA
     """The four pictures of a multi-image question on a 2x2 grid of tile-sized cells (A B / C D), stretched as
     InternVL's thumbnail is; the model's tiling cuts it back into exactly these four tiles + a thumbnail."""
     canvas = Image.new("RGB", (2 * cell_size, 2 * cell_size), (255, 255, 255))
-    for k, rel in enumerate(item.image_paths):
+    for k, rel in enumerate(item.images):
         cell = cache.get(rel)
         if cell is None:
             img = open_image(data.path(rel), draft_size=(cell_size, cell_size))
@@ -302,7 +298,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                                 f"drop {', '.join(missing)} from --tasks")
     split = make_split(data, opts) if not eval_only else Split(
         set(data.image_paths()), {t: [] for t in TASKS}, {t: list(getattr(data, t)) for t in TASKS},
-        {t: [] for t in TASKS}, {p: f"image:{p}" for p in data.image_paths()})
+        {t: [] for t in TASKS})
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
 
     def image_tokens(w: int, h: int) -> int:
@@ -317,7 +313,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
 
     with atomic_path(out, is_dir=True) as tmp:
         # images XTuner would read differently (rotated, transparent, 16-bit): upright RGB copies
-        train_images = sorted({p for t in opts.tasks if t != "mivqa" for it in split.train[t] for p in it.images})
+        train_images = sorted({p for t in opts.tasks if not get_task(t).collage for it in split.train[t] for p in it.images})
         if opts.check_images:
             with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
                 flags = list(pool.map(lambda p: needs_normalising(data.path(p)), train_images))
@@ -347,7 +343,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                     if not prompts.has_lang(item, lang):
                         skipped_lang[f"{task}:{lang}"] += 1
                         continue
-                    if task == "mivqa":
+                    if get_task(task).collage:
                         rel = f"collages/{_safe_name(item.question_id)}.jpg"
                         collage_jobs.append((item, tmp / rel))
                         image, wh = str(out / rel), (2 * opts.tile_size, 2 * opts.tile_size)
@@ -465,7 +461,7 @@ def _dump(path: Path, obj, indent=None) -> None:
 
 def build_summary(data, split: Split, opts: ConversionOptions, samples, tokens, sample_task, skipped_lang, normalised,
                   counted_with: str = "estimate"):
-    tasks_present = [t for t in TASKS if t in data.files]
+    tasks_present = list(data.files)
     counts = {t: {"train": len(split.train[t]), "held_out": len(split.held_out[t]),
                   "dropped_straddling": len(split.dropped[t])} for t in tasks_present}
     by_cuisine: dict[str, Counter] = defaultdict(Counter)

@@ -61,7 +61,8 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
     """The FoodieQA questions of the tasks (None: every task the folder has), only those of the held-out
     manifest ``items`` if given, each in the authors' template ``template``."""
     from foodie import prompts
-    from foodie.foodieqa import TASKS, load_foodieqa, question_file
+    from foodie.foodieqa import load_foodieqa, question_file
+    from foodie.tasks import TASKS
 
     tasks = tasks or tuple(t for t in TASKS if question_file(data_root, t) is not None)
     if not tasks:
@@ -80,7 +81,7 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
             chosen = [chosen[i * len(chosen) // limit] for i in range(limit)]
         for it in chosen:
             text, images, prefix = prompts.question_prompt(it, lang, template)
-            choices = None if task == "mivqa" else prompts.item_text(it, lang)[1]
+            choices = prompts.item_text(it, lang)[1]  # None when the options are the images
             questions.append(Question(task=task, question_id=it.question_id, question_type=it.question_type,
                                       cuisine=it.cuisine, answer=it.answer, prompt=text, images=list(images),
                                       choices=choices, template=template, reply_prefix=prefix))

@@ -1,13 +1,9 @@
 """The FoodieQA schema: read a FoodieQA folder, validate it, and hand out clean items.
 
-A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and up to three question files:
-
-- ``sivqa_tidy.json``  single-image VQA: ``question``, ``choices`` (4), ``answer`` ("0"-"3"),
-  ``question_en``, ``choices_en``, ``food_name``, ``question_type``, ``food_meta`` {``food_file``
-  (the image, relative to the folder), ``food_name``, cuisine/region fields, ...};
-- ``mivqa_tidy.json``  multi-image VQA: ``question``, ``images`` (4 paths), ``answer`` (index of the
-  correct image);
-- ``textqa_tidy.json`` text-only multiple choice.
+A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and one ``{task}_tidy.json`` per task (foodie.tasks):
+``question``, ``answer`` ("0"-"3"), optional ``question_en``, ``food_name``, ``question_type``, ``food_meta``
+(cuisine/region fields), and the task's options (``choices``, ``choices_en``) and images (sivqa:
+``food_meta.food_file``; mivqa: ``images``, the four options).
 
 Real files vary (``question_id`` or ``qid``, extra or missing optional fields, JSON or JSON lines),
 so the reader is tolerant of shape and strict about meaning. Every problem is reported with the
@@ -28,10 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from foodie.image_tiling import MAX_IMAGE_PIXELS, ImageError, verify_image
+from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task
 
-TASKS = ("sivqa", "mivqa", "textqa")
-LETTERS = "ABCD"
-NUM_CHOICES = 4
 UNKNOWN = "unknown"
 
 # food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses
@@ -75,7 +69,7 @@ class Problem:
 
 @dataclass
 class QAItem:
-    """Fields every FoodieQA question shares. ``answer`` is an int 0-3; ``raw`` is the item as read."""
+    """One FoodieQA question, of any task (foodie.tasks). ``answer`` is an int 0-3; ``raw`` is the item as read."""
     task: str
     question_id: str
     index: int  # position in its file
@@ -85,6 +79,10 @@ class QAItem:
     question_type: str = UNKNOWN
     food_name: str | None = None
     cuisine: str = UNKNOWN
+    choices: list[str] | None = None  # None when the options are the images
+    choices_en: list[str] | None = None
+    images: list[str] = field(default_factory=list)  # relative to the data root, in order A-D
+    food_meta: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -92,59 +90,38 @@ class QAItem:
         return LETTERS[self.answer]
 
     @property
-    def images(self) -> list[str]:
-        """Image paths relative to the data root (empty for text-only questions)."""
-        return []
-
-
-@dataclass
-class SIVQAItem(QAItem):
-    """Single-image question: which of 4 text choices fits the picture."""
-    choices: list[str] = field(default_factory=list)
-    choices_en: list[str] | None = None
-    image: str = ""  # food_meta.food_file, relative to the data root
-    food_meta: dict = field(default_factory=dict)
+    def image(self) -> str:
+        """The image of a single-image question."""
+        return self.images[0]
 
     @property
-    def images(self) -> list[str]:
-        return [self.image]
-
-
-@dataclass
-class MIVQAItem(QAItem):
-    """Multi-image question: which of 4 pictures answers it; ``answer`` indexes ``image_paths``."""
-    image_paths: list[str] = field(default_factory=list)
-
-    @property
-    def images(self) -> list[str]:
-        return list(self.image_paths)
-
-
-@dataclass
-class TextQAItem(QAItem):
-    """Text-only question with 4 text choices."""
-    choices: list[str] = field(default_factory=list)
-    choices_en: list[str] | None = None
-    food_meta: dict = field(default_factory=dict)
+    def answer_image(self) -> str | None:
+        """The image the answer is about: the chosen image, or the question's only one."""
+        if not get_task(self.task).choices:
+            return self.images[self.answer] if self.images else None
+        return self.images[0] if len(self.images) == 1 else None
 
 
 @dataclass
 class FoodieQA:
-    """A validated FoodieQA folder."""
+    """A validated FoodieQA folder; ``data.sivqa`` (any task's name) lists that task's items."""
     root: Path
-    sivqa: list[SIVQAItem] = field(default_factory=list)
-    mivqa: list[MIVQAItem] = field(default_factory=list)
-    textqa: list[TextQAItem] = field(default_factory=list)
+    by_task: dict[str, list[QAItem]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # task -> question file read
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel path -> upright (w, h)
     skipped: list[Problem] = field(default_factory=list)  # problems of items dropped by skip_bad
+
+    def __getattr__(self, name: str) -> list[QAItem]:
+        if name in TASKS:
+            return self.by_task.get(name, [])
+        raise AttributeError(name)
 
     def items(self, tasks: Iterable[str] | None = None) -> Iterator[QAItem]:
         for task in tasks or TASKS:
             yield from getattr(self, task)
 
     def __len__(self) -> int:
-        return len(self.sivqa) + len(self.mivqa) + len(self.textqa)
+        return sum(map(len, self.by_task.values()))
 
     def image_paths(self) -> list[str]:
         """Every image used by any item, relative to the root, sorted."""
@@ -300,15 +277,37 @@ class _ItemCheck:
             return None
         return int(text)
 
-    def image(self, key: str, value: Any) -> str | None:
+    def image(self, key: str, value: Any) -> str:
         rel, why = _safe_relpath(value)
         if why:
             self.fail(key, why)
-        return rel
+        return rel or ""
+
+    def images(self, task: Task) -> list[str]:
+        """The task's images (foodie.tasks: ``image_key``, a path or a list of ``task.images`` paths)."""
+        if not task.images:
+            return []
+        *parents, leaf = task.image_key.split(".")
+        holder = self.raw
+        for name in parents:  # food_meta.food_file: the path sits in an object
+            holder = holder.get(name)
+            if not isinstance(holder, dict):
+                self.fail(name, f"missing; {task.title} questions need {task.image_key} (the image)" if holder is None
+                          else f"expected an object with {leaf}, found {type(holder).__name__}")
+                return []
+        value = holder.get(leaf)
+        if task.images == 1:
+            return [self.image(task.image_key, value)]
+        if not isinstance(value, list) or len(value) != task.images:
+            n = len(value) if isinstance(value, list) else ("missing" if value is None else type(value).__name__)
+            self.fail(task.image_key, f"expected a list of {task.images} image paths, found {n}")
+            return []
+        return [self.image(task.image_field(k), p) for k, p in enumerate(value)]
 
 
 def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
     """Parse one item; ``seen`` maps ids met so far in the file to their index (updated here)."""
+    spec = get_task(task)
     check = _ItemCheck(file, index, raw)
     if not isinstance(raw, dict):
         check.fail(None, f"expected a JSON object, found {type(raw).__name__}")
@@ -324,45 +323,16 @@ def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]
             check.fail("question_id", f"duplicate id, also used by item {seen[qid]}; ids must be unique within a file")
         else:
             seen[qid] = index
-    common = dict(
-        task=task, question_id=qid, index=index,
-        question=check.text("question"), answer=check.answer(),
-        question_en=check.text("question_en", required=False),
-        question_type=str(raw.get("question_type") or UNKNOWN),
-    )
     food_meta = raw.get("food_meta") if isinstance(raw.get("food_meta"), dict) else {}
     food_name = raw.get("food_name") or food_meta.get("food_name")
-    common["food_name"] = food_name.strip() if isinstance(food_name, str) and food_name.strip() else None
-    common["cuisine"] = cuisine_of(food_meta) if food_meta else cuisine_of(raw)
-
-    if task == "sivqa":
-        if "food_meta" not in raw:
-            check.fail("food_meta", "missing; single-image questions need food_meta.food_file (the image)")
-            image = None
-        elif not isinstance(raw["food_meta"], dict):
-            check.fail("food_meta", f"expected an object with food_file, found {type(raw['food_meta']).__name__}")
-            image = None
-        else:
-            image = check.image("food_meta.food_file", food_meta.get("food_file"))
-        item = SIVQAItem(**common, choices=check.choices("choices"),
-                         choices_en=check.choices("choices_en", required=False), image=image or "",
-                         food_meta=food_meta, raw=raw)
-    elif task == "mivqa":
-        images = raw.get("images")
-        paths: list[str] = []
-        if not isinstance(images, list) or len(images) != NUM_CHOICES:
-            n = len(images) if isinstance(images, list) else ("missing" if images is None else type(images).__name__)
-            check.fail("images", f"expected a list of {NUM_CHOICES} image paths, found {n}")
-        else:
-            for k, p in enumerate(images):
-                rel = check.image(f"images[{k}]", p)
-                paths.append(rel or "")
-        item = MIVQAItem(**common, image_paths=paths, raw=raw)
-    elif task == "textqa":
-        item = TextQAItem(**common, choices=check.choices("choices"),
-                          choices_en=check.choices("choices_en", required=False), food_meta=food_meta, raw=raw)
-    else:
-        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    item = QAItem(
+        task=task, question_id=qid, index=index, question=check.text("question"), answer=check.answer(),
+        question_en=check.text("question_en", required=False), question_type=str(raw.get("question_type") or UNKNOWN),
+        food_name=food_name.strip() if isinstance(food_name, str) and food_name.strip() else None,
+        cuisine=cuisine_of(food_meta) if food_meta else cuisine_of(raw),
+        choices=check.choices("choices") if spec.choices else None,
+        choices_en=check.choices("choices_en", required=False) if spec.choices else None,
+        images=check.images(spec), food_meta=food_meta, raw=raw)
     return (None if check.problems else item), check.problems
 
 
@@ -392,16 +362,11 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
     except DownloadError as e:
         raise FoodieQAError([Problem(str(root), None, None, None, str(e))], "cannot read FoodieQA") from None
     required = tasks is not None
-    if isinstance(tasks, str):
-        tasks = (tasks,)
-    tasks = tuple(tasks) if tasks is not None else TASKS
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or TASKS)
     for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+        get_task(t)
     data = FoodieQA(root=root)
     problems: list[Problem] = []
-    bad_items: set[tuple[str, int]] = set()
-
     for task in tasks:
         path = question_file(root, task)
         if path is None:
@@ -416,23 +381,19 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
             problems.extend(e.problems)
             continue
         seen: dict[str, int] = {}
-        items = []
+        data.by_task[task] = []
         for index, raw in enumerate(raws):
             item, item_problems = _parse_item(task, str(path), index, raw, seen)
             if item is not None:
-                items.append(item)
-            else:
-                bad_items.add((task, index))
+                data.by_task[task].append(item)
             problems.extend(item_problems)
-        setattr(data, task, items)
     if not data.files:
-        raise FoodieQAError([Problem(str(root), None, None, None,
-                                     "no question files found (sivqa_tidy.json, mivqa_tidy.json, textqa_tidy.json)")],
-                            "cannot read FoodieQA")
+        raise FoodieQAError([Problem(str(root), None, None, None, "no question files found ("
+                                     + ", ".join(f"{t}_tidy.json" for t in TASKS) + ")")], "cannot read FoodieQA")
 
     # Images: every distinct image checked once; every item using a bad image reported. An image whose
     # resolved path leaves the data root (a symlink out of it) is never read, served or trained on.
-    paths = sorted({p for item in data.items() for p in item.images})
+    paths = data.image_paths()
     image_problem = {rel: OUTSIDE_ROOT.format(rel=rel, target=(root / rel).resolve())
                      for rel in paths if not (root / rel).resolve().is_relative_to(root)}
     if check_images:
@@ -448,30 +409,20 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
                     image_problem[rel] = err
                 else:
                     data.image_sizes[rel] = size
-    if image_problem:
-        for task in tasks:
-            kept = []
-            for item in getattr(data, task):
-                errs = [(k, p) for k, p in enumerate(item.images) if p in image_problem]
-                for k, p in errs:
-                    name = "food_meta.food_file" if task == "sivqa" else f"images[{k}]"
-                    problems.append(Problem(str(data.files[task]), item.index, item.question_id, name,
-                                            image_problem[p]))
-                if errs:
-                    bad_items.add((task, item.index))
-                else:
-                    kept.append(item)
-            setattr(data, task, kept)
+    for task, items in data.by_task.items():
+        for item in items:
+            problems += [Problem(str(data.files[task]), item.index, item.question_id, get_task(task).image_field(k),
+                                 image_problem[p]) for k, p in enumerate(item.images) if p in image_problem]
+        data.by_task[task] = [it for it in items if not any(p in image_problem for p in it.images)]
 
-    # Cuisine for items that carry no food_meta (MIVQA, some TextQA): look it up from SIVQA's metadata.
-    by_image = {it.image: it.cuisine for it in data.sivqa if it.cuisine != UNKNOWN}
-    by_name = {it.food_name: it.cuisine for it in data.sivqa if it.food_name and it.cuisine != UNKNOWN}
-    for item in data.mivqa:
-        if item.cuisine == UNKNOWN and item.image_paths:
-            item.cuisine = by_image.get(item.image_paths[item.answer], UNKNOWN)
-    for item in data.textqa:
-        if item.cuisine == UNKNOWN and item.food_name:
-            item.cuisine = by_name.get(item.food_name, UNKNOWN)
+    # Cuisine of items without metadata of their own (multi-image, some text-only): from the single-image
+    # questions' metadata, through the answer's image, else the dish's name.
+    known = [it for it in data.items() if len(it.images) == 1 and it.cuisine != UNKNOWN]
+    by_image = {it.image: it.cuisine for it in known}
+    by_name = {it.food_name: it.cuisine for it in known if it.food_name}
+    for item in data.items():
+        if item.cuisine == UNKNOWN:
+            item.cuisine = by_image.get(item.answer_image) or by_name.get(item.food_name, UNKNOWN)
 
     file_level = [p for p in problems if p.index is None]
     if file_level or (problems and not skip_bad):
@@ -479,13 +430,3 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
     data.skipped = problems
     return data
 
-
-def describe(data: FoodieQA) -> str:
-    """One line per task, for logs."""
-    lines = [f"FoodieQA at {data.root}:"]
-    for task in TASKS:
-        if task in data.files:
-            lines.append(f"  {task}: {len(getattr(data, task))} items from {data.files[task].name}")
-    lines.append(f"  images: {len(data.image_paths())}" + (f"; skipped items: {len({(p.file, p.index) for p in data.skipped})}"
-                                                        if data.skipped else ""))
-    return "\n".join(lines)

@@ -18,7 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from foodie.foodieqa import TASKS, question_file
+from foodie.foodieqa import question_file
+from foodie.tasks import TASKS
 
 ZIP_NAME = "FoodieQA.zip"
 MAX_UNPACKED_BYTES = 20 * 1024 ** 3  # FoodieQA is well under 1 GB; a zip declaring more is refused

@@ -11,7 +11,7 @@ FORMAT = "foodie-held-out"
 
 def read_held_out(path: str | os.PathLike, tasks: Sequence[str] | None = None) -> dict[str, set[str]]:
     """Question ids per task from a held-out manifest written by ``foodie.data_conversion.convert_foodieqa``."""
-    from foodie.foodieqa import TASKS
+    from foodie.tasks import TASKS
 
     path = Path(path)
     try:

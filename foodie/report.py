@@ -7,8 +7,9 @@ from pathlib import Path
 
 from foodie.atomic import atomic_path
 from foodie.stats import CHANCE
+from foodie.tasks import TASKS
 
-TASK_NAMES = {"sivqa": "single-image VQA", "mivqa": "multi-image VQA", "textqa": "text-only QA"}
+TASK_NAMES = {name: task.title for name, task in TASKS.items()}
 PROTOCOL = ("FoodieQA authors' protocol: first capital A-D anywhere in the response; a response without one "
             "counts 1/4 (the expected value of their random guess)")
 

@@ -18,7 +18,7 @@ import re
 import unicodedata
 from typing import Sequence
 
-from foodie.foodieqa import LETTERS
+from foodie.tasks import LETTERS
 
 NO_LETTER_CREDIT = 0.25  # expected value of the authors' random guess among four options
 GUESS_SEED = 0

@@ -62,7 +62,7 @@ def test_photos_become_foodieqa_questions_with_a_manifest_of_sources(small_foodi
         assert item.raw["choices_en"][item.answer] in (dish.en, dish.cuisine.en, dish.cuisine.region_en)
     assert {it.question_type for it in data.sivqa} == {"dish", "cuisine_type", "region"}  # what the CSV gives
     for item in data.mivqa:  # four photos of four dishes, the answer's is the dish asked about
-        assert len({p.split("/")[1] for p in item.image_paths}) == 4
+        assert len({p.split("/")[1] for p in item.images}) == 4
         assert item.raw["food_names"][item.answer] == item.food_name
 
     manifest = json.loads((ds / MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -35,24 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie import cli  # noqa: E402
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa  # noqa: E402
-from foodie.foodieqa import TASKS, FoodieQAError  # noqa: E402
+from foodie.foodieqa import FoodieQAError  # noqa: E402
 from foodie.image_tiling import tiling_of  # noqa: E402
 from foodie.foodieqa_download import DownloadError, locate_data_root  # noqa: E402
 from foodie.paths import demo_data_dir, work_dir  # noqa: E402
 from foodie.prompts import ANSWER_STYLES  # noqa: E402
+from foodie.tasks import TASKS, parse_tasks  # noqa: E402
 from foodie.terms import ACCEPT_FLAG, FOODIEQA, TermsNotAccepted, check_training_allowed, describe_source, terms_text  # noqa: E402
 
 
 def default_out() -> Path:
     return work_dir() / "foodieqa-xtuner"
-
-
-def parse_tasks(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise argparse.ArgumentTypeError(f"tasks must be a comma list of {', '.join(TASKS)}; got {text!r}")
-    return tasks
 
 
 def main(argv=None) -> int:
@@ -61,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", type=Path, default=demo_data_dir(), help="FoodieQA folder (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=default_out(), help="output folder (default: %(default)s)")
     ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",),
-                    help="comma list of sivqa,mivqa,textqa to train on (default: sivqa)")
+                    help=f"comma list of {','.join(TASKS)} to train on (default: sivqa)")
     ap.add_argument("--lang", choices=LANG_CHOICES, default="zh", help="question language (default: %(default)s)")
     ap.add_argument("--style", choices=ANSWER_STYLES, default="letter", help="answer style (default: %(default)s)")
     ap.add_argument("--eval-ratio", type=float, default=0.2, help="share held out (default: %(default)s)")
