@@ -1,24 +1,17 @@
-"""FoodieQA evaluation: ask each model the multiple-choice questions, score, compare, report.
-
-    python tools/eval_food.py --model work/tiny-internvl2 --model work/tuned --data-root DIR \\
-        --items work/held_out.json --out work/eval
-
-Writes ``predictions/<label>.jsonl`` per model, then ``metrics.json``, ``report.md`` and ``accuracy.png``
-(``foodie.report``). Prompts: the authors' templates (``foodie.prompts``, ``--template N``, recorded) through the
-model's chat template (``foodie.inference``), greedy up to ``--max-new-tokens`` (default 512: the authors generate
-500-1024), stopping at the end of the turn. Scoring: ``foodie.scoring``; statistics: ``foodie.stats``; the
-held-out manifest: ``foodie.held_out``. Published numbers appear only beside a run on the real FoodieQA.
+"""FoodieQA evaluation: ask each model the questions, write ``predictions/<label>.jsonl`` and ``metrics.json``
+(then foodie.report's report.md and accuracy.png). Prompts: the authors' templates (``--template N``) through the
+model's chat template (foodie.inference), greedy up to ``--max-new-tokens`` (the authors generate 500-1024).
 
 Predictions (JSON lines, one row per question; re-scorable by anyone): ``item_id``, ``task``, ``question_id``,
 ``template``, ``prompt`` (user text), ``reply_prefix`` (start of the reply the model continued, usually ""),
-``images``, ``response`` (the raw generated text), ``answer`` (the gold letter A-D), then our reading:
-``letter`` (authors' rule; null = none), ``score`` (1, 0 or 0.25), ``guess`` (seeded, when no letter),
-``option_text`` (diagnostic). Accuracy of a task = mean ``score`` over its rows. Resume: each row has a ``key``
-(model content, backend, generation settings, prompt, images); a re-run reuses rows whose key matches; rows are
-fsynced after every batch, so a killed run loses at most one batch.
+``images``, ``response`` (the raw generated text), ``answer`` (the gold letter A-D), then our reading
+(foodie.scoring.read_response): ``letter``, ``score`` (1, 0 or 0.25), ``guess``, ``option_text``. Accuracy of a
+task = mean ``score`` over its rows. Each row's ``key`` (model content, backend, generation settings, prompt,
+images) lets a re-run reuse it; rows are fsynced after every batch, so a killed run loses at most one batch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +24,7 @@ from typing import Callable, Sequence
 
 from foodie import held_out, report, scoring, stats
 from foodie.atomic import atomic_path, write_json, write_text
+from foodie.model_spec import PROVENANCE_FILE, ModelSpec
 
 DEFAULT_MAX_NEW_TOKENS = 512  # the authors generate 500-512 new tokens (1024 for Yi-VL); generation ends with the turn
 PREDICTIONS_VERSION = 1
@@ -88,6 +82,9 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
     return questions, data.root
 
 
+_HASHED = (".json", ".py", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
+
+
 def model_fingerprint(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
     """A content hash of a checkpoint folder: config, code, tokenizer and every weight byte (two fine-tunes
     have the same shapes and sizes); cached per file (path, size, mtime) in ``cache_dir``."""
@@ -100,8 +97,7 @@ def model_fingerprint(model_dir: str | os.PathLike, cache_dir: str | os.PathLike
     total, known = hashlib.sha256(), len(cache)
     for f in sorted(model_dir.rglob("*")):
         relative = f.relative_to(model_dir)
-        if not f.is_file() or f.suffix not in (".json", ".py", ".safetensors", ".bin", ".model", ".txt", ".tiktoken") \
-                or any(part.startswith(".") for part in relative.parts):
+        if not f.is_file() or f.suffix not in _HASHED or any(part.startswith(".") for part in relative.parts):
             continue
         st = f.stat()
         stamp = f"{f}|{st.st_size}|{st.st_mtime_ns}"
@@ -125,16 +121,12 @@ def prediction_key(fingerprint: str, backend: str, settings: dict, q: Question) 
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """Rows of a predictions file; a torn last line (a killed run) is ignored: that question is asked again."""
+    """Rows of a predictions file; a torn last line (a killed run) is skipped: that question is asked again."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "key" in row:
-            rows.append(row)
-    return rows
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return [r for r in rows if isinstance(r, dict) and "key" in r]
 
 
 def write_rows(path: Path, rows: list[dict], mode: str = "a") -> None:
@@ -172,19 +164,13 @@ class ModelRun:
         return self.computed / answering if self.computed and answering > 0 else None
 
 
-def estimated_tiles(q: Question, data_root: Path, max_tiles: int | None = None) -> int:
-    """Tiles the question's images will take (image headers only)."""
-    from foodie.image_tiling import MAX_TILES, ImageError, image_size_of, num_tiles
+def estimated_tiles(q: Question, data_root: Path, spec: ModelSpec, max_tiles: int | None = None) -> int:
+    """Tiles the question's images will take (image headers only; load_foodieqa checked every image)."""
+    from foodie.image_tiling import image_size_of
     from foodie.inference import tiles_per_image
 
-    budget = tiles_per_image(max_tiles or MAX_TILES, len(q.images))
-    total = 0
-    for p in q.images:
-        try:
-            total += num_tiles(*image_size_of(data_root / p), max_num=budget)
-        except (ImageError, OSError):
-            total += budget
-    return total
+    budget = tiles_per_image(max_tiles or spec.max_tiles, len(q.images))
+    return sum(spec.tiles(*image_size_of(data_root / p), max_tiles=budget) for p in q.images)
 
 
 def safe_label(label: str) -> str:
@@ -199,7 +185,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     """Ask one model every question, reusing finished predictions; returns all rows in order."""
     from foodie.inference import GenerationParams, Message, answer_all, load_backend, resolve_backend
 
-    backend_name = resolve_backend(backend)
+    backend_name, spec = resolve_backend(backend), ModelSpec.from_checkpoint(model_dir)
     fingerprint = model_fingerprint(model_dir, cache_dir=out_dir)
     params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=False)
     settings = asdict(params) | ({"max_tiles": max_tiles} if max_tiles is not None else {})  # what the model sees
@@ -211,7 +197,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
         write_rows(tmp, [done[k] for k in keys if k in done], mode="w")
     # Similar lengths share a batch (less padding); the order of the rows does not matter (keys).
     todo = sorted(((k, q) for k, q in zip(keys, questions) if k not in done),
-                  key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], data_root, max_tiles)))
+                  key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], data_root, spec, max_tiles)))
     run = ModelRun(label=label, model_dir=str(model_dir), backend=backend_name, fingerprint=fingerprint, rows=[],
                    reused=len(questions) - len(todo), computed=len(todo))
     on_batch(run.reused)
@@ -226,11 +212,8 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
             for idx, answers in answer_all(chat, requests, params, batch_size):
                 new = []
                 for (k, q), response in zip((todo[i] for i in idx), answers):
-                    done[k] = score_row(dict(key=k, item_id=q.item_id, task=q.task, question_id=q.question_id,
-                                             question_type=q.question_type, cuisine=q.cuisine, template=q.template,
-                                             prompt=q.prompt, reply_prefix=q.reply_prefix, images=q.images,
-                                             response=response, model=label, backend=backend_name,
-                                             fingerprint=fingerprint), q)
+                    done[k] = score_row(dict(key=k, item_id=q.item_id, **asdict(q), response=response, model=label,
+                                             backend=backend_name, fingerprint=fingerprint), q)
                     new.append(done[k])
                 write_rows(path, new)
                 on_batch(len(idx))
@@ -256,7 +239,7 @@ def trained_on(model_dir: str | os.PathLike) -> dict | None:
     """What a merged model was trained on (foodie_provenance.json's ``data``: name, kind, source folder);
     None for a model without one (a base model)."""
     try:
-        data = json.loads((Path(model_dir) / "foodie_provenance.json").read_text(encoding="utf-8")).get("data")
+        data = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding="utf-8")).get("data")
     except (OSError, ValueError, AttributeError):
         return None
     return data if isinstance(data, dict) and data.get("name") else None
@@ -375,10 +358,8 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     from foodie.inference import resolve_backend
 
     console = console or Console(stderr=True)
-    for m in cfg.models:
-        if not (Path(m) / "config.json").is_file():
-            raise FileNotFoundError(f"--model {m}: no config.json there; pass an InternVL2 checkpoint folder "
-                                    f"(official format), e.g. tools/make_tiny_model.py or tools/convert_to_official.py output")
+    for m in cfg.models:  # an unreadable checkpoint fails before any data is read
+        ModelSpec.from_checkpoint(m)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     labels = default_labels(cfg.models, cfg.labels)
@@ -428,11 +409,9 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
 def main(argv: Sequence[str] | None = None) -> int:
     from foodie import cli, inference, paths
 
-    p = cli.ArgumentParser(
-        prog="tools/eval_food.py",
-        description="Measure FoodieQA multiple-choice accuracy of one or more InternVL2 checkpoints and compare "
-                    "them (predictions JSONL, metrics.json, report.md, accuracy.png). Re-running reuses "
-                    "finished predictions.")
+    p = cli.ArgumentParser(prog="tools/eval_food.py", description="Measure FoodieQA accuracy of InternVL2 "
+                           "checkpoints and compare them (predictions JSONL, metrics.json, report.md, accuracy.png); "
+                           "a re-run reuses finished predictions.")
     p.add_argument("--model", action="append", dest="models", metavar="DIR",
                    help="checkpoint folder (official format); repeat to compare models, the first is the "
                         f"baseline (default: the embedded tiny model {paths.tiny_model_dir()})")
@@ -440,30 +419,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a name per --model, in order (default: folder names)")
     p.add_argument("--data-root", default=str(paths.demo_data_dir()),
                    help="FoodieQA folder (default: the synthetic one, %(default)s)")
-    p.add_argument("--items", metavar="MANIFEST", help="held-out manifest from tools/process_food.py: evaluate "
-                                                       "only its questions (default: every question)")
+    p.add_argument("--items", metavar="MANIFEST", help="held-out manifest (tools/process_food.py): only its questions")
     p.add_argument("--tasks", type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()) or None,
-                   help="comma-separated, of sivqa,mivqa,textqa (default: every task whose question file the data "
-                        "folder has)")
+                   help="comma-separated, of sivqa,mivqa,textqa (default: every task the data folder has)")
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="question language (authors' templates)")
     p.add_argument("--template", type=int, default=0, metavar="N",
-                   help="the authors' prompt template: single-image zh 0-4 / en 0-3, multi-image 0-3, text-only "
-                        "0-3 (default 0, their scripts' default; templates 2-4 of single-image start the reply, "
-                        "which needs the transformers backend). Recorded in metrics.json and the report.")
+                   help="the authors' prompt template: single-image zh 0-4 / en 0-3, multi-image and text-only 0-3 "
+                        "(default 0, theirs; single-image 2-4 start the reply: transformers backend only)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", choices=inference.BACKENDS, default="auto",
                    help="auto: LMDeploy when importable and a GPU is visible, else transformers")
     p.add_argument("--batch-size", type=int, default=8,
-                   help="transformers: questions per generate call; both: answers per fsync of the predictions "
-                        "(default 8; LMDeploy gets every question at once and batches them itself)")
+                   help="transformers: questions per generate call; LMDeploy: answers per fsync (default 8)")
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                   help="answer length cap (default %(default)s, as the authors' scripts; generation stops "
-                        "at the end of the model's turn, so a short answer costs no more)")
+                   help="answer length cap (default %(default)s, as the authors'; generation stops with the turn)")
     p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
-    p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's "
-                                                  "max_dynamic_patch; use what training used; several images share it)")
+    p.add_argument("--max-tiles", type=int, help="tile budget per question, shared by its images (default: the "
+                                                  "checkpoint's max_dynamic_patch, the budget it was trained with)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
     a = p.parse_args(argv)
     a.models = a.models or [str(paths.tiny_model_dir())]

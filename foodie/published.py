@@ -1,10 +1,6 @@
-"""FoodieQA accuracy published by its authors: every row of their tables, marks kept.
-
-Source: the FoodieQA repository's README (lyan62/FoodieQA, "Models and results for the VQA tasks" and
-"... for the TextQA task"), the tables of Li et al., "FoodieQA", EMNLP 2024. Every number was measured
-on the FULL test set (256 single-image, 403 multi-image questions; all text questions), never on a
-held-out split: shown beside a project result only when that result is a run on the real FoodieQA,
-and always labelled as the full set.
+"""FoodieQA accuracy published by its authors (lyan62/FoodieQA README; Li et al., EMNLP 2024): every row of
+their tables, marks kept. All measured on the FULL test set, never a held-out split: shown only beside a run on
+the real FoodieQA, always labelled as the full set.
 """
 from __future__ import annotations
 
@@ -37,13 +33,11 @@ _TEXTQA_ZH = [  # (model, best accuracy %, prompt)
 def _rows() -> dict:
     out: dict = {}
     for name, *cells in _VQA:
-        for column, cell in zip(VQA_COLUMNS, cells):
-            if cell == "-":
-                continue
+        for column, cell in ((c, v) for c, v in zip(VQA_COLUMNS, cells) if v != "-"):
             task, lang = column.split("/")
-            mark = "†" if cell.endswith("†") else ""
+            number = cell.rstrip("†")
             out.setdefault(task, {}).setdefault(lang, []).append(
-                dict(model=name, accuracy=float(cell.rstrip("†")), mark=mark, note=""))
+                dict(model=name, accuracy=float(number), mark=cell[len(number):], note=""))
     out["textqa"] = {"zh": [dict(model=name, accuracy=acc, mark="", note=f"prompt {prompt}")
                             for name, acc, prompt in _TEXTQA_ZH]}
     return out

@@ -1,15 +1,11 @@
-"""How a FoodieQA answer is scored: the authors' rule, in one place.
+"""How a FoodieQA answer is scored: the authors' rule, in one place (``authors_letter``).
 
 The FoodieQA authors (lyan62/FoodieQA, ``model-eval/scripts/get_accuracy.py``) read a response by the **first
-ASCII capital A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``): "Based on the picture..." reads as B,
-a lower-case "b" or a full-width "Ｂ" is no letter. A response with no such letter gets a random guess, so its
-expected credit is 1/4. Their released script crashes on its image paths (TypeError), so the rule is
-re-implemented here, not called. Readings of one response:
-
-* ``authors_letter`` + ``credit``: the headline (1 right letter, 0 wrong, ``NO_LETTER_CREDIT`` no letter).
-* ``seeded_guess``: the authors' guess made repeatable (one fixed letter per question).
-* strict (no letter = wrong) and ``option_text_reading``: a diagnostic of what the model meant (a standalone
-  letter, else the option whose text the answer names). Never the headline: the authors do not read option text.
+ASCII capital A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``): "Based on..." reads as B, a lower-case
+"b" or a full-width "Ｂ" is no letter; a response without one gets a random guess, expected credit 1/4. (Their
+script crashes on its image paths, so the rule is re-implemented, not called.) Beside the headline: the seeded
+guess (that guess made repeatable), strict (no letter = wrong) and ``option_text_reading``, a diagnostic of what
+the model meant; never the headline: the authors do not read option text.
 """
 from __future__ import annotations
 
@@ -84,13 +80,9 @@ def _normalise(text: str) -> str:
 
 
 def option_text_reading(response, choices: Sequence[str] | None = None) -> int | None:
-    """The option (0-3) a free-text answer seems to mean, or None: a DIAGNOSTIC, not FoodieQA accuracy.
-
-    1. The first capital A-D standing alone ("答案是（B）", "选项D", full-width "（Ｃ）"); a lone lower-case
-       letter at the start ("b.", "(c)").
-    2. Else the choice whose text the answer contains, not as part of a longer matching choice; several: None.
-       Text after the last answer marker ("答案是", "the answer is") is searched first.
-    """
+    """The option (0-3) a free-text answer seems to mean, or None (a diagnostic): the first capital A-D standing
+    alone ("答案是（B）", "（Ｃ）"), a lone lower-case letter at the start ("b."), else the one choice whose text the
+    answer names, not as part of a longer named choice, searching after the last "答案是"/"the answer is" first."""
     text = unicodedata.normalize("NFKC", response).strip() if isinstance(response, str) else ""
     m = _UPPER.search(text) or _LOWER_START.search(text)
     if m:

@@ -73,7 +73,8 @@ def guesser(text, images):
 def fake_model(tmp_path, name):
     d = tmp_path / name
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"name": name}))
+    (d / "config.json").write_text(json.dumps({"name": name, "template": "internlm2-chat",  # what ModelSpec reads
+                                               "vision_config": {"image_size": 448, "patch_size": 14}}))
     return d
 
 
