@@ -407,7 +407,7 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from foodie import cli, inference, paths
+    from foodie import cli, inference, paths, tasks
 
     p = cli.ArgumentParser(prog="tools/eval_food.py", description="Measure FoodieQA accuracy of InternVL2 "
                            "checkpoints and compare them (predictions JSONL, metrics.json, report.md, accuracy.png); "
@@ -420,8 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-root", default=str(paths.demo_data_dir()),
                    help="FoodieQA folder (default: the synthetic one, %(default)s)")
     p.add_argument("--items", metavar="MANIFEST", help="held-out manifest (tools/process_food.py): only its questions")
-    p.add_argument("--tasks", type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()) or None,
-                   help="comma-separated, of sivqa,mivqa,textqa (default: every task the data folder has)")
+    p.add_argument("--tasks", type=tasks.parse_tasks, help=f"comma-separated, of {','.join(tasks.TASKS)} "
+                                                           "(default: every task the data folder has)")
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="question language (authors' templates)")
     p.add_argument("--template", type=int, default=0, metavar="N",
                    help="the authors' prompt template: single-image zh 0-4 / en 0-3, multi-image and text-only 0-3 "
