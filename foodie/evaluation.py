@@ -304,7 +304,7 @@ def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: s
         "the authors published none for these tasks" if real else
         f"these questions are {asked['data']} data, and published FoodieQA results are shown only beside the "
         "real FoodieQA")
-    return dict(lang=lang, template=template, protocol=report.PROTOCOL, no_letter_credit=scoring.NO_LETTER_CREDIT,
+    return dict(lang=lang, template=template, protocol=scoring.PROTOCOL, no_letter_credit=scoring.NO_LETTER_CREDIT,
                 data_root=str(data_root), items_manifest=str(items) if items else None, questions=asked,
                 models=[model_metrics(r) for r in runs], comparisons=[compare(runs[0], r) for r in runs[1:]],
                 published=dict(source=published.SOURCE, scope=published.SCOPE, marks=published.DAGGER_NOTE,

@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 
 from foodie.atomic import atomic_path
+from foodie.scoring import PROTOCOL
 from foodie.stats import CHANCE
 from foodie.tasks import TASKS
 
 TASK_NAMES = {name: task.title for name, task in TASKS.items()}
-PROTOCOL = ("FoodieQA authors' protocol: first capital A-D anywhere in the response; a response without one "
-            "counts 1/4 (the expected value of their random guess)")
 
 
 def _pct(x: float) -> str:
@@ -137,11 +136,11 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
         for task, t in m["tasks"].items():
             if t["no_letter"]:
                 L += [f"**{_cell(m['label'])}**, {TASK_NAMES[task]}: {t['no_letter']} of {t['n']} responses have "
-                      f"no capital A-D (each counts 1/4). Examples:", ""]
+                      f"no letter by the authors' rule (each counts 1/4). Examples:", ""]
                 L += [f"- `{ex['item_id']}`: {json.dumps(_cell(ex['response'], 120), ensure_ascii=False)}"
                       for ex in t["no_letter_examples"]] + [""]
     if not any(t["no_letter"] for m in models for t in m["tasks"].values()):
-        L += ["None: every response has a capital A-D.", ""]
+        L += ["None: every response has a letter by the authors' rule.", ""]
     pub = metrics["published"]
     if pub.get("results"):
         L += ["## Published FoodieQA results (full test set)", "",

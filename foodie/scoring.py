@@ -17,6 +17,8 @@ from typing import Sequence
 from foodie.tasks import LETTERS
 
 NO_LETTER_CREDIT = 0.25  # expected value of the authors' random guess among four options
+PROTOCOL = ("FoodieQA authors' protocol: first capital A-D anywhere in the response; a response without one "
+            "counts 1/4 (the expected value of their random guess)")  # the rule in words, for reports
 GUESS_SEED = 0
 
 _FIRST_CAPITAL = re.compile(r"[A-D]")  # the authors' pattern: ASCII capitals only, inside words too

@@ -260,7 +260,7 @@ class Pipeline:
                           f"{100 * o['seeded_guess']['accuracy']:.1f}%", f"{100 * o['strict']['accuracy']:.1f}%",
                           f"{100 * o['option_text']['accuracy']:.1f}%")
         self.console.print(table)
-        self.console.print("[dim]accuracy: first capital A-D in the answer, none counts 1/4 (FoodieQA's scoring); "
+        self.console.print(f"[dim]accuracy: {metrics['protocol']}; "
                            f"predictions with raw answers and gold letters: {self.eval_dir / 'predictions'}/[/dim]")
         demo = f"{PY if not PY.startswith(str(REPO_ROOT)) else os.path.relpath(PY, REPO_ROOT)} demo/app.py " \
                f"--model {self.merged} --compare {self.model} --data-root {self.data_root}"
