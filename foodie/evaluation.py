@@ -4,10 +4,11 @@ model's chat template (foodie.inference), greedy up to ``--max-new-tokens`` (the
 
 Predictions (JSON lines, one row per question; re-scorable by anyone): ``item_id``, ``task``, ``question_id``,
 ``template``, ``prompt`` (user text), ``reply_prefix`` (start of the reply the model continued, usually ""),
-``images``, ``response`` (the raw generated text), ``answer`` (the gold letter A-D), then our reading
-(foodie.scoring.read_response): ``letter``, ``score`` (1, 0 or 0.25), ``guess``, ``option_text``. Accuracy of a
-task = mean ``score`` over its rows. Each row's ``key`` (model content, backend, generation settings, prompt,
-images) lets a re-run reuse it; rows are fsynced after every batch, so a killed run loses at most one batch.
+``images``, ``choices`` (option texts; null when the options are the images), ``response`` (the raw generated
+text), ``answer`` (the gold letter A-D), then our reading (foodie.scoring.read_response): ``letter``, ``score``
+(1, 0 or 0.25), ``guess``, ``option_text``. Accuracy of a task = mean ``score`` over its rows. Each row's ``key``
+(model content, backend, generation settings, prompt, images) lets a re-run reuse it; rows are fsynced after
+every batch, so a killed run loses at most one batch.
 """
 from __future__ import annotations
 

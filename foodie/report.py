@@ -147,7 +147,8 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
               f"By the authors on the **full test set** ({pub['source']}); {pub['marks']}. " + comparability(metrics),
               ""]
         for task, rows in pub["results"].items():
-            L += [f"**{TASK_NAMES[task]}, {lang}**" + (f" ({pub['textqa_note']})" if task == "textqa" else ""), "",
+            note = pub.get(f"{task}_note")  # how the authors' rows of this task were measured, if it differs
+            L += [f"**{TASK_NAMES[task]}, {lang}**" + (f" ({note})" if note else ""), "",
                   "| model | accuracy % | measured on |", "|---|---:|---|"]
             L += [f"| {r['model']} | {r['accuracy']:.2f}{r['mark']} | full test set, by the authors"
                   + (f"; {r['note']}" if r["note"] else "") + " |" for r in rows]
