@@ -41,8 +41,9 @@ class ThroughputHook(Hook):
     def _finish_profile(self) -> None:
         self._profiler.__exit__(None, None, None)
         table = self._profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
+        cpu = self._profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
         with open(self.profile_file, "w") as f:
-            f.write(table)
+            f.write(table + "\n" + cpu)
         self._profiler = None
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
-from foodie.train_speed import checkpoint_layers, register_fused_lora
+from foodie.train_speed import checkpoint_layers, compile_layers, register_fused_lora
 from foodie.train_speed import compile_elementwise as compile_elementwise_fn
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
@@ -141,7 +141,7 @@ class FoodieInternVL(InternVL_V1_5):
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
                  loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
-                 fused_lora=True, compile_elementwise="auto", model_code="auto"):
+                 fused_lora=True, compile_elementwise="auto", model_code="auto", compile_decoder_layers=False):
         BaseModel.__init__(self)
         # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
         self.fused_lora = fused_lora
@@ -188,6 +188,8 @@ class FoodieInternVL(InternVL_V1_5):
         if compile_elementwise:
             n = compile_elementwise_fn(self.model.language_model)
             print_log(f"compiled RMSNorm/SwiGLU in {n} modules", logger="current")
+        if compile_decoder_layers:
+            compile_layers(self._llm_layers())
 
         if pretrained_pth is not None:
             self.load_state_dict(guess_load_checkpoint(pretrained_pth), strict=False)
@@ -230,36 +232,40 @@ class FoodieInternVL(InternVL_V1_5):
     def _llm_forward(self, pixel_values, input_ids=None, attention_mask=None, position_ids=None,
                      image_flags=None, past_key_values=None, labels=None, use_cache=None,
                      output_attentions=None, output_hidden_states=None, return_dict=None):
-        """Image features replace the ``<IMG_CONTEXT>`` embeddings; next-token loss on ``labels``."""
-        embeds = self.model.language_model.get_input_embeddings()(input_ids).clone()
-        vit_embeds = self._image_features(pixel_values)
-        vit_embeds = vit_embeds[image_flags.squeeze(-1) == 1]
+        """Image features replace the ``<IMG_CONTEXT>`` embeddings; next-token loss on ``labels``.
 
-        B, N, C = embeds.shape
+        Every index that needs the GPU's answer (image-token slots, real tiles, labelled positions, padding)
+        is read before the vision encoder is launched, while the GPU queue is still empty: a boolean index
+        after it would make the CPU wait for the whole InternViT before launching the LLM."""
+        B, N = input_ids.shape
+        slots = (input_ids.reshape(-1) == self.model.img_context_token_id).nonzero().squeeze(1)
+        real_tiles = image_flags.reshape(-1).nonzero().squeeze(1)
+        if (self.causal_mask_for_right_padding and attention_mask is not None and past_key_values is None
+                and is_right_padded(attention_mask)):
+            attention_mask = None
+        fast_loss = self.loss_on_labels_only and labels is not None and not output_hidden_states \
+            and not output_attentions
+        if fast_loss:  # flat positions whose next token has a label
+            has_target = torch.zeros_like(labels, dtype=torch.bool)
+            has_target[:, :-1] = labels[:, 1:] != -100
+            labelled = has_target.reshape(-1).nonzero().squeeze(1)
         if get_rank() == 0 and self._count % 100 == 0:
             print_log(f"tiles in batch: {pixel_values.shape[0]}, per sample: "
                       f"{pixel_values.shape[0] / B:.1f}, tokens per sample: {N}", logger="current")
         self._count += 1
 
-        embeds = embeds.reshape(B * N, C)
-        selected = input_ids.reshape(B * N) == self.model.img_context_token_id
-        vit_embeds = vit_embeds.reshape(-1, C).to(embeds.dtype)
-        n_slots = int(selected.sum())
-        if n_slots != vit_embeds.shape[0]:
+        embeds = self.model.language_model.get_input_embeddings()(input_ids)
+        C = embeds.shape[-1]
+        vit_embeds = self._image_features(pixel_values).index_select(0, real_tiles).reshape(-1, C)
+        if slots.numel() != vit_embeds.shape[0]:
             # max_length cut a sample inside its image tokens: fill the slots that remain.
-            print_log(f"{n_slots} image-token slots for {vit_embeds.shape[0]} image features "
+            print_log(f"{slots.numel()} image-token slots for {vit_embeds.shape[0]} image features "
                       f"(sample truncated at max_length?)", logger="current", level=logging.WARNING)
-            vit_embeds = vit_embeds[:n_slots]
-        embeds[selected] = embeds[selected] * 0.0 + vit_embeds
-        embeds = embeds.reshape(B, N, C)
+            vit_embeds = vit_embeds[:slots.numel()]
+        embeds = embeds.reshape(B * N, C).index_copy(0, slots, vit_embeds.to(embeds.dtype)).reshape(B, N, C)
 
-        if (self.causal_mask_for_right_padding and attention_mask is not None and past_key_values is None
-                and is_right_padded(attention_mask)):
-            attention_mask = None
-
-        if self.loss_on_labels_only and labels is not None and not output_hidden_states and not output_attentions:
-            return self._loss_on_labels(embeds, attention_mask, position_ids, labels)
-
+        if fast_loss:
+            return self._loss_on_labels(embeds, attention_mask, position_ids, labels, labelled)
         outputs = self.model.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, use_cache=use_cache,
@@ -275,21 +281,19 @@ class FoodieInternVL(InternVL_V1_5):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
-    def _loss_on_labels(self, embeds, attention_mask, position_ids, labels):
-        """The same mean next-token cross-entropy, with the output head applied only where a label exists.
-        ``logits`` in the result are those of the labelled positions, [n_labelled, vocab]."""
+    def _loss_on_labels(self, embeds, attention_mask, position_ids, labels, labelled):
+        """The same mean next-token cross-entropy, with the output head applied only at the flat positions
+        ``labelled`` (those whose next token has a label). ``logits`` in the result are theirs, [n, vocab]."""
         lm = self.model.language_model
         causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # LoRA layers sit inside
         hidden = causal_lm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False, return_dict=True).last_hidden_state
-        targets = labels[:, 1:].to(hidden.device)
-        keep = targets != -100
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        if logits.shape[0] == 0:  # nothing to learn in this batch: a zero loss that still reaches every graph
-            loss = hidden.sum() * 0.0
-        else:
-            loss = torch.nn.functional.cross_entropy(logits, targets[keep])
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        if labelled.numel() == 0:  # nothing to learn in this batch: a zero loss that still reaches every graph
+            return CausalLMOutputWithPast(loss=hidden.sum() * 0.0, logits=hidden.new_zeros(0, 0))
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, labelled)
+        logits = causal_lm.get_output_embeddings()(hidden).float()
+        targets = labels.reshape(-1).to(logits.device).index_select(0, labelled + 1)
+        return CausalLMOutputWithPast(loss=torch.nn.functional.cross_entropy(logits, targets), logits=logits)
 
 
 def is_right_padded(attention_mask: torch.Tensor) -> bool:

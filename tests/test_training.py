@@ -265,3 +265,35 @@ def test_configs_read_paths_from_the_environment(monkeypatch, tmp_path):
     assert cpu.optim_wrapper.type.__name__ == "OptimWrapper"
     assert real.param_scheduler[0].end >= 1 and real.param_scheduler[0].by_epoch is False  # warm-up in iterations
     assert real.default_hooks.checkpoint.max_keep_ckpts >= 2 and real.default_hooks.checkpoint.save_optimizer
+
+
+def _flat(cfg, prefix=""):
+    """Every leaf of a config as {"a.b.0.c": value} (classes by name), for comparing two configs."""
+    items = cfg.items() if hasattr(cfg, "items") else enumerate(cfg)
+    out = {}
+    for k, v in items:
+        if isinstance(v, (dict, list, tuple)) or hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = getattr(v, "__name__", v)
+    return out
+
+
+def test_another_model_size_is_one_config_file(monkeypatch):
+    """The InternVL2-8B config inherits the 2B one and changes only the checkpoint (everywhere it is used), the
+    work dir, and activation checkpointing (all layers: the 2B's count was sized for 2B memory)."""
+    from mmengine.config import Config
+
+    for name in ("FOODIE_MODEL", "FOODIE_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    two = _flat(Config.fromfile(str(REAL_CONFIG)).to_dict())
+    eight = _flat(Config.fromfile(str(REPO / "xtuner_configs" / "internvl_v2_internlm2_5_8b_lora_finetune_food.py"))
+                  .to_dict())
+    assert set(two) == set(eight)
+    changed = {k: (two[k], eight[k]) for k in two if two[k] != eight[k]}
+    assert {k for k, (a, b) in changed.items() if (a, b) == ("OpenGVLab/InternVL2-2B", "OpenGVLab/InternVL2-8B")} == {
+        "path", "model.model_path", "train_dataloader.dataset.model_path", "tokenizer.pretrained_model_name_or_path",
+        "custom_hooks.0.tokenizer.pretrained_model_name_or_path"}
+    assert changed["model.activation_checkpointing"] == (15, 32)
+    assert changed["work_dir"][1].endswith("internvl_v2_internlm2_5_8b_lora_finetune_food")
+    assert len(changed) == 8  # the five paths, the layer count (setting and model), the work dir

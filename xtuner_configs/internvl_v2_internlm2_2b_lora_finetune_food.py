@@ -29,14 +29,11 @@ from xtuner.engine.runner import TrainLoop
 # Not `import os`: MMEngine turns imports in configs into lazy proxies (a stdlib outside its own
 # prefix, e.g. under a venv, counts as third-party), and a proxy cannot be called while parsing.
 _os = __import__("os")
+_paths = __import__("foodie.paths", fromlist=["work_dir"])  # work/ (or $FOODIE_WORK)
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-_repo = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-_work = _os.environ.get("FOODIE_WORK", _os.path.join(_repo, "work"))
-_name = _os.path.splitext(_os.path.basename(__file__))[0]
-
 # Model
 path = _os.environ.get("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")
 torch_dtype = "auto"  # bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU
@@ -55,7 +52,7 @@ llm_checkpoint_layers = 15
 compile_elementwise = "auto"  # torch.compile RMSNorm + SwiGLU on GPUs (CPU: off)
 
 # Data (written by tools/process_food.py: train.json in LLaVA format; held-out split kept aside)
-data_root = _os.environ.get("FOODIE_DATA", _os.path.join(_work, "foodieqa-xtuner"))
+data_root = _os.environ.get("FOODIE_DATA", str(_paths.work_dir() / "foodieqa-xtuner"))
 data_path = _os.path.join(data_root, "train.json")
 image_folder = data_root
 max_length = 8192
@@ -85,7 +82,8 @@ save_steps = 50
 save_total_limit = 2  # keep the last 2 complete checkpoints (-1: all)
 seed = 42  # fixed so a resumed run sees the same data order
 
-work_dir = _os.environ.get("FOODIE_WORK_DIR", _os.path.join(_work, "train", _name))
+work_dir = _os.environ.get("FOODIE_WORK_DIR",
+                          str(_paths.work_dir() / "train" / "internvl_v2_internlm2_2b_lora_finetune_food"))
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -113,26 +111,24 @@ model = dict(
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
-foodie_dataset = dict(
-    type=FoodieInternVLDataset,
-    model_path=path,
-    data_paths=data_path,
-    image_folders=image_folder,
-    repeat_times=repeat_times,
-    # None: the checkpoint's own conversation template and system message, i.e. exactly the prompt
-    # its chat() and foodie.inference build (XTuner's dataset would use InternLM's system prompt).
-    template=None,
-    system=None,
-    max_length=max_length,
-    max_dynamic_patch=max_dynamic_patch,
-)
-
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     pin_memory=True,  # the images' host->GPU copy without a pageable bounce
     persistent_workers=dataloader_num_workers > 0,  # no worker restart (~3 s on 2 GPUs) at each epoch
-    dataset=foodie_dataset,
+    dataset=dict(
+        type=FoodieInternVLDataset,
+        model_path=path,
+        data_paths=data_path,
+        image_folders=image_folder,
+        repeat_times=repeat_times,
+        # None: the checkpoint's own conversation template and system message, i.e. exactly the prompt
+        # its chat() and foodie.inference build (XTuner's dataset would use InternLM's system prompt).
+        template=None,
+        system=None,
+        max_length=max_length,
+        max_dynamic_patch=max_dynamic_patch,
+    ),
     sampler=dict(
         type=LengthGroupedSampler,
         length_property="modality_length",
@@ -210,4 +206,4 @@ resume = False
 randomness = dict(seed=seed, deterministic=False)
 log_processor = dict(by_epoch=False)
 
-del _os
+del _os, _paths
