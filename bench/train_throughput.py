@@ -93,8 +93,6 @@ VARIANTS = {
     "ours_ckpt13": ("", "model.update(activation_checkpointing=13)\n"),
     "ours_ckpt14": ("", "model.update(activation_checkpointing=14)\n"),
     "ours_ckpt15": ("", "model.update(activation_checkpointing=15)\n"),
-    # Ours with whole decoder layers through torch.compile (fewer launches from Python; experiment).
-    "ours_compile_layers": ("", "model.update(compile_decoder_layers=True)\n"),
     # Ours without activation checkpointing in the LLM (memory check).
     "ours_no_ckpt": ("", "model.update(activation_checkpointing=False)\n"),
     # Ours with InternLM2's RMSNorm and SwiGLU through torch.compile.

@@ -10,8 +10,6 @@ Each keeps the model's parameters, names and maths; docs/PERFORMANCE.md has the 
   freed elsewhere buys back recomputation.
 * ``compile_elementwise``: the InternLM2 RMSNorm and SwiGLU bodies through ``torch.compile`` (one fused
   kernel each instead of five to seven memory passes), shape-dynamic so sequence lengths don't recompile.
-* ``compile_layers``: whole decoder layers (norms, LoRA projections, rotary, attention, checkpointing)
-  through ``torch.compile``: one graph instead of ~100 kernel launches from Python per layer.
 """
 from __future__ import annotations
 
@@ -91,9 +89,3 @@ def compile_elementwise(language_model) -> int:
             module.forward = functools.partial(lambda m, x: m.w2(silu_mul(m.w1(x), m.w3(x))), module)
             count += 1
     return count
-
-
-def compile_layers(layers) -> None:
-    """Every decoder layer through ``torch.compile`` (shape-dynamic); the layers share one compiled graph."""
-    for layer in layers:
-        layer.compile(dynamic=True)

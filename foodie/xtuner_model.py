@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
-from foodie.train_speed import checkpoint_layers, compile_layers, register_fused_lora
+from foodie.train_speed import checkpoint_layers, register_fused_lora
 from foodie.train_speed import compile_elementwise as compile_elementwise_fn
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
@@ -141,7 +141,7 @@ class FoodieInternVL(InternVL_V1_5):
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
                  loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
-                 fused_lora=True, compile_elementwise="auto", model_code="auto", compile_decoder_layers=False):
+                 fused_lora=True, compile_elementwise="auto", model_code="auto"):
         BaseModel.__init__(self)
         # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
         self.fused_lora = fused_lora
@@ -188,8 +188,6 @@ class FoodieInternVL(InternVL_V1_5):
         if compile_elementwise:
             n = compile_elementwise_fn(self.model.language_model)
             print_log(f"compiled RMSNorm/SwiGLU in {n} modules", logger="current")
-        if compile_decoder_layers:
-            compile_layers(self._llm_layers())
 
         if pretrained_pth is not None:
             self.load_state_dict(guess_load_checkpoint(pretrained_pth), strict=False)
