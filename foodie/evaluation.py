@@ -157,6 +157,7 @@ class ModelRun:
     computed: int = 0
     seconds: float = 0.0  # model load + answering
     load_seconds: float = 0.0
+    max_tiles: int = 0  # tile budget per question: --max-tiles, else the checkpoint's own
 
     @property
     def questions_per_s(self) -> float | None:
@@ -200,7 +201,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     todo = sorted(((k, q) for k, q in zip(keys, questions) if k not in done),
                   key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], data_root, spec, max_tiles)))
     run = ModelRun(label=label, model_dir=str(model_dir), backend=backend_name, fingerprint=fingerprint, rows=[],
-                   reused=len(questions) - len(todo), computed=len(todo))
+                   reused=len(questions) - len(todo), computed=len(todo), max_tiles=max_tiles or spec.max_tiles)
     on_batch(run.reused)
     start = time.perf_counter()
     if todo:
@@ -391,8 +392,8 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
             bars.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked{speed})")
             runs.append(run)
     metrics = build_metrics(runs, cfg.lang, data_root, cfg.items, cfg.limit, cfg.template)
-    metrics["runs"] = [dict(label=r.label, backend=r.backend, reused=r.reused, computed=r.computed,
-                            seconds=round(r.seconds, 2), load_seconds=round(r.load_seconds, 2),
+    metrics["runs"] = [dict(label=r.label, backend=r.backend, max_tiles=r.max_tiles, reused=r.reused,
+                            computed=r.computed, seconds=round(r.seconds, 2), load_seconds=round(r.load_seconds, 2),
                             questions_per_s=r.questions_per_s and round(r.questions_per_s, 3)) for r in runs]
     metrics["settings"] = dict(tasks=list(tasks), template=cfg.template, backend=cfg.backend,
                                batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,

@@ -246,11 +246,14 @@ def test_untrained_tiny_model_is_at_chance(tiny_eval):
         assert t["n"] == 16 and t["chance"]["range95"][0] <= 4 <= t["chance"]["range95"][1]
 
 
-def test_report_and_chart_are_well_formed(tiny_eval):
+def test_report_and_chart_are_well_formed(tiny_eval, tiny_model_dir):
     from PIL import Image
 
+    from foodie.model_spec import ModelSpec
     metrics, out = tiny_eval
     saved = json.loads((out / "metrics.json").read_text())
+    # no --max-tiles: the checkpoint's own tile budget, recorded
+    assert saved["runs"][0]["max_tiles"] == ModelSpec.from_checkpoint(tiny_model_dir).max_tiles
     assert saved["models"] == json.loads(json.dumps(metrics["models"]))
     assert {"lang", "template", "protocol", "questions", "models", "comparisons", "published", "runs",
             "settings"} <= set(saved)
