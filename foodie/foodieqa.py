@@ -20,19 +20,18 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from foodie.image_tiling import MAX_IMAGE_PIXELS, ImageError, verify_image
-from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task
+from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task  # noqa: F401 (LETTERS: re-exported)
 
 UNKNOWN = "unknown"
 
 # food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses
 # ``food_type`` (e.g. "川菜（四川，重庆）"); other releases and our synthetic data use ``cuisine``.
 CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
-
-
 OUTSIDE_ROOT = ("{rel}: a symlink to {target}, outside the data root: refused (nothing outside the folder is read or "
                 "served); copy the image into the folder instead of linking it")
 
@@ -86,10 +85,6 @@ class QAItem:
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
-    def answer_letter(self) -> str:
-        return LETTERS[self.answer]
-
-    @property
     def image(self) -> str:
         """The image of a single-image question."""
         return self.images[0]
@@ -116,8 +111,8 @@ class FoodieQA:
             return self.by_task.get(name, [])
         raise AttributeError(name)
 
-    def items(self, tasks: Iterable[str] | None = None) -> Iterator[QAItem]:
-        for task in tasks or TASKS:
+    def items(self) -> Iterator[QAItem]:
+        for task in TASKS:
             yield from getattr(self, task)
 
     def __len__(self) -> int:
@@ -130,11 +125,6 @@ class FoodieQA:
     def path(self, rel: str) -> Path:
         """Absolute path of an image given relative to the data root."""
         return (self.root / rel).resolve()
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers users of the schema need too
-# ---------------------------------------------------------------------------------------------
 
 def cuisine_of(food_meta: dict | None) -> str:
     """The cuisine/region named in a food_meta dict, or "unknown"."""
@@ -209,19 +199,11 @@ def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
         return None, (f"image path {value!r} is absolute; give it relative to the data root "
                       f"(e.g. images/xxx.jpg)")
     parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
-    depth = 0
-    for p in parts:
-        depth += -1 if p == ".." else 1
-        if depth < 0:
-            return None, f"image path {value!r} climbs out of the data root; keep images under the folder"
+    if min(accumulate(-1 if p == ".." else 1 for p in parts), default=0) < 0:
+        return None, f"image path {value!r} climbs out of the data root; keep images under the folder"
     if ".." in parts:
         return None, f"image path {value!r} contains '..'; write it without parent references"
     return "/".join(parts), None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing one item
-# ---------------------------------------------------------------------------------------------
 
 class _ItemCheck:
     """Collects problems of one item."""
@@ -334,11 +316,6 @@ def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]
         choices_en=check.choices("choices_en", required=False) if spec.choices else None,
         images=check.images(spec), food_meta=food_meta, raw=raw)
     return (None if check.problems else item), check.problems
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a folder
-# ---------------------------------------------------------------------------------------------
 
 def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = None, *,
                   check_images: bool = True, skip_bad: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS,

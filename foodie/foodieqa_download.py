@@ -46,7 +46,7 @@ def _unpacked_roots(folder: Path) -> list[Path]:
 
 
 def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path:
-    """The FoodieQA folder (with sivqa_tidy.json ...) at or just below ``folder``; see the module docstring."""
+    """The FoodieQA folder (with sivqa_tidy.json ...) at or just below ``folder`` (module docstring)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir() or _has_questions(folder):
         return folder  # load_foodieqa names what is wrong with a missing folder
@@ -118,25 +118,12 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path
             raise DownloadError(f"{archive}: unpacking would overwrite {', '.join(str(dest / t) for t in clash)}; "
                                 f"move it away or unpack by hand")
         tmp = Path(tempfile.mkdtemp(prefix=f".{archive.stem}.unpack-", dir=dest))
-        try:
-            for info in members:
-                target = (tmp / info.filename.replace("\\", "/")).resolve()
-                if tmp.resolve() not in target.parents and target != tmp.resolve():
-                    raise DownloadError(f"{archive}: member {info.filename!r} would land outside {dest}; refusing")
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "xb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            created = []
+        try:  # every name was checked above, so zipfile's own extraction stays inside tmp
+            zf.extractall(tmp, members)
             for t in tops:
                 os.replace(tmp / t, dest / t)
-                created.append(dest / t)
         except zipfile.BadZipFile as e:
             raise DownloadError(f"{archive}: corrupt ({e}); download it again") from None
-        except FileExistsError as e:
-            raise DownloadError(f"{archive}: member {Path(e.filename).name!r} appears twice; unpack by hand") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return created
+    return [dest / t for t in tops]

@@ -2,27 +2,16 @@
 
     build_dataset("my-photos/", "work/my-photos-dataset")
 
-``my-photos/`` holds one subfolder of photos per dish (its name is the dish's name unless ``dishes.csv`` says
-otherwise) and optionally ``dishes.csv``, one row per dish, UTF-8, with a header naming any of these columns
-(a plain name is Chinese, ``_en`` English; give Chinese, English or both):
+``my-photos/`` holds one subfolder of photos per dish (its name is the dish's unless ``dishes.csv`` says otherwise)
+and optionally ``dishes.csv`` (UTF-8), one row per dish, with a header naming any of: ``folder`` (default: matched
+by dish, then dish_en), ``dish``, ``cuisine``, ``region``, ``main_ingredient``, ``cooking_method`` (Chinese; ``_zh``
+too) and the same with ``_en`` (English). Give Chinese, English or both.
 
-    folder                       the subfolder (default: matched by the dish column, then dish_en)
-    dish / dish_zh, dish_en      the dish's name (default: the folder name)
-    cuisine, cuisine_en          菜系 / cuisine, e.g. 川菜 / Sichuan cuisine
-    region, region_en            地区 / region, e.g. 四川 / Sichuan
-    main_ingredient, ..._en      主要食材 / main ingredient
-    cooking_method, ..._en       烹饪方法 / cooking method
-
-The output folder has the layout of FoodieQA (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four
-or more dishes) and ``own_photos_manifest.json``: where every photo came from (path and SHA-256), the dishes'
-metadata, the settings. That file also marks the folder as your own data (foodie.terms): process_food writes
-training data from it without FoodieQA's terms, and a model trained on it publishes without them.
-
-Questions come from the metadata as in the synthetic set (foodie.synthetic_data): per photo, questions of
-rotating types (dish, cuisine, region, main ingredient, cooking method) whose three wrong options are other
-dishes' values (and a few fixed extras); multi-image questions show four photos of four dishes. With only
-folder names, every question asks for the dish. Nothing is written unless every photo and row is usable; the
-folder is written under a temporary name and renamed when complete.
+The output has FoodieQA's layout (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four dishes or more)
+and ``own_photos_manifest.json``: every photo's source and SHA-256, the dishes' metadata, the settings. That file
+marks the folder as your own data (foodie.terms): it trains and publishes without FoodieQA's terms. Questions are
+made from the metadata as in the synthetic set (foodie.synthetic_data); with folder names only, every question
+asks for the dish. Nothing is written unless every photo and row is usable, and then all at once.
 """
 from __future__ import annotations
 
@@ -52,7 +41,7 @@ COLUMNS = {"dish": "dish", "cuisine": "cuisine_type", "region": "region", "main_
 
 
 class PhotosError(ValueError):
-    """The photo folder or dishes.csv cannot be used; one line per problem, each naming the file and the fix."""
+    """The photo folder or dishes.csv cannot be used: one line per problem, naming the file and the fix."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -73,18 +62,12 @@ class OwnDish:
             return None
         return (zh or en, en or zh)
 
-
-# ---------------------------------------------------------------------------------------------
-# Reading the folder
-# ---------------------------------------------------------------------------------------------
-
 def _bad_name(path: Path) -> str | None:
     """Why a file name cannot be used (not valid UTF-8), or None."""
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:
-        raw = os.fsencode(path)
-        return (f"{raw!r}: the name is not valid UTF-8; rename it "
+        return (f"{os.fsencode(path)!r}: the name is not valid UTF-8; rename it "
                 f"(e.g. convmv -f GBK -t UTF-8 --notest -r {os.fsdecode(os.fsencode(path.parent))!r})")
     return None
 
@@ -107,16 +90,14 @@ def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
             continue
         dish = OwnDish(entry.name)
         for dirpath, dirnames, filenames in os.walk(entry):
-            bad = [why for d in dirnames if not d.startswith(".") and (why := _bad_name(Path(dirpath) / d))]
-            problems.extend(bad)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _bad_name(Path(dirpath) / d))
-            for name in sorted(filenames):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(dirnames + [f for f in filenames if not f.startswith(".")]):
                 path = Path(dirpath) / name
-                if name.startswith("."):
-                    continue
                 if why := _bad_name(path):
                     problems.append(why)
-                elif path.suffix.lower() in IMAGE_SUFFIXES:
+                    if name in dirnames:
+                        dirnames.remove(name)
+                elif name in filenames and path.suffix.lower() in IMAGE_SUFFIXES:
                     dish.photos.append(path)
         if not dish.photos:
             problems.append(f"{entry}: no photos in this dish folder ({', '.join(IMAGE_SUFFIXES)}); add some or "
@@ -132,30 +113,26 @@ def check_photos(dishes: list[OwnDish], problems: list[str]) -> dict[Path, str]:
     """Every photo non-empty and decodable, no two with the same bytes; returns photo -> SHA-256."""
     digests: dict[Path, str] = {}
     first: dict[str, Path] = {}
-    for dish in dishes:
-        for path in dish.photos:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                problems.append(f"{path}: cannot be read ({e.strerror or e}); fix its permissions or remove it")
-                continue
+    for path in (p for dish in dishes for p in dish.photos):
+        try:
+            data = path.read_bytes()
             if not data:
-                problems.append(f"{path}: empty file (0 bytes); replace or remove it")
-                continue
-            try:
-                verify_image(path)
-            except ImageError as e:
-                problems.append(str(e))
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in first:
-                other = first[digest]
-                where = "in two dish folders" if other.parent != path.parent else "twice"
-                problems.append(f"{path}: the same photo (same bytes) as {other}, {where}; keep one copy, in the "
-                                f"folder of its dish")
-                continue
-            first[digest] = path
-            digests[path] = digest
+                raise ImageError(f"{path}: empty file (0 bytes); replace or remove it")
+            verify_image(path)
+        except OSError as e:
+            problems.append(f"{path}: cannot be read ({e.strerror or e}); fix its permissions or remove it")
+            continue
+        except ImageError as e:
+            problems.append(str(e))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in first:
+            where = "in two dish folders" if first[digest].parent != path.parent else "twice"
+            problems.append(f"{path}: the same photo (same bytes) as {first[digest]}, {where}; keep one copy, in the "
+                            f"folder of its dish")
+            continue
+        first[digest] = path
+        digests[path] = digest
     return digests
 
 
@@ -224,22 +201,13 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
     return langs
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing the data set
-# ---------------------------------------------------------------------------------------------
-
 def _food_meta(dish: OwnDish, rel: str, meta_id: int, langs: set[str]) -> dict:
     meta: dict = {"id": meta_id, "food_file": rel}
-    names = {"dish": "food_name", "cuisine_type": "cuisine", "region": "region", "main-ingredient": "main_ingredient",
-             "cooking-skills": "cooking_method"}
-    for qtype, key in names.items():
-        value = dish.attr(qtype)
-        if value is None:
-            continue
-        zh, en = value
-        meta[key] = [zh] if key == "main_ingredient" else zh
-        if "en" in langs:
-            meta[f"{key}_en"] = [en] if key == "main_ingredient" else en
+    for column, qtype in COLUMNS.items():
+        key = "food_name" if column == "dish" else column
+        for lang, value in zip(("zh", "en"), dish.attr(qtype) or ()):
+            if lang in langs or lang == "zh":
+                meta[key + ("_en" if lang == "en" else "")] = [value] if key == "main_ingredient" else value
     return meta
 
 

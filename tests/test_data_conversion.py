@@ -92,7 +92,7 @@ def test_golden_conversion_per_style_and_task(tmp_path, style):
     out = tmp_path / "out"
     result = convert(src, out, tasks=("sivqa", "mivqa", "textqa"), style=style)
     samples = train_by_id(out)
-    assert result.held_out_items == 0 and len(samples) == 6  # 4 sivqa + 1 mivqa + 1 textqa
+    assert not any(c["held_out"] for c in result.summary["items"].values()) and len(samples) == 6  # 4 sivqa + 1 mivqa + 1 textqa
     for sid, (human, gpt) in GOLDEN[style].items():
         conv = samples[sid]["conversations"]
         assert conv == [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}], sid

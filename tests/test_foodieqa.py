@@ -60,7 +60,7 @@ def test_reads_all_tasks_with_clean_fields(good):
     data = load_foodieqa(good)
     assert [i.task for i in data.items()] == ["sivqa", "sivqa", "mivqa", "textqa"]
     s1, s2 = data.sivqa
-    assert (s1.question_id, s1.answer, s1.answer_letter, s1.image) == ("s1", 1, "B", "images/a.jpg")
+    assert (s1.question_id, s1.answer, s1.image) == ("s1", 1, "images/a.jpg")
     assert s1.choices_en[1] == "Cantonese" and s1.cuisine == "粤菜（广东等地）"
     assert s1.raw["extra_field"] == {"x": 1}  # extra fields kept, untouched
     assert s2.question_en is None and s2.choices_en is None and s2.cuisine == "川菜（四川，重庆）"
