@@ -50,7 +50,7 @@ class Question:
         return f"{self.task}:{self.question_id}"
 
 
-def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = ("sivqa", "mivqa", "textqa"),
+def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = None,
                     lang: str = "zh", items: str | os.PathLike | None = None, limit: int | None = None,
                     skip_bad: bool = False, template: int = 0) -> tuple[list[Question], Path]:
     """The FoodieQA questions of the tasks (None: every task the folder has), only those of the held-out
@@ -61,8 +61,8 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
 
     tasks = tasks or tuple(t for t in TASKS if question_file(data_root, t) is not None)
     if not tasks:
-        raise ValueError(f"{data_root}: no FoodieQA question files (sivqa_tidy.json, mivqa_tidy.json, "
-                         f"textqa_tidy.json); point --data-root at the FoodieQA folder")
+        raise ValueError(f"{data_root}: no FoodieQA question files ({', '.join(t + '_tidy.json' for t in TASKS)}); "
+                         f"point --data-root at the FoodieQA folder")
     for t in tasks:  # a bad task, language or template fails before any data is read
         prompts.get_template(t, lang, template)
     data = load_foodieqa(data_root, tasks, skip_bad=skip_bad)

@@ -110,8 +110,8 @@ def render_report(metrics: dict, chart_name: str | None = "accuracy.png") -> str
               "also reads the option an answer names in words (never FoodieQA accuracy). Intervals are 95% "
               "(Wilson). " + comparability(metrics), "", "## Accuracy", ""]
     L += accuracy_table(metrics)
-    L += ["", "*Guessing range*: the accuracies a model answering at random (25%) reaches 95% of the time on "
-              "this many questions; a result inside it is indistinguishable from chance.", ""]
+    L += ["", f"*Guessing range*: the accuracies a model answering at random ({CHANCE:.0%}) reaches 95% of the time "
+              "on this many questions; a result inside it is indistinguishable from chance.", ""]
     L += [f"![accuracy by model and task]({chart_name})", ""] if chart_name else []
     if metrics["comparisons"]:
         L += ["## Differences (paired, same questions)", ""] + differences_table(metrics)
@@ -199,7 +199,7 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
             for x, y, hi, (_, t) in zip(xs, ys, errs[1], shown):
                 ax.text(x, min(y + hi + 1, 101), f"{y:.1f}" + (f"\n{t['no_letter']} no letter" if t["no_letter"]
                                                                else ""), ha="center", va="bottom", fontsize=7)
-        ax.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (25%)")
+        ax.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label=f"chance ({CHANCE:.0%})")
         ax.set_xticks(range(len(tasks)), [f"{TASK_NAMES[t]}\n(n={models[0]['tasks'].get(t, {}).get('n', 0)})"
                                           for t in tasks])
         ax.set_ylim(0, 130)  # room above 100 for the value labels, under the legend and the title

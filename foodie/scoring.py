@@ -14,9 +14,9 @@ import re
 import unicodedata
 from typing import Sequence
 
-from foodie.tasks import LETTERS
+from foodie.tasks import LETTERS, NUM_CHOICES
 
-NO_LETTER_CREDIT = 0.25  # expected value of the authors' random guess among four options
+NO_LETTER_CREDIT = 1 / NUM_CHOICES  # expected value of the authors' random guess among the options
 PROTOCOL = ("FoodieQA authors' protocol: first capital A-D anywhere in the response; a response without one "
             "counts 1/4 (the expected value of their random guess)")  # the rule in words, for reports
 GUESS_SEED = 0

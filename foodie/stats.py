@@ -6,7 +6,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-CHANCE = 0.25  # four options
+from foodie.tasks import NUM_CHOICES
+
+CHANCE = 1 / NUM_CHOICES  # a model guessing uniformly
 
 
 def wilson_interval(k: float, n: int) -> tuple[float, float]:
