@@ -66,7 +66,6 @@ class ConversionOptions:
     max_tiles: int = MAX_TILES
     tile_size: int = IMAGE_SIZE
     image_tokens_per_tile: int = tokens_per_tile()
-    workers: int = 2
 
     def validate(self) -> None:
         checks = [(self.tasks and all(t in TASKS for t in self.tasks), "tasks", f"some of {', '.join(TASKS)}"),
@@ -237,7 +236,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
     opts.validate()
     out = Path(out).expanduser().resolve()
     check_out_folder(out, Path(data_root))
-    data = load_foodieqa(data_root, None, check_images=opts.check_images, skip_bad=opts.skip_bad, workers=opts.workers)
+    data = load_foodieqa(data_root, None, check_images=opts.check_images, skip_bad=opts.skip_bad)
     missing = [t for t in opts.tasks if t not in data.files]
     if missing:
         raise FileNotFoundError(f"{data.root}: no {', '.join(f'{t}_tidy.json' for t in missing)}; "
@@ -248,7 +247,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
     else:
         split = make_split(data, opts)
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
-    pool = ThreadPoolExecutor(max_workers=max(1, opts.workers))
+    pool = ThreadPoolExecutor()
 
     def count_tokens(sample: dict, wh) -> int:
         text = "\n".join(c["value"].replace("<image>", "") for c in sample["conversations"])

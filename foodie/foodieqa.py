@@ -3,12 +3,10 @@
 A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and one ``{task}_tidy.json`` per task (foodie.tasks):
 ``question``, ``answer`` ("0"-"3"), optional ``question_en``, ``food_name``, ``question_type``, ``food_meta``
 (cuisine/region fields), and the task's options (``choices``, ``choices_en``) and images (sivqa:
-``food_meta.food_file``; mivqa: ``images``, the four options).
-
-Real files vary (``question_id`` or ``qid``, extra or missing optional fields, JSON or JSON lines),
-so the reader is tolerant of shape and strict about meaning. Every problem is reported with the
-file, the item (index and id), the field and what to do; all problems are collected, not just the
-first. ``skip_bad=True`` drops bad items instead and lists them in ``FoodieQA.skipped``.
+``food_meta.food_file``; mivqa: ``images``, the four options). Real files vary (``question_id`` or ``qid``, extra or
+missing optional fields, JSON or JSON lines): the reader is tolerant of shape and strict about meaning, and reports
+every problem with the file, the item, the field and the fix. ``skip_bad=True`` drops bad items instead and lists
+them in ``FoodieQA.skipped``.
 
     data = load_foodieqa("work/foodieqa-synthetic")
     for item in data.sivqa:
@@ -24,11 +22,10 @@ from itertools import accumulate
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
-from foodie.image_tiling import MAX_IMAGE_PIXELS, ImageError, verify_image
+from foodie.image_tiling import ImageError, verify_image
 from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task  # noqa: F401 (LETTERS: re-exported)
 
 UNKNOWN = "unknown"
-
 # food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses
 # ``food_type`` (e.g. "川菜（四川，重庆）"); other releases and our synthetic data use ``cuisine``.
 CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
@@ -36,26 +33,14 @@ OUTSIDE_ROOT = ("{rel}: a symlink to {target}, outside the data root: refused (n
                 "served); copy the image into the folder instead of linking it")
 
 
-class FoodieQAError(ValueError):
-    """The data cannot be used as is. ``problems`` lists every problem found."""
-
-    def __init__(self, problems: list["Problem"], header: str = ""):
-        self.problems = problems
-        shown = "\n".join(f"  - {p}" for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        hint = ("\nFix the items above, or pass skip_bad=True (--skip-bad) to drop them and get a report."
-                if any(p.index is not None for p in problems) else "")
-        super().__init__(f"{header or 'FoodieQA data has problems'} ({len(problems)}):\n{shown}{more}{hint}")
-
-
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with one item (or a whole file when ``index`` is None)."""
     file: str
-    index: int | None
-    item_id: str | None
-    field: str | None
     message: str
+    index: int | None = None
+    item_id: str | None = None
+    field: str | None = None
 
     def __str__(self) -> str:
         where = self.file
@@ -64,6 +49,18 @@ class Problem:
         if self.field:
             where += f": field '{self.field}'"
         return f"{where}: {self.message}"
+
+
+class FoodieQAError(ValueError):
+    """The data cannot be used as is. ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem], header: str = "cannot read FoodieQA"):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        hint = ("\nFix the items above, or pass skip_bad=True (--skip-bad) to drop them and get a report."
+                if any(p.index is not None for p in problems) else "")
+        super().__init__(f"{header} ({len(problems)}):\n{shown}{more}{hint}")
 
 
 @dataclass
@@ -126,14 +123,12 @@ class FoodieQA:
         """Absolute path of an image given relative to the data root."""
         return (self.root / rel).resolve()
 
+
 def cuisine_of(food_meta: dict | None) -> str:
     """The cuisine/region named in a food_meta dict, or "unknown"."""
-    if not isinstance(food_meta, dict):
-        return UNKNOWN
-    for key in CUISINE_KEYS:
+    for key in CUISINE_KEYS if isinstance(food_meta, dict) else ():
         value = food_meta.get(key)
-        if isinstance(value, list):
-            value = value[0] if value else None
+        value = (value or [None])[0] if isinstance(value, list) else value
         if isinstance(value, str) and value.strip():
             return value.strip()
     return UNKNOWN
@@ -141,11 +136,8 @@ def cuisine_of(food_meta: dict | None) -> str:
 
 def question_file(data_root: str | os.PathLike, task: str) -> Path | None:
     """The question file of a task in a FoodieQA folder (``{task}_tidy.json`` or ``.jsonl``), if any."""
-    for name in (f"{task}_tidy.json", f"{task}_tidy.jsonl"):
-        p = Path(data_root) / name
-        if p.is_file():
-            return p
-    return None
+    return next((p for p in (Path(data_root) / f"{task}_tidy.json", Path(data_root) / f"{task}_tidy.jsonl")
+                 if p.is_file()), None)
 
 
 def read_json_items(path: Path) -> list:
@@ -155,25 +147,21 @@ def read_json_items(path: Path) -> list:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise FoodieQAError([Problem(str(path), None, None, None,
-                                     f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}, line {line}); "
-                                     f"re-save the file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)")],
-                            "cannot read question file") from None
+        raise FoodieQAError([Problem(str(path), f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}, "
+                                                f"line {line}); re-save the file as UTF-8 (e.g. iconv -f GB18030 -t "
+                                                f"UTF-8)")]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as first:
         try:  # JSON lines
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError:
-            raise FoodieQAError([Problem(str(path), None, None, None,
-                                         f"invalid JSON at line {first.lineno}, column {first.colno}: {first.msg}")],
-                                "cannot read question file") from None
+            raise FoodieQAError([Problem(str(path), f"invalid JSON at line {first.lineno}, column {first.colno}: "
+                                                    f"{first.msg}")]) from None
     if isinstance(data, dict):  # {"data": [...]} or {id: item}
         data = data.get("data", data.get("questions", list(data.values())))
     if not isinstance(data, list):
-        raise FoodieQAError([Problem(str(path), None, None, None,
-                                     f"expected a JSON list of questions, found {type(data).__name__}")],
-                            "cannot read question file")
+        raise FoodieQAError([Problem(str(path), f"expected a JSON list of questions, found {type(data).__name__}")])
     return data
 
 
@@ -185,9 +173,7 @@ def _bad_text(value: Any) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return "contains characters that are not valid UTF-8 (lone surrogate escapes); fix the text"
-    if not value.strip():
-        return "is empty"
-    return None
+    return None if value.strip() else "is empty"
 
 
 def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
@@ -196,8 +182,7 @@ def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
         return None, f"expected an image path relative to the data root, found {value!r:.60}"
     text = value.strip().replace("\\", "/")
     if text.startswith("/") or (len(text) > 1 and text[1] == ":") or os.path.isabs(value):
-        return None, (f"image path {value!r} is absolute; give it relative to the data root "
-                      f"(e.g. images/xxx.jpg)")
+        return None, f"image path {value!r} is absolute; give it relative to the data root (e.g. images/xxx.jpg)"
     parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
     if min(accumulate(-1 if p == ".." else 1 for p in parts), default=0) < 0:
         return None, f"image path {value!r} climbs out of the data root; keep images under the folder"
@@ -205,28 +190,24 @@ def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
         return None, f"image path {value!r} contains '..'; write it without parent references"
     return "/".join(parts), None
 
-class _ItemCheck:
-    """Collects problems of one item."""
 
-    def __init__(self, file: str, index: int, raw: Any):
+class _ItemCheck:
+    """Reads the fields of one item, collecting its problems."""
+
+    def __init__(self, file: str, index: int, raw: dict):
         self.file, self.index, self.raw = file, index, raw
         self.item_id: str | None = None
         self.problems: list[Problem] = []
 
     def fail(self, field_name: str | None, message: str) -> None:
-        self.problems.append(Problem(self.file, self.index, self.item_id, field_name, message))
+        self.problems.append(Problem(self.file, message, self.index, self.item_id, field_name))
 
     def text(self, key: str, required: bool = True) -> str | None:
         value = self.raw.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "missing; every question needs it")
-            return None
-        why = _bad_text(value)
+        why = ("missing; every question needs it" if required else None) if value is None else _bad_text(value)
         if why:
             self.fail(key, why)
-            return None
-        return value.strip()
+        return None if why or value is None else value.strip()
 
     def choices(self, key: str, required: bool = True) -> list[str] | None:
         value = self.raw.get(key)
@@ -237,25 +218,20 @@ class _ItemCheck:
         if not isinstance(value, list) or len(value) != NUM_CHOICES:
             n = len(value) if isinstance(value, list) else type(value).__name__
             self.fail(key, f"expected a list of {NUM_CHOICES} choices, found {n}; FoodieQA questions have "
-                           f"exactly 4 options (A-D)")
+                           f"exactly {NUM_CHOICES} options ({LETTERS[0]}-{LETTERS[-1]})")
             return None
-        out = []
-        for k, c in enumerate(value):
-            why = _bad_text(c)
-            if why:
-                self.fail(f"{key}[{k}]", why)
-                return None
-            out.append(c.strip())
-        return out
+        bad = next(((k, why) for k, c in enumerate(value) if (why := _bad_text(c))), None)
+        if bad:
+            self.fail(f"{key}[{bad[0]}]", bad[1])
+            return None
+        return [c.strip() for c in value]
 
     def answer(self) -> int | None:
         value = self.raw.get("answer")
-        if value is None:
-            self.fail("answer", 'missing; give the index of the correct option as "0"-"3"')
-            return None
         text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        if text is None or text not in ("0", "1", "2", "3"):
-            self.fail("answer", f'value {value!r} is out of range; use "0"-"3" (the index of the correct option)')
+        if text not in [str(k) for k in range(NUM_CHOICES)]:
+            self.fail("answer", 'missing; give the index of the correct option as "0"-"3"' if value is None else
+                      f'value {value!r} is out of range; use "0"-"3" (the index of the correct option)')
             return None
         return int(text)
 
@@ -289,22 +265,19 @@ class _ItemCheck:
 
 def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
     """Parse one item; ``seen`` maps ids met so far in the file to their index (updated here)."""
+    if not isinstance(raw, dict):
+        return None, [Problem(file, f"expected a JSON object, found {type(raw).__name__}", index)]
     spec = get_task(task)
     check = _ItemCheck(file, index, raw)
-    if not isinstance(raw, dict):
-        check.fail(None, f"expected a JSON object, found {type(raw).__name__}")
-        return None, check.problems
     qid = raw.get("question_id", raw.get("qid"))
     if qid is None or (isinstance(qid, str) and not qid.strip()) or isinstance(qid, (dict, list, bool)):
         check.fail("question_id", "missing; give every question a unique 'question_id' (or 'qid')")
         qid = None
     else:
-        qid = str(qid).strip()
-        check.item_id = qid
+        qid = check.item_id = str(qid).strip()
         if qid in seen:
             check.fail("question_id", f"duplicate id, also used by item {seen[qid]}; ids must be unique within a file")
-        else:
-            seen[qid] = index
+        seen.setdefault(qid, index)
     food_meta = raw.get("food_meta") if isinstance(raw.get("food_meta"), dict) else {}
     food_name = raw.get("food_name") or food_meta.get("food_name")
     item = QAItem(
@@ -317,27 +290,22 @@ def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]
         images=check.images(spec), food_meta=food_meta, raw=raw)
     return (None if check.problems else item), check.problems
 
-def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = None, *,
-                  check_images: bool = True, skip_bad: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS,
-                  workers: int = 2) -> FoodieQA:
-    """Read and validate a FoodieQA folder.
 
-    ``tasks``: None reads whichever of sivqa/mivqa/textqa exist; naming tasks makes their files required.
-    ``check_images``: every image must exist and decode completely (also records its size).
-    ``skip_bad``: drop items with problems (reported in ``.skipped``) instead of raising.
-    Raises ``FoodieQAError`` listing every problem (file, item, field, fix).
-    """
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise FoodieQAError([Problem(str(root), None, None, None,
-                                     "data root is not a folder; point it at the FoodieQA folder that holds "
-                                     "sivqa_tidy.json and images/")], "cannot read FoodieQA")
+def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = None, *, check_images: bool = True,
+                  skip_bad: bool = False) -> FoodieQA:
+    """Read and validate a FoodieQA folder: ``tasks`` None reads whichever task files exist (naming tasks makes
+    their files required); ``check_images``: every image must exist and decode completely (its size is recorded).
+    Raises ``FoodieQAError`` listing every problem (file, item, field, fix)."""
     from foodie.foodieqa_download import DownloadError, locate_data_root
 
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise FoodieQAError([Problem(str(root), "data root is not a folder; point it at the FoodieQA folder that "
+                                                "holds sivqa_tidy.json and images/")])
     try:  # the folder `hf download` wrote: FoodieQA.zip, unpacked into a folder below (or not yet: say what to run)
         root = locate_data_root(root).resolve()
     except DownloadError as e:
-        raise FoodieQAError([Problem(str(root), None, None, None, str(e))], "cannot read FoodieQA") from None
+        raise FoodieQAError([Problem(str(root), str(e))]) from None
     required = tasks is not None
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or TASKS)
     for t in tasks:
@@ -348,7 +316,7 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         path = question_file(root, task)
         if path is None:
             if required:
-                problems.append(Problem(str(root / f"{task}_tidy.json"), None, None, None,
+                problems.append(Problem(str(root / f"{task}_tidy.json"),
                                         f"file not found; the {task} task needs it (or leave {task} out of tasks)"))
             continue
         data.files[task] = path
@@ -365,31 +333,28 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
                 data.by_task[task].append(item)
             problems.extend(item_problems)
     if not data.files:
-        raise FoodieQAError([Problem(str(root), None, None, None, "no question files found ("
-                                     + ", ".join(f"{t}_tidy.json" for t in TASKS) + ")")], "cannot read FoodieQA")
+        raise FoodieQAError([Problem(str(root), "no question files found ("
+                                     + ", ".join(f"{t}_tidy.json" for t in TASKS) + ")")])
 
     # Images: every distinct image checked once; every item using a bad image reported. An image whose
     # resolved path leaves the data root (a symlink out of it) is never read, served or trained on.
     paths = data.image_paths()
     image_problem = {rel: OUTSIDE_ROOT.format(rel=rel, target=(root / rel).resolve())
                      for rel in paths if not (root / rel).resolve().is_relative_to(root)}
-    if check_images:
-        def check(rel: str):
-            try:
-                return rel, verify_image(root / rel, max_pixels=max_pixels), None
-            except ImageError as e:
-                return rel, None, str(e).replace(str(root / rel), rel)
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for rel, size, err in pool.map(check, [p for p in paths if p not in image_problem]):
-                if err:
-                    image_problem[rel] = err
-                else:
-                    data.image_sizes[rel] = size
+    def check(rel: str):
+        try:
+            data.image_sizes[rel] = verify_image(root / rel)
+        except ImageError as e:
+            image_problem[rel] = str(e).replace(str(root / rel), rel)
+
+    if check_images:
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(check, [p for p in paths if p not in image_problem]))
     for task, items in data.by_task.items():
         for item in items:
-            problems += [Problem(str(data.files[task]), item.index, item.question_id, get_task(task).image_field(k),
-                                 image_problem[p]) for k, p in enumerate(item.images) if p in image_problem]
+            problems += [Problem(str(data.files[task]), image_problem[p], item.index, item.question_id,
+                                 get_task(task).image_field(k)) for k, p in enumerate(item.images) if p in image_problem]
         data.by_task[task] = [it for it in items if not any(p in image_problem for p in it.images)]
 
     # Cuisine of items without metadata of their own (multi-image, some text-only): from the single-image
@@ -401,9 +366,7 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         if item.cuisine == UNKNOWN:
             item.cuisine = by_image.get(item.answer_image) or by_name.get(item.food_name, UNKNOWN)
 
-    file_level = [p for p in problems if p.index is None]
-    if file_level or (problems and not skip_bad):
+    if any(p.index is None for p in problems) or (problems and not skip_bad):
         raise FoodieQAError(problems, f"FoodieQA data in {root} has problems")
     data.skipped = problems
     return data
-

@@ -62,10 +62,6 @@ def question_prompt(item, lang: str = "zh", template: int = DEFAULT_TEMPLATE) ->
     return EvalPrompt(fill(t, question, choices, n_images=len(images)), images, t.reply_prefix)
 
 
-# ---------------------------------------------------------------------------------------------
-# Training data (foodie.data_conversion): text-only questions, the multi-image collage, answers
-# ---------------------------------------------------------------------------------------------
-
 ANSWER_STYLES = ("name", "letter", "explain", "tutorial")
 # XTuner's InternVL_V1_5_Dataset takes one image per sample, so multi-image questions are trained on a
 # 2x2 collage of their four pictures (A top-left, B top-right, C bottom-left, D bottom-right): foodie.tasks.
@@ -123,53 +119,40 @@ def _dish_name(item, lang: str):
 
 
 def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
-    """The assistant turn of a training sample, in one of ``ANSWER_STYLES``.
+    """The assistant turn of a training sample, in one of ``ANSWER_STYLES``:
 
-    letter:   ``B) 粤菜`` (multi-image: ``B) 图B``): the default;
-    name:     the dish first, then the chosen option by its text: ``图中的菜是白切鸡。答案是粤菜。``
-              (multi-image: ``答案是图B。图B中的菜是白切鸡。``; no known dish: ``答案是粤菜。``);
+    letter:   ``B) 粤菜`` (options that are images: ``B) 图B``), the default: FoodieQA's scoring (foodie.scoring)
+              reads only a letter, and this answers what was asked, letter and option text;
+    name:     the dish, then the chosen option by its text: ``图中的菜是白切鸡。答案是粤菜。`` (images: the answer
+              first, ``答案是图B。图B中的菜是白切鸡。``): no letter, so it scores 1/4;
     explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
     tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
-
-    ``letter`` is the default because FoodieQA's scoring (``foodie.scoring``) reads only a letter, the first
-    capital A-D of the reply, and it answers what was asked, letter and option text. A name answer has none
-    and counts 1/4; the option-text diagnostic (``foodie.scoring.option_text_reading``) reads both.
     docs/TRAINING.md compares the styles under the authors' scoring.
     """
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")
+    zh = lang == "zh"
     _, choices = item_text(item, lang)
-    letter = LETTERS[item.answer]
-    dish = _dish_name(item, lang)
+    letter, dish = LETTERS[item.answer], _dish_name(item, lang)
     options_are_images = not get_task(item.task).choices
     if options_are_images:
         option = IMAGE_OPTIONS[lang][item.answer]
-        subject = f"{option}中的菜" if lang == "zh" else f"The dish in {option}"
+        subject = f"{option}中的菜" if zh else f"The dish in {option}"
     else:
         option = choices[item.answer]
-        subject = ("图中的菜" if lang == "zh" else "The dish in the picture") if item.images else \
-                  ("这道菜" if lang == "zh" else "The dish")
+        subject = ("图中的菜" if zh else "The dish in the picture") if item.images else ("这道菜" if zh else "The dish")
     if style == "name":
-        if lang == "zh":
-            answer = f"答案是{option}。"
-            if not dish:
-                return answer
-            return f"{answer}{subject}是{dish}。" if options_are_images else f"{subject}是{dish}。{answer}"
-        answer = f"The answer is {option}."
-        if not dish:
-            return answer
-        return f"{answer} {subject} is {dish}." if options_are_images else f"{subject} is {dish}. {answer}"
+        answer, about = (f"答案是{option}。", f"{subject}是{dish}。") if zh else \
+                        (f"The answer is {option}.", f"{subject} is {dish}.")
+        parts = [answer, about] if options_are_images else [about, answer]
+        return ("" if zh else " ").join(parts) if dish else answer
     if style == "tutorial":
-        if not dish:
-            return option
-        return f"{option}，图中的菜是{dish}" if lang == "zh" else f"{option}, the dish in the picture is {dish}"
+        return option if not dish else f"{option}，图中的菜是{dish}" if zh else f"{option}, the dish in the picture is {dish}"
     head = f"{letter}) {option}"
     if style == "letter":
         return head
-    cuisine = item.cuisine if item.cuisine and item.cuisine != "unknown" else None
-    if lang == "zh":
-        about = (f"{subject}是{dish}" + (f"，属于{cuisine}" if cuisine else "") + "。") if dish else ""
-        return f"{head}。{about}所以答案是（{letter}) {option}。"
-    cuisine_en = item.food_meta.get("cuisine_en")
-    about = (f"{subject} is {dish}" + (f", from {cuisine_en}" if cuisine_en else "") + ". ") if dish else ""
-    return f"{head}. {about}So the answer is ({letter}) {option}."
+    if zh:
+        cuisine = f"，属于{item.cuisine}" if item.cuisine and item.cuisine != "unknown" else ""
+        return f"{head}。" + (f"{subject}是{dish}{cuisine}。" if dish else "") + f"所以答案是（{letter}) {option}。"
+    cuisine = f", from {item.food_meta['cuisine_en']}" if item.food_meta.get("cuisine_en") else ""
+    return f"{head}. " + (f"{subject} is {dish}{cuisine}. " if dish else "") + f"So the answer is ({letter}) {option}."
