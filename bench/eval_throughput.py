@@ -16,8 +16,11 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
 
 * ``lmdeploy``: the backend as shipped (``foodie.inference.answer_all``): our image workers prepare
   pixel values ahead of the engine, large engine batches; ``:batch=N``, ``:prefill=TOKENS`` and
-  ``:workers=N`` override its settings (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips
-  the engine-only rerun);
+  ``:workers=N`` override its settings, ``:procs=1`` prepares images in worker processes, ``:mp=1`` runs
+  the engine in a process of its own (LMDeploy's ``enable_mp_engine``), ``:cache=PCT`` its KV-cache share
+  of GPU memory, ``:gpus=N`` one replica per GPU (data parallel, ``foodie.inference.Replicas``),
+  ``:replicas=N`` N replicas on the first GPU (any variant: ``:questions=N`` asks fewer, ``:engine=0``
+  skips the engine-only rerun);
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -153,18 +156,19 @@ def bf16_peak_tflops() -> float:
 class GpuBusy:
     """Samples nvidia-smi's GPU utilisation (share of time a kernel ran) every 0.2 s in a thread."""
 
-    def __init__(self):
+    def __init__(self, gpus: int = 1):
         self.samples: list[float] = []
+        self.gpus = gpus
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(0.2):
             try:
+                ids = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(8)))).split(",")[: self.gpus]
                 out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
-                                     capture_output=True, text=True, timeout=5).stdout.split()
-                self.samples.append(float(out[0]))
+                                      "-i", ",".join(ids)], capture_output=True, text=True, timeout=5).stdout.split()
+                self.samples.append(statistics.mean(float(x) for x in out))  # mean over the GPUs in use
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
 
@@ -188,14 +192,15 @@ class GpuBusy:
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
+    keys = ("batch", "prefill", "workers", "procs", "mp", "cache", "gpus", "replicas", "questions", "engine")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
-        raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:batch=N][:prefill=N][:workers=N], lmdeploy-stock, "
-                         f"transformers, each with [:questions=N][:engine=0|1]")
+        raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
+                         f"options: {', '.join(keys)}")
     settings = {}
     for o in opts:
         k, _, v = o.partition("=")
-        if k not in ("batch", "prefill", "workers", "questions", "engine") or not v.isdigit():
-            raise SystemExit(f"variant {spec!r}: options are batch=N, prefill=N, workers=N, questions=N, engine=0|1")
+        if k not in keys or not v.isdigit():
+            raise SystemExit(f"variant {spec!r}: options are {', '.join(k + '=N' for k in keys)}")
         settings[k] = int(v)
     return name, settings
 
@@ -206,17 +211,20 @@ def load_variant(args, name: str, settings: dict):
         return load_backend(args.model, backend="transformers")
     if name == "lmdeploy-stock":  # before: LMDeploy's own image preprocessing, engine settings of before
         return LMDeployBackend(args.model, max_batch_size=16, max_prefill_tokens=4096, prepare_images=False)
-    return load_backend(args.model, backend="lmdeploy", max_batch_size=settings.get("batch"),
-                        max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"))
+    devices = list(range(settings["gpus"])) if "gpus" in settings else [0] * settings.get("replicas", 1)
+    return load_backend(args.model, backend="lmdeploy", devices=devices, max_batch_size=settings.get("batch"),
+                        max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"),
+                        image_processes=bool(settings.get("procs")), engine_process=bool(settings.get("mp")),
+                        cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None)
 
 
-def timed_answers(backend, requests, params, batch_size) -> tuple[list[str], float, float | None]:
-    """Answers in request order, seconds, mean GPU busy %."""
+def timed_answers(backend, requests, params, batch_size, gpus=1) -> tuple[list[str], float, float | None]:
+    """Answers in request order, seconds, mean GPU busy % (over the first `gpus` GPUs)."""
     import torch
 
     from foodie.inference import answer_all
     answers: list[str | None] = [None] * len(requests)
-    with GpuBusy() as busy:
+    with GpuBusy(gpus) as busy:
         t0 = time.perf_counter()
         for idx, got in answer_all(backend, requests, params, batch_size):
             for i, a in zip(idx, got):
@@ -245,34 +253,39 @@ def run_variant(args) -> dict:
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
     backend = load_variant(args, name, settings)
+    backend.generate(warm, params)  # kernels, allocator, engine graphs (replicas load here)
     load_s = time.perf_counter() - t0
-    backend.generate(warm, params)  # kernels, allocator, engine graphs
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
     batch = args.batch_size if name == "transformers" else len(requests)
-    answers, total_s, busy = timed_answers(backend, requests, params, batch)
+    answers, total_s, busy = timed_answers(backend, requests, params, batch, settings.get("gpus", 1))
     result = dict(variant=args.only, backend=backend.name, questions=len(requests), load_s=round(load_s, 2),
                   total_s=round(total_s, 2), questions_per_s=round(len(requests) / total_s, 3), gpu_busy_pct=busy,
                   settings=dict(batch=getattr(getattr(backend, "engine_config", None), "max_batch_size", batch),
+                                devices=getattr(backend, "devices", None),
                                 prefill_tokens=getattr(getattr(backend, "engine_config", None),
                                                        "max_prefill_token_num", None),
                                 image_workers=getattr(backend, "image_workers", None),
                                 our_image_path=getattr(backend, "prepares_images", True)))
 
-    if name == "lmdeploy" and settings.get("engine", int(args.engine_only)):
+    if name == "lmdeploy" and hasattr(backend, "_pixels") and settings.get("engine", int(args.engine_only)):
         # The same questions with every image prepared beforehand: what the engine alone sustains.
-        ready = {id(r): m for r, m in zip(requests, backend._pool.map(backend._prepare, requests))}
-        prepare = backend._prepare
-        backend._prepare = lambda r, *rest: ready.get(id(r)) or prepare(r, *rest)
+        with ThreadPoolExecutor(8) as pool:
+            ready = dict(zip(map(id, requests), pool.map(lambda r: backend.tiling.prepare([r], 1, backend._dtype)[0],
+                                                        requests)))
+
+        async def prepared(request, tiling):
+            return ready[id(request)]
+        backend._pixels = prepared
         _, engine_s, engine_busy = timed_answers(backend, requests, params, batch)
-        backend._prepare = prepare
+        del backend._pixels
         result.update(engine_only_questions_per_s=round(len(requests) / engine_s, 3), engine_only_gpu_busy_pct=engine_busy)
         del ready
 
     ttft, full = [], []
-    for r in requests[: args.ttft_runs]:
+    for r in requests[: args.ttft_runs if hasattr(backend, "stream") else 0]:
         t0 = time.perf_counter()
         first = None
         for delta in backend.stream(r, params):
@@ -307,9 +320,8 @@ def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -
     from foodie.inference import Message, Tiling
 
     questions, root = build_questions(data_root, ("sivqa",), "zh", limit=n)
-    cfg = json.loads((model_dir / "config.json").read_text())
-    size, _ = it.tiling_of(model_dir)
-    tiling = Tiling(size, cfg.get("max_dynamic_patch", 12), cfg.get("min_dynamic_patch", 1), cfg.get("use_thumbnail", True))
+    tiling = Tiling.of(model_dir)
+    size = tiling.image_size
     stages = dict(decode=0.0, tiles=0.0, normalise=0.0)
     tiles = 0
     for q in questions[: min(n, 32)]:
@@ -333,6 +345,18 @@ def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -
     pool_s = time.perf_counter() - t0
     return dict(ms_per_question={s: round(1000 * v / k, 1) for s, v in stages.items()}, tiles_per_question=tiles / k,
                 workers=workers, questions=len(requests), questions_per_s=round(len(requests) / pool_s, 1))
+
+
+def agreement(ours: list[str], theirs: list[str], tok) -> dict:
+    """Share of the common questions with the same whole answer, the same first token, and the mean number of
+    leading tokens in common."""
+    pairs = list(zip(ours, theirs))
+    ids = [(tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)) for a, b in pairs]
+    prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in ids]
+    k = max(1, len(pairs))
+    return dict(questions=len(pairs), same_answer_pct=round(100 * sum(a == b for a, b in pairs) / k, 1),
+                same_first_token_pct=round(100 * sum(a[:1] == b[:1] for a, b in ids) / k, 1),
+                mean_common_prefix_tokens=round(statistics.mean(prefix), 1) if prefix else None)
 
 
 def environment() -> dict:
@@ -434,25 +458,29 @@ def main() -> int:
         print(f"## {spec}: {r['questions_per_s']:.2f} questions/s, done in {time.perf_counter() - t0:.0f} s "
               f"({time.perf_counter() - t_start:.0f} s in all)", flush=True)
 
+    # Agreement. Greedy answers of a random-weight model sit on near-ties: one bf16 rounding difference (another
+    # kernel, another batch composition) flips a token and the rest of the answer with it. So besides whole
+    # answers we compare the first generated token (it follows the whole prompt, image tokens and prefill: a
+    # different prompt or different pixels would change it), and we measure the floor: the first LMDeploy
+    # variant against every other LMDeploy variant (same engine and weights, other batch compositions).
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     reference = next((r for r in results if r["backend"] == "transformers"), None)
+    first_lmdeploy = next((r for r in results if r["backend"] == "lmdeploy"), None)
     for r in results:
-        if reference is None or r is reference:
-            continue
-        k = min(len(r["answers"]), len(reference["answers"]))
-        pairs = list(zip(r["answers"][:k], reference["answers"][:k]))
-        r["compared_with_transformers"] = k
-        r["same_answer_text_pct"] = round(100 * sum(a == b for a, b in pairs) / max(1, k), 1)
-        r["same_parsed_answer_pct"] = round(100 * sum(a == b for a, b in zip(r["parsed"][:k], reference["parsed"][:k]))
-                                            / max(1, k), 1)
-        r["same_first_word_pct"] = round(100 * sum(a.split()[:1] == b.split()[:1] for a, b in pairs) / max(1, k), 1)
+        for other, key in ((reference, "transformers"), (first_lmdeploy, "first_lmdeploy")):
+            if other is not None and r is not other:
+                r[f"vs_{key}"] = agreement(r["answers"], other["answers"], tok)
 
     print()
     print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "
-          "| load s | max alloc GiB | same text as transformers |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| load s | max alloc GiB | vs transformers: same answer / first token | vs first LMDeploy row |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def agree(a):
+        return f"{a['same_answer_pct']}% / {a['same_first_token_pct']}% of {a['questions']}" if a else "-"
     for r in results:
-        same = (f"{r['same_answer_text_pct']:.1f}% of {r['compared_with_transformers']}"
-                if "same_answer_text_pct" in r else "-")
+        same = f"{agree(r.get('vs_transformers'))} | {agree(r.get('vs_first_lmdeploy'))}"
         ttft = f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f}" if r.get("ttft_median_s") is not None else "-"
         print(f"| {r['variant']} | {r['questions']} | {r['questions_per_s']:.2f} | "
               f"{r.get('engine_only_questions_per_s', '-')} | {r.get('gpu_busy_pct', '-')} | "

@@ -370,18 +370,22 @@ def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_
         assert answers == backend.generate([requests[i] for i in idx], GREEDY)
 
 
-def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos, wide_photo):
+def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos, wide_photo, monkeypatch):
     """LMDeployBackend.answer_all without LMDeploy (a stand-in pipeline): every request answered once, in
     groups of at most batch_size, its images handed over as our prepared tiles, never more than
     max_in_flight requests prepared or generating at once, and an engine error reaches the caller."""
     import asyncio
     import itertools
     import random
+    import sys
+    import types
     from concurrent.futures import ThreadPoolExecutor
 
-    from foodie.inference import LMDeployBackend, PreparedImage, Tiling, _LoopThread
+    from foodie.inference import LMDeployBackend, PreparedImage, Tiling
 
     state = dict(now=0, most=0)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
 
     class Pipe:
         async def generate(self, messages, session_id, **kwargs):
@@ -398,21 +402,21 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos,
             yield type("Out", (), dict(response=f" {text}:{[i.pixel_values.shape[0] for i in images]} ",
                                        finish_reason="stop"))()
 
+    monkeypatch.setitem(sys.modules, "lmdeploy", types.SimpleNamespace(GenerationConfig=dict))
     b = object.__new__(LMDeployBackend)
-    b.pipe, b.loop, b._session_ids = Pipe(), _LoopThread().loop, itertools.count()
+    b.pipe, b.loop, b._session_ids = Pipe(), loop, itertools.count()
     b._pool, b.max_in_flight, b._slots = ThreadPoolExecutor(2), 3, None
     b.prepares_images, b.tiling, b._dtype, b.max_tiles = True, Tiling(224, 12, 1, True), None, 12
-    b._gen_config = lambda params: None
-    prepare = b._prepare
+    prepare = b._pixels
 
     lock = threading.Lock()
 
-    def counting(request, *args):  # count requests between "prepared" and "answered"
+    async def counting(request, *args):  # count requests between "being prepared" and "answered"
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
-        return prepare(request, *args)
-    b._prepare = counting
+        return await prepare(request, *args)
+    b._pixels = counting
     answer = b._answer
 
     async def answered(*args, **kwargs):
@@ -433,3 +437,20 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos,
     assert state["most"] <= 3
     with pytest.raises(RuntimeError, match="engine failed"):
         list(b.answer_all(requests[:2] + [[Message("user", "boom")]], GREEDY, batch_size=4))
+
+
+@pytest.mark.slow  # two processes each load the model: ~100 s on 2 busy cores
+def test_replicas_answer_every_request_as_one_backend_does(backend, tiny_model_dir, photos):
+    """Data parallel (``devices``: one backend per GPU, each in a process of its own; here two on the CPU):
+    every request answered once, each answer what the backend in this process gives."""
+    requests = [[Message("user", "这是什么菜？", images=[p])] for p in photos[:3]] + [[Message("user", "你好")]]
+    replicas = load_backend(tiny_model_dir, backend="transformers", devices=[0, 0])
+    try:
+        got = list(replicas.answer_all(requests, GREEDY, batch_size=1))
+        assert sorted(i for idx, _ in got for i in idx) == [0, 1, 2, 3]
+        assert {i: a for idx, ans in got for i, a in zip(idx, ans)} == {
+            i: backend.generate([r], GREEDY)[0] for i, r in enumerate(requests)}
+        with pytest.raises(Exception, match="missing.jpg"):  # a replica's error reaches the caller
+            list(replicas.answer_all([[Message("user", "?", images=["missing.jpg"])]] * 2, GREEDY))
+    finally:
+        replicas.close()
