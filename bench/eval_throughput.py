@@ -304,6 +304,7 @@ def run_variant(args) -> dict:
         max_allocated_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else 0,
         device_used_gib=round((total - free) / 2 ** 30, 2),
     )
+    print("RESULT " + json.dumps(result), flush=True)  # before closing: a hung shutdown loses nothing
     backend.close()
     gc.collect()
     return result
@@ -320,7 +321,8 @@ def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -
     from foodie.inference import Message, Tiling
 
     questions, root = build_questions(data_root, ("sivqa",), "zh", limit=n)
-    tiling = Tiling.of(model_dir)
+    from foodie.model_spec import ModelSpec
+    tiling = Tiling.of(ModelSpec.from_checkpoint(model_dir))
     size = tiling.image_size
     stages = dict(decode=0.0, tiles=0.0, normalise=0.0)
     tiles = 0
@@ -391,6 +393,7 @@ def main() -> int:
     p.add_argument("--ttft-runs", type=int, default=5)
     p.add_argument("--no-engine-only", dest="engine_only", action="store_false",
                    help="skip the engine-only rerun of each LMDeploy variant")
+    p.add_argument("--variant-timeout", type=float, default=300, help="seconds one variant may take")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no further variant after this much time (the rest are listed as skipped)")
     p.add_argument("--out", type=Path, default=REPO / "work" / "bench" / "eval_throughput.json")
@@ -398,7 +401,7 @@ def main() -> int:
     args = p.parse_args()
 
     if args.only:
-        print("RESULT " + json.dumps(run_variant(args)), flush=True)
+        run_variant(args)
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
@@ -424,8 +427,8 @@ def main() -> int:
     cfg = json.loads((args.model / "config.json").read_text())
     q0, root = build_questions(args.data_root, ("sivqa",), "zh", limit=1)
     tiles = num_tiles(*image_size_of(root / q0[0].images[0]), max_num=cfg.get("max_dynamic_patch", 12))
-    from foodie.image_tiling import tiling_of
-    prompt_tokens = tiles * tiling_of(args.model)[1] + 80  # image tokens + template and question (~80)
+    from foodie.model_spec import ModelSpec
+    prompt_tokens = tiles * ModelSpec.from_checkpoint(args.model).tokens_per_tile + 80  # image tokens + template and question (~80)
     flops = question_flops(args.model, tiles, prompt_tokens, args.max_new_tokens)
     env.update(tiles_per_question=tiles, prompt_tokens_about=prompt_tokens, tflop_per_question=round(flops / 1e12, 2))
     images = image_path_profile(args.data_root, args.model, min(64, args.questions), image_workers_for("cuda"))
@@ -444,11 +447,16 @@ def main() -> int:
         if not args.engine_only:
             cmd.append("--no-engine-only")
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            failures[spec] = (proc.stderr or proc.stdout)[-3000:]
-            print(f"## {spec} FAILED (exit {proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n{failures[spec]}",
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout)
+            out, err, code = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:  # its output so far comes with it (bytes, even with text=True)
+            out, err = (x.decode() if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+            code = f"timeout {args.variant_timeout} s"
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        if not lines:
+            failures[spec] = (err or out)[-3000:]
+            print(f"## {spec} FAILED (exit {code}) after {time.perf_counter() - t0:.0f} s:\n{failures[spec]}",
                   flush=True)
             continue
         r = json.loads(lines[-1][len("RESULT "):])

@@ -20,22 +20,20 @@ import asyncio
 import importlib.util
 import inspect
 import itertools
-import json
 import multiprocessing
 import os
 import pickle
 import queue
-import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-from foodie.image_tiling import ImageLike, load_image, open_image, tiling_of
+from foodie.image_tiling import ImageLike, load_image, open_image
+from foodie.model_spec import IMG_CONTEXT, ModelSpec  # noqa: F401 (IMG_CONTEXT: for tools/walkthrough_shapes.py)
 
 IMAGE_PLACEHOLDER = "<image>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
 
 @dataclass
@@ -128,12 +126,9 @@ class Tiling:
     use_thumbnail: bool = True
 
     @classmethod
-    def of(cls, model_dir: str | os.PathLike, max_tiles: int | None = None) -> "Tiling":
-        """The checkpoint's tiling (its config.json), with ``max_tiles`` as the budget if given."""
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-        own = cfg.get("max_dynamic_patch", 12) if cfg.get("dynamic_image_size", True) else 1
-        return cls(tiling_of(model_dir)[0], max_tiles or own, cfg.get("min_dynamic_patch", 1),
-                   cfg.get("use_thumbnail", True))
+    def of(cls, spec: ModelSpec, max_tiles: int | None = None) -> "Tiling":
+        """The checkpoint's tiling, with ``max_tiles`` as the budget if given."""
+        return cls(spec.tile_size, max_tiles or spec.max_tiles, spec.min_tiles, spec.use_thumbnail)
 
     def for_params(self, params: GenerationParams) -> "Tiling":
         return self if params.max_tiles is None else replace(self, max_tiles=params.max_tiles)
@@ -231,15 +226,12 @@ class TransformersBackend:
             llm.attn_implementation = "sdpa"
         self.model = AutoModel.from_pretrained(self.model_dir, config=config, trust_remote_code=True,
                                                torch_dtype=self.dtype, low_cpu_mem_usage=True).eval().to(self.device)
-        self.tiling = Tiling.of(self.model_dir, max_tiles)
+        self.spec = ModelSpec.from_checkpoint(self.model_dir)
+        self.tiling = Tiling.of(self.spec, max_tiles)
         self.image_size, self.max_tiles, self.min_tiles, self.use_thumbnail = astuple(self.tiling)
         self.image_workers = image_workers or image_workers_for(self.device)
-        module = sys.modules[type(self.model).__module__]  # the conversation templates the model code uses
-        if not hasattr(module, "get_conv_template"):
-            raise RuntimeError(f"{self.model_dir}: the model code {module.__name__} has no get_conv_template; "
-                               f"is this an InternVL2 checkpoint in the official format?")
-        self._get_conv_template = module.get_conv_template
-        self.sep = self._get_conv_template(self.model.template).sep.strip()
+        self._conversation = self.spec.conversation()  # the checkpoint's own template (its conversation.py)
+        self.sep = self._conversation.sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
         # A reply ends with the turn (<|im_end|>) or the text (</s>), as the checkpoint's generation_config says.
         self.stop_token_ids = list(dict.fromkeys(i for i in (self.eos_token_id, self.tokenizer.eos_token_id)
@@ -254,16 +246,15 @@ class TransformersBackend:
         expands each ``<image>`` into image tokens, without it the placeholders stay (for showing)."""
         system, msgs = _check_request(request)
         prefix = reply_prefix(msgs)
-        template = self._get_conv_template(self.model.template)
-        template.system_message = self.model.system_message if system is None else system
+        template = self._conversation.copy()
+        template.system_message = self._conversation.system_message if system is None else system
         for m in msgs[:-1] if prefix is not None else msgs:
             text = with_image_placeholders(m.text, len(m.images)) if m.role == "user" else m.text
             template.append_message(template.roles[0 if m.role == "user" else 1], text)
         template.append_message(template.roles[1], None)
         prompt = template.get_prompt() + (prefix or "")
         for n in num_tiles or ():
-            image = IMG_START + IMG_CONTEXT * self.model.num_image_token * n + IMG_END
-            prompt = prompt.replace(IMAGE_PLACEHOLDER, image, 1)
+            prompt = prompt.replace(IMAGE_PLACEHOLDER, self.spec.image_tokens(n), 1)
         return prompt
 
     def _prepare(self, requests: Sequence[Request], pixels: list[list] | None = None, tiling: Tiling | None = None):
@@ -434,15 +425,15 @@ class LMDeployBackend:
         import torch
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
-        self.model_dir = Path(model_dir)
-        self.tiling = Tiling.of(self.model_dir, max_tiles)
-        self.max_tiles, self.tokens_per_tile = self.tiling.max_tiles, tiling_of(self.model_dir)[1]
+        self.model_dir, self.spec = Path(model_dir), ModelSpec.from_checkpoint(model_dir)
+        self.tiling = Tiling.of(self.spec, max_tiles)
+        self.max_tiles, self.tokens_per_tile = self.tiling.max_tiles, self.spec.tokens_per_tile
         self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
                                                  cache_max_entry_count=cache_max_entry_count,
                                                  max_prefill_token_num=max_prefill_tokens,
                                                  enable_mp_engine=engine_process)
         self.pipe = pipeline(str(self.model_dir), backend_config=self.engine_config, log_level="ERROR",
-                             chat_template_config=ChatTemplateConfig("internvl2-internlm2"))
+                             chat_template_config=ChatTemplateConfig(self.spec.lmdeploy_template))
         self.loop = self.pipe.internal_thread.loop  # the PyTorch engine binds to the loop that first uses it
         self._session_ids = itertools.count(1 << 20)  # clear of the ids the pipeline hands out itself
         self.image_workers = image_workers or image_workers_for("cuda")
@@ -575,7 +566,7 @@ class Replicas:
 
     def __init__(self, model_dir: str | os.PathLike, name: str, devices: Sequence[int | str], **options):
         self.model_dir, self.name, self.devices, self._options = Path(model_dir), name, [str(d) for d in devices], options
-        self.max_tiles = Tiling.of(model_dir, options.get("max_tiles")).max_tiles
+        self.max_tiles = options.get("max_tiles") or ModelSpec.from_checkpoint(model_dir).max_tiles
         ctx = multiprocessing.get_context("spawn")
         self._pools = [ProcessPoolExecutor(1, ctx) for _ in devices]
         self._manager = ctx.Manager()

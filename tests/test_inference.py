@@ -323,17 +323,17 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
     from PIL import Image
     from transformers import AutoConfig
 
-    from foodie.image_tiling import tiling_of
     from foodie.inference import PreparedImage, Tiling, pass_prepared_images
+    from foodie.model_spec import ModelSpec
 
     config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
     theirs = internvl.InternVLVisionModel(str(tiny_model_dir), hf_config=config, backend="pytorch")
     theirs.build_preprocessor()
     ours = internvl.InternVLVisionModel(str(tiny_model_dir), hf_config=config, backend="pytorch")
     ours.build_preprocessor()
-    size, per_tile = tiling_of(tiny_model_dir)
+    spec = ModelSpec.from_checkpoint(tiny_model_dir)
+    per_tile, tiling = spec.tokens_per_tile, Tiling.of(spec)
     assert pass_prepared_images(ours, per_tile)
-    tiling = Tiling(size, config.max_dynamic_patch, config.min_dynamic_patch, config.use_thumbnail)
 
     def message(images):
         return [dict(role="user", content=[dict(type="text", text="<IMAGE_TOKEN>\n?")]
