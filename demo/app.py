@@ -43,7 +43,7 @@ from foodie import cli, paths  # noqa: E402
 from foodie.atomic import atomic_path  # noqa: E402
 from foodie.chat_state import ChatState, ModelGate, stream_answers  # noqa: E402
 from foodie.image_tiling import ImageError, open_image  # noqa: E402
-from foodie.inference import BACKENDS, GenerationParams, Message, load_backend  # noqa: E402
+from foodie.inference import CHOICES, GenerationParams, Message, load_backend  # noqa: E402
 from foodie.prompts import user_text  # noqa: E402
 
 log = logging.getLogger("foodie.demo")
@@ -565,7 +565,7 @@ def main(argv=None):
                                     "model; default: the embedded tiny model")
     ap.add_argument("--compare", help="a second checkpoint answering side by side, labelled 'base' (left) while "
                                       "--model is labelled 'tuned' (right): pass the base InternVL2-2B here")
-    ap.add_argument("--backend", default="auto", choices=BACKENDS)
+    ap.add_argument("--backend", default="auto", choices=CHOICES)
     ap.add_argument("--data-root", help="FoodieQA folder for the dish gallery; default: the synthetic set")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),

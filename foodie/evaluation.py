@@ -205,7 +205,8 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     on_batch(run.reused)
     start = time.perf_counter()
     if todo:
-        chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype, max_tiles=max_tiles)
+        chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype, max_tiles=max_tiles,
+                                      devices="all")  # several GPUs: one replica each, questions dealt out
         run.load_seconds = time.perf_counter() - start
         try:
             requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
@@ -357,7 +358,7 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from foodie.inference import resolve_backend
+    from foodie.inference import BACKENDS, resolve_backend
 
     console = console or Console(stderr=True)
     for m in cfg.models:  # an unreadable checkpoint fails before any data is read
@@ -368,9 +369,9 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     questions, data_root = build_questions(cfg.data_root, cfg.tasks, cfg.lang, cfg.items, cfg.limit, cfg.skip_bad,
                                            cfg.template)
     tasks = tuple(cfg.tasks or dict.fromkeys(q.task for q in questions))
-    if any(q.reply_prefix for q in questions) and resolve_backend(cfg.backend) == "lmdeploy":
-        raise ValueError(f"--template {cfg.template} starts the model's reply, which the LMDeploy backend cannot "
-                         f"continue: add --backend transformers")
+    if any(q.reply_prefix for q in questions) and not BACKENDS[resolve_backend(cfg.backend)].continues_reply:
+        raise ValueError(f"--template {cfg.template} starts the model's reply, which the "
+                         f"{resolve_backend(cfg.backend)} backend cannot continue: add --backend transformers")
     if not questions:
         raise ValueError(f"no questions to ask in {cfg.data_root} for tasks {', '.join(tasks)}"
                          + (f" and manifest {cfg.items}" if cfg.items else ""))
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the authors' prompt template: single-image zh 0-4 / en 0-3, multi-image and text-only 0-3 "
                         "(default 0, theirs; single-image 2-4 start the reply: transformers backend only)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--backend", choices=inference.BACKENDS, default="auto",
+    p.add_argument("--backend", choices=inference.CHOICES, default="auto",
                    help="auto: LMDeploy when importable and a GPU is visible, else transformers")
     p.add_argument("--batch-size", type=int, default=8,
                    help="transformers: questions per generate call; LMDeploy: answers per fsync (default 8)")

@@ -204,7 +204,7 @@ class TransformersBackend:
     ``generate`` (left padding) at a time. Attention: FlashAttention-2 where the checkpoint asks for it and it is
     installed, else SDPA (exact; on CPU many times faster than eager)."""
 
-    name = "transformers"
+    name, continues_reply = "transformers", True
     usable = staticmethod(lambda: True)
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, device: str = "auto",
@@ -413,7 +413,7 @@ class LMDeployBackend:
     step (LMDeploy's 4,096 prefills one 3,400-token question at a time); ``engine_process``: the engine in a
     process of its own (``enable_mp_engine``)."""
 
-    name = "lmdeploy"
+    name, continues_reply = "lmdeploy", False
     needs = ("the lmdeploy package and a CUDA GPU (no LMDeploy release runs on CPU); install the gpu profile "
              "(make venv PROFILE=gpu) or use --backend transformers")
     usable = staticmethod(lmdeploy_usable)
