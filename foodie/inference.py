@@ -237,6 +237,7 @@ class TransformersBackend:
         self.stop_token_ids = list(dict.fromkeys(i for i in (self.eos_token_id, self.tokenizer.eos_token_id)
                                                  if i is not None))
         self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        self.vocab_limit = len(self.tokenizer)  # (slow tokenizers count their vocabulary on every len())
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self._lock = threading.Lock()
@@ -279,7 +280,7 @@ class TransformersBackend:
         """Generated ids -> text up to the end of the turn, skipping ids the tokenizer lacks (random weights)."""
         ids = [int(i) for i in ids]
         ids = ids[:ids.index(self.eos_token_id)] if self.eos_token_id in ids else ids
-        text = self.tokenizer.decode([i for i in ids if 0 <= i < len(self.tokenizer)], skip_special_tokens=True)
+        text = self.tokenizer.decode([i for i in ids if 0 <= i < self.vocab_limit], skip_special_tokens=True)
         return text.split(self.sep)[0].strip() if strip else text
 
     def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
