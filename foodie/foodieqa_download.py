@@ -3,11 +3,9 @@
     hf download lyan62/FoodieQA --repo-type dataset --local-dir data/FoodieQA
     data/FoodieQA/FoodieQA.zip  (+ README.md, .gitattributes)
 
-``locate_data_root`` turns the folder a user points at into the folder that holds ``sivqa_tidy.json``: the folder
-itself, or the one folder below it that the zip unpacked into (``data/FoodieQA/FoodieQA/``). With ``unpack=True``
-it first unpacks a zip that is still packed -- safely: every member must land inside the folder (no absolute
-names, no ``..``, no symbolic links, no device files), and the members are written under a temporary folder and
-moved into place only when all of them are out, so a failure leaves the download as it was.
+``locate_data_root`` finds the folder with the question files: the one pointed at, or the one below it the zip
+unpacked into (``data/FoodieQA/FoodieQA/``). ``unpack=True`` first unpacks a packed zip, safely: no member with an
+absolute name, ``..``, a link or a device; all of it written to a temporary folder and moved in when complete.
 """
 from __future__ import annotations
 
@@ -35,14 +33,7 @@ def _has_questions(folder: Path) -> bool:
 
 
 def _zips(folder: Path) -> list[Path]:
-    named = folder / ZIP_NAME
-    if named.is_file():
-        return [named]
-    return sorted(p for p in folder.glob("*.zip") if p.is_file())
-
-
-def _unpacked_roots(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_questions(p))
+    return [folder / ZIP_NAME] if (folder / ZIP_NAME).is_file() else sorted(p for p in folder.glob("*.zip") if p.is_file())
 
 
 def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path:
@@ -50,7 +41,7 @@ def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path
     folder = Path(folder).expanduser()
     if not folder.is_dir() or _has_questions(folder):
         return folder  # load_foodieqa names what is wrong with a missing folder
-    roots = _unpacked_roots(folder)
+    roots = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_questions(p))
     if len(roots) == 1:
         return roots[0]
     zips = _zips(folder)
@@ -103,16 +94,14 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path
     with zf:
         members = [m for m in zf.infolist() if not m.filename.startswith(SKIPPED_MEMBERS)]
         for info in members:
-            why = _member_problem(info)
-            if why:
+            if why := _member_problem(info):
                 raise DownloadError(f"{archive}: member {info.filename!r} {why}; refusing to unpack it. Unpack the "
                                     f"archive by hand after checking it, or download it again")
         total = sum(m.file_size for m in members)
         if total > MAX_UNPACKED_BYTES:
             raise DownloadError(f"{archive}: declares {total / 1024 ** 3:.1f} GiB unpacked (FoodieQA is under 1 GB); "
                                 f"refusing to unpack it. Download it again")
-        tops = sorted({PurePosixPath(m.filename.replace("\\", "/")).parts[0] for m in members
-                       if PurePosixPath(m.filename.replace("\\", "/")).parts})
+        tops = sorted({parts[0] for m in members if (parts := PurePosixPath(m.filename.replace("\\", "/")).parts)})
         clash = [t for t in tops if (dest / t).exists() or (dest / t).is_symlink()]
         if clash:
             raise DownloadError(f"{archive}: unpacking would overwrite {', '.join(str(dest / t) for t in clash)}; "

@@ -152,13 +152,11 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
     """Fill the dishes' metadata from dishes.csv; returns the languages it gives ('zh', 'en')."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        rows = [r for r in csv.reader(io.StringIO(raw.decode("utf-8-sig"))) if any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
         problems.append(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8 "
                         f"(e.g. iconv -f GB18030 -t UTF-8)")
         return set()
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
         problems.append(f"{path}: empty; give a header (folder,dish,cuisine,region,main_ingredient,cooking_method"
                         f" and/or the same with _en) and one row per dish folder")
@@ -174,20 +172,15 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
     seen: dict[str, int] = {}
     for line, row in enumerate(rows[1:], start=2):
         cells = {c: (row[k].strip() if k < len(row) else "") for k, c in enumerate(header)}
-        folder = (cells.get(("folder", "")) or cells.get(("dish", "zh")) or cells.get(("dish", "en")) or "")
-        if not folder:
-            problems.append(f"{path}: line {line}: no folder or dish name; every row needs one")
+        folder = cells.get(("folder", "")) or cells.get(("dish", "zh")) or cells.get(("dish", "en")) or ""
+        why = ("no folder or dish name; every row needs one" if not folder else
+               f"no subfolder {folder!r} in {path.parent}; fix the name or delete the row" if folder not in by_key else
+               f"dish folder {folder!r} already described on line {seen[folder]}; keep one row per dish"
+               if folder in seen else None)
+        if why:
+            problems.append(f"{path}: line {line}: {why}")
             continue
-        dish = by_key.get(folder)
-        if dish is None:
-            problems.append(f"{path}: line {line}: no subfolder {folder!r} in {path.parent}; fix the name or "
-                            f"delete the row")
-            continue
-        if folder in seen:
-            problems.append(f"{path}: line {line}: dish folder {folder!r} already described on line {seen[folder]}; "
-                            f"keep one row per dish")
-            continue
-        seen[folder] = line
+        seen[folder], dish = line, by_key[folder]
         for column, qtype in COLUMNS.items():
             zh, en = cells.get((column, "zh")) or None, cells.get((column, "en")) or None
             langs |= {lang for lang, v in (("zh", zh), ("en", en)) if v}
@@ -227,11 +220,9 @@ def _in_languages(items: list[dict], langs: set[str]) -> list[dict]:
 
 def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dishes_csv: str | os.PathLike | None = None,
                   seed: int = 0, questions_per_photo: int = 2, mivqa_per_dish: int = 5, force: bool = False) -> dict:
-    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing). Returns counts.
-
-    ``dishes_csv`` defaults to ``photos_dir/dishes.csv`` when that exists. An existing ``out`` is replaced when
-    it is an earlier output of this function (or with ``force``). Raises PhotosError listing every problem.
-    """
+    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing); returns counts. ``dishes_csv``:
+    default ``photos_dir/dishes.csv`` if there. An ``out`` is replaced only if it is an earlier output (or ``force``).
+    Raises PhotosError listing every problem."""
     photos_dir = Path(photos_dir).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     if not 1 <= questions_per_photo <= len(COLUMNS):
@@ -296,14 +287,9 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dish
         for src, rel in copies:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
-
-        def dump(name, obj):
-            (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-        dump("sivqa_tidy.json", sivqa)
-        if mivqa:
-            dump("mivqa_tidy.json", mivqa)
-        dump(MANIFEST_FILE, manifest)
+        for name, obj in (("sivqa_tidy.json", sivqa), ("mivqa_tidy.json", mivqa), (MANIFEST_FILE, manifest)):
+            if obj:
+                (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(
             f"# Own photos in the FoodieQA schema\n\nWritten by `tools/photos_to_foodieqa.py` from `{photos_dir}` "
             f"({counts['dishes']} dishes, {counts['images']} photos). Where each photo came from: "

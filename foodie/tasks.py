@@ -1,20 +1,14 @@
-"""The FoodieQA tasks, one entry each. A new task is one ``Task`` in ``TASKS`` (and its tests).
+"""The FoodieQA tasks, one entry each. A new task is one ``Task`` in ``TASKS`` (and its tests): reading
+(foodie.foodieqa), prompts (foodie.prompts), training data and split (foodie.data_conversion) and evaluation follow it.
 
-An entry holds everything that differs between tasks; reading, prompting, training and splitting are the same
-code for every task (foodie.foodieqa, foodie.prompts, foodie.data_conversion):
-
-- parse: how many images a question has and where its item names them (``image_key``); whether its options are
-  texts (``choices``, ``choices_en``) or the images themselves, A-D in the file's order;
-- answer: the correct option's index 0-3 (``answer`` in the file); a letter A-D in prompts and replies. The
-  reply is read by one rule for every task: foodie.scoring.authors_letter;
-- collate: evaluation passes every image, in order; XTuner's dataset takes one image per sample, so training
-  passes the one image, a 2x2 collage of four, or none (``collage``);
-- prompt: the authors' templates (lyan62/FoodieQA ``model-eval/scripts/``: ``sivqa_utils``/``textqa_utils``
-  ``.format_text_prompt``, ``eval_mivqa_en.get_prompt_phi``, the README), string for string, zh and en, by number
-  (``tools/eval_food.py --template N``). Options are written ``（A) `` -- full-width open, ASCII close -- as the
-  authors' code does. Some templates end with the start of the reply (``我选择（``): the model continues it;
-- held out: ``"images"``: when all its images are held out (images on both sides: dropped); ``"dish"``: with its
-  dish's images, else by a seeded coin (foodie.data_conversion.make_split).
+An entry says how many images a question has and where its item names them; whether its options are texts
+(``choices``) or the images themselves, A-D in file order; its collation (evaluation passes every image in order;
+XTuner's dataset takes one image a sample, so training passes the one image, a 2x2 ``collage`` of four, or none);
+its held-out rule (``"images"``: held out when all its images are, dropped when they straddle the split; ``"dish"``:
+with its dish's images, else a seeded coin); and the authors' templates (lyan62/FoodieQA ``model-eval/scripts/``),
+string for string, zh and en, by number (``--template N``). Options are written ``（A) `` -- full-width open, ASCII
+close -- as the authors' code does; a template may end with the start of the reply (``我选择（``) that the model
+continues. Every reply is read by one rule, foodie.scoring.authors_letter.
 """
 from __future__ import annotations
 

@@ -1,17 +1,15 @@
 """FoodieQA's terms of use, and where a data set in its schema came from.
 
-FoodieQA (lyan62/FoodieQA) is gated on the Hugging Face Hub; to download it users accept the terms on its
-dataset card (``TERMS_ZH`` / ``TERMS_EN``). Term 2 is the one a fine-tuning course runs into: the data may be
-used for *evaluation only*, not for training models or systems. So every folder in the FoodieQA schema is
-treated as the real FoodieQA unless it carries the marker file of a data set this project generated:
+FoodieQA (lyan62/FoodieQA) is gated on the Hugging Face Hub behind the terms of its dataset card (``TERMS_ZH`` /
+``TERMS_EN``); term 2: *evaluation only*, not for training models. So every folder in the FoodieQA schema is the
+real FoodieQA unless it carries the marker file of a data set this project generated:
 
     synthetic   ``.synthetic.json``            tools/make_demo_data.py (drawn dishes; no licence attached)
     own-photos  ``own_photos_manifest.json``   tools/photos_to_foodieqa.py (the user's own photos)
     foodieqa    anything else                  evaluation only; training needs the authors' permission
 
-``describe_source`` is the provenance record that travels with the data: tools/process_food.py writes it into
-summary.json, tools/train.py copies it into the training work dir (``DATA_SOURCE_FILE``), the merge puts it in
-the merged folder's ``foodie_provenance.json``, and tools/publish.py reads it there.
+``describe_source`` is the provenance record that travels with the data: process_food's summary.json, the training
+work dir (``DATA_SOURCE_FILE``), the merged folder's provenance note, the published card.
 """
 from __future__ import annotations
 
@@ -55,10 +53,8 @@ class TermsNotAccepted(ValueError):
 
 def terms_text() -> str:
     """The terms in both languages, for printing before the data is used."""
-    lines = [f"FoodieQA ({FOODIEQA_ID}) 使用条款 / terms of use ({FOODIEQA_URL}):"]
-    for k, (zh, en) in enumerate(zip(TERMS_ZH, TERMS_EN), 1):
-        lines.append(f"  {k}. {zh}\n     {en}")
-    return "\n".join(lines)
+    return "\n".join([f"FoodieQA ({FOODIEQA_ID}) 使用条款 / terms of use ({FOODIEQA_URL}):"]
+                     + [f"  {k}. {zh}\n     {en}" for k, (zh, en) in enumerate(zip(TERMS_ZH, TERMS_EN), 1)])
 
 
 def dataset_kind(root: str | os.PathLike) -> str:
@@ -118,6 +114,4 @@ def trained_on_foodieqa(data: dict | None) -> bool:
     """From a provenance ``data`` record: True unless it names synthetic data or the user's own photos."""
     if not isinstance(data, dict):
         return True
-    if data.get("kind") in (SYNTHETIC, OWN_PHOTOS):
-        return False
-    return data.get("synthetic") is not True
+    return data.get("kind") not in (SYNTHETIC, OWN_PHOTOS) and data.get("synthetic") is not True

@@ -17,10 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from foodie.own_photos import PhotosError, build_dataset  # noqa: E402
-from foodie.paths import work_dir  # noqa: E402
+from foodie.own_photos import PhotosError, build_dataset
+from foodie.paths import work_dir
 
 
 def main(argv=None) -> int:
