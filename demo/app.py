@@ -22,7 +22,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,12 +100,9 @@ def ensure_embedded_default(model: str | None, data_root: str | None) -> tuple[P
     if data_root and not data_dir.is_dir():
         raise SystemExit(f"--data-root {data_root}: not a folder. Point it at a FoodieQA folder "
                          f"(sivqa_tidy.json + images/), or leave it out for the synthetic set.")
-    for missing, tool, folder in ((not (model_dir / "config.json").is_file(), "make_tiny_model", model_dir),
-                                  (not data_dir.is_dir(), "make_demo_data", data_dir)):
-        if missing:
-            print(f"[demo] building the embedded default in {folder} ...", flush=True)
-            subprocess.run([sys.executable, str(paths.REPO_ROOT / f"tools/{tool}.py"), "--out", str(folder)],
-                           check=True)
+    from foodie.tiny_model import ensure_embedded_default as build_missing
+
+    build_missing(model=not model, data=not data_root, log=lambda line: print(f"[demo] {line}", flush=True))
     if not model:
         print(f"[demo] serving the embedded tiny random-weight model ({model_dir}); answers are gibberish. "
               f"Pass --model DIR for a real checkpoint.", flush=True)

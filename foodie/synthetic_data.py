@@ -437,36 +437,38 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
             "sivqa": len(sivqa), "mivqa": len(mivqa), "textqa": len(texts)}
 
 
+BUILD_DEFAULTS = dict(photos_per_dish=40, num_dishes=len(DISHES), questions_per_photo=2, mivqa_per_dish=10,
+                      textqa=True)
+RECIPE_FILE = ".synthetic.json"  # how the folder was made; lets a re-run with the same settings do nothing
+GENERATOR_VERSION = 2  # 2: close-up photos on plain tables, 40 per dish, two questions per photo
+
+
+def _recipe(seed: int, options: dict) -> dict:
+    return {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
+            **{**BUILD_DEFAULTS, **options}}
+
+
+def demo_data_is_current(folder, seed: int = 0, **options) -> bool:
+    """True when ``folder`` holds the synthetic FoodieQA this code writes for these settings."""
+    try:
+        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding="utf-8"))["recipe"] == _recipe(seed, options)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def make_demo_data(out: str | os.PathLike, *, seed: int = 0, force: bool = False, progress: bool = False,
                    **options) -> dict:
-    """Write the synthetic FoodieQA to ``out`` atomically (all or nothing). Returns counts.
-
-    An existing ``out`` made with the same seed and options is left as it is (``"reused": True`` in the
-    counts); any other existing ``out`` is kept unless ``force``, and then replaced only once the new
-    folder is complete. ``options`` go to ``build`` (photos_per_dish, num_dishes, questions_per_photo,
-    mivqa_per_dish, textqa).
-    """
+    """Write the synthetic FoodieQA to ``out`` atomically (all or nothing); ``options`` go to ``build``. Returns
+    counts. An ``out`` made with the same settings is kept (``"reused": True``); any other is replaced only with
+    ``force``, once the new folder is complete."""
     out = Path(out)
-    recipe = {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
-              **{k: options[k] for k in sorted(options)}}
     if out.exists() and not force:
-        if _read_recipe(out) == recipe:  # the same data is already there
+        if demo_data_is_current(out, seed, **options):
             return {**json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))["counts"], "reused": True}
         raise FileExistsError(f"{out} already exists (with other contents or settings); pass --force "
                               f"(force=True) to replace it")
     with atomic_path(out, is_dir=True) as tmp:
         counts = build(tmp, seed=seed, progress=progress, **options)
-        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": recipe, "counts": counts}, indent=1) + "\n",
-                                       encoding="utf-8")
+        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": _recipe(seed, options), "counts": counts}, indent=1)
+                                       + "\n", encoding="utf-8")
     return counts
-
-
-RECIPE_FILE = ".synthetic.json"  # how the folder was made; lets a re-run with the same settings do nothing
-GENERATOR_VERSION = 2  # 2: close-up photos on plain tables, 40 per dish, two questions per photo
-
-
-def _read_recipe(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / RECIPE_FILE).read_text(encoding="utf-8"))["recipe"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

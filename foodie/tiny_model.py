@@ -1,18 +1,14 @@
 """The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format.
 
 `write_checkpoint(out)` writes a folder that loads like OpenGVLab/InternVL2-2B (AutoModel/AutoTokenizer with
-trust_remote_code=True, XTuner, LMDeploy): config.json, remote code, safetensors, generation_config.json and a
-small byte-level BPE tokenizer. Everything is a pure function of the seed, so a rebuild is byte-identical.
-
-Which remote code (`modeling=`): 'official' (the default, what users of the real checkpoint run) writes
-OpenGVLab's InternViT and InternLM2 files as the installed XTuner 0.2.0 ships them, read from the package when
-the folder is built (they are never part of this repository), beside the project's InternVL chat files
-(XTuner ships none); 'project' writes the project's own rewrite, foodie/remote_code, for all seven. The weights
-are the same for both (the same names and shapes; the project's classes draw them). `full_size=True` gives the real InternVL2-2B architecture (2.2 B parameters) with
-random weights; `parameter_shapes()` lists its parameters without allocating them.
+trust_remote_code=True, XTuner, LMDeploy); a pure function of the seed, so a rebuild is byte-identical.
+Remote code (`modeling=`): 'official' (default) writes OpenGVLab's InternViT and InternLM2 files as the installed
+XTuner 0.2.0 ships them (read at build time, never part of this repository) beside the project's InternVL chat
+files; 'project' writes foodie/remote_code for all seven. `full_size=True`: InternVL2-2B's architecture.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -20,25 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from foodie import paths
 from foodie.atomic import atomic_path
 
 REMOTE_CODE_DIR = Path(__file__).resolve().parent / 'remote_code'
-REMOTE_CODE_FILES = (
-    'configuration_intern_vit.py',
-    'configuration_internlm2.py',
-    'configuration_internvl_chat.py',
-    'conversation.py',
-    'modeling_intern_vit.py',
-    'modeling_internlm2.py',
-    'modeling_internvl_chat.py',
-)
-
+REMOTE_CODE_FILES = ('configuration_intern_vit.py', 'configuration_internlm2.py', 'configuration_internvl_chat.py',
+                     'conversation.py', 'modeling_intern_vit.py', 'modeling_internlm2.py', 'modeling_internvl_chat.py')
 MODELING_KINDS = ('official', 'project')
-# The default is what users of InternVL2-2B run, so every test and the quickstart exercise OpenGVLab's code.
-# Its cost, measured on the 2-core CPU machine under load (2026-11-30): one 13-tile question, 16 new tokens,
-# through foodie.inference: 0.36 CPU s with the official files (eager attention) against 0.28 with the
-# project's (SDPA); training is unaffected (FoodieInternVL trains either kind with foodie/remote_code).
-DEFAULT_MODELING = 'official'
+DEFAULT_MODELING = 'official'  # what users of InternVL2-2B run, so tests and the quickstart exercise it
 # Checkpoint file -> the installed XTuner 0.2.0's copy of OpenGVLab's file (pyproject.toml pins xtuner).
 OFFICIAL_FILES = {
     'configuration_intern_vit.py': '_lite/modelings/internvl2/configuration_intern_vit.py',
@@ -47,8 +32,8 @@ OFFICIAL_FILES = {
     'modeling_internlm2.py': '_lite/modelings/internlm2/modeling_internlm2.py',
 }
 # XTuner's InternViT copy computes the drop-path rates with numpy and keeps OpenGVLab's released line as a
-# comment above it. The released line (what InternVL2-2B downloads with) calls .item() on a torch.linspace, so
-# the model cannot be built on the meta device; we write that line back so the checkpoint behaves as the real one.
+# comment. The released line (what InternVL2-2B downloads with) is written back so the checkpoint behaves as
+# the real one (e.g. it cannot be built on the meta device).
 _XTUNER_DROP_PATH = (
     '        # TODO: error\n'
     '        # dpr = [x.item() for x in torch.linspace(0, config.drop_path_rate, config.num_hidden_layers)]\n'
@@ -59,8 +44,6 @@ _RELEASED_DROP_PATH = \
 
 def xtuner_package_dir() -> Path:
     """The installed xtuner package folder, found without importing it."""
-    import importlib.util
-
     spec = importlib.util.find_spec('xtuner')
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError('the official InternVL2 modeling files are read from the installed XTuner 0.2.0, which '
@@ -77,11 +60,10 @@ def modeling_files(modeling: str = DEFAULT_MODELING) -> dict[str, bytes]:
     if modeling == 'official':
         root = xtuner_package_dir()
         for name, relative in OFFICIAL_FILES.items():
-            path = root / relative
-            if not path.is_file():
-                raise RuntimeError(f'{path} is missing: the official files come from XTuner 0.2.0 '
+            if not (root / relative).is_file():
+                raise RuntimeError(f'{root / relative} is missing: the official files come from XTuner 0.2.0 '
                                    f'(pip install xtuner==0.2.0), or pass --modeling project')
-            files[name] = path.read_bytes()
+            files[name] = (root / relative).read_bytes()
         vit = files['modeling_intern_vit.py'].decode('utf-8')
         if _XTUNER_DROP_PATH not in vit:
             raise RuntimeError(f'{root / OFFICIAL_FILES["modeling_intern_vit.py"]} is not the XTuner 0.2.0 file '
@@ -89,8 +71,6 @@ def modeling_files(modeling: str = DEFAULT_MODELING) -> dict[str, bytes]:
         files['modeling_intern_vit.py'] = vit.replace(_XTUNER_DROP_PATH, _RELEASED_DROP_PATH).encode('utf-8')
     return files
 
-# ----------------------------------------------------------------------------------------------------
-# Architecture
 
 # InternVL2-2B as published: InternViT-300M-448px + MLP projector + InternLM2-chat-1.8B.
 FULL_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -99,26 +79,16 @@ FULL_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=1
 FULL_LLM = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
                 intermediate_size=8192, vocab_size=92553, rope_theta=1000000, max_position_embeddings=32768,
                 rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5, initializer_range=0.02)
-
-# The tiny model's tiles are 224 pixels (14-pixel patches as in InternViT, so 16x16 patches and, after the
-# pixel shuffle, 64 tokens a tile instead of 256); widths are small. With 256 image tokens ahead of the question,
-# the random 2-layer LLM learned slowly which attribute a question asks for (held-out 0.59-0.81 over 4 seeds after
-# 1,000 iterations at 448 px); with 64 the CPU config reaches 0.93-0.99 over five seeds, each iteration about 2.5x
-# cheaper (docs/TRAINING.md). Every part of the pipeline reads the tile size from config.json (force_image_size).
+# 224-pixel tiles: 64 image tokens a tile instead of 256, which the random 2-layer LLM reads far better
+# (docs/TRAINING.md, "What the embedded tiny model learns"); every tool reads force_image_size.
 TINY_VISION = dict(FULL_VISION, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                    image_size=224, initializer_factor=0.1)
-# The tiny LLM's weights are drawn with std 0.1 instead of 0.02. At 0.02 a 128-wide random model is nearly
-# linear and its attention uniform, and LoRA (which leaves the random base in place) hardly moves it: with the
-# dish named in the prompt, held-out accuracy was 0.16 after 400 LoRA steps at 0.02 and 0.64-0.83 at 0.08-0.15
-# (docs/TRAINING.md, "What the embedded tiny model learns"). InternVL2-2B's own weights are trained, not drawn.
+# LLM weights drawn with std 0.1, not 0.02: at 0.02 a 128-wide random LLM is nearly linear and LoRA hardly moves
+# it (held-out 0.16 against 0.64-0.83 at 0.08-0.15, docs/TRAINING.md). vocab_size: the tiny tokenizer's.
 TINY_LLM = dict(FULL_LLM, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=256, initializer_range=0.1)  # vocab_size: that of the tiny tokenizer
-
+                intermediate_size=256, initializer_range=0.1)
 INIT_STD = 0.02
-SHARD_BYTES = 2 * 1024 ** 3  # full-size weights (4.4 GB in bf16) go into three shards plus an index
-
-# ----------------------------------------------------------------------------------------------------
-# Tokenizer
+SHARD_BYTES = 2 * 1024 ** 3  # full-size weights (4.4 GB in bf16): three shards plus an index
 
 # Ids 0-2 as in InternLM2; the chat and image tokens come last, in the official order.
 BASE_SPECIAL_TOKENS = ('<unk>', '<s>', '</s>')
@@ -182,9 +152,8 @@ _TEMPLATES = (
 
 def tokenizer_corpus() -> list[str]:
     """A fixed corpus of chat and Chinese/English food text: the tokenizer's training data."""
-    dishes_zh = _DISHES_ZH.split()
+    dishes_zh, words = _DISHES_ZH.split(), _WORDS_ZH.split()
     dishes_en = [d.strip() for d in _DISHES_EN.rstrip('.').split(',')]
-    words = _WORDS_ZH.split()
     lines = []
     for i, template in enumerate(_TEMPLATES):
         for j in range(8):
@@ -199,8 +168,7 @@ def tokenizer_corpus() -> list[str]:
     lines += [' '.join(words[i:i + 12]) for i in range(0, len(words), 6)]
     words_en = _WORDS_EN.split()
     lines += [' '.join(words_en[i:i + 10]).capitalize() + '.' for i in range(0, len(words_en), 5)]
-    lines += [_DISHES_EN, _DISHES_ZH, ' 0123456789 ABCD abcd () [] {} <> ,.;:!? \n\t ']
-    return lines
+    return lines + [_DISHES_EN, _DISHES_ZH, ' 0123456789 ABCD abcd () [] {} <> ,.;:!? \n\t ']
 
 
 def build_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
@@ -228,36 +196,29 @@ def build_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
         clean_up_tokenization_spaces=False, padding_side='right')
 
 
-# ----------------------------------------------------------------------------------------------------
-# Config and weights
-
 def make_config(vocab_size: int = TINY_VOCAB_SIZE, full_size: bool = False):
     """The InternVLChatConfig of InternVL2-2B (full_size) or of the tiny model, as in config.json."""
     from foodie.remote_code.configuration_internvl_chat import InternVLChatConfig
 
-    vision = dict(FULL_VISION if full_size else TINY_VISION)
-    llm = dict(FULL_LLM if full_size else TINY_LLM)
+    vision, llm = dict(FULL_VISION if full_size else TINY_VISION), dict(FULL_LLM if full_size else TINY_LLM)
     if not full_size:
         llm['vocab_size'] = vocab_size
     vision.update(architectures=['InternVisionModel'], use_flash_attn=True, drop_path_rate=0.0,
-                  torch_dtype='bfloat16',
-                  auto_map={'AutoConfig': 'configuration_intern_vit.InternVisionConfig',
-                            'AutoModel': 'modeling_intern_vit.InternVisionModel'})
+                  torch_dtype='bfloat16', auto_map={'AutoConfig': 'configuration_intern_vit.InternVisionConfig',
+                                                    'AutoModel': 'modeling_intern_vit.InternVisionModel'})
     llm.update(architectures=['InternLM2ForCausalLM'], attn_implementation='eager', bias=False,
                bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype='bfloat16',
                auto_map={'AutoConfig': 'configuration_internlm2.InternLM2Config',
                          'AutoModel': 'modeling_internlm2.InternLM2ForCausalLM',
                          'AutoModelForCausalLM': 'modeling_internlm2.InternLM2ForCausalLM'})
-    config = InternVLChatConfig(
+    return InternVLChatConfig(
         vision_config=vision, llm_config=llm, select_layer=-1, force_image_size=vision['image_size'],
-        downsample_ratio=0.5,
-        template='internlm2-chat', dynamic_image_size=True, use_thumbnail=True, ps_version='v2',
-        min_dynamic_patch=1, max_dynamic_patch=12, torch_dtype='bfloat16', tie_word_embeddings=False,
+        downsample_ratio=0.5, template='internlm2-chat', dynamic_image_size=True, use_thumbnail=True,
+        ps_version='v2', min_dynamic_patch=1, max_dynamic_patch=12, torch_dtype='bfloat16', tie_word_embeddings=False,
         architectures=['InternVLChatModel'],
         auto_map={'AutoConfig': 'configuration_internvl_chat.InternVLChatConfig',
                   'AutoModel': 'modeling_internvl_chat.InternVLChatModel',
                   'AutoModelForCausalLM': 'modeling_internvl_chat.InternVLChatModel'})
-    return config
 
 
 def config_json(config) -> dict:
@@ -276,9 +237,7 @@ def build_empty_model(config, device='meta'):
 
     with torch.device('meta'):
         model = InternVLChatModel(config)
-    if str(device) != 'meta':
-        model = model.to_empty(device=device)
-    return model
+    return model if str(device) == 'meta' else model.to_empty(device=device)
 
 
 def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) -> dict[str, tuple[int, ...]]:
@@ -287,27 +246,28 @@ def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) 
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
+def count_parameters(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int, progress: bool = False):
-    """Deterministic random weights: N(0, 0.02) for linear, conv, embedding and ViT position weights (the
-    LLM's: N(0, llm_config.initializer_range)), zero biases, unit norms, layer scales at initializer_factor.
-    One generator, parameters in model order."""
+    """Deterministic random weights, one generator in model order: N(0, 0.02) for weights (the LLM's:
+    N(0, llm_config.initializer_range)), zero biases, unit norms, ViT layer scales at initializer_factor."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    norm_types = (nn.LayerNorm,)
-    modules = list(model.named_modules())
     llm_std = getattr(model.config.llm_config, 'initializer_range', INIT_STD)
-    for name, module in tqdm(modules, desc='init weights', disable=not progress, unit='module'):
+    for name, module in tqdm(list(model.named_modules()), desc='init weights', disable=not progress, unit='module'):
+        is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__.endswith('RMSNorm')
         for pname, p in module.named_parameters(recurse=False):
-            is_norm = isinstance(module, norm_types) or type(module).__name__.endswith('RMSNorm')
             if pname == 'bias':
                 p.zero_()
             elif is_norm:
                 p.fill_(1.0)
             elif pname in ('ls1', 'ls2'):
-                p.copy_(torch.full_like(p, model.config.vision_config.initializer_factor))
+                p.fill_(model.config.vision_config.initializer_factor)
             else:
                 std = llm_std if name.startswith('language_model.') else INIT_STD
                 p.copy_(torch.randn(p.shape, generator=generator, device=device, dtype=torch.float32) * std)
@@ -321,80 +281,23 @@ def build_model(seed: int = 0, full_size: bool = False, device='cpu', dtype=torc
     return model.to(dtype).eval()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Writing the checkpoint folder
-
 def _write_json(path: Path, obj):
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + '\n', encoding='utf-8')
 
 
-def _write_safetensors(folder: Path, state_dict: dict, progress: bool = False):
-    """model.safetensors, or shards plus model.safetensors.index.json when over SHARD_BYTES."""
+def _write_safetensors(folder: Path, state_dict: dict):
+    """model.safetensors, or shards of SHARD_BYTES plus model.safetensors.index.json (huggingface_hub's split)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
-    shards, current, size = [], {}, 0
-    for name, tensor in state_dict.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = tensor
-        size += nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        names = ['model.safetensors']
-    else:
-        names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
-    for shard, fname in tqdm(list(zip(shards, names)), desc='save weights', disable=not progress, unit='shard'):
-        save_file({k: v.detach().to('cpu').contiguous() for k, v in shard.items()}, folder / fname,
+    split = split_torch_state_dict_into_shards(state_dict, filename_pattern='model{suffix}.safetensors',
+                                               max_shard_size=SHARD_BYTES)
+    for fname, names in split.filename_to_tensors.items():
+        save_file({k: state_dict[k].detach().to('cpu').contiguous() for k in names}, folder / fname,
                   metadata={'format': 'pt'})
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in state_dict.values())
-        weight_map = {k: fname for shard, fname in zip(shards, names) for k in shard}
+    if split.is_sharded:
         _write_json(folder / 'model.safetensors.index.json',
-                    {'metadata': {'total_size': total}, 'weight_map': weight_map})
-
-
-def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
-                     progress: bool | None = None, modeling: str = DEFAULT_MODELING) -> Path:
-    """Write the official-format checkpoint folder to `out` (atomically) and return its path.
-
-    `modeling`: 'official' (OpenGVLab's InternViT and InternLM2 files from the installed XTuner) or 'project'
-    (foodie/remote_code). Refuses an existing non-empty `out` unless force=True (then it is replaced once the
-    new one is complete).
-    """
-    out = Path(out)
-    code = modeling_files(modeling)  # fails early, before any weights are drawn
-    if str(device) == 'meta':
-        raise ValueError("device='meta' builds no weights; use parameter_shapes() to list them")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f'{out} exists and is not a folder: choose another --out')
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f'{out} exists and is not empty: pass --force to replace it, or choose another --out')
-    progress = full_size if progress is None else progress
-
-    tokenizer = build_tokenizer()
-    vocab_size = len(tokenizer)
-    config = make_config(vocab_size, full_size=full_size)
-    model = build_model(seed, full_size=full_size, device=device, vocab_size=vocab_size, progress=progress)
-    im_end = tokenizer.convert_tokens_to_ids('<|im_end|>')
-
-    with atomic_path(out, is_dir=True) as tmp:
-        _write_json(tmp / 'config.json', config_json(config))
-        _write_json(tmp / 'generation_config.json',
-                    {'bos_token_id': 1, 'eos_token_id': [2, im_end], 'pad_token_id': 2})
-        for fname, content in code.items():
-            (tmp / fname).write_bytes(content)
-        tokenizer.save_pretrained(tmp)
-        for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
-            _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
-        _write_safetensors(tmp, model.state_dict(), progress=progress)
-        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, modeling))
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-    return out
+                    {'metadata': split.metadata, 'weight_map': split.tensor_to_filename})
 
 
 RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file; loaders ignore it)
@@ -406,6 +309,38 @@ def recipe(seed: int = 0, full_size: bool = False, modeling: str = DEFAULT_MODEL
             'modeling': modeling}
 
 
+def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
+                     progress: bool | None = None, modeling: str = DEFAULT_MODELING) -> Path:
+    """Write the checkpoint folder to `out` atomically and return its path. Refuses an existing non-empty `out`
+    unless force=True (then it is replaced once the new one is complete)."""
+    out = Path(out)
+    code = modeling_files(modeling)  # fails early, before any weights are drawn
+    if str(device) == 'meta':
+        raise ValueError("device='meta' builds no weights; use parameter_shapes() to list them")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f'{out} exists and is not a folder: choose another --out')
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f'{out} exists and is not empty: pass --force to replace it, or choose another --out')
+    progress = full_size if progress is None else progress
+    tokenizer = build_tokenizer()
+    model = build_model(seed, full_size=full_size, device=device, vocab_size=len(tokenizer), progress=progress)
+    with atomic_path(out, is_dir=True) as tmp:
+        _write_json(tmp / 'config.json', config_json(make_config(len(tokenizer), full_size=full_size)))
+        _write_json(tmp / 'generation_config.json', {'bos_token_id': 1, 'pad_token_id': 2,
+                                                     'eos_token_id': [2, tokenizer.convert_tokens_to_ids('<|im_end|>')]})
+        for fname, content in code.items():
+            (tmp / fname).write_bytes(content)
+        tokenizer.save_pretrained(tmp)
+        for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
+            _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
+        _write_safetensors(tmp, model.state_dict())
+        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, modeling))
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+    return out
+
+
 def tiny_model_is_current(folder, seed: int = 0, modeling: str = DEFAULT_MODELING) -> bool:
     """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
     try:
@@ -414,5 +349,17 @@ def tiny_model_is_current(folder, seed: int = 0, modeling: str = DEFAULT_MODELIN
         return False
 
 
-def count_parameters(shapes: dict[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(s) for s in shapes.values())
+def ensure_embedded_default(model: bool = True, data: bool = False, log=print) -> tuple[Path, Path]:
+    """The embedded default's folders (paths.tiny_model_dir(), paths.demo_data_dir()), building what is asked
+    for and missing or made by older code: the one place every stage builds them."""
+    model_dir, data_dir = paths.tiny_model_dir(), paths.demo_data_dir()
+    if model and not tiny_model_is_current(model_dir):
+        log(f'building the embedded tiny model in {model_dir} (python tools/make_tiny_model.py --force) ...')
+        write_checkpoint(model_dir, force=True)
+    if data:
+        from foodie.synthetic_data import demo_data_is_current, make_demo_data
+
+        if not demo_data_is_current(data_dir):
+            log(f'building the synthetic FoodieQA in {data_dir} (python tools/make_demo_data.py --force) ...')
+            make_demo_data(data_dir, force=True, progress=True)
+    return model_dir, data_dir

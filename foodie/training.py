@@ -86,11 +86,13 @@ def _load_config(config: Path):
 def ensure_inputs(model_path: str, data_path: Path) -> None:
     """Build the embedded default model/data when the config points at them and they are missing;
     any other missing path is an error naming the variable to set."""
+    from foodie.tiny_model import ensure_embedded_default
+
     tools = paths.REPO_ROOT / "tools"
     py = sys.executable
     model_dir = Path(model_path)
-    if model_dir.resolve() == paths.tiny_model_dir() and not (model_dir / "config.json").is_file():
-        _build([py, str(tools / "make_tiny_model.py"), "--out", str(model_dir)], "embedded tiny model")
+    if model_dir.resolve() == paths.tiny_model_dir():
+        ensure_embedded_default(model=True, log=lambda line: print(f"[train] {line}", flush=True))
     hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_dir.exists()
     if hub_id:
         print(f"[train] FOODIE_MODEL is not a folder: loading {model_path!r} from the model hub "
@@ -101,9 +103,8 @@ def ensure_inputs(model_path: str, data_path: Path) -> None:
     if not data_path.is_file():
         data_root = data_path.parent
         if data_root.resolve() == embedded_data_xtuner_dir():
-            demo = paths.demo_data_dir()
-            if not demo.is_dir():
-                _build([py, str(tools / "make_demo_data.py"), "--out", str(demo)], "synthetic FoodieQA")
+            _, demo = ensure_embedded_default(model=False, data=True,
+                                              log=lambda line: print(f"[train] {line}", flush=True))
             _build([py, str(tools / "process_food.py"), "--data-root", str(demo), "--out", str(data_root)],
                    "XTuner training data from the synthetic FoodieQA")
         if not data_path.is_file():

@@ -1,12 +1,8 @@
-"""Write the synthetic FoodieQA (the embedded default data set) to a folder.
+"""Write the synthetic FoodieQA (the embedded default data set) to a folder, atomically; the same seed gives
+byte-identical files. Default folder: work/foodieqa-synthetic.
 
     python tools/make_demo_data.py [--out DIR] [--seed N] [--force]
            [--photos-per-dish N] [--dishes N] [--mivqa-per-dish N] [--no-textqa]
-
-Default folder: work/foodieqa-synthetic (foodie.paths.demo_data_dir()). The folder has the layout and
-fields of the real FoodieQA (images/, sivqa_tidy.json, mivqa_tidy.json, textqa_tidy.json) and is
-written atomically: a failed run leaves no half folder and never damages an earlier one. The same
-seed gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -15,32 +11,25 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from foodie import cli  # noqa: E402
-from foodie.paths import demo_data_dir  # noqa: E402
-from foodie.synthetic_data import DISHES, QUESTION_TYPES, make_demo_data  # noqa: E402
+from foodie import cli
+from foodie.paths import demo_data_dir
+from foodie.synthetic_data import DISHES, QUESTION_TYPES, make_demo_data
 
 
 def main(argv=None) -> int:
-    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=demo_data_dir(), help="output folder (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     ap.add_argument("--photos-per-dish", type=int, default=40, help="drawn photos per dish (default: %(default)s)")
-    ap.add_argument("--dishes", type=int, default=len(DISHES),
-                    help=f"number of dishes, 4-{len(DISHES)} (default: %(default)s)")
-    ap.add_argument("--questions-per-photo", type=int, default=2,
-                    help=f"single-image questions per photo, each of another type, 1-{len(QUESTION_TYPES)} "
-                         "(default: %(default)s)")
+    ap.add_argument("--dishes", type=int, default=len(DISHES), help="number of dishes, 4-%(default)s")
+    ap.add_argument("--questions-per-photo", type=int, default=2, help="single-image questions per photo, each of "
+                    f"another type, 1-{len(QUESTION_TYPES)} (default: %(default)s)")
     ap.add_argument("--mivqa-per-dish", type=int, default=10, help="multi-image questions per dish (default: %(default)s)")
     ap.add_argument("--no-textqa", action="store_true", help="do not write textqa_tidy.json")
     args = ap.parse_args(argv)
-    if not 4 <= args.dishes <= len(DISHES):
-        ap.error(f"--dishes must be between 4 and {len(DISHES)}")
-    if args.photos_per_dish < 1:
-        ap.error("--photos-per-dish must be at least 1")
+    if not 4 <= args.dishes <= len(DISHES) or args.photos_per_dish < 1:
+        ap.error(f"--dishes must be between 4 and {len(DISHES)}, --photos-per-dish at least 1")
     if not 1 <= args.questions_per_photo <= len(QUESTION_TYPES):
         ap.error(f"--questions-per-photo must be between 1 and {len(QUESTION_TYPES)} (one per question type)")
     start = time.perf_counter()
@@ -53,8 +42,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if counts.get("reused"):
-        print(f"{args.out} already holds this synthetic FoodieQA (seed {args.seed}); nothing to do "
-              f"(--force rebuilds it)")
+        print(f"{args.out} already holds this synthetic FoodieQA (seed {args.seed}); nothing to do (--force rebuilds it)")
         return 0
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['dishes']} dishes, "
           f"{counts['cuisines']} cuisines, {counts['images']} images, {counts['sivqa']} single-image, "

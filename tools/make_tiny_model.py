@@ -5,56 +5,43 @@
     python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
     python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
     python tools/make_tiny_model.py --modeling project --out DIR          # the project's remote code instead
-
---modeling official (default) writes OpenGVLab's InternViT and InternLM2 files, read from the installed XTuner
-0.2.0 (what the real InternVL2-2B runs); --modeling project writes this project's rewrite (foodie/remote_code).
-The weights are the same.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from foodie import cli  # noqa: E402
-from foodie import paths  # noqa: E402
-from foodie.tiny_model import (DEFAULT_MODELING, MODELING_KINDS, count_parameters, parameter_shapes,  # noqa: E402
-                               write_checkpoint)
+from foodie import cli, paths
+from foodie.tiny_model import DEFAULT_MODELING, MODELING_KINDS, count_parameters, parameter_shapes, write_checkpoint
 
 
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', type=Path, default=None, help=f'output folder (default {paths.tiny_model_dir()})')
+    parser.add_argument('--out', type=Path, default=paths.tiny_model_dir(), help='output folder (default %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='weights are a pure function of this seed')
     parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
     parser.add_argument('--device', default='cpu', help="cpu | cuda | meta (meta: list names and shapes only)")
     parser.add_argument('--force', action='store_true', help='replace an existing non-empty --out')
     parser.add_argument('--modeling', choices=MODELING_KINDS, default=DEFAULT_MODELING,
-                        help="remote code written into the folder: 'official' (OpenGVLab's, from the installed "
-                             "XTuner) or 'project' (foodie/remote_code); default %(default)s")
+                        help="remote code: 'official' (OpenGVLab's, read from the installed XTuner 0.2.0) or "
+                             "'project' (foodie/remote_code); the weights are the same (default %(default)s)")
     args = parser.parse_args(argv)
-
+    shapes = parameter_shapes(full_size=args.full_size)
     if args.device == 'meta':
-        shapes = parameter_shapes(full_size=args.full_size)
         width = max(len(n) for n in shapes)
-        for name, shape in shapes.items():
-            print(f'{name:<{width}}  {list(shape)}')
+        print('\n'.join(f'{name:<{width}}  {list(shape)}' for name, shape in shapes.items()))
         print(f'{len(shapes)} tensors, {count_parameters(shapes):,} parameters')
         return 0
-
-    out = args.out or paths.tiny_model_dir()
     start = time.perf_counter()
     try:
-        write_checkpoint(out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force,
+        write_checkpoint(args.out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force,
                          modeling=args.modeling)
     except (FileExistsError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
-    shapes = parameter_shapes(full_size=args.full_size)
-    print(f'wrote {out}: {count_parameters(shapes):,} parameters, {args.modeling} modeling files, {size / 1e6:.1f} MB, '
-          f'{time.perf_counter() - start:.1f} s')
+    size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
+    print(f'wrote {args.out}: {count_parameters(shapes):,} parameters, {args.modeling} modeling files, '
+          f'{size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s')
     return 0
 
 

@@ -11,10 +11,9 @@ never trained on. FoodieQA's terms allow evaluation only: training on it (no TRA
 needs --accept-foodieqa-terms (ACCEPT_FOODIEQA_TERMS=1), which only the authors' permission justifies.
 TRAIN_DATA may be a folder of dish photos (one subfolder per dish): tools/photos_to_foodieqa.py converts it.
 
-Each stage is one of the project's own commands, printed before it runs, so you can rerun any of them
-by hand. A stage that fails stops the run with its cause. Re-running skips every stage whose inputs
-have not changed since it last succeeded (a fingerprint of its inputs is kept in work/quickstart.json),
-and an interrupted training run continues from its last complete checkpoint.
+Each stage is one of the project's own commands, printed before it runs; a failing stage stops the run with
+its cause. A re-run skips every stage whose inputs are unchanged (fingerprints in work/quickstart.json), and
+interrupted training continues from its last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -29,13 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from foodie import cli, paths
+from foodie.atomic import write_json, write_text
+from foodie.tiny_model import ensure_embedded_default
 
-from foodie import cli  # noqa: E402
-from foodie import paths  # noqa: E402
-from foodie.atomic import write_json, write_text  # noqa: E402
-from foodie.tiny_model import tiny_model_is_current  # noqa: E402
+REPO_ROOT = paths.REPO_ROOT
 
 CPU_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
 REAL_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
@@ -133,9 +130,8 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def prepare_inputs(self) -> None:
         if self.embedded:
-            if not tiny_model_is_current(self.model):  # missing, or made by an older foodie.tiny_model
-                self.run("model", [PY, "tools/make_tiny_model.py", "--out", str(self.model), "--force"])
-            self.run("data", [PY, "tools/make_demo_data.py", "--out", str(self.data_root)])
+            ensure_embedded_default(model=True, data=self.data_root == paths.demo_data_dir(),
+                                    log=lambda line: self.console.print(f"[dim]{line}[/dim]"))
         else:
             if not (self.model / "config.json").is_file():
                 raise StageFailed(f"MODEL={self.model}: no config.json there. Point MODEL at the InternVL2-2B "
@@ -243,23 +239,13 @@ class Pipeline:
                 f"{describe_source(self.data_root)['name']} ({self.data_root}), never trained on")
 
     def summary(self) -> dict:
-        from rich.table import Table
+        from foodie.report import print_summary
 
         metrics = json.loads((self.eval_dir / "metrics.json").read_text())
         acc = {m["label"]: m["overall"] for m in metrics["models"]}
+        self.console.rule("[bold][7/7] held-out accuracy, before vs after fine-tuning")
         self.console.print(self.sources_line())
-        asked = metrics.get("questions", {})
-        table = Table(title=f"[7/7] FoodieQA accuracy ({asked.get('scope', 'held-out split')}, {asked.get('data', '')} "
-                            f"data), before vs after fine-tuning (authors' rule, template {metrics.get('template', 0)})")
-        for col in ("model", "accuracy", "95% CI", "letter right / no letter / n", "seeded guess", "strict",
-                    "option text (diagnostic)"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for label, o in acc.items():
-            table.add_row(label, f"{100 * o['accuracy']:.1f}%", f"{100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}",
-                          f"{o['letter_right']} / {o['no_letter']} / {o['n']}",
-                          f"{100 * o['seeded_guess']['accuracy']:.1f}%", f"{100 * o['strict']['accuracy']:.1f}%",
-                          f"{100 * o['option_text']['accuracy']:.1f}%")
-        self.console.print(table)
+        print_summary(metrics, self.console)
         self.console.print(f"[dim]accuracy: {metrics['protocol']}; "
                            f"predictions with raw answers and gold letters: {self.eval_dir / 'predictions'}/[/dim]")
         demo = f"{PY if not PY.startswith(str(REPO_ROOT)) else os.path.relpath(PY, REPO_ROOT)} demo/app.py " \

@@ -16,7 +16,6 @@ and checked against the model's extract_feature, so what is printed is what the 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 from foodie import cli  # noqa: E402
 from foodie.image_tiling import load_image  # noqa: E402
 from foodie.inference import IMG_CONTEXT, Message, TransformersBackend  # noqa: E402
-from foodie.paths import tiny_model_dir  # noqa: E402
+from foodie.tiny_model import ensure_embedded_default  # noqa: E402
 
 DEFAULT_IMAGE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
 
@@ -43,12 +42,7 @@ def ensure_model(model: Path | None) -> Path:
             sys.exit(f"error: {model} is not a checkpoint folder (no config.json). Give an InternVL2 folder "
                      f"in the official format, or leave --model out for the embedded tiny model.")
         return model
-    model = tiny_model_dir()
-    if not (model / "config.json").is_file():
-        print(f"[walkthrough] building the embedded tiny model in {model} ...", flush=True)
-        subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--out", str(model)],
-                       check=True)
-    return model
+    return ensure_embedded_default(log=lambda line: print(f"[walkthrough] {line}", flush=True))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
