@@ -327,7 +327,7 @@ class EvalConfig:
     items: str | None = None
     tasks: tuple[str, ...] | None = None  # None: every task the data folder has
     lang: str = "zh"
-    template: int = 0  # the authors' prompt template (foodie.prompts.TEMPLATES)
+    template: int = 0  # the number of the authors' prompt template (foodie.tasks: each task's templates)
     backend: str = "auto"
     batch_size: int = 8
     limit: int | None = None
