@@ -3,11 +3,10 @@
     python demo/app.py                                   # embedded tiny model + synthetic FoodieQA
     python demo/app.py --model work/tuned --compare /models/InternVL2-2B --data-root /data/FoodieQA
 
-One conversation per browser tab (``foodie.chat_state``); answers stream from ``foodie.inference``; ``--compare``
-answers side by side. Uploads are checked, copied into a per-session folder under generated names, deleted on
-Clear, when the tab closes and when the server exits (gradio's upload cache lives in this process's temp folder
-too), and served only to the browser that sent them. The page binds 127.0.0.1 and never opens a share link.
-One public endpoint, ``ask`` (README "The demo from code").
+One conversation per browser tab (``foodie.chat_state``), answers streamed from ``foodie.inference``, side by
+side with ``--compare``. Uploads live in a per-session folder (gradio's upload cache in this process's temp folder),
+are deleted on Clear, tab close and exit, and are served only to the browser that sent them. One public endpoint,
+``ask`` (README "The demo from code").
 """
 from __future__ import annotations
 
@@ -34,16 +33,19 @@ from urllib.parse import unquote
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE_ENTITY.*")  # gradio 6.17 + new starlette noise
 import gradio as gr  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import HTTPConnection  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
-from foodie import cli, paths  # noqa: E402
+from foodie import cli  # noqa: E402
 from foodie.atomic import atomic_path  # noqa: E402
-from foodie.chat_state import ChatState, ModelGate, stream_answers  # noqa: E402
+from foodie.chat_state import ChatState, stream_answers  # noqa: E402
 from foodie.image_tiling import ImageError, open_image  # noqa: E402
 from foodie.inference import CHOICES, GenerationParams, Message, load_backend  # noqa: E402
+from foodie.model_spec import ModelSpec  # noqa: E402
 from foodie.prompts import user_text  # noqa: E402
+from foodie.tiny_model import ensure_embedded_default as build_embedded_default  # noqa: E402
 
 log = logging.getLogger("foodie.demo")
 
@@ -68,10 +70,6 @@ HEAD = ("<script>if (!document.cookie.split('; ').some(c => c.startsWith('" + CL
         " + '; path=/; SameSite=Strict'; }</script>")
 THEME = gr.themes.Default(primary_hue="orange", secondary_hue="amber")  # ships its fonts: nothing fetched online
 CSS = """
-#title h1 {margin-bottom: 0}
-#title p {margin-top: 4px; color: var(--body-text-color-subdued)}
-.dish-gallery .caption-label {font-size: 12px}
-#controls button {min-width: 0}
 .bubble-wrap img {max-height: 240px; width: auto !important; object-fit: contain}
 #model-notice {border-left: 4px solid var(--color-accent); padding-left: 8px}
 /* Sharing goes to Hugging Face Spaces only: dead in a local demo. */
@@ -88,25 +86,18 @@ class ModelSlot(NamedTuple):
     key: str  # its answers in ChatState
     label: str
     backend: object
+    spec: ModelSpec  # what the checkpoint is: its tile budget, its system prompt
 
 
 def ensure_embedded_default(model: str | None, data_root: str | None) -> tuple[Path, Path]:
-    """--model and --data-root as folders; left out, the embedded default (built when missing)."""
-    model_dir = Path(model).expanduser().resolve() if model else paths.tiny_model_dir()
-    data_dir = Path(data_root).expanduser().resolve() if data_root else paths.demo_data_dir()
-    if model and not (model_dir / "config.json").is_file():
-        raise SystemExit(f"--model {model}: no config.json there. Point --model at an InternVL2 checkpoint folder "
-                         f"(official format, e.g. the output of tools/convert_to_official.py).")
-    if data_root and not data_dir.is_dir():
+    """--model and --data-root as folders; left out, the embedded default (built when missing or stale)."""
+    if data_root and not Path(data_root).is_dir():
         raise SystemExit(f"--data-root {data_root}: not a folder. Point it at a FoodieQA folder "
                          f"(sivqa_tidy.json + images/), or leave it out for the synthetic set.")
-    from foodie.tiny_model import ensure_embedded_default as build_missing
-
-    build_missing(model=not model, data=not data_root, log=lambda line: print(f"[demo] {line}", flush=True))
-    if not model:
-        print(f"[demo] serving the embedded tiny random-weight model ({model_dir}); answers are gibberish. "
-              f"Pass --model DIR for a real checkpoint.", flush=True)
-    return model_dir, data_dir
+    tiny, synthetic = build_embedded_default(model=not model, data=not data_root,
+                                             log=lambda line: print(f"[demo] {line}", flush=True))
+    return (Path(model).expanduser().resolve() if model else tiny,
+            Path(data_root).expanduser().resolve() if data_root else synthetic)
 
 
 def generation_params(temperature: float, top_p: float, max_new_tokens: int,
@@ -115,19 +106,6 @@ def generation_params(temperature: float, top_p: float, max_new_tokens: int,
     return GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature) or 1.0,
                             top_p=float(top_p), do_sample=float(temperature) > 0,
                             repetition_penalty=float(repetition_penalty), max_tiles=int(max_tiles) or None)
-
-
-def default_system_prompt(backend) -> str | None:
-    """The system prompt of the model's conversation template, if known."""
-    model = getattr(backend, "model", None)  # transformers: the checkpoint's own model code
-    if getattr(model, "system_message", None) is not None:
-        return model.system_message
-    return getattr(getattr(getattr(backend, "pipe", None), "chat_template", None), "meta_instruction", None)
-
-
-def answers_at_once(backend, concurrency: int) -> int:
-    """The transformers backend generates one answer at a time (a lock per model); LMDeploy batches them."""
-    return 1 if getattr(backend, "name", "") == "transformers" else max(1, concurrency)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -143,18 +121,18 @@ def check_port_free(host: str, port: int) -> None:
 
 # -- session files: who may fetch what ---------------------------------------------------------------
 
+def client_of(request: gr.Request | None) -> str | None:
+    return request.cookies.get(CLIENT_COOKIE) if request is not None else None
+
+
 class SessionFiles:
     """Gradio copies every file a chat shows into its upload cache and serves it to any request naming it.
     Here a session file (generated name) or an upload (its path in the cache) is served only to the browser
-    whose cookie sent it (``UploadGuard``), and gradio's copies go when the session deletes the file."""
+    whose cookie sent it (404 to anyone else), and gradio's copies go when the session deletes the file."""
 
     def __init__(self, cache_dir: Path | None = None):
         self.cache_dir = cache_dir
         self.owner: dict[str, str] = {}  # session file name (generated, unique) or upload path -> client id
-        self.sessions: dict[str, ChatState] = {}  # gradio session hash -> its conversation
-
-    def claim(self, key: str, client: str | None) -> None:
-        self.owner[key] = client or ""
 
     def may_fetch(self, url_path: str, client: str | None) -> bool:
         target = url_path.split("file=", 1)[-1]
@@ -163,18 +141,8 @@ class SessionFiles:
             owner = self.owner.get(os.path.abspath(target))
         return owner is None or bool(client) and secrets.compare_digest(owner, client)
 
-    def join(self, state: ChatState, request: gr.Request) -> None:
-        """A page opened: remember its conversation, to close it when the tab goes away."""
-        self.sessions[request.session_hash] = state
-
-    def end(self, request: gr.Request) -> None:
-        """The tab closed (or reloaded): delete its uploads now (gradio keeps the state an hour)."""
-        state = self.sessions.pop(request.session_hash, None)
-        if state is not None:
-            state.close()
-
     def deleted(self, path: Path) -> None:
-        """A session file was deleted: delete gradio's cached copies of it too."""
+        """A session file was deleted: gradio's cached copies of it go too."""
         for copy in self.cache_dir.glob(f"*/{path.name}") if self.cache_dir is not None else []:
             self.discard_upload(copy)
         self.owner.pop(path.name, None)
@@ -188,40 +156,30 @@ class SessionFiles:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
 
+    def guard(self, app):
+        """ASGI middleware: checks every file request; the upload route's answer (the stored paths) tells which
+        browser owns which upload."""
+        async def guarded(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            path, client = unquote(scope["path"]), HTTPConnection(scope).cookies.get(CLIENT_COOKIE)
+            if ("/file=" in path or "/file/" in path) and not self.may_fetch(path.replace("/file/", "/file="), client):
+                return await PlainTextResponse("Not found", status_code=404)(scope, receive, send)
+            if scope["method"] != "POST" or not path.rstrip("/").endswith("/upload"):
+                return await app(scope, receive, send)
+            body = []
 
-def client_of(request: gr.Request | None) -> str | None:
-    return request.cookies.get(CLIENT_COOKIE) if request is not None else None
-
-
-class UploadGuard:
-    """ASGI middleware: a session file or an upload is served only to its browser (404 to anyone else); the
-    upload route's answer (the stored paths) tells which browser owns which upload."""
-
-    def __init__(self, app, files: SessionFiles):
-        self.app, self.files = app, files
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, client = unquote(scope["path"]), HTTPConnection(scope).cookies.get(CLIENT_COOKIE)
-        if ("/file=" in path or "/file/" in path) and not self.files.may_fetch(path.replace("/file/", "/file="), client):
-            return await PlainTextResponse("Not found", status_code=404)(scope, receive, send)
-        if scope["method"] != "POST" or not path.rstrip("/").endswith("/upload"):
-            return await self.app(scope, receive, send)
-        body = []
-
-        async def watch(message):
-            if message["type"] == "http.response.body":
-                body.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    try:
-                        stored = json.loads(b"".join(body))
-                    except ValueError:
-                        stored = None
-                    for f in stored if isinstance(stored, list) else []:
-                        self.files.claim(os.path.abspath(f), client)
-            await send(message)
-        await self.app(scope, receive, watch)
+            async def watch(message):
+                if message["type"] == "http.response.body":
+                    body.append(message.get("body", b""))
+                    if not message.get("more_body"):
+                        with contextlib.suppress(ValueError):
+                            stored = json.loads(b"".join(body))
+                            for f in stored if isinstance(stored, list) else []:
+                                self.owner[os.path.abspath(f)] = client or ""
+                await send(message)
+            await app(scope, receive, watch)
+        return guarded
 
 
 # -- gallery -----------------------------------------------------------------------------------------
@@ -266,13 +224,11 @@ def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, dish in enumerate(d for dishes in gallery.values() for d in dishes):
         try:
-            with Image.open(dish.image) as img:
-                img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at a fraction of the size, much faster
-                small = ImageOps.exif_transpose(img)
-                small.thumbnail((size, size))
-                small.convert("RGB").save(folder / f"{i:04d}.jpg", quality=85)
+            small = open_image(dish.image, draft_size=(2 * size, 2 * size))  # a JPEG decodes at a fraction
+            small.thumbnail((size, size))
+            small.save(folder / f"{i:04d}.jpg", quality=85)
             dish.thumb = folder / f"{i:04d}.jpg"
-        except (OSError, ValueError) as e:  # the original is checked again when picked
+        except (ImageError, OSError) as e:  # the original is checked again when picked
             log.warning("no thumbnail for %s: %s", dish.image, e)
 
 
@@ -291,13 +247,10 @@ def refused(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
-    """Check an uploaded file and copy it into the session folder under a generated name."""
+def save_upload(state: ChatState, path: str) -> Path:
+    """Check an uploaded file (gradio refuses one over MAX_UPLOAD_MB) and copy it into the session folder under
+    a generated name."""
     src = Path(path)
-    size = src.stat().st_size
-    if size > max_bytes:
-        raise refused(f"{src.name}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB upload limit. "
-                      f"Send a smaller photo.")
     try:
         open_image(src)  # decodes it fully; refuses bombs and non-images
         with Image.open(src) as img:  # the real format names the copy, not the user's file name
@@ -310,33 +263,31 @@ def save_upload(state: ChatState, path: str, max_bytes: int) -> Path:
     return dest
 
 
-def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: int = MAX_UPLOAD_MB * 2**20, *,
-                  files: SessionFiles | None = None, concurrency: int = 4, system_default: str | None = None,
+def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFiles | None = None,
                   temp_root: Path | None = None) -> dict:
     keys, names = [s.key for s in slots], {s.key: s.label for s in slots}
     files = files or SessionFiles()
-    gate_of: dict[int, ModelGate] = {}  # one gate per backend (compare mode may show one twice)
-    gates = {s.key: gate_of.setdefault(id(s.backend), ModelGate(answers_at_once(s.backend, concurrency)))
-             for s in slots}
+    system_default = (slots[-1].spec.system_message or "").strip()
 
-    def views(state: ChatState):
-        return [state.messages(k) for k in keys]
+    def chat(state: ChatState) -> tuple:
+        return (state, *[state.messages(k) for k in keys])
 
     def stream(state: ChatState, params: GenerationParams, first_draw_s: float = 0.0):
         fns = {s.key: functools.partial(s.backend.stream, params=params) for s in slots}
-        return stream_answers(state, fns, names=names, gates=gates, first_draw_s=first_draw_s)
+        return stream_answers(state, fns, names=names, first_draw_s=first_draw_s)
 
-    def take(state: ChatState, text: str | None, uploads: list, client: str | None = None):
-        """Uploads into the session, then the question; a refusal leaves the chat as it was."""
-        text, saved = clean_user_text(text), []
+    def add_question(message: dict | None, state: ChatState, request: gr.Request = None):
+        """The message's uploads into the session, then its question; a refusal leaves the chat as it was."""
+        text, uploads, saved = clean_user_text((message or {}).get("text")), (message or {}).get("files") or [], []
+        uploads = [f if isinstance(f, str) else f["path"] for f in uploads]
         try:
             if len(text) > MAX_QUESTION_CHARS:
                 raise refused(f"the question has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
                               f"Shorten it.")
             state.check_room(len(uploads))
             for f in uploads:
-                saved.append(save_upload(state, f if isinstance(f, str) else f["path"], max_upload_bytes))
-                files.claim(saved[-1].name, client)
+                saved.append(save_upload(state, f))
+                files.owner[saved[-1].name] = client_of(request) or ""
                 state.attach(saved[-1])
             state.ask(text)
         except (ValueError, gr.Error) as e:
@@ -345,25 +296,21 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
             raise e if isinstance(e, gr.Error) else refused(str(e)) from None
         finally:
             for f in uploads:  # gradio's copy: copied into the session, or refused
-                files.discard_upload(f if isinstance(f, str) else f["path"])
-
-    def add_question(message: dict | None, state: ChatState, request: gr.Request = None):
-        take(state, (message or {}).get("text"), (message or {}).get("files") or [], client_of(request))
+                files.discard_upload(f)
 
     def answer(state: ChatState, temperature: float, top_p: float, max_new_tokens: int,
                repetition_penalty: float = 1.0, max_tiles: int = 0, system_prompt: str | None = None,
                first_draw_s: float = 0.0):
         prompt = (system_prompt or "").strip()
-        state.system_prompt = prompt if prompt and prompt != (system_default or "").strip() else None
+        state.system_prompt = prompt if prompt and prompt != system_default else None
         params = generation_params(temperature, top_p, max_new_tokens, repetition_penalty, max_tiles)
         for _ in stream(state, params, first_draw_s):
-            yield (state, *views(state))
-        yield (state, *views(state))
+            yield chat(state)
+        yield chat(state)
 
     def send(message: dict, state: ChatState, temperature: float, top_p: float, max_new_tokens: int,
              repetition_penalty: float, max_tiles: int, system_prompt: str, request: gr.Request = None):
-        """The question joins the chat and the answers stream in one event (one round trip less than two). A
-        refused message is a toast and changes nothing."""
+        """Question and answers in one event (one round trip less than two); a refusal is a toast."""
         try:
             add_question(message, state, request)
         except gr.Error as e:
@@ -375,23 +322,28 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         for i, update in enumerate(updates):
             yield (gr.MultimodalTextbox(value=None) if i == 0 else gr.skip(), *update)
 
-    def regenerate(state: ChatState):
+    def regenerate(state: ChatState, *settings):
         if not state.turns:
             gr.Info("Nothing to regenerate yet · 还没有可重新生成的回答", duration=3)
-            return gr.skip()  # the answer step that follows finds nothing to answer
+            yield tuple(gr.skip() for _ in range(1 + len(keys)))
+            return
         state.regenerate()
-        return state
+        yield from answer(state, *settings)
 
     def undo(state: ChatState):
         if not state.turns:  # a toast, not an error badge on the chat panels
             gr.Info("Nothing to undo · 没有可撤销的内容", duration=3)
             return tuple(gr.skip() for _ in range(2 + len(keys)))
         turn = state.undo()
-        return (gr.MultimodalTextbox(value={"text": turn.question, "files": []}), state, *views(state))
+        return (gr.MultimodalTextbox(value={"text": turn.question, "files": []}), *chat(state))
+
+    def stop(state: ChatState):
+        state.stop()
+        return chat(state)
 
     def clear(state: ChatState):
         state.clear()
-        return (gr.MultimodalTextbox(value=None), state, *views(state))
+        return (gr.MultimodalTextbox(value=None), *chat(state))
 
     def pick_dish(cuisine: str):
         def pick(state: ChatState, evt: gr.SelectData):
@@ -412,7 +364,7 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
                             f"已加入对话，再点一次可移除", duration=4)
                 except (ImageError, ValueError) as e:
                     gr.Warning(str(e), duration=8)
-            return (state, *views(state))
+            return chat(state)
         return pick
 
     def fill_example(index: int, message: dict | None):
@@ -428,7 +380,7 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         out = [state.session_dir / f"foodie-chat-{secrets.token_hex(6)}.{fmt}" for fmt in ("md", "json")]
         for path in out:
             path.write_text(state.export(path.suffix[1:], names), encoding="utf-8")
-            files.claim(path.name, client_of(request))
+            files.owner[path.name] = client_of(request) or ""
         return gr.File(value=[str(p) for p in out], visible=True)
 
     def ask(question: str, images: list | None, max_new_tokens: float = 256):
@@ -436,7 +388,7 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         error is the answer text, marked with a warning sign as in the chat."""
         state = ChatState(tuple(keys), temp_root=temp_root)
         try:
-            take(state, question, images or [])
+            add_question({"text": question, "files": images}, state)
             for _ in stream(state, generation_params(0.0, 1.0, max_new_tokens or 256, REPETITION_PENALTY)):
                 turn = state.turns[-1]
                 answers = {k: f"⚠️ {turn.errors[k]}" if k in turn.errors else turn.answers.get(k, "") for k in keys}
@@ -444,9 +396,8 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
         finally:
             state.close()
 
-    return dict(add_question=add_question, answer=answer, send=send, stop=ChatState.stop, regenerate=regenerate,
-                undo=undo, clear=clear, pick_dish=pick_dish, fill_example=fill_example, export=export, ask=ask,
-                gates=gates)
+    return dict(add_question=add_question, answer=answer, send=send, stop=stop, regenerate=regenerate,
+                undo=undo, clear=clear, pick_dish=pick_dish, fill_example=fill_example, export=export, ask=ask)
 
 
 # -- page --------------------------------------------------------------------------------------------
@@ -454,10 +405,8 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, max_upload_bytes: in
 def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4, notice: str | None = None,
                files: SessionFiles | None = None, temp_root: Path | None = None) -> gr.Blocks:
     files = files or SessionFiles()
-    system_default = default_system_prompt(slots[-1].backend)
-    h = make_handlers(slots, gallery, files=files, concurrency=concurrency, system_default=system_default,
-                      temp_root=temp_root)
-    own_tiles = {s.label: s.backend.max_tiles for s in slots}
+    h = make_handlers(slots, gallery, files=files, temp_root=temp_root)
+    budgets = {s.label: s.spec.max_tiles for s in slots}
     private = dict(api_visibility="private")
     with gr.Blocks(title="InternVL Foodie", analytics_enabled=False) as demo:
         gr.Markdown("# InternVL Foodie · 美食专家\nChat with the Chinese-food expert: pick a dish from the gallery or "
@@ -479,8 +428,8 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                                            placeholder="Ask about the dish… · 这是什么菜？", show_label=False,
                                            submit_btn="Send · 发送", sources=["upload"], autofocus=True)
                 with gr.Row(elem_id="controls"):
-                    buttons = {name: gr.Button(label, size="sm", elem_id=name, variant="stop" if name == "stop"
-                                               else "secondary")
+                    buttons = {name: gr.Button(label, size="sm", elem_id=name,
+                                               variant="stop" if name == "stop" else "secondary")
                                for name, label in [("stop", "Stop · 停止"), ("regenerate", "Regenerate · 重新生成"),
                                                    ("undo", "Undo · 撤销"), ("clear", "Clear · 清空"),
                                                    ("export", "Export · 导出")]}
@@ -500,8 +449,6 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                                 value=[(str(d.thumb or d.image), d.name) for d in dishes], columns=3, height=300,
                                 allow_preview=False, show_label=False, elem_id=f"gallery-{i}",
                                 elem_classes=["dish-gallery"], object_fit="cover", buttons=[], interactive=False)))
-                if not gallery:
-                    gr.Markdown("*No gallery: start with `--data-root` pointing at a FoodieQA folder.*")
                 with gr.Accordion("Generation settings · 生成设置", open=True):
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature · 温度 (0 = greedy)",
                                             elem_id="temperature")
@@ -510,36 +457,33 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                                         elem_id="max-new-tokens")
                     repetition = gr.Slider(1.0, 2.0, value=REPETITION_PENALTY, step=0.05,
                                            label="Repetition penalty · 重复惩罚 (1 = off)", elem_id="repetition-penalty")
-                    # Starts at the checkpoint's own budget (compare mode with two budgets: 0, each its own).
-                    budgets = set(own_tiles.values())
-                    max_tiles = gr.Slider(0, max(24, *budgets), value=budgets.pop() if len(budgets) == 1 else 0,
-                                          step=1, elem_id="max-tiles",
+                    # Starts at the checkpoint's own tile budget (compare mode with two budgets: 0, each its own).
+                    max_tiles = gr.Slider(0, max(24, *budgets.values()), step=1, elem_id="max-tiles",
+                                          value=slots[0].spec.max_tiles if len(set(budgets.values())) == 1 else 0,
                                           label=f"Max tiles per question · 最大图块数 (0 = each checkpoint's own: "
-                                                f"{', '.join(f'{k}: {n}' for k, n in own_tiles.items())})")
+                                                f"{', '.join(f'{k}: {n}' for k, n in budgets.items())})")
                 with gr.Accordion("System prompt · 系统提示", open=False):
-                    system_prompt = gr.Textbox(value=system_default or "", lines=3, show_label=False,
+                    system_prompt = gr.Textbox(value=slots[-1].spec.system_message or "", lines=3, show_label=False,
                                                placeholder="(the model's own system prompt) · 模型默认的系统提示",
                                                elem_id="system-prompt")
                 gr.Markdown("Models · 模型: " + " · ".join(f"`{s.label}`" for s in slots)
                             + f" — backend `{slots[-1].backend.name}`  \nUploads · 上传: images up to "
                               f"{MAX_UPLOAD_MB} MB, deleted on Clear and when this tab closes · 清空或关闭页面即删除。")
         with gr.Group(visible=False):  # the API's inputs and output
-            api_question = gr.Textbox(label="question")
-            api_images = gr.File(label="images", file_count="multiple", file_types=["image"])
-            api_tokens = gr.Number(value=256, label="max_new_tokens", precision=0)
-            api_answers = gr.JSON(label="answers")
-            api_button = gr.Button(visible=False)
+            api_in = [gr.Textbox(label="question"), gr.File(label="images", file_count="multiple", file_types=["image"]),
+                      gr.Number(value=256, label="max_new_tokens", precision=0)]
+            api_out, api_button = gr.JSON(label="answers"), gr.Button(visible=False)
 
-        settings = [temperature, top_p, max_new, repetition, max_tiles, system_prompt]
-        chat_out = [state, *chatbots]
+        settings, chat_out = [temperature, top_p, max_new, repetition, max_tiles, system_prompt], [state, *chatbots]
         quick = dict(concurrency_limit=None, show_progress="hidden", **private)
-        answering = dict(concurrency_limit=concurrency, concurrency_id="answer")
-        # show_progress="minimal": past --concurrency a question shows its place in the page's queue.
-        box.submit(h["send"], [box, state, *settings], [box, *chat_out], show_progress="minimal", **answering,
-                   **private)
-        buttons["regenerate"].click(h["regenerate"], [state], [state], **quick).success(
-            h["answer"], [state, *settings], chat_out, **answering, **private)
-        buttons["stop"].click(h["stop"], [state], None, **quick)  # the worker closes the stream: generation stops
+        # Answers at once: the transformers backend generates one at a time, LMDeploy batches --concurrency. A
+        # question past that waits in the page's queue, which shows its place.
+        answering = dict(concurrency_limit=1 if any(s.backend.name == "transformers" for s in slots) else concurrency,
+                         concurrency_id="answer", show_progress="minimal")
+        asked = [box.submit(h["send"], [box, state, *settings], [box, *chat_out], **answering, **private),
+                 buttons["regenerate"].click(h["regenerate"], [state, *settings], chat_out, **answering, **private)]
+        # Stop leaves a waiting question out of the queue; a running one keeps its text and its stream is closed.
+        buttons["stop"].click(h["stop"], [state], chat_out, cancels=asked, **quick)
         buttons["undo"].click(h["undo"], [state], [box, *chat_out], **quick)
         buttons["export"].click(h["export"], [state], [export_files], **quick)
         examples.click(h["fill_example"], [examples, box], [box], **quick)
@@ -547,11 +491,13 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
             clear(h["clear"], [state], [box, *chat_out], **quick)
         for cuisine, g in galleries:
             g.select(h["pick_dish"](cuisine), [state], chat_out, **quick)
-        api_button.click(h["ask"], [api_question, api_images, api_tokens], [api_answers], api_name="ask", **answering,
+        api_button.click(h["ask"], api_in, [api_out], api_name="ask", **answering,
                          api_description="Ask the food expert: a question and dish photos in, "
                                          "{answer, answers} out (compare mode: answers.base and answers.tuned).")
-        demo.load(files.join, [state], None, **quick)
-        demo.unload(files.end)
+
+        def end_session(request: gr.Request):  # tab closed: delete its uploads now (gradio keeps state an hour)
+            demo.state_holder.delete_state(request.session_hash)
+        demo.unload(end_session)
     return demo
 
 
@@ -574,26 +520,21 @@ def main(argv=None):
 
     check_port_free(args.host, args.port)
     model_dir, data_dir = ensure_embedded_default(args.model, args.data_root)
-    compare_dir = Path(args.compare).expanduser().resolve() if args.compare else None
-    if compare_dir is not None and not (compare_dir / "config.json").is_file():
-        raise SystemExit(f"--compare {args.compare}: no config.json there. Point it at an InternVL2 checkpoint "
-                         f"folder (e.g. the base InternVL2-2B).")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[demo] WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} can use "
               f"the demo and upload images. Put it behind your own access control.", flush=True)
-    t0 = time.perf_counter()
-    shown = [("base", compare_dir), ("tuned", model_dir)] if compare_dir else [("model", model_dir)]
-    slots = []
-    for key, folder in shown:
+    t0, slots = time.perf_counter(), []
+    for key, folder in [("base", Path(args.compare).resolve()), ("tuned", model_dir)] if args.compare else \
+            [("model", model_dir)]:
         try:
-            backend = load_backend(folder, backend=args.backend)
-        except (RuntimeError, OSError, ValueError) as e:
-            raise SystemExit(f"[demo] cannot load the model: {e}") from None
-        print(f"[demo] loaded {folder} (backend {backend.name}, tile budget {backend.max_tiles})", flush=True)
+            spec, backend = ModelSpec.from_checkpoint(folder), load_backend(folder, backend=args.backend)
+        except (RuntimeError, OSError, ValueError) as e:  # SpecError (a ValueError) names a missing config.json
+            raise SystemExit(f"[demo] cannot load {folder}: {e}") from None
+        print(f"[demo] loaded {folder} (backend {backend.name}, tile budget {spec.max_tiles})", flush=True)
         # One short answer about a small picture: the first user does not pay the backend's lazy start-up.
         backend.generate([[Message("user", "这是什么菜？", images=[Image.new("RGB", (448, 448), (200, 120, 40))])]],
                          GenerationParams(max_new_tokens=2))
-        slots.append(ModelSlot(key, folder.name if key == "model" else f"{key} · {folder.name}", backend))
+        slots.append(ModelSlot(key, folder.name if key == "model" else f"{key} · {folder.name}", backend, spec))
     gallery = load_gallery(data_dir)
 
     # This process's temp folder: thumbnails, one upload folder per session, and gradio's upload cache (every
@@ -608,13 +549,12 @@ def main(argv=None):
         files = SessionFiles(temp_root / "gradio")
         demo = build_demo(slots, gallery, concurrency=args.concurrency, files=files, temp_root=temp_root,
                           notice=EMBEDDED_NOTICE if args.model is None else None)
-        demo.queue(default_concurrency_limit=args.concurrency)
-        from starlette.middleware import Middleware
-        # The chat shows a picked dish's original photo: those files (inside the data root: load_foodieqa refuses
-        # links out of it) are the only ones served beyond gradio's own.
-        demo.launch(server_name=args.host, server_port=args.port, share=False, allowed_paths=served_files(gallery),
-                    max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=False, css=CSS, theme=THEME, footer_links=["api"],
-                    head=HEAD, app_kwargs={"middleware": [Middleware(UploadGuard, files=files)]})
+        # Beyond gradio's own files, only the gallery's photos are served (inside the data root: load_foodieqa
+        # refuses links out of it).
+        demo.queue(default_concurrency_limit=args.concurrency).launch(
+            server_name=args.host, server_port=args.port, share=False, allowed_paths=served_files(gallery),
+            max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=False, css=CSS, theme=THEME, footer_links=["api"],
+            head=HEAD, app_kwargs={"middleware": [Middleware(files.guard)]})
     finally:
         shutil.rmtree(temp_root, ignore_errors=True)
 

@@ -29,10 +29,6 @@ STOPPED = "*(stopped)*"
 MAX_IMAGES = 8  # per conversation: every image costs up to 13 tiles x 256 tokens of context
 
 
-def waiting_text(ahead: int) -> str:
-    return f"⏳ waiting for the model ({ahead} ahead) · 排队等待模型（前面还有 {ahead} 个）"
-
-
 @dataclass
 class Turn:
     question: str
@@ -41,26 +37,23 @@ class Turn:
     errors: dict[str, str] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)  # models whose answer is complete, failed or stopped
     stopped: set[str] = field(default_factory=set)
-    waiting: dict[str, int] = field(default_factory=dict)  # model -> answers ahead of it, until it starts
 
     def add(self, model: str, text: str) -> None:
         self.answers[model] = self.answers.get(model, "") + text
-        self.waiting.pop(model, None)
 
     def finish(self, model: str, error: str | None = None) -> None:
         self.answers.setdefault(model, "")
         if error:
             self.errors[model] = error
         self.done.add(model)
-        self.waiting.pop(model, None)
 
     def shown(self, model: str) -> str:
-        """The answer as the chat shows it: a cursor while streaming, the queue while waiting, markers."""
+        """The answer as the chat shows it: "…" until the first token, then a cursor while streaming."""
         text = self.answers.get(model, "")
         if model in self.errors:
             return (text + "\n\n" if text else "") + f"⚠️ {self.errors[model]}"
         if model not in self.done:
-            return text + " ▌" if text else waiting_text(self.waiting[model]) if model in self.waiting else "…"
+            return text + " ▌" if text else "…"
         if model in self.stopped:
             return (text + " " if text else "") + STOPPED
         return text or EMPTY_ANSWER
@@ -234,62 +227,24 @@ class ChatState:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """The session ended: stop any answer, delete its upload folder."""
-        self.stop()
-        if self._session_dir is not None:
-            for p in self._session_dir.iterdir() if self._session_dir.is_dir() else []:
-                if self.on_delete is not None:
-                    self.on_delete(p)
-            shutil.rmtree(self._session_dir, ignore_errors=True)
-            self._session_dir = None
-
-
-class ModelGate:
-    """Lets a model answer ``capacity`` questions at once; the others wait in arrival order."""
-
-    def __init__(self, capacity: int = 1):
-        self.capacity, self.running, self.queue = capacity, 0, []
-        self.cond = threading.Condition()
-
-    def acquire(self, on_wait: Callable[[int], None] = lambda ahead: None,
-                cancelled: Callable[[], bool] = lambda: False) -> bool:
-        """Wait for a place, telling ``on_wait`` how many answers are ahead; False when cancelled meanwhile."""
-        ticket, shown = object(), None
-        with self.cond:
-            self.queue.append(ticket)
-            while (ahead := self.running + self.queue.index(ticket)) >= self.capacity:
-                if cancelled():
-                    self.queue.remove(ticket)
-                    self.cond.notify_all()
-                    return False
-                if ahead != shown:
-                    on_wait(ahead)
-                    shown = ahead
-                self.cond.wait(0.1)
-            self.queue.remove(ticket)
-            self.running += 1
-            return True
-
-    def release(self) -> None:
-        with self.cond:
-            self.running -= 1
-            self.cond.notify_all()
+        """The session ended: clear it and delete its upload folder (exports, uploads never sent)."""
+        with self.lock:
+            self.clear()
+            if self._session_dir is not None:
+                self._forget(list(self._session_dir.glob("*")))
+                shutil.rmtree(self._session_dir, ignore_errors=True)
+                self._session_dir = None
 
 
 def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
                    names: dict[str, str] | None = None, min_interval_s: float = 0.05,
-                   gates: dict[str, ModelGate] | None = None, first_draw_s: float = 0.0) -> Iterator[None]:
-    """Answer the last turn with every model at once (a thread each); yield whenever there is something to draw.
-
-    ``answer_fns[model](request)`` iterates text deltas and stops generating when closed (a ``foodie.inference``
-    backend's ``stream``). Draws at most every ``min_interval_s`` (a browser re-renders the whole message per
-    update). Ends when every model is done, or at once when the turn is cancelled (stop, regenerate, undo, clear)
-    or this generator is closed: the threads then close their streams. A model that raises gets its error shown
-    in the turn, the others go on. ``gates[model]`` is taken before ``model`` starts; while it waits, the turn
-    shows how many answers are ahead. ``first_draw_s`` > 0: the first draw waits up to that long for a first
-    token, to draw it together with the question (one browser update less).
-    """
-    names, gates = names or {}, gates or {}
+                   first_draw_s: float = 0.0) -> Iterator[None]:
+    """Answer the last turn with every model at once (a thread each, iterating ``answer_fns[model](request)``);
+    yield when there is something to draw, at most every ``min_interval_s`` (a browser re-renders the whole
+    message per update). Cancelling the turn or closing this generator closes the streams: generation stops. A
+    failing model's error is shown in its answer. ``first_draw_s`` > 0: the first draw waits up to that long for
+    a first token, to draw it with the question (one browser update less)."""
+    names = names or {}
     with state.lock:
         if not state.turns or state.is_answered(state.turns[-1]):
             return
@@ -307,22 +262,15 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
             return True
 
     def work(model: str):
-        gate, error = gates.get(model), None
+        error = None
         try:
-            if gate is not None and not gate.acquire(lambda ahead: write(lambda: turn.waiting.update({model: ahead})),
-                                                     lambda: over.is_set() or state.epoch != token):
-                return
+            stream = answer_fns[model](requests[model])
             try:
-                stream = answer_fns[model](requests[model])
-                try:
-                    for delta in stream:
-                        if not write(lambda: turn.add(model, delta)):
-                            break
-                finally:
-                    getattr(stream, "close", lambda: None)()  # the backend stops generating
+                for delta in stream:
+                    if not write(lambda: turn.add(model, delta)):
+                        break
             finally:
-                if gate is not None:
-                    gate.release()
+                getattr(stream, "close", lambda: None)()  # the backend stops generating
         except Exception as e:  # noqa: BLE001 - a failing model is reported in the chat, the app goes on
             log.exception("model %s failed", names.get(model, model))
             error = f"Model error ({names.get(model, model)}): {type(e).__name__}: {state.redact(str(e))}"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from foodie.chat_state import EMPTY_ANSWER, STOPPED, ChatState, ModelGate, stream_answers, waiting_text
+from foodie.chat_state import EMPTY_ANSWER, STOPPED, ChatState, stream_answers
 
 
 def said(s, model):
@@ -332,57 +332,6 @@ def test_an_empty_answer_is_shown_as_such_not_as_an_empty_bubble():
     s = ChatState()
     s.ask("q"); s.turns[-1].finish("model")
     assert s.messages("model")[-1] == {"role": "assistant", "content": EMPTY_ANSWER}
-
-
-def test_a_gate_lets_one_answer_run_and_shows_the_others_how_many_are_ahead():
-    """Two sessions, one model that answers one at a time: the second shows "waiting (1 ahead)" until the
-    first is done, then streams; a third that is stopped while waiting leaves the queue."""
-    gate = ModelGate(1)
-    release_first = threading.Event()
-
-    def slow(request):
-        release_first.wait(5)
-        yield "first"
-
-    first, second = ChatState(), ChatState()
-    first.ask("q1"); second.ask("q2")
-    run_first = stream_answers(first, {"model": slow}, gates={"model": gate})
-    next(run_first)
-    t = threading.Thread(target=lambda: list(run_first))
-    t.start()
-    deadline = time.time() + 5
-    while gate.running < 1 and time.time() < deadline:
-        time.sleep(0.01)
-    run_second = stream_answers(second, {"model": lambda r: iter(["second"])}, gates={"model": gate},
-                                min_interval_s=0.01)
-    seen = []
-    for _ in run_second:
-        seen.append(second.messages("model")[-1]["content"])
-        if seen[-1] == waiting_text(1):
-            release_first.set()
-    t.join(5)
-    assert waiting_text(1) in seen, seen
-    assert "1 ahead" in waiting_text(1) and "前面还有 1 个" in waiting_text(1)
-    assert second.messages("model")[-1]["content"] == "second" and first.turns[-1].answers["model"] == "first"
-    assert gate.running == 0 and gate.queue == []
-
-    # Stopped while waiting: gives up its place and never calls the model.
-    called = []
-    gate2 = ModelGate(1)
-    assert gate2.acquire()
-    third = ChatState()
-    third.ask("q3")
-    run_third = stream_answers(third, {"model": lambda r: called.append(1) or iter(["x"])},
-                               gates={"model": gate2}, min_interval_s=0.01)
-    for _ in run_third:
-        if third.turns[-1].waiting.get("model") == 1:
-            third.stop()
-    deadline = time.time() + 5
-    while gate2.queue and time.time() < deadline:  # the waiting worker notices within its poll interval
-        time.sleep(0.01)
-    assert called == [] and gate2.running == 1 and gate2.queue == [] and third.messages("model")[-1]["content"] == STOPPED
-    gate2.release()
-    assert gate2.running == 0
 
 
 def test_first_draw_waits_briefly_for_the_first_token_to_draw_it_with_the_question():

@@ -3,7 +3,7 @@
 Browser tests (``e2e``): the test starts ``python demo/app.py`` itself (embedded tiny model, synthetic
 FoodieQA, a free port on 127.0.0.1) and drives it in a real headless Chromium (Debian's ``chromium``,
 through Playwright; never a downloaded browser; ``make test`` installs it): gallery pick, streamed
-answer, two tabs isolated, a waiting tab's state, uploads checked and private to their session (gone
+answer, two tabs isolated, a waiting tab's place in the queue, uploads checked and private to their session (gone
 after Clear and after the tab closes), the page's controls. Screenshots are kept in ``test-artifacts/``.
 
 The API: ``gradio_client`` in a second process calls the one named endpoint ``ask``.
@@ -366,12 +366,13 @@ def test_regenerate_stop_and_a_waiting_tab_in_the_browser(server, browser):
         ask(page, long_follow_up("What is Peking duck?", 24))
         page.wait_for_function(f"() => {{ const b = document.querySelectorAll('#chat-model {BOT}'); "
                                f"return b.length === 2 && b[1].innerText.length > 20; }}", timeout=30_000)
-        # Another tab asks meanwhile: the transformers backend answers one at a time, and the tab says so.
+        # Another tab asks meanwhile: the transformers backend answers one at a time; the waiting tab shows its
+        # place in the page's queue.
         ask(other, "What is Peking duck?")
-        other.wait_for_selector(f"#chat-model {BOT} >> text=/waiting for the model \\(1 ahead\\)/", timeout=10_000)
+        other.wait_for_selector("#chat-model >> text=/queue: 1\\/1/", timeout=10_000)
         other.screenshot(path=str(ARTIFACTS / "demo_e2e_waiting_tab.png"), full_page=True)
         page.locator("#stop").dispatch_event("click")  # no wait for layout: the chat is busy re-rendering
-        assert "waiting" not in wait_answer_done(other, 1, timeout=30), "the waiting tab got no answer"
+        assert wait_answer_done(other, 1, timeout=30).strip(), "the waiting tab got no answer"
         stopped = wait_answer_done(page, 2, timeout=10)
         assert stopped.rstrip().endswith("(stopped)"), stopped[-80:]
         time.sleep(1.0)
@@ -531,7 +532,8 @@ def demo_app():
     spec.loader.exec_module(app)
     model_dir, data_dir = app.ensure_embedded_default(None, None)
     from foodie.inference import load_backend
-    return app, load_backend(model_dir, backend="transformers"), data_dir
+    from foodie.model_spec import ModelSpec
+    return app, load_backend(model_dir, backend="transformers"), data_dir, ModelSpec.from_checkpoint(model_dir)
 
 
 def run_turn(handlers, state, text, max_new_tokens=64):
@@ -541,9 +543,9 @@ def run_turn(handlers, state, text, max_new_tokens=64):
 
 
 def test_compare_mode_streams_both_models_side_by_side(demo_app):
-    app, backend, data_dir = demo_app
-    slots = [app.ModelSlot("base", "base", backend), app.ModelSlot("tuned", "tuned", backend)]
-    handlers = app.make_handlers(slots, {}, 2**20)
+    app, backend, data_dir, spec = demo_app
+    slots = [app.ModelSlot("base", "base", backend, spec), app.ModelSlot("tuned", "tuned", backend, spec)]
+    handlers = app.make_handlers(slots, {})
     state = app.ChatState(("base", "tuned"))
     updates = run_turn(handlers, state, "What is Peking duck?")
     final_base, final_tuned = updates[-1][1], updates[-1][2]
@@ -560,8 +562,8 @@ def test_compare_mode_streams_both_models_side_by_side(demo_app):
 def test_a_model_error_is_shown_in_the_chat_and_the_next_turn_works(demo_app, tmp_path):
     from PIL import Image
 
-    app, backend, data_dir = demo_app
-    handlers = app.make_handlers([app.ModelSlot("model", "tiny", backend)], {}, 2**20)
+    app, backend, data_dir, spec = demo_app
+    handlers = app.make_handlers([app.ModelSlot("model", "tiny", backend, spec)], {})
     state = app.ChatState(("model",), temp_root=tmp_path)
     photo = state.new_upload_path(".png")
     Image.new("RGB", (64, 64), (10, 200, 10)).save(photo)
@@ -581,9 +583,10 @@ def test_a_model_error_is_shown_in_the_chat_and_the_next_turn_works(demo_app, tm
 
 
 def test_ask_in_compare_mode_returns_both_answers_under_stable_names(demo_app):
-    app, backend, data_dir = demo_app
-    slots = [app.ModelSlot("base", "base · InternVL2-2B", backend), app.ModelSlot("tuned", "tuned · any-folder", backend)]
-    handlers = app.make_handlers(slots, {}, 2**20)
+    app, backend, data_dir, spec = demo_app
+    slots = [app.ModelSlot("base", "base · InternVL2-2B", backend, spec),
+             app.ModelSlot("tuned", "tuned · any-folder", backend, spec)]
+    handlers = app.make_handlers(slots, {})
     photo = sorted((data_dir / "images").rglob("*.jpg"))[0]
     result = list(handlers["ask"]("这道菜叫什么名字？", [str(photo)], 8))[-1]
     assert set(result) == {"answer", "answers"} and set(result["answers"]) == {"base", "tuned"}
@@ -600,14 +603,15 @@ def test_the_tile_budget_the_page_uses_is_the_checkpoints_own_unless_changed(dem
     from PIL import Image
 
     from foodie.inference import Message, load_backend
-    app, backend, data_dir = demo_app
+    from foodie.model_spec import ModelSpec
+    app, backend, data_dir, spec = demo_app
     tuned = tmp_path / "tuned"
     shutil.copytree(backend.model_dir, tuned)
     config = json.loads((tuned / "config.json").read_text())
     config["max_dynamic_patch"] = 1  # as foodie.merge writes it for the CPU config
     (tuned / "config.json").write_text(json.dumps(config))
     tuned_backend = load_backend(tuned, backend="transformers")
-    demo = app.build_demo([app.ModelSlot("model", "tuned", tuned_backend)], {})
+    demo = app.build_demo([app.ModelSlot("model", "tuned", tuned_backend, ModelSpec.from_checkpoint(tuned))], {})
     slider = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.elem_id == "max-tiles")
     assert slider.value == 1
 
