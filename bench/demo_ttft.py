@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from foodie import paths  # noqa: E402
 from foodie.atomic import write_json  # noqa: E402

@@ -27,11 +27,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.eval_speed import ensure_embedded, timed_evaluation, workload_parser  # noqa: E402
+from eval_speed import ensure_embedded, timed_evaluation, workload_parser  # noqa: E402
 
 CPU = defaultdict(float)  # stage -> thread CPU seconds
 WALL = defaultdict(float)  # stage -> wall seconds

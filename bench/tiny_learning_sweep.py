@@ -23,12 +23,10 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def build_inputs(work: Path, style: str, photos_per_dish: int, seed: int):

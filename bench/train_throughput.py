@@ -46,7 +46,6 @@ from multiprocessing import Pool
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 BASE_CONFIG = REPO / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
 STOCK_CONFIG = "configs/internvl/v2/internvl_v2_internlm2_2b_lora_finetune.py"  # inside the installed xtuner

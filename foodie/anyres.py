@@ -1,25 +1,16 @@
 """LLaVA-NeXT's AnyRes, computed as its released code computes it, to compare with InternVL's tiling.
 
-AnyRes (LLaVA-NeXT / LLaVA-1.6, January 2024) in four steps:
+1. choose a canvas among ``image_grid_pinpoints`` ((width, height) px): the one keeping most of the image's pixels
+   once fitted inside (never more than the image has), then the one wasting the fewest canvas pixels;
+2. resize the image keeping its aspect ratio, pad the rest (black), cut the canvas into 336x336 tiles;
+3. encode the tiles and a base image (the whole image at 336x336) with CLIP ViT-L/14-336: 24x24 = 576 features each;
+4. regrid the tiles' features, cut the rows (or columns) that only saw padding, append a newline embedding after
+   every row, base image first: ``576 + rows * (cols + 1)`` visual tokens.
 
-1. choose a canvas among a fixed list ``image_grid_pinpoints`` (``(width, height)`` in pixels): the one
-   that keeps the most of the image's pixels after fitting it inside (the *effective resolution*, never
-   counted above the image's own pixel count), and on a tie the one that wastes the fewest canvas pixels;
-2. resize the image *keeping its aspect ratio* to fit the canvas and pad the rest (black), then cut the
-   canvas into 336x336 tiles;
-3. encode the tiles and a *base image* (the whole image resized to 336x336) with CLIP ViT-L/14-336:
-   24x24 = 576 features each;
-4. put the tiles' features back into one grid, remove the rows (or columns) that only saw padding
-   ("unpad"), append a learned newline embedding after every row, and put the base image's 576 features
-   first: ``576 + rows * (cols + 1)`` visual tokens.
-
-Sources (read, not copied): haotian-liu/LLaVA at commit c121f04 -- ``llava/mm_utils.py``
-(``select_best_resolution``, ``resize_and_pad_image``, ``process_anyres_image``) and
-``llava/model/llava_arch.py`` (``unpad_image`` and the ``spatial_unpad`` branch of
-``prepare_inputs_labels_for_multimodal``); the canvases are the ``image_grid_pinpoints`` of the released
-v1.6 checkpoints' config.json (e.g. llava-hf/llava-v1.6-vicuna-7b-hf). The release blog
-(llava-vl.github.io/blog/2024-01-30-llava-next) speaks of "up to 672x672, 336x1344, 1344x336"; the
-released configs stop at 1008 pixels for the strips.
+Read (not copied) from haotian-liu/LLaVA at c121f04: ``llava/mm_utils.py`` (``select_best_resolution``,
+``resize_and_pad_image``, ``process_anyres_image``), ``llava/model/llava_arch.py`` (``unpad_image``, the
+``spatial_unpad`` branch); the canvases of the released v1.6 checkpoints' config.json (llava-hf/llava-v1.6-vicuna-7b-hf;
+the blog's "up to 672x672, 336x1344, 1344x336" stops at 1008 px in the released configs).
 """
 from __future__ import annotations
 

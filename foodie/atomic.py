@@ -1,8 +1,5 @@
-"""Write files and folders so that a failure never leaves half an output behind.
-
-Every output is written under a temporary name next to its destination and renamed
-into place only when complete; an earlier output stays untouched until then.
-"""
+"""Write files and folders so that a failure never leaves half an output behind: every output is written under a
+temporary name beside its destination and renamed into place only when complete."""
 from __future__ import annotations
 
 import contextlib
@@ -17,11 +14,8 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
-
-    On an exception the temporary path is removed and ``dest`` is left as it was.
-    For folders an existing ``dest`` is replaced only after the new one is complete.
-    """
+    """A temporary path beside ``dest``, renamed onto it on success (an existing folder is replaced only once the
+    new one is complete); on an exception it is removed and ``dest`` left as it was."""
     dest = Path(dest)
     if is_dir and dest.is_symlink():  # replace the folder the link points at, not the link
         dest = dest.resolve()
@@ -36,17 +30,13 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
-        if is_dir:
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
-        else:
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if is_dir and dest.exists():
+            os.replace(dest, old)
+        if not is_dir:
             os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -61,7 +51,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        pass
     return True
 
 
@@ -96,6 +86,3 @@ def write_text(dest: str | os.PathLike, text: str) -> Path:
 def write_json(dest: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
     return write_text(dest, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
-
-def write_jsonl(dest: str | os.PathLike, rows) -> Path:
-    return write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

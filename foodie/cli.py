@@ -7,17 +7,29 @@ errors never echo a secret (a mistyped ``--token hf_...`` is shown as ``--token 
     ...
     if __name__ == "__main__":
         sys.exit(cli.run(main))
+
+``foodie STAGE ARGS`` (the console script, ``main`` below) runs ``python tools/<stage's file>.py ARGS``.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import os
 import re
 import sys
 from typing import Callable, Sequence
 
+from foodie.paths import REPO_ROOT
+
 EXIT_BAD_INPUT = 2
+STAGES = {  # `foodie STAGE`: the checkout's entry point it runs, in the order of a run
+    "tiny-model": "tools/make_tiny_model.py", "demo-data": "tools/make_demo_data.py",
+    "photos": "tools/photos_to_foodieqa.py", "process": "tools/process_food.py", "train": "tools/train.py",
+    "convert": "tools/convert_to_official.py", "eval": "tools/eval_food.py", "demo": "demo/app.py",
+    "publish": "tools/publish.py", "quickstart": "tools/quickstart.py", "explain": "tools/explain_image.py",
+    "walkthrough": "tools/walkthrough_shapes.py", "figures": "tools/make_figures.py", "doc-links": "tools/doc_links.py",
+}
 SECRET_FLAG = re.compile(r"^--?[\w-]*(token|secret|password|passwd|api[-_]?key|auth)[\w-]*$", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|ms-[A-Za-z0-9-]{16,})\b")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
@@ -88,3 +100,28 @@ def run(main: Callable[..., int], argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {redact(os_error_line(e))}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``foodie STAGE ARGS``: the stage's ``main(ARGS)``, as ``python tools/<file>.py ARGS`` runs it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        asked = argv[:1] in (["-h"], ["--help"])
+        print(("" if asked or not argv else f"foodie: no stage {argv[0]!r}\n") + "usage: foodie STAGE [ARGS ...] "
+              "(foodie STAGE --help: its options)\nstages: " + ", ".join(STAGES), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else EXIT_BAD_INPUT
+    stage, path = argv[0], REPO_ROOT / STAGES[argv[0]]
+    if not path.is_file():
+        print(f"error: {path}: not found; `foodie {stage}` runs the tools of a source checkout installed with "
+              f"`pip install -e .`", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    spec = importlib.util.spec_from_file_location(f"foodie_stage_{stage.replace('-', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    sys.argv = [f"foodie {stage}", *argv[1:]]  # usage lines say `foodie train ...`
+    return run(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,10 +46,10 @@ import torch
 
 from foodie import paths
 from foodie.atomic import atomic_path, write_json
+from foodie.model_spec import IMG_CONTEXT, PROVENANCE_FILE, ModelSpec
 from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, damaged_member, is_complete_checkpoint,
                                 latest_complete_checkpoint, list_checkpoints)
 
-PROVENANCE_FILE = "foodie_provenance.json"  # read by foodie.publish
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = "2GB"
@@ -62,7 +62,6 @@ PARTS = ("language_model", "vision_model")
 # Largest |merged - unmerged| logit difference accepted, as a fraction of the largest |logit| of the unmerged
 # model (at least 1): rounding W + BA to the saved dtype is the only expected source of difference.
 RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
 class ConvertError(Exception):
@@ -833,20 +832,20 @@ def probe_inputs(model_dir: Path):
     """Tokenised probe (chat format, one tile of the checkpoint's size) for the models of ``model_dir``."""
     from transformers import AutoTokenizer
 
-    from foodie.image_tiling import load_image, tiling_of
+    from foodie.image_tiling import load_image
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    size, tokens = tiling_of(model_dir)
-    pixel_values = load_image(probe_image(), input_size=size, max_num=1)
-    prompt = ("<|im_start|>user\n<img>" + IMG_CONTEXT_TOKEN * tokens * pixel_values.shape[0]
-              + "</img>\n图片中的食物是什么菜？请说出菜名和菜系。<|im_end|>\n<|im_start|>assistant\n")
+    spec = ModelSpec.from_checkpoint(model_dir)
+    pixel_values = load_image(probe_image(), input_size=spec.tile_size, max_num=1)
+    prompt = ("<|im_start|>user\n" + spec.image_tokens(pixel_values.shape[0])
+              + "\n图片中的食物是什么菜？请说出菜名和菜系。<|im_end|>\n<|im_start|>assistant\n")
     enc = tokenizer(prompt, return_tensors="pt")
     return tokenizer, pixel_values, enc
 
 
 @torch.no_grad()
 def probe_logits(model, tokenizer, pixel_values, enc) -> torch.Tensor:
-    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     out = model(pixel_values=pixel_values.to(torch.float32), input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
                 image_flags=torch.ones(pixel_values.shape[0], 1, dtype=torch.long), return_dict=True)

@@ -44,7 +44,8 @@ class ModelSpec:
 
     @property
     def tokens_per_tile(self) -> int:
-        return int((self.tile_size // self.patch_size) ** 2 * self.downsample_ratio ** 2)
+        from foodie.image_tiling import tokens_per_tile
+        return tokens_per_tile(self.tile_size, self.patch_size, self.downsample_ratio)
 
     @property
     def lmdeploy_template(self) -> str:

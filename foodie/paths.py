@@ -1,8 +1,5 @@
-"""Default locations of the embedded default (tiny model, synthetic data) and of run outputs.
-
-Everything the project generates lives under ``work/`` in the repository root, unless the
-environment variable ``FOODIE_WORK`` points elsewhere.
-"""
+"""Where the embedded default (tiny model, synthetic data) and run outputs live: ``work/`` in the repository root,
+or ``$FOODIE_WORK``."""
 from __future__ import annotations
 
 import os

@@ -27,10 +27,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
+from foodie.model_spec import IMG_CONTEXT
 from foodie.train_speed import checkpoint_layers, register_fused_lora
 from foodie.train_speed import compile_elementwise as compile_elementwise_fn
-
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
 def resolve_dtype(torch_dtype: str | torch.dtype = "auto") -> torch.dtype:
@@ -166,7 +165,7 @@ class FoodieInternVL(InternVL_V1_5):
             activation_checkpointing = True
 
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
-        self.model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        self.model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
 
         if freeze_llm:
             self.model.language_model.requires_grad_(False)

@@ -68,6 +68,30 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
+def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
+    """`python demo/app.py --model DIR` (its loading and page, without the server) cuts photos into at most
+    `tiles` tiles and its tile control starts there: no flag needed."""
+    import importlib.util
+
+    import gradio as gr
+    from PIL import Image
+
+    from foodie.inference import Message
+    from foodie.model_spec import ModelSpec
+    spec = importlib.util.spec_from_file_location("foodie_demo_app_for_convert", REPO / "demo/app.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app
+    spec.loader.exec_module(app)
+    slots = app.load_slots(model_dir, None, "auto")
+    slider = next(b for b in app.build_demo(slots, {}).blocks.values()
+                  if isinstance(b, gr.Slider) and b.elem_id == "max-tiles")
+    backend = slots[0].backend
+    wide = [[Message("user", "这是什么菜？", images=[Image.new("RGB", (1800, 600), (120, 60, 30))])]]
+    assert slider.value == backend.max_tiles == tiles
+    pixels = backend.tiling.prepare(wide, 1, torch.float32)[0]  # a 3:1 photo within the budget (+ thumbnail)
+    assert sum(p.shape[0] for p in pixels) == ModelSpec.from_checkpoint(model_dir).tiles(1800, 600, max_tiles=tiles)
+
+
 # --------------------------------------------------------------------------- the trained tiny model
 
 def test_command_converts_latest_and_verifies(run_env, tmp_path):
@@ -100,7 +124,8 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
     trained_tiles = Config.fromfile(str(CPU_CONFIG)).max_dynamic_patch
     base_tiles = json.loads((Path(os.environ["FOODIE_MODEL"]) / "config.json").read_text())["max_dynamic_patch"]
     assert config["max_dynamic_patch"] == trained_tiles != base_tiles
-    assert load_backend(out, backend="transformers").max_tiles == trained_tiles
+    assert load_backend(out, backend="transformers").max_tiles == trained_tiles  # what evaluation loads
+    assert_demo_serves_tile_budget(out, trained_tiles)
     base = Path(os.environ["FOODIE_MODEL"])
     for code in base.glob("*.py"):  # the checkpoint's own remote code (the embedded model's: OpenGVLab's)
         assert (out / code.name).read_bytes() == code.read_bytes(), code.name

@@ -354,12 +354,30 @@ def test_cli(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "out4").exists()
 
 
+def test_token_budget_is_the_models_own(tmp_path, tiny_model_dir):
+    """process_food --tokenizer MODEL sizes image tokens with the model's tile side, tokens per tile and tile
+    budget (a tuned tiny model: 224 px, 64 tokens, 2 tiles), and summary.md says so."""
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(config, max_dynamic_patch=2)))
+    r = run_cli("--data-root", write_small(tmp_path / "src"), "--out", tmp_path / "out", "--tokenizer", model,
+                "--accept-foodieqa-terms")
+    assert r.returncode == 0, r.stderr
+    options = json.loads((tmp_path / "out/summary.json").read_text())["options"]
+    assert (options["tile_size"], options["image_tokens_per_tile"], options["max_tiles"]) == (224, 64, 2)
+    assert "Image tokens: 64 per 224-px tile, up to 2 tiles + a thumbnail, + 2." in (tmp_path / "out/summary.md").read_text()
+
+
 def test_synthetic_data_loads_through_xtuner_dataset(synthetic, tmp_path, tiny_model_dir, monkeypatch):
-    from foodie.image_tiling import num_tiles, tiling_of
+    from foodie.image_tiling import num_tiles
+    from foodie.model_spec import ModelSpec
 
     model = tiny_model_dir
     out = tmp_path / "xtuner"
-    tile, per_tile = tiling_of(model)  # as process_food --tokenizer MODEL reads them
+    spec = ModelSpec.from_checkpoint(model)  # as process_food --tokenizer MODEL reads it
+    tile, per_tile = spec.tile_size, spec.tokens_per_tile
     convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), lang="both", tile_size=tile,
             image_tokens_per_tile=per_tile)
     from xtuner.dataset import InternVL_V1_5_Dataset
@@ -394,12 +412,12 @@ def test_token_budget_with_tokenizer_bounds_real_lengths(tmp_path, tiny_model_di
     from xtuner.utils import PROMPT_TEMPLATE
     src = write_small(tmp_path / "src")
     out = tmp_path / "out"
-    from foodie.image_tiling import tiling_of
+    from foodie.model_spec import ModelSpec
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir), trust_remote_code=True)
-    tile, per_tile = tiling_of(tiny_model_dir)  # what process_food --tokenizer MODEL reads
-    opts = dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1, tile_size=tile,
-                                image_tokens_per_tile=per_tile)
+    spec = ModelSpec.from_checkpoint(tiny_model_dir)  # what process_food --tokenizer MODEL reads
+    opts = dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1, tile_size=spec.tile_size,
+                                image_tokens_per_tile=spec.tokens_per_tile)
     r = dc.convert_foodieqa(src, out, opts, tokenizer=tok)
     tk = r.summary["tokens_per_sample"]
     assert tk["counted_with"] == "tokenizer"

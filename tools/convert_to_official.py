@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie import cli  # noqa: E402
 from foodie.merge import DEFAULT_MAX_SHARD_SIZE, DTYPES, ConvertError, convert  # noqa: E402

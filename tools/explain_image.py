@@ -31,13 +31,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from foodie import anyres  # noqa: E402
-from foodie import cli  # noqa: E402
-from foodie import image_tiling as it  # noqa: E402
-from foodie.atomic import atomic_path  # noqa: E402
-from foodie.paths import work_dir  # noqa: E402
+from foodie import anyres, cli
+from foodie import image_tiling as it
+from foodie.atomic import atomic_path
+from foodie.paths import work_dir
 
 SHEET_WIDTH = 1400  # target width of the contact sheet, pixels
 MARGIN = 16
@@ -195,27 +192,12 @@ def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
             break
 
 
-PS_SIDE = 4  # the exercise's grid: 4x4 patches, one channel each
-
-
-def model_pixel_shuffle(x, ps_version: str = "v2"):
-    """The model's own InternVLChatModel.pixel_shuffle(x, 0.5), given the one attribute it reads."""
-    import warnings
-    from types import SimpleNamespace
-
-    from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # v1's "transposed image" warning: showing it is the point here
-        return InternVLChatModel.pixel_shuffle(SimpleNamespace(ps_version=ps_version), x, scale_factor=0.5)
-
-
-def pixel_shuffle_example(side: int = PS_SIDE):
+def pixel_shuffle_example(side: int = 4):
     """(x, y): torch.arange(side*side) as a [1, side, side, 1] grid of 1-channel patches, and its pixel shuffle."""
     import torch
 
     x = torch.arange(side * side).reshape(1, side, side, 1)
-    return x, model_pixel_shuffle(x)
+    return x, it.model_pixel_shuffle(x)
 
 
 def pixel_shuffle_exercise() -> str:
@@ -231,9 +213,9 @@ def pixel_shuffle_exercise() -> str:
     for r in range(y.shape[1]):
         for c in range(y.shape[2]):
             lines.append(f"  token ({r}, {c}) <- {[int(v) for v in y[0, r, c]]}")
-    t = model_pixel_shuffle(x, "v1")
+    t = it.model_pixel_shuffle(x, "v1")
     lines.append(f"with ps_version v1 the grid stays transposed: token (0, 1) <- {[int(v) for v in t[0, 0, 1]]}")
-    real = model_pixel_shuffle(torch.zeros(1, 32, 32, 1024))
+    real = it.model_pixel_shuffle(torch.zeros(1, 32, 32, 1024))
     lines.append(f"InternVL2-2B, one 448-px tile: [1, 32, 32, 1024] -> {list(real.shape)} -> "
                  f"{real.shape[1] * real.shape[2]} tokens of width {real.shape[3]}")
     return "\n".join(lines)

@@ -17,20 +17,17 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+import matplotlib
+import torch
+from matplotlib.patches import FancyArrowPatch, Rectangle
 
-import matplotlib  # noqa: E402
+from foodie import image_tiling as it
+from foodie.atomic import atomic_path
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-import explain_image  # noqa: E402
-from foodie import image_tiling as it  # noqa: E402
-from foodie.atomic import atomic_path  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent
 DPI = 100
 EXAMPLE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
 QUERY, TEXT, IMAGE, MODULE, MASKED = "#f4a259", "#5b8e7d", "#bc4b51", "#e9ecef", "#f8f9fa"
@@ -195,7 +192,8 @@ BLOCK_COLOURS = ("#f4a259", "#5b8e7d", "#8cb369", "#bc4b51")
 
 
 def draw_pixel_shuffle(path: Path) -> None:
-    x, y = explain_image.pixel_shuffle_example()
+    x = torch.arange(16).reshape(1, 4, 4, 1)
+    y = it.model_pixel_shuffle(x)
     side, out = x.shape[1], y.shape[1]
     fig = plt.figure(figsize=(11, 4.0), dpi=DPI)
     ax = fig.add_axes([0, 0, 1, 1])

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foodie import cli  # noqa: E402
 from foodie.training import DEFAULT_CONFIG, TrainingFailed, describe_checkpoint, plan_training, run_training  # noqa: E402

@@ -15,19 +15,17 @@ and checked against the model's extract_feature, so what is printed is what the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from foodie import cli  # noqa: E402
-from foodie.image_tiling import load_image  # noqa: E402
-from foodie.inference import IMG_CONTEXT, Message, TransformersBackend  # noqa: E402
-from foodie.tiny_model import ensure_embedded_default  # noqa: E402
+from foodie import cli
+from foodie.image_tiling import load_image
+from foodie.inference import Message, TransformersBackend
+from foodie.model_spec import IMG_CONTEXT
+from foodie.paths import REPO_ROOT as REPO
+from foodie.tiny_model import ensure_embedded_default
 
 DEFAULT_IMAGE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
 
