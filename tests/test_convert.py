@@ -69,27 +69,34 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
-    """`python demo/app.py --model DIR` (its loading and page, without the server) cuts photos into at most
-    `tiles` tiles and its tile control starts there: no flag needed."""
+    """`python demo/app.py --model DIR` serves DIR at `tiles` tiles, no flag: the command says so once the model is
+    loaded (stopped there), and the page built on that backend starts its tile control at it."""
     import importlib.util
+    import socket
 
     import gradio as gr
-    from PIL import Image
 
-    from foodie.inference import Message
-    from foodie.model_spec import ModelSpec
+    from foodie.inference import load_backend
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = subprocess.Popen([sys.executable, str(REPO / "demo/app.py"), "--model", str(model_dir), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = ""
+    try:
+        for line in demo.stdout:  # the server runs on: read up to the model's line, then stop it
+            if line.startswith("[demo] loaded") or "rror" in line:
+                break
+    finally:
+        demo.kill()
+        demo.wait(timeout=60)
+    assert line.startswith("[demo] loaded") and line.rstrip().endswith(f"tile budget {tiles})"), line
     spec = importlib.util.spec_from_file_location("foodie_demo_app_for_convert", REPO / "demo/app.py")
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app
     spec.loader.exec_module(app)
-    slots = app.load_slots(model_dir, None, "auto")
-    slider = next(b for b in app.build_demo(slots, {}).blocks.values()
-                  if isinstance(b, gr.Slider) and b.elem_id == "max-tiles")
-    backend = slots[0].backend
-    wide = [[Message("user", "这是什么菜？", images=[Image.new("RGB", (1800, 600), (120, 60, 30))])]]
-    assert slider.value == backend.max_tiles == tiles
-    pixels = backend.tiling.prepare(wide, 1, torch.float32)[0]  # a 3:1 photo within the budget (+ thumbnail)
-    assert sum(p.shape[0] for p in pixels) == ModelSpec.from_checkpoint(model_dir).tiles(1800, 600, max_tiles=tiles)
+    page = app.build_demo([app.ModelSlot("model", model_dir.name, load_backend(model_dir, backend="auto"))], {})
+    assert next(b.value for b in page.blocks.values() if isinstance(b, gr.Slider) and b.elem_id == "max-tiles") == tiles
 
 
 # --------------------------------------------------------------------------- the trained tiny model

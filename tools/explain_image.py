@@ -2,25 +2,13 @@
 
     python tools/explain_image.py IMAGE [--max-tiles N] [--min-tiles N] [--no-thumbnail] [--out PNG]
     python tools/explain_image.py --size WxH [--size WxH ...] [--max-tiles N] [--tile-size 448]
-    python tools/explain_image.py --list-grids [--max-tiles N]
-    python tools/explain_image.py --compare anyres [--size WxH ...]
-    python tools/explain_image.py --pixel-shuffle
-    python tools/explain_image.py --connectors
+    python tools/explain_image.py --list-grids | --compare anyres [--size WxH ...] | --pixel-shuffle | --connectors
 
-With an IMAGE: writes a PNG contact sheet (default: work/explain/<image name>_tiles.png) with
-  1. the original image with the chosen grid drawn over it,
-  2. the 448x448 tiles in their grid positions (row-major numbering, as the model reads them),
-  3. the 448x448 thumbnail of the whole image (only when there is more than one tile),
-and prints the tile count, the image-token budget (256 <IMG_CONTEXT> tokens per tile) and how much the
-image is enlarged and stretched to fit its grid. --size does the same arithmetic for a size, no image needed.
-
-The other modes print the answers to the exercises in docs/internvl2.md and docs/multimodal_llm.md:
---list-grids the candidate grids and their distinct aspect ratios, --compare anyres a table of InternVL2's
-tiling against LLaVA-NeXT's AnyRes (foodie/anyres.py) with token counts and resize factors,
---pixel-shuffle the model's own pixel_shuffle on a torch.arange grid, --connectors the projector sizes.
-
-Everything comes from foodie.image_tiling, the code the model uses in training, evaluation and the demo;
-images are opened through its safe door (any mode -> RGB, decompression bombs refused).
+With an IMAGE: a PNG contact sheet (default work/explain/<name>_tiles.png) of the image with its grid, the tiles in
+grid order and the thumbnail, and the tile count, image tokens and stretch printed (--size: the same, no image). The
+other modes answer the exercises of docs/internvl2.md and docs/multimodal_llm.md: the candidate grids, InternVL2's
+tiling against LLaVA-NeXT's AnyRes (foodie/anyres.py), the model's own pixel_shuffle, the projector sizes.
+Everything comes from foodie.image_tiling, the code training, evaluation and the demo use.
 """
 from __future__ import annotations
 
@@ -44,33 +32,19 @@ BACKGROUND = (250, 250, 250)
 INK = (20, 20, 20)
 
 
-def font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def fit(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
-    """Largest (w, h) with the image's aspect ratio inside box_w x box_h (at least 1x1)."""
-    scale = min(box_w / width, box_h / height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def original_with_grid(image: Image.Image, cols: int, rows: int, box_w: int, box_h: int) -> Image.Image:
     """The image scaled into the box, with the cols x rows tile boundaries drawn on top."""
-    w, h = fit(image.width, image.height, box_w, box_h)
+    scale = min(box_w / image.width, box_h / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     # Tiny images are enlarged with NEAREST so their pixels stay visible; others with BICUBIC.
     resample = Image.Resampling.NEAREST if w > image.width * 4 else Image.Resampling.BICUBIC
     shown = image.resize((w, h), resample)
     draw = ImageDraw.Draw(shown)
     line = max(1, min(w, h) // 150)
     for c in range(1, cols):
-        x = round(c * w / cols)
-        draw.line([(x, 0), (x, h)], fill=GRID_COLOUR, width=line)
+        draw.line([(round(c * w / cols), 0), (round(c * w / cols), h)], fill=GRID_COLOUR, width=line)
     for r in range(1, rows):
-        y = round(r * h / rows)
-        draw.line([(0, y), (w, y)], fill=GRID_COLOUR, width=line)
+        draw.line([(0, round(r * h / rows)), (w, round(r * h / rows))], fill=GRID_COLOUR, width=line)
     draw.rectangle([0, 0, w - 1, h - 1], outline=GRID_COLOUR, width=line)
     return shown
 
@@ -78,45 +52,30 @@ def original_with_grid(image: Image.Image, cols: int, rows: int, box_w: int, box
 def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Image], title: str,
                   tile: int = it.IMAGE_SIZE) -> Image.Image:
     """Compose original-with-grid, the tiles in grid layout, and the thumbnail into one picture."""
-    cols, rows = plan.cols, plan.rows
-    grid_tiles, thumbnail = tiles[: cols * rows], tiles[cols * rows:]
-    has_thumb = bool(thumbnail)
-    head, label = font(22), font(14)
-    line_h = 20
-    caption = f"{cols * rows} tile(s) of {tile}x{tile}, numbered in row-major order"
-    caption += ", then the thumbnail (right)" if has_thumb else ""
-
-    # Tile cells: the grid plus (when present) one thumbnail cell to its right fit the width,
-    # and tall grids stay under ~900 px.
+    cols, rows, n = plan.cols, plan.rows, plan.cols * plan.rows
+    thumb = tiles[n:]  # none or one
+    head, label, line_h = ImageFont.load_default(size=22), ImageFont.load_default(size=14), 20
+    caption = f"{n} tile(s) of {tile}x{tile}, numbered in row-major order" + (", then the thumbnail (right)" * len(thumb))
+    # Cells: the grid and the thumbnail cell to its right fit the width; tall grids stay under ~900 px.
     usable = SHEET_WIDTH - 2 * MARGIN
-    n_cells = cols + (1 if has_thumb else 0)
-    cell = min(200, (usable - GAP * n_cells - (MARGIN if has_thumb else 0)) // n_cells,
-               900 // rows - line_h - GAP)
-    cell = max(24, cell)
+    cells = cols + len(thumb)
+    cell = max(24, min(200, (usable - GAP * cells - MARGIN * len(thumb)) // cells, 900 // rows - line_h - GAP))
     grid_w = cols * cell + (cols - 1) * GAP
-    grid_h = rows * (cell + line_h) + (rows - 1) * GAP
     top = original_with_grid(image, cols, rows, usable, 520)
-
-    content_w = max(top.width, grid_w + (MARGIN + cell if has_thumb else 0),
-                    8 + int(head.getlength(title)), 8 + int(label.getlength(caption)))
-    height = MARGIN + 34 + top.height + MARGIN + line_h + grid_h + MARGIN
-    sheet = Image.new("RGB", (min(SHEET_WIDTH, content_w + 2 * MARGIN), height), BACKGROUND)
+    width = max(top.width, grid_w + (MARGIN + cell) * len(thumb), 8 + int(head.getlength(title)),
+                8 + int(label.getlength(caption)))
+    y = MARGIN + 34 + top.height + MARGIN + line_h  # where the tiles start
+    sheet = Image.new("RGB", (min(SHEET_WIDTH, width + 2 * MARGIN), y + rows * (cell + line_h + GAP) - GAP + MARGIN),
+                      BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     draw.text((MARGIN, MARGIN), title, fill=INK, font=head)
-    y = MARGIN + 34
-    sheet.paste(top, (MARGIN, y))
-    y += top.height + MARGIN
-    draw.text((MARGIN, y), caption, fill=INK, font=label)
-    y += line_h
-    for i, tile in enumerate(grid_tiles):
-        r, c = divmod(i, cols)
-        x0, y0 = MARGIN + c * (cell + GAP), y + r * (cell + line_h + GAP)
-        draw.text((x0, y0 + 2), f"#{i}", fill=INK, font=label)
-        sheet.paste(tile.resize((cell, cell), Image.Resampling.BICUBIC), (x0, y0 + line_h))
-    if has_thumb:
-        x0 = MARGIN + grid_w + MARGIN
-        draw.text((x0, y + 2), f"#{cols * rows} thumbnail", fill=INK, font=label)
-        sheet.paste(thumbnail[0].resize((cell, cell), Image.Resampling.BICUBIC), (x0, y + line_h))
+    sheet.paste(top, (MARGIN, MARGIN + 34))
+    draw.text((MARGIN, y - line_h), caption, fill=INK, font=label)
+    shown = [(f"#{i}", t, MARGIN + i % cols * (cell + GAP), y + i // cols * (cell + line_h + GAP))
+             for i, t in enumerate(tiles[:n])] + [(f"#{n} thumbnail", t, MARGIN + grid_w + MARGIN, y) for t in thumb]
+    for text, t, x0, y0 in shown:
+        draw.text((x0, y0 + 2), text, fill=INK, font=label)
+        sheet.paste(t.resize((cell, cell), Image.Resampling.BICUBIC), (x0, y0 + line_h))
     return sheet
 
 
@@ -125,7 +84,7 @@ def grid_scale(plan: it.TilingPlan, tile: int = it.IMAGE_SIZE) -> tuple[float, f
     return tile * plan.cols / plan.width, tile * plan.rows / plan.height
 
 
-def describe(plan: it.TilingPlan, use_thumbnail: bool, tile: int = it.IMAGE_SIZE) -> str:
+def describe(plan: it.TilingPlan, tile: int = it.IMAGE_SIZE) -> str:
     per_tile = it.tokens_per_tile(tile)
     grid = f"grid {plan.cols}x{plan.rows} (cols x rows) = {plan.cols * plan.rows} tile(s)"
     thumb = " + 1 thumbnail" if plan.tiles > plan.cols * plan.rows else ""
@@ -168,8 +127,7 @@ def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
     print(f"LLaVA-NeXT AnyRes: {anyres.TILE}-px tiles, canvas with the most effective pixels (then least waste) "
           f"among {canvases}, image fitted and padded, base image first ({anyres.BASE_TOKENS} tokens), "
           f"unpadded rows each followed by a newline token.")
-    print()
-    print("| image | InternVL2 grid | tiles | tokens | scale w, h | aspect | AnyRes canvas | crops | tokens "
+    print("\n| image | InternVL2 grid | tiles | tokens | scale w, h | aspect | AnyRes canvas | crops | tokens "
           "| scale | padding |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for w, h in sizes:
@@ -179,8 +137,7 @@ def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
         print(f"| {w}x{h} | {plan.cols}x{plan.rows} | {plan.tiles} | {plan.tokens:,} | x{sx:.2f}, x{sy:.2f} "
               f"| x{sx / sy:.2f} | {a.canvas_w}x{a.canvas_h} | {a.crops} | {a.tokens:,} | x{a.scale:.2f} "
               f"| {a.padding:.0%} |")
-    print()
-    print("tiles/crops count the thumbnail or base image; aspect = how much wider (x>1) or narrower the image "
+    print("\ntiles/crops count the thumbnail or base image; aspect = how much wider (x>1) or narrower the image "
           "is made; padding = share of the AnyRes canvas that is black padding.")
     # transformers' LLaVA-NeXT port reads image_grid_pinpoints as (height, width), the LLaVA code as (width, height)
     transposed = tuple((h, w) for w, h in anyres.V16_CANVASES)
@@ -192,33 +149,21 @@ def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
             break
 
 
-def pixel_shuffle_example(side: int = 4):
-    """(x, y): torch.arange(side*side) as a [1, side, side, 1] grid of 1-channel patches, and its pixel shuffle."""
-    import torch
-
-    x = torch.arange(side * side).reshape(1, side, side, 1)
-    return x, it.model_pixel_shuffle(x)
-
-
 def pixel_shuffle_exercise() -> str:
     import torch
 
-    x, y = pixel_shuffle_example()
-    side = x.shape[1]
-    lines = [f"input  {list(x.shape)}  = torch.arange({side * side}).reshape(1, {side}, {side}, 1): "
-             f"[tiles, rows, cols, channels], patch (r, c) holds {side}*r + c"]
-    lines += ["  " + " ".join(f"{int(v):2d}" for v in row) for row in x[0, :, :, 0]]
-    lines.append(f"output {list(y.shape)}  pixel_shuffle(x, 0.5) with ps_version v2 (InternVL2's config): "
-                 f"each token stacks a 2x2 block of patches into its channels")
-    for r in range(y.shape[1]):
-        for c in range(y.shape[2]):
-            lines.append(f"  token ({r}, {c}) <- {[int(v) for v in y[0, r, c]]}")
-    t = it.model_pixel_shuffle(x, "v1")
-    lines.append(f"with ps_version v1 the grid stays transposed: token (0, 1) <- {[int(v) for v in t[0, 0, 1]]}")
+    x = torch.arange(16).reshape(1, 4, 4, 1)
+    y, t = it.model_pixel_shuffle(x), it.model_pixel_shuffle(x, "v1")
     real = it.model_pixel_shuffle(torch.zeros(1, 32, 32, 1024))
-    lines.append(f"InternVL2-2B, one 448-px tile: [1, 32, 32, 1024] -> {list(real.shape)} -> "
-                 f"{real.shape[1] * real.shape[2]} tokens of width {real.shape[3]}")
-    return "\n".join(lines)
+    return "\n".join([f"input  {list(x.shape)}  = torch.arange(16).reshape(1, 4, 4, 1): [tiles, rows, cols, channels], "
+                      f"patch (r, c) holds 4*r + c"]
+                     + ["  " + " ".join(f"{int(v):2d}" for v in row) for row in x[0, :, :, 0]]
+                     + [f"output {list(y.shape)}  pixel_shuffle(x, 0.5) with ps_version v2 (InternVL2's config): "
+                        f"each token stacks a 2x2 block of patches into its channels"]
+                     + [f"  token ({r}, {c}) <- {[int(v) for v in y[0, r, c]]}" for r in range(2) for c in range(2)]
+                     + [f"with ps_version v1 the grid stays transposed: token (0, 1) <- {[int(v) for v in t[0, 0, 1]]}",
+                        f"InternVL2-2B, one 448-px tile: [1, 32, 32, 1024] -> {list(real.shape)} -> "
+                        f"{real.shape[1] * real.shape[2]} tokens of width {real.shape[3]}"])
 
 
 def mlp1_parameters(vit_hidden: int, llm_hidden: int, downsample_ratio: float = it.DOWNSAMPLE_RATIO) -> int:
@@ -240,14 +185,14 @@ QFORMER_PARAMS = 188_000_000  # BLIP-2 paper, section 3.1 ("Q-Former ... contain
 
 
 def connectors() -> str:
-    lines = ["mlp1 = LayerNorm(4C) -> Linear(4C, D) -> GELU -> Linear(D, D), C = ViT width, D = LLM width:"]
-    for name, vit, c, llm, d in CONNECTORS:
-        lines.append(f"  {name:13s} {vit} C={c}, {llm} D={d}: {mlp1_parameters(c, d):,} parameters")
     name, vit, c, llm, d = LLAVA15_PROJECTOR
-    lines.append("mm_projector (mlp2x_gelu) = Linear(C, D) -> GELU -> Linear(D, D), no pixel shuffle:")
-    lines.append(f"  {name:13s} {vit} C={c}, {llm} D={d}: {llava_projector_parameters(c, d):,} parameters")
-    lines.append(f"  BLIP-2 Q-Former (32 queries of width 768, from BERT-base): about {QFORMER_PARAMS:,} parameters")
-    return "\n".join(lines)
+    return "\n".join(["mlp1 = LayerNorm(4C) -> Linear(4C, D) -> GELU -> Linear(D, D), C = ViT width, D = LLM width:"]
+                     + [f"  {n:13s} {v} C={vc}, {m} D={md}: {mlp1_parameters(vc, md):,} parameters"
+                        for n, v, vc, m, md in CONNECTORS]
+                     + ["mm_projector (mlp2x_gelu) = Linear(C, D) -> GELU -> Linear(D, D), no pixel shuffle:",
+                        f"  {name:13s} {vit} C={c}, {llm} D={d}: {llava_projector_parameters(c, d):,} parameters",
+                        f"  BLIP-2 Q-Former (32 queries of width 768, from BERT-base): about {QFORMER_PARAMS:,} "
+                        f"parameters"])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -285,50 +230,38 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"need 1 <= --min-tiles <= --max-tiles, got {args.min_tiles} and {args.max_tiles}")
     if args.tile_size < it.PATCH_SIZE or args.tile_size % it.PATCH_SIZE:
         ap.error(f"--tile-size must be a multiple of the {it.PATCH_SIZE}-pixel patch, got {args.tile_size}")
-    if args.list_grids:
-        list_grids(args.min_tiles, args.max_tiles)
-        return 0
-    if args.compare:
-        compare_anyres(args.size or COMPARE_SIZES, args.min_tiles, args.max_tiles)
-        return 0
-    if args.pixel_shuffle:
-        print(pixel_shuffle_exercise())
-        return 0
-    if args.connectors:
-        print(connectors())
-        return 0
-    use_thumbnail = not args.no_thumbnail
+    modes = {"list_grids": lambda: list_grids(args.min_tiles, args.max_tiles),
+             "compare": lambda: compare_anyres(args.size or COMPARE_SIZES, args.min_tiles, args.max_tiles),
+             "pixel_shuffle": lambda: print(pixel_shuffle_exercise()), "connectors": lambda: print(connectors())}
+    for mode, show in modes.items():
+        if getattr(args, mode):
+            show()
+            return 0
+    grid = dict(min_num=args.min_tiles, max_num=args.max_tiles, image_size=args.tile_size,
+                use_thumbnail=not args.no_thumbnail)
     if args.size and args.image:
         ap.error("give an IMAGE or --size WxH, not both")
+    for w, h in args.size or []:
+        print(describe(it.TilingPlan.for_size(w, h, **grid), args.tile_size))
     if args.size:
-        for w, h in args.size:
-            plan = it.TilingPlan.for_size(w, h, min_num=args.min_tiles, max_num=args.max_tiles,
-                                          image_size=args.tile_size, use_thumbnail=use_thumbnail)
-            print(describe(plan, use_thumbnail, args.tile_size))
         return 0
     if not args.image:
         ap.error("give an IMAGE (or --size, --list-grids, --compare, --pixel-shuffle, --connectors)")
-
+    out = args.out or work_dir() / "explain" / f"{Path(args.image).stem}_tiles.png"
+    if out.suffix.lower() != ".png":
+        ap.error(f"--out must end in .png, got {out}")
     try:
         image = it.open_image(args.image)
     except it.ImageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    plan = it.TilingPlan.for_size(image.width, image.height, min_num=args.min_tiles, max_num=args.max_tiles,
-                                  image_size=args.tile_size, use_thumbnail=use_thumbnail)
-    tiles = it.dynamic_preprocess(image, min_num=args.min_tiles, max_num=args.max_tiles,
-                                  image_size=args.tile_size, use_thumbnail=use_thumbnail)
-    assert len(tiles) == plan.tiles, (len(tiles), plan)
-
-    out = args.out or work_dir() / "explain" / f"{Path(args.image).stem}_tiles.png"
-    if out.suffix.lower() != ".png":
-        ap.error(f"--out must end in .png, got {out}")
+    plan = it.TilingPlan.for_size(image.width, image.height, **grid)
     title = (f"{Path(args.image).name}: {plan.width}x{plan.height} -> {plan.cols}x{plan.rows} grid, "
              f"{plan.tiles} tiles, {plan.tokens} image tokens")
-    sheet = contact_sheet(image, plan, tiles, title, args.tile_size)
+    sheet = contact_sheet(image, plan, it.dynamic_preprocess(image, **grid), title, args.tile_size)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
-    print(describe(plan, use_thumbnail, args.tile_size))
+    print(describe(plan, args.tile_size))
     print(f"contact sheet: {out}")
     return 0
 

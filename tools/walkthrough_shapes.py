@@ -3,15 +3,9 @@
     python tools/walkthrough_shapes.py [--model DIR] [--image IMAGE] [--max-tiles N] [--device cpu|cuda]
 
 pixel values -> InternViT -> drop [CLS] -> 2-D grid -> pixel shuffle -> flatten -> mlp1 -> the LLM's input
-embeddings (the <IMG_CONTEXT> positions overwritten) -> logits.
-
-Default model: the embedded tiny model (work/tiny-internvl2, built on first use; random weights, same
-architecture and code as InternVL2-2B, only smaller). With --model pointing at a real InternVL2-2B folder
-the same script prints the real sizes (1024-wide ViT, 4096 after the shuffle, 2048-wide LLM); that needs
-about 9 GB of RAM in float32 on a CPU.
-
-The steps are done by hand with the model's own modules (vision_model, pixel_shuffle, mlp1, language_model)
-and checked against the model's extract_feature, so what is printed is what the model computes.
+embeddings (the <IMG_CONTEXT> positions overwritten) -> logits, done by hand with the model's own modules and
+checked against its extract_feature. Default model: the embedded tiny model (built on first use); a real
+InternVL2-2B folder prints the real sizes (1024-wide ViT, 4096 after the shuffle, 2048-wide LLM; ~9 GB RAM in fp32).
 """
 from __future__ import annotations
 
@@ -28,10 +22,6 @@ from foodie.paths import REPO_ROOT as REPO
 from foodie.tiny_model import ensure_embedded_default
 
 DEFAULT_IMAGE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
-
-
-def shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
 def ensure_model(model: Path | None) -> Path:
@@ -70,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str]] = []
 
     def step(name: str, t: torch.Tensor, note: str = "") -> torch.Tensor:
-        rows.append((name, shape(t), note))
+        rows.append((name, str(list(t.shape)), note))
         return t
 
     with torch.no_grad():
