@@ -30,7 +30,7 @@ run_one() {
     STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
-    $PY -c "import sys; sys.path.insert(0, '.'); import foodie.tiny_model as t
+    $PY -c "import foodie.tiny_model as t
 t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH)
 t.TINY_VISION.update(image_size=$IMG)
 t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 2>&1
@@ -46,7 +46,6 @@ t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 
     local train_s=$((SECONDS - t0))
     CUDA_VISIBLE_DEVICES= $PY - "$w" "$spec" "$train_s" >> "$w/log.txt" 2>&1 <<'PY'
 import sys
-sys.path.insert(0, ".")
 from pathlib import Path
 from foodie.checkpoints import latest_complete_checkpoint
 from foodie.training import checkpoint_accuracy
