@@ -86,31 +86,19 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
 _HASHED = (".json", ".py", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
 
 
-def model_fingerprint(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """A content hash of a checkpoint folder: config, code, tokenizer and every weight byte (two fine-tunes
-    have the same shapes and sizes); cached per file (path, size, mtime) in ``cache_dir``."""
+    have the same shapes and sizes; seconds for 2B parameters)."""
     model_dir = Path(model_dir).resolve()
-    cache_file = Path(cache_dir) / ".fingerprints.json" if cache_dir else None
-    try:
-        cache = json.loads(cache_file.read_text()) if cache_file else {}
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    total, known = hashlib.sha256(), len(cache)
+    total = hashlib.sha256()
     for f in sorted(model_dir.rglob("*")):
         relative = f.relative_to(model_dir)
-        if not f.is_file() or f.suffix not in _HASHED or any(part.startswith(".") for part in relative.parts):
-            continue
-        st = f.stat()
-        stamp = f"{f}|{st.st_size}|{st.st_mtime_ns}"
-        if stamp not in cache:
+        if f.is_file() and f.suffix in _HASHED and not any(part.startswith(".") for part in relative.parts):
             h = hashlib.sha256()
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 24), b""):
                     h.update(chunk)
-            cache[stamp] = h.hexdigest()
-        total.update(f"{relative.as_posix()}\0{cache[stamp]}\n".encode())
-    if cache_file and len(cache) != known:
-        write_json(cache_file, cache)
+            total.update(f"{relative.as_posix()}\0{h.hexdigest()}\n".encode())
     return total.hexdigest()[:20]
 
 
@@ -182,13 +170,13 @@ def safe_label(label: str) -> str:
 def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Question], data_root: Path,
               out_dir: Path, *, backend: str = "auto", batch_size: int = 8,
               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, load: Callable | None = None,
-              on_batch: Callable[[int], None] = lambda n: None, device: str = "auto", dtype: str = "auto",
+              on_batch: Callable[[int], None] = lambda n: None, dtype: str = "auto",
               max_tiles: int | None = None) -> ModelRun:
     """Ask one model every question, reusing finished predictions; returns all rows in order."""
     from foodie.inference import GenerationParams, Message, answer_all, load_backend, resolve_backend
 
     backend_name, spec = resolve_backend(backend), ModelSpec.from_checkpoint(model_dir)
-    fingerprint = model_fingerprint(model_dir, cache_dir=out_dir)
+    fingerprint = model_fingerprint(model_dir)
     params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=False)
     settings = asdict(params) | ({"max_tiles": max_tiles} if max_tiles is not None else {})  # what the model sees
     keys = [prediction_key(fingerprint, backend_name, settings, q) for q in questions]
@@ -205,7 +193,7 @@ def run_model(model_dir: str | os.PathLike, label: str, questions: Sequence[Ques
     on_batch(run.reused)
     start = time.perf_counter()
     if todo:
-        chat = (load or load_backend)(model_dir, backend=backend_name, device=device, dtype=dtype, max_tiles=max_tiles,
+        chat = (load or load_backend)(model_dir, backend=backend_name, dtype=dtype, max_tiles=max_tiles,
                                       devices="all")  # several GPUs: one replica each, questions dealt out
         run.load_seconds = time.perf_counter() - start
         try:
@@ -332,7 +320,6 @@ class EvalConfig:
     batch_size: int = 8
     limit: int | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    device: str = "auto"
     dtype: str = "auto"
     skip_bad: bool = False
     max_tiles: int | None = None
@@ -387,7 +374,7 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
             bar = bars.add_task(label, total=len(questions))
             run = run_model(model_dir, label, questions, data_root, out, backend=cfg.backend,
                             batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, load=load,
-                            on_batch=lambda n, bar=bar: bars.advance(bar, n), device=cfg.device, dtype=cfg.dtype,
+                            on_batch=lambda n, bar=bar: bars.advance(bar, n), dtype=cfg.dtype,
                             max_tiles=cfg.max_tiles)
             speed = f", {run.backend} {run.questions_per_s:.2f} questions/s" if run.questions_per_s else ""
             bars.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked{speed})")
@@ -437,7 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only N questions of each task, spread evenly over its file (smoke runs)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help="answer length cap (default %(default)s, as the authors'; generation stops with the turn)")
-    p.add_argument("--device", default="auto", help="transformers backend: cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
     p.add_argument("--max-tiles", type=int, help="tile budget per question, shared by its images (default: the "
                                                   "checkpoint's max_dynamic_patch, the budget it was trained with)")
