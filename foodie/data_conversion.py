@@ -79,10 +79,6 @@ class ConversionOptions:
                 raise ValueError(f"{name} must be {want}; got {getattr(self, name)!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Split
-# ---------------------------------------------------------------------------------------------
-
 @dataclass
 class Split:
     eval_images: set[str]
@@ -181,10 +177,6 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     return split
 
 
-# ---------------------------------------------------------------------------------------------
-# Samples
-# ---------------------------------------------------------------------------------------------
-
 def estimate_text_tokens(text: str) -> int:
     """Rough token count without a tokenizer: one per CJK character, one per 4 other characters."""
     cjk = sum(1 for ch in text if ord(ch) > 0x2E7F)
@@ -215,10 +207,6 @@ def needs_normalising(path: Path) -> bool:
         except Exception:
             return False
 
-
-# ---------------------------------------------------------------------------------------------
-# Conversion
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class ConversionResult:
@@ -353,11 +341,13 @@ def check_out_folder(out: Path, data_root: Path) -> None:
         listed = set(marker["files"]) if marker.get("format") == "foodie-process-food-output" else None
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         try:
-            old = json.loads((out / "summary.json").read_text(encoding="utf-8"))["format"] == "foodie-conversion-summary"
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            old = summary["format"] == "foodie-conversion-summary"
         except (OSError, ValueError, TypeError, KeyError):
             old = False
         ours = {"train.json", "held_out.json", "summary.json", "summary.md"}
-        listed = files if old and all(f in ours or f.split("/")[0] in ("collages", "normalised") for f in files) else None
+        only_ours = all(f in ours or f.split("/")[0] in ("collages", "normalised") for f in files)
+        listed = files if old and only_ours else None
     if listed is None:
         raise FileExistsError(f"--out {out} exists and is not an output of process_food (no valid {OUTPUT_MARKER}); "
                               f"it is never replaced: choose another --out, or empty or delete it yourself")
@@ -367,10 +357,6 @@ def check_out_folder(out: Path, data_root: Path) -> None:
                               f"{f' and {len(extra) - 3} more' if len(extra) > 3 else ''}), so it is not replaced: "
                               f"move them out or choose another --out")
 
-
-# ---------------------------------------------------------------------------------------------
-# Summary
-# ---------------------------------------------------------------------------------------------
 
 def _token_stats(values: list[int]) -> dict:
     if not values:
@@ -417,8 +403,8 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
 
 def summary_markdown(s: dict) -> str:
     o, im, tk, src = s["options"], s["images"], s["tokens_per_sample"], s["source"]
-    terms = (f"; its terms allow evaluation only (training acknowledged: {'yes' if src.get('terms_accepted') else 'no'})"
-             if src.get("terms") else "")
+    acknowledged = "yes" if src.get("terms_accepted") else "no"
+    terms = f"; its terms allow evaluation only (training acknowledged: {acknowledged})" if src.get("terms") else ""
     tasks = list(s["items"])
     lines = ["# FoodieQA conversion summary", "", f"Data: `{s['data_root']}`  ",
              f"Source: {src['name']}; licence: {src['licence']}{terms}"

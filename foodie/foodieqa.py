@@ -354,7 +354,8 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
     for task, items in data.by_task.items():
         for item in items:
             problems += [Problem(str(data.files[task]), image_problem[p], item.index, item.question_id,
-                                 get_task(task).image_field(k)) for k, p in enumerate(item.images) if p in image_problem]
+                                 get_task(task).image_field(k))
+                         for k, p in enumerate(item.images) if p in image_problem]
         data.by_task[task] = [it for it in items if not any(p in image_problem for p in it.images)]
 
     # Cuisine of items without metadata of their own (multi-image, some text-only): from the single-image

@@ -33,7 +33,9 @@ def _has_questions(folder: Path) -> bool:
 
 
 def _zips(folder: Path) -> list[Path]:
-    return [folder / ZIP_NAME] if (folder / ZIP_NAME).is_file() else sorted(p for p in folder.glob("*.zip") if p.is_file())
+    if (folder / ZIP_NAME).is_file():
+        return [folder / ZIP_NAME]
+    return sorted(p for p in folder.glob("*.zip") if p.is_file())
 
 
 def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path:

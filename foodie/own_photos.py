@@ -62,6 +62,7 @@ class OwnDish:
             return None
         return (zh or en, en or zh)
 
+
 def _bad_name(path: Path) -> str | None:
     """Why a file name cannot be used (not valid UTF-8), or None."""
     try:
