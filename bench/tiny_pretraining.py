@@ -37,8 +37,7 @@ import torch
 
 
 from foodie import prompts  # noqa: E402
-
-LETTERS = prompts.LETTERS
+from foodie.tasks import LETTERS  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from foodie.image_tiling import ImageError, verify_image
-from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task  # noqa: F401 (LETTERS: re-exported)
+from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task
 
 UNKNOWN = "unknown"
 # food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from foodie.evaluation import EvalConfig, build_questions, evaluate, read_predictions
-from foodie.foodieqa import LETTERS
+from foodie.tasks import LETTERS
 from foodie.scoring import authors_letter, option_text_reading
 from foodie.stats import binomial_test
 
