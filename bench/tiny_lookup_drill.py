@@ -30,6 +30,7 @@ ap.add_argument('--queries', type=int, default=6)
 ap.add_argument('--words', type=int, default=0, help='use only the first N words (0: all)')
 ap.add_argument('--rope', type=float)
 ap.add_argument('--std', type=float)
+ap.add_argument('--emb-std', type=float, help='redraw the token embeddings with this std (a GPT draws N(0, 1))')
 ap.add_argument('--width', type=int)
 ap.add_argument('--layers', type=int)
 ap.add_argument('--heads', type=int)
@@ -98,6 +99,8 @@ if a.which == 'gpt':
 else:
     net = tm.build_model(0, vocab_size=V, dtype=torch.float32, device=dev).language_model
     forward = lambda ids: net(input_ids=ids).logits  # noqa: E731
+    if a.emb_std:
+        torch.nn.init.normal_(net.model.tok_embeddings.weight, std=a.emb_std)
 opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, a.warmup)))
 g, held_g = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)

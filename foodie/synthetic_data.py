@@ -1,21 +1,12 @@
 """A synthetic FoodieQA: drawn photos of real Chinese dishes, with questions in the official schema.
 
-The real FoodieQA is gated and cannot be downloaded here, so every test, demo and quickstart runs on
-this stand-in. It has the same folder layout and fields (see ``foodie.foodieqa``):
-
-    images/<dish>/<nn>.jpg   drawn close-up "photos", 300-1200 px sides, aspect 1:2 .. 2:1
-    sivqa_tidy.json          single-image questions (two per photo, of different types): dish, cuisine,
-                             region, main ingredient, cooking method
-    mivqa_tidy.json          "which of these 4 photos ..." questions
-    textqa_tidy.json         text-only questions about the dishes
-
-Each dish has its own look (vessel, sauce colour, shape and colour of the pieces, garnish) with random
-jitter in size, position, rotation, colour and table colour, so a small model can learn to tell dishes
-apart from the pixels. The photos are close-ups (the vessel fills the frame) on a plain table: a frozen
-random-weight ViT -- the embedded model's -- separates the dishes far better when the food, not the
-table, covers most of the picture (docs/TRAINING.md measures it). Each photo is asked about twice, with
-different question types, so a model has to read the question, not only recognise the photo.
-Output is deterministic: the same seed gives byte-identical files.
+The real FoodieQA is gated, so every test, demo and quickstart runs on this stand-in, in the same layout and
+fields (``foodie.foodieqa``): images/<dish>/<nn>.jpg (close-up drawings, 300-1200 px sides, aspect 1:2 .. 2:1),
+sivqa_tidy.json (two questions per photo, of different types: dish, cuisine, region, main ingredient, cooking
+method), mivqa_tidy.json ("which of these 4 photos ..."), textqa_tidy.json. Each dish has its own look (vessel,
+sauce, pieces, garnish) with random jitter, so a small model can tell dishes apart from the pixels; close-ups on
+a plain table separate far better through the embedded model's frozen random ViT (docs/TRAINING.md).
+The same seed gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -229,17 +220,14 @@ def draw_dish(dish: Dish, rng: random.Random) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 
 def _attr(dish, qtype: str) -> tuple[str, str] | None:
-    """(zh, en) of one attribute of a dish: a ``Dish`` here, or any object with ``attr(qtype)`` (the user's own
-    dishes, foodie.own_photos), which returns None for an attribute it does not know."""
+    """(zh, en) of one attribute of a ``Dish``, or of any object with ``attr(qtype)`` (the user's own dishes,
+    foodie.own_photos), which returns None for an attribute it does not know."""
     if not isinstance(dish, Dish):
         return dish.attr(qtype)
-    return {
-        "dish": (dish.zh, dish.en),
-        "cuisine_type": (dish.cuisine.zh, dish.cuisine.en),
-        "region": (dish.cuisine.region_zh, dish.cuisine.region_en),
-        "main-ingredient": (dish.ingredient_zh, dish.ingredient_en),
-        "cooking-skills": (dish.method_zh, dish.method_en),
-    }[qtype]
+    return {"dish": (dish.zh, dish.en), "cuisine_type": (dish.cuisine.zh, dish.cuisine.en),
+            "region": (dish.cuisine.region_zh, dish.cuisine.region_en),
+            "main-ingredient": (dish.ingredient_zh, dish.ingredient_en),
+            "cooking-skills": (dish.method_zh, dish.method_en)}[qtype]
 
 
 SIVQA_TEMPLATES = {
@@ -302,18 +290,10 @@ def _balanced_answers(n: int, rng: random.Random) -> list[int]:
 
 
 def food_meta(dish: Dish, food_file: str, meta_id: int) -> dict:
-    return {
-        "id": meta_id,
-        "food_file": food_file,
-        "food_name": dish.zh,
-        "food_name_en": dish.en,
-        "cuisine": dish.cuisine.zh,
-        "cuisine_en": dish.cuisine.en,
-        "food_type": dish.cuisine.food_type,
-        "region": dish.cuisine.region_zh,
-        "region_en": dish.cuisine.region_en,
-        "main_ingredient": [dish.ingredient_zh],
-    }
+    return {"id": meta_id, "food_file": food_file, "food_name": dish.zh, "food_name_en": dish.en,
+            "cuisine": dish.cuisine.zh, "cuisine_en": dish.cuisine.en, "food_type": dish.cuisine.food_type,
+            "region": dish.cuisine.region_zh, "region_en": dish.cuisine.region_en,
+            "main_ingredient": [dish.ingredient_zh]}
 
 
 def single_image_questions(dishes, photos, metas: dict, questions_per_photo: int,
@@ -383,16 +363,13 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
     if not 1 <= questions_per_photo <= len(QUESTION_TYPES):
         raise ValueError(f"questions_per_photo must be 1..{len(QUESTION_TYPES)} (one per question type); "
                          f"got {questions_per_photo}")
-    rng = random.Random(seed)
-    iterator = dishes
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(dishes, desc="drawing dishes", unit="dish")
+    from tqdm import tqdm
 
+    rng = random.Random(seed)
     photos: dict[str, list[str]] = {}
     meta_id = 0
     metas: dict[str, dict] = {}
-    for dish in iterator:
+    for dish in tqdm(dishes, desc="drawing dishes", unit="dish", disable=not progress):
         (folder / "images" / dish.key).mkdir(parents=True, exist_ok=True)
         photos[dish.key] = []
         for k in range(photos_per_dish):

@@ -93,16 +93,13 @@ class Pipeline:
         os.environ.update(FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
                           FOODIE_WORK_DIR=str(self.train_dir), PYTHONUNBUFFERED="1")
         self.env = dict(os.environ)
-        self.max_tiles = self.training_tile_budget() if self.config.is_file() else None
-        self.started = time.time()
-
-    def training_tile_budget(self) -> int | None:
-        """Evaluate with the tile budget the config trains with (what the tuned model has learned to read);
-        None when the config takes the checkpoint's own max_dynamic_patch, as evaluation does by default."""
+        # Evaluate at the tile budget the config trains with (what the tuned model learned to read); None: the
+        # checkpoint's own, as evaluation does by default.
         from mmengine.config import Config
 
-        tiles = Config.fromfile(str(self.config)).get("max_dynamic_patch")
-        return None if tiles is None else int(tiles)
+        tiles = Config.fromfile(str(self.config)).get("max_dynamic_patch") if self.config.is_file() else None
+        self.max_tiles = None if tiles is None else int(tiles)
+        self.started = time.time()
 
     # ------------------------------------------------------------------ plumbing
     def run(self, stage: str, cmd: list[str]) -> None:
@@ -281,8 +278,7 @@ def main(argv=None) -> int:
                    help="e.g. deepspeed_zero2 (default: deepspeed_zero2 when a CUDA GPU is visible)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length cap of the evaluations (default: the authors' 512 on a GPU; 64 on CPU, where "
-                        "a model that never ends its turn, like the random base, would spend minutes on 512; "
-                        "the report records the cap)")
+                        "a model that never ends its turn, like the random base, would spend minutes on 512)")
     args = p.parse_args(argv)
     if args.deepspeed is None or args.max_new_tokens is None:
         import torch
