@@ -16,11 +16,9 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
 
 * ``lmdeploy``: the backend as shipped (``foodie.inference.answer_all``): our image workers prepare
   pixel values ahead of the engine, large engine batches; ``:batch=N``, ``:prefill=TOKENS`` and
-  ``:workers=N`` override its settings, ``:procs=1`` prepares images in worker processes, ``:mp=1`` runs
-  the engine in a process of its own (LMDeploy's ``enable_mp_engine``), ``:cache=PCT`` its KV-cache share
-  of GPU memory, ``:gpus=N`` one replica per GPU (data parallel, ``foodie.inference.Replicas``),
-  ``:replicas=N`` N replicas on the first GPU (any variant: ``:questions=N`` asks fewer, ``:engine=0``
-  skips the engine-only rerun);
+  ``:workers=N`` override its settings, ``:cache=PCT`` its KV-cache share of GPU memory, ``:gpus=N`` one
+  replica per GPU (data parallel, ``foodie.inference.Replicas``), ``:replicas=N`` N replicas on the first
+  GPU (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips the engine-only rerun);
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -44,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -191,7 +191,7 @@ class GpuBusy:
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
-    keys = ("batch", "prefill", "workers", "procs", "mp", "cache", "gpus", "replicas", "questions", "engine")
+    keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
         raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
                          f"options: {', '.join(keys)}")
@@ -208,12 +208,13 @@ def load_variant(args, name: str, settings: dict):
     from foodie.inference import LMDeployBackend, load_backend
     if name == "transformers":
         return load_backend(args.model, backend="transformers")
-    if name == "lmdeploy-stock":  # before: LMDeploy's own image preprocessing, engine settings of before
-        return LMDeployBackend(args.model, max_batch_size=16, max_prefill_tokens=4096, prepare_images=False)
+    if name == "lmdeploy-stock":  # LMDeploy's own image preprocessing, engine settings of 2026-11-26
+        backend = LMDeployBackend(args.model, max_batch_size=16, max_prefill_tokens=4096)
+        backend.prepares_images = False
+        return backend
     devices = list(range(settings["gpus"])) if "gpus" in settings else [0] * settings.get("replicas", 1)
     return load_backend(args.model, backend="lmdeploy", devices=devices, max_batch_size=settings.get("batch"),
                         max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"),
-                        image_processes=bool(settings.get("procs")), engine_process=bool(settings.get("mp")),
                         cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None)
 
 
@@ -238,8 +239,8 @@ def run_variant(args) -> dict:
     import torch
 
     from foodie.evaluation import build_questions
+    from foodie.inference import GenerationParams, Message, answer_all, pixel_values
     from foodie.scoring import authors_letter
-    from foodie.inference import GenerationParams, Message
 
     name, settings = parse_variant(args.only)
     # Every variant draws the same questions (the first n of one list), so answers compare one to one.
@@ -252,7 +253,7 @@ def run_variant(args) -> dict:
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
     backend = load_variant(args, name, settings)
-    backend.generate(warm, params)  # kernels, allocator, engine graphs (replicas load here)
+    list(answer_all(backend, warm, params, len(warm)))  # kernels, allocator, engine graphs (replicas load here)
     load_s = time.perf_counter() - t0
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -272,10 +273,10 @@ def run_variant(args) -> dict:
     if name == "lmdeploy" and hasattr(backend, "_pixels") and settings.get("engine", int(args.engine_only)):
         # The same questions with every image prepared beforehand: what the engine alone sustains.
         with ThreadPoolExecutor(8) as pool:
-            ready = dict(zip(map(id, requests), pool.map(lambda r: backend.tiling.prepare([r], 1, backend._dtype)[0],
-                                                        requests)))
+            ready = dict(zip(map(id, requests), pool.map(
+                lambda r: pixel_values(backend.spec, [r], 1, backend._dtype)[0], requests)))
 
-        async def prepared(request, tiling):
+        async def prepared(request, spec):
             return ready[id(request)]
         backend._pixels = prepared
         _, engine_s, engine_busy = timed_answers(backend, requests, params, batch)
@@ -317,19 +318,19 @@ def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -
     """ms per question for each image stage on one thread, and questions/s over `workers` threads."""
     from foodie import image_tiling as it
     from foodie.evaluation import build_questions
-    from foodie.inference import Message, Tiling
+    from foodie.inference import Message, pixel_values
 
     questions, root = build_questions(data_root, ("sivqa",), "zh", limit=n)
     from foodie.model_spec import ModelSpec
-    tiling = Tiling.of(ModelSpec.from_checkpoint(model_dir))
-    size = tiling.image_size
+    spec = ModelSpec.from_checkpoint(model_dir)
+    size = spec.tile_size
     stages = dict(decode=0.0, tiles=0.0, normalise=0.0)
     tiles = 0
     for q in questions[: min(n, 32)]:
         t0 = time.perf_counter()
         rgb = it.open_image(root / q.images[0])
         t1 = time.perf_counter()
-        parts = it.dynamic_preprocess(rgb, max_num=tiling.max_tiles, image_size=size)
+        parts = it.dynamic_preprocess(rgb, max_num=spec.max_tiles, image_size=size)
         t2 = time.perf_counter()
         import torch
         torch.stack([it.to_tensor(t, size) for t in parts]).to(torch.bfloat16)
@@ -342,17 +343,21 @@ def image_path_profile(data_root: Path, model_dir: Path, n: int, workers: int) -
     requests = [[Message("user", q.prompt, images=[root / p for p in q.images])] for q in questions]
     import torch
     t0 = time.perf_counter()
-    tiling.prepare(requests, workers, torch.bfloat16)
+    pixel_values(spec, requests, workers, torch.bfloat16)
     pool_s = time.perf_counter() - t0
     return dict(ms_per_question={s: round(1000 * v / k, 1) for s, v in stages.items()}, tiles_per_question=tiles / k,
                 workers=workers, questions=len(requests), questions_per_s=round(len(requests) / pool_s, 1))
 
 
-def agreement(ours: list[str], theirs: list[str], tok) -> dict:
-    """Share of the common questions with the same whole answer, the same first token, and the mean number of
-    leading tokens in common."""
+PADDED = re.compile(r"xunused\d+x|.", re.S)  # a padding entry of pad_tokenizer_to_vocab is one generated token
+
+
+def agreement(ours: list[str], theirs: list[str]) -> dict:
+    """Share of the common questions with the same whole answer, the same first generated token, and the mean
+    number of leading tokens in common. Tokens: the padding entries (re-encoding them would split them into
+    characters: they have no BPE merges) and otherwise single characters."""
     pairs = list(zip(ours, theirs))
-    ids = [(tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)) for a, b in pairs]
+    ids = [(PADDED.findall(a), PADDED.findall(b)) for a, b in pairs]
     prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in ids]
     k = max(1, len(pairs))
     return dict(questions=len(pairs), same_answer_pct=round(100 * sum(a == b for a, b in pairs) / k, 1),
@@ -396,8 +401,21 @@ def main() -> int:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no further variant after this much time (the rest are listed as skipped)")
     p.add_argument("--out", type=Path, default=REPO / "work" / "bench" / "eval_throughput.json")
+    p.add_argument("--agreement", nargs="+", type=Path, metavar="JSON",
+                   help="only print how the answers of every two variants in these --out files agree (no GPU)")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = p.parse_args()
+
+    if args.agreement:  # the same model and photos are assumed (e.g. two commands on one warm machine)
+        rows = [(f"{path.name}: {r['variant']}", r["answers"]) for path in args.agreement
+                for r in json.loads(path.read_text())["results"]]
+        print("| variant | variant | questions | same answer | same first token | mean common leading tokens |")
+        print("|---|---|---:|---:|---:|---:|")
+        for (a, x), (b, y) in itertools.combinations(rows, 2):
+            g = agreement(x, y)
+            print(f"| {a} | {b} | {g['questions']} | {g['same_answer_pct']}% | {g['same_first_token_pct']}% | "
+                  f"{g['mean_common_prefix_tokens']} |")
+        return 0
 
     if args.only:
         run_variant(args)
@@ -470,14 +488,12 @@ def main() -> int:
     # answers we compare the first generated token (it follows the whole prompt, image tokens and prefill: a
     # different prompt or different pixels would change it), and we measure the floor: the first LMDeploy
     # variant against every other LMDeploy variant (same engine and weights, other batch compositions).
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     reference = next((r for r in results if r["backend"] == "transformers"), None)
     first_lmdeploy = next((r for r in results if r["backend"] == "lmdeploy"), None)
     for r in results:
         for other, key in ((reference, "transformers"), (first_lmdeploy, "first_lmdeploy")):
             if other is not None and r is not other:
-                r[f"vs_{key}"] = agreement(r["answers"], other["answers"], tok)
+                r[f"vs_{key}"] = agreement(r["answers"], other["answers"])
 
     print()
     print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "

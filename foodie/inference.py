@@ -7,12 +7,10 @@
         print(delta, end="")
     for indices, answers in answer_all(backend, requests, params):  # many requests, images prepared ahead
 
-A request is a conversation ending with a user turn; an optional leading system message replaces the checkpoint's
-system prompt, a trailing assistant message is the start of the reply (the model continues it). Images (paths,
-bytes, PIL) are tiled by ``foodie.image_tiling``; a user turn without ``<image>`` gets its images in front, as
-``chat()`` does. Every backend gives the model the prompt and tiles of the checkpoint's ``chat()``.
-A backend is a class in ``BACKENDS`` with ``usable()``, ``__init__(model_dir, max_tiles=None, ...)``,
-``generate``, ``stream``, ``close`` and optionally ``answer_all``.
+A request is a conversation ending with a user turn (a leading system message replaces the checkpoint's; a
+trailing assistant message starts the reply). Every backend gives the model the prompt and tiles of the
+checkpoint's ``chat()``. A backend is a class in ``BACKENDS``: ``usable()``, ``__init__(model_dir, max_tiles, ...)``,
+``generate``, ``stream``, ``close``, optionally ``answer_all``.
 """
 from __future__ import annotations
 
@@ -22,11 +20,10 @@ import inspect
 import itertools
 import multiprocessing
 import os
-import pickle
 import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -76,7 +73,7 @@ class GenerationParams:
                              f"got temperature={self.temperature}, top_p={self.top_p}")
 
 
-def _check_request(request: Request) -> tuple[str | None, list[Message]]:
+def _check_request(request: Request, backend=None) -> tuple[str | None, list[Message]]:
     """(system text or None, the other turns), which must alternate user/assistant starting with user."""
     msgs = list(request)
     system = msgs.pop(0).text if msgs and msgs[0].role == "system" else None
@@ -90,12 +87,10 @@ def _check_request(request: Request) -> tuple[str | None, list[Message]]:
     if msgs[-1].role == "assistant" and not msgs[-1].text:
         raise ValueError("a request ending with an assistant message (the start of the reply, which the "
                          "model continues) needs some text in it")
+    if msgs[-1].role == "assistant" and not getattr(backend, "continues_reply", True):
+        raise ValueError(f"the {backend.name} backend cannot continue a started reply (templates with a reply "
+                         f"prefix, such as FoodieQA's --template 3): use --backend transformers")
     return system, msgs
-
-
-def reply_prefix(msgs: Sequence[Message]) -> str | None:
-    """The start of the reply a request ends with (FoodieQA templates such as "我选择（"), else None."""
-    return msgs[-1].text if msgs and msgs[-1].role == "assistant" else None
 
 
 def with_image_placeholders(text: str, n_images: int) -> str:
@@ -117,51 +112,29 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
     return max(1, max_tiles // max(1, n_images))
 
 
-@dataclass(frozen=True)
-class Tiling:
-    """How a checkpoint wants its images: tile side, tile budget of a request, thumbnail."""
-    image_size: int
-    max_tiles: int
-    min_tiles: int = 1
-    use_thumbnail: bool = True
-
-    @classmethod
-    def of(cls, spec: ModelSpec, max_tiles: int | None = None) -> "Tiling":
-        """The checkpoint's tiling, with ``max_tiles`` as the budget if given."""
-        return cls(spec.tile_size, max_tiles or spec.max_tiles, spec.min_tiles, spec.use_thumbnail)
-
-    def for_params(self, params: GenerationParams) -> "Tiling":
-        return self if params.max_tiles is None else replace(self, max_tiles=params.max_tiles)
-
-    def jobs(self, request: Request) -> list[tuple[ImageLike, int]]:
-        """(image, its tile budget) for every image of a request, in prompt order."""
-        images = [image for m in request for image in m.images]
-        return [(image, tiles_per_image(self.max_tiles, len(images))) for image in images]
-
-    def pixels(self, image: ImageLike, budget: int, dtype=None):
-        """One image -> [tiles, 3, size, size] (bitwise the official ``load_image``), cast to ``dtype`` if given."""
-        x = load_image(image, input_size=self.image_size, max_num=budget, min_num=min(self.min_tiles, budget),
-                       use_thumbnail=self.use_thumbnail)
+def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
+    """[request][image] -> [tiles, 3, size, size] as the checkpoint's ``chat()`` makes them (bitwise the official
+    ``load_image``; a request's images share ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers``
+    threads."""
+    def one(image, budget):
+        x = load_image(image, input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
+                       use_thumbnail=spec.use_thumbnail)
         return x if dtype is None else x.to(dtype)
 
-    def prepare(self, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
-        """Pixel values of every image of every request ([request][image]), over ``workers`` threads."""
-        jobs = [(r, image, budget) for r, request in enumerate(requests) for image, budget in self.jobs(request)]
-        with ThreadPoolExecutor(max(1, min(workers, len(jobs))), thread_name_prefix="foodie-images") as pool:
-            done = list(pool.map(lambda job: self.pixels(job[1], job[2], dtype), jobs))
-        out: list[list] = [[] for _ in requests]
-        for (r, _, _), x in zip(jobs, done):
-            out[r].append(x)
-        return out
+    images = [[image for m in request for image in m.images] for request in requests]
+    with ThreadPoolExecutor(workers, thread_name_prefix="foodie-images") as pool:
+        done = [[pool.submit(one, x, tiles_per_image(spec.max_tiles, len(xs))) for x in xs] for xs in images]
+    return [[x.result() for x in request] for request in done]
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def with_budget(spec: ModelSpec, params: GenerationParams) -> ModelSpec:
+    return spec if params.max_tiles is None else replace(spec, max_tiles=params.max_tiles)
 
 
 def image_workers_for(device: str = "cpu") -> int:
-    """Image threads ahead of the model: beside a GPU all cores but two, up to 8; on a CPU a quarter."""
-    return max(1, _cores() // 4) if str(device).startswith("cpu") else max(1, min(8, _cores() - 2))
+    """Image threads: every core up to 8 (on a CPU the model waits for them); beside a GPU two fewer."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - (0 if str(device).startswith("cpu") else 2)))
 
 
 def answer_all(backend, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
@@ -226,10 +199,10 @@ class TransformersBackend:
             llm.attn_implementation = "sdpa"
         self.model = AutoModel.from_pretrained(self.model_dir, config=config, trust_remote_code=True,
                                                torch_dtype=self.dtype, low_cpu_mem_usage=True).eval().to(self.device)
-        self.spec = ModelSpec.from_checkpoint(self.model_dir)
-        self.tiling = Tiling.of(self.spec, max_tiles)
-        self.image_size, self.max_tiles, self.min_tiles, self.use_thumbnail = astuple(self.tiling)
-        self.image_workers = image_workers or image_workers_for(self.device)
+        spec = ModelSpec.from_checkpoint(self.model_dir)
+        self.spec = replace(spec, max_tiles=max_tiles or spec.max_tiles)  # the tile budget of a request
+        self.image_size, self.max_tiles = spec.tile_size, self.spec.max_tiles
+        self.image_workers = image_workers or image_workers_for("cpu")
         self._conversation = self.spec.conversation()  # the checkpoint's own template (its conversation.py)
         self.sep = self._conversation.sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
@@ -246,7 +219,7 @@ class TransformersBackend:
         """The prompt text as the checkpoint's ``chat()`` builds it; ``num_tiles`` (one count per image)
         expands each ``<image>`` into image tokens, without it the placeholders stay (for showing)."""
         system, msgs = _check_request(request)
-        prefix = reply_prefix(msgs)
+        prefix = msgs[-1].text if msgs[-1].role == "assistant" else None  # FoodieQA's "我选择（"
         template = self._conversation.copy()
         template.system_message = self._conversation.system_message if system is None else system
         for m in msgs[:-1] if prefix is not None else msgs:
@@ -258,17 +231,16 @@ class TransformersBackend:
             prompt = prompt.replace(IMAGE_PLACEHOLDER, self.spec.image_tokens(n), 1)
         return prompt
 
-    def _prepare(self, requests: Sequence[Request], pixels: list[list] | None = None, tiling: Tiling | None = None):
-        """Tokens (left-padded), attention mask and pixel values of a batch; images not yet prepared are, on
-        every core up to 8 (nothing else runs meanwhile)."""
-        if pixels is None:
-            pixels = (tiling or self.tiling).prepare(requests, max(self.image_workers, min(8, _cores())))
+    def _prepare(self, requests: Sequence[Request], spec: ModelSpec | None = None):
+        """Tokens (left-padded), attention mask and pixel values of a batch. The images first, on every core up
+        to 8, then the model on every core: overlapping them made 100 questions on 2 quiet cores 2x slower."""
+        pixels = pixel_values(spec or self.spec, requests, self.image_workers)
         prompts = [self.render(request, [t.shape[0] for t in p]) for request, p in zip(requests, pixels)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         flat = [t for p in pixels for t in p]
-        pixel_values = self._torch.cat(flat).to(self.device, self.dtype) if flat else None
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), pixel_values
+        tiles = self._torch.cat(flat).to(self.device, self.dtype) if flat else None
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), tiles
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
         sampling = (dict(temperature=params.temperature, top_p=params.top_p, top_k=0) if params.do_sample
@@ -284,64 +256,40 @@ class TransformersBackend:
         return text.split(self.sep)[0].strip() if strip else text
 
     def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
-                 pixels: list[list] | None = None, **generate_kwargs) -> list[str]:
-        """Answers to a batch of requests (``pixels``: their images already prepared)."""
+                 **generate_kwargs) -> list[str]:
         if not requests:
             return []
         with self._lock, self._torch.inference_mode():
-            input_ids, attention_mask, pixel_values = self._prepare(requests, pixels, self.tiling.for_params(params))
+            input_ids, attention_mask, tiles = self._prepare(requests, with_budget(self.spec, params))
             self.model.img_context_token_id = self.img_context_token_id
-            out = self.model.generate(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            out = self.model.generate(pixel_values=tiles, input_ids=input_ids, attention_mask=attention_mask,
                                       **self._generate_kwargs(params), **generate_kwargs)
         return [self.decode(row) for row in out.tolist()]  # generated from embeddings: only the new tokens
 
-    def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
-                   batch_size: int = 8, prefetch: bool | None = None) -> Iterator[tuple[list[int], list[str]]]:
-        """Batches in order. ``prefetch`` (default: on a GPU) prepares the next batch's images while one generates.
-        On a CPU a batch's images come first, then the model, each on every core: overlapping them made 100
-        questions on 2 quiet cores 2x slower (docs/PERFORMANCE.md)."""
-        chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
-        tiling = self.tiling.for_params(params)
-        prefetch = prefetch if prefetch is not None else not str(self.device).startswith("cpu")
-        with ThreadPoolExecutor(1, thread_name_prefix="foodie-prefetch") as ahead:
-            def prepare(k):
-                return ahead.submit(tiling.prepare, [requests[i] for i in chunks[k]], self.image_workers)
-            upcoming = prepare(0) if prefetch and chunks else None
-            for k, chunk in enumerate(chunks):
-                pixels = upcoming.result() if upcoming else None
-                upcoming = prepare(k + 1) if upcoming and k + 1 < len(chunks) else None
-                yield chunk, self.generate([requests[i] for i in chunk], params, pixels=pixels)
-
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        stop, error, deltas, ids, sent = threading.Event(), [], queue.Queue(), [], [""]
 
-        backend, stop, error, deltas = self, threading.Event(), [], queue.Queue()
+        class Stopped(Exception):
+            pass
 
-        class Streamer:  # each token's text as soon as it is whole (not word by word)
-            def __init__(self):
-                self.ids, self.sent, self.prompt = [], "", True
-
-            def put(self, value):
-                if self.prompt:  # first the (empty) prompt: the model generates from embeddings
-                    self.prompt = False
-                    return
-                self.ids += value.reshape(-1).tolist()
-                text = backend.decode(self.ids, strip=False)
+        class Streamer:  # generate() hands it the (empty: embeddings) prompt, then each new token
+            def put(_, value):
+                if stop.is_set():
+                    raise Stopped
+                ids.extend(value.reshape(-1).tolist())
+                text = self.decode(ids, strip=False)
                 if not text.endswith("\ufffd"):  # else part of a multi-byte character: wait for the rest
-                    deltas.put(text[len(self.sent):])
-                    self.sent = text
+                    deltas.put(text[len(sent[0]):])
+                    sent[0] = text
 
-            def end(self):
+            def end(_):
                 deltas.put(None)
-
-        class StopWhenAsked(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return backend._torch.full((input_ids.shape[0],), stop.is_set(), device=input_ids.device)
 
         def run():
             try:
-                self.generate([request], params, streamer=Streamer(),
-                              stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
+                self.generate([request], params, streamer=Streamer())
+            except Stopped:
+                pass
             except BaseException as e:  # raised in the consumer below
                 error.append(e)
             deltas.put(None)
@@ -373,9 +321,8 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
     through as the entries its own ``preprocess`` appends; other requests go its way. False (nothing changed)
     where it does not look like the preprocessor this was written for (LMDeploy 0.9)."""
     stock = getattr(vision_model, "preprocess", None)
-    if stock is None or not hasattr(vision_model, "collect_images") or not hasattr(vision_model, "image_token_id"):
-        return False
-    if getattr(vision_model, "image_tokens_per_patch", tokens_per_tile) != tokens_per_tile:
+    if not (stock and hasattr(vision_model, "collect_images") and hasattr(vision_model, "image_token_id")
+            and getattr(vision_model, "image_tokens_per_patch", tokens_per_tile) == tokens_per_tile):
         return False
 
     def preprocess(messages):
@@ -391,74 +338,50 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
     return True
 
 
-def _tile(tiling: Tiling, request: Request, dtype, pickled: bool):
-    """An image worker's job. From a process the tensors travel pickled, not through /dev/shm (often small)."""
-    x = tiling.prepare([request], 1, dtype)[0]
-    return pickle.dumps(x) if pickled else x
-
-
-def lmdeploy_usable() -> bool:
-    """LMDeploy importable and a CUDA GPU visible (no LMDeploy release runs on CPU)."""
-    if importlib.util.find_spec("lmdeploy") is None:
-        return False
-    import torch
-    return torch.cuda.is_available()
-
-
 class LMDeployBackend:
-    """LMDeploy's pipeline, PyTorch engine, ``internvl2-internlm2`` template (the prompt of ``chat()``, tested),
-    driven through its async ``generate`` on the pipeline's own event loop thread (calls from any thread, such as
-    Gradio's workers, are safe). Our ``image_workers`` (threads, or processes with ``image_processes``) tile the
-    images at most ``2 * max_batch_size`` requests ahead and hand the engine pixel values: LMDeploy 0.9 itself
-    tiles every image in one thread (~5 questions/s on an H200 at 13 tiles). ``max_prefill_tokens`` per prefill
-    step (LMDeploy's 4,096 prefills one 3,400-token question at a time); ``engine_process``: the engine in a
-    process of its own (``enable_mp_engine``)."""
+    """LMDeploy's pipeline, PyTorch engine, the spec's LMDeploy template (the prompt of ``chat()``, tested), driven
+    through its async ``generate`` on the pipeline's own event loop thread (calls from any thread are safe). Our
+    ``image_workers`` threads tile images at most ``2 * max_batch_size`` requests ahead and hand the engine pixel
+    values: LMDeploy 0.9 tiles every image in one thread (~5 questions/s on an H200 at 13 tiles). Prefill
+    ``max_prefill_tokens`` a step (LMDeploy's 4,096 prefills one 3,400-token question at a time)."""
 
     name, continues_reply = "lmdeploy", False
     needs = ("the lmdeploy package and a CUDA GPU (no LMDeploy release runs on CPU); install the gpu profile "
              "(make venv PROFILE=gpu) or use --backend transformers")
-    usable = staticmethod(lmdeploy_usable)
+
+    @staticmethod
+    def usable() -> bool:
+        import torch
+        return importlib.util.find_spec("lmdeploy") is not None and torch.cuda.is_available()
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
-                 image_workers: int | None = None, prepare_images: bool = True, image_processes: bool = False,
-                 engine_process: bool = False):
+                 image_workers: int | None = None, prepare_images: bool = True):
         import torch
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
-        self.model_dir, self.spec = Path(model_dir), ModelSpec.from_checkpoint(model_dir)
-        self.tiling = Tiling.of(self.spec, max_tiles)
-        self.max_tiles, self.tokens_per_tile = self.tiling.max_tiles, self.spec.tokens_per_tile
+        self.model_dir, spec = Path(model_dir), ModelSpec.from_checkpoint(model_dir)
+        self.spec = replace(spec, max_tiles=max_tiles or spec.max_tiles)
+        self.max_tiles = self.spec.max_tiles
         self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
                                                  cache_max_entry_count=cache_max_entry_count,
-                                                 max_prefill_token_num=max_prefill_tokens,
-                                                 enable_mp_engine=engine_process)
+                                                 max_prefill_token_num=max_prefill_tokens)
         self.pipe = pipeline(str(self.model_dir), backend_config=self.engine_config, log_level="ERROR",
                              chat_template_config=ChatTemplateConfig(self.spec.lmdeploy_template))
         self.loop = self.pipe.internal_thread.loop  # the PyTorch engine binds to the loop that first uses it
         self._session_ids = itertools.count(1 << 20)  # clear of the ids the pipeline hands out itself
         self.image_workers = image_workers or image_workers_for("cuda")
-        self._pool = (ProcessPoolExecutor(self.image_workers, multiprocessing.get_context("spawn"),
-                                          initializer=torch.set_num_threads, initargs=(1,)) if image_processes
-                      else ThreadPoolExecutor(self.image_workers, thread_name_prefix="foodie-images"))
+        self._pool = ThreadPoolExecutor(self.image_workers, thread_name_prefix="foodie-images")
         self.max_in_flight, self._slots = 2 * max_batch_size, None  # requests being prepared or generated
         dtype = getattr(getattr(self.pipe.engine, "model_config", None), "dtype", None)
         self._dtype = dtype if isinstance(dtype, torch.dtype) else None  # else the engine casts
         vision = getattr(getattr(self.pipe, "vl_encoder", None), "model", None)
-        self.prepares_images = bool(prepare_images and vision and pass_prepared_images(vision, self.tokens_per_tile))
-
-    @staticmethod
-    def _check(request: Request) -> tuple[str | None, list[Message]]:
-        system, msgs = _check_request(request)
-        if reply_prefix(msgs) is not None:
-            raise ValueError("the LMDeploy backend cannot continue a started reply (templates with a reply "
-                             "prefix, such as FoodieQA's --template 3): use --backend transformers")
-        return system, msgs
+        self.prepares_images = bool(prepare_images and vision and pass_prepared_images(vision, spec.tokens_per_tile))
 
     def _messages(self, request: Request, pixels: list | None = None, max_tiles: int | None = None) -> list[dict]:
         """Our request -> LMDeploy's OpenAI-style messages, with ``PreparedImage`` of ``pixels`` (the request's
         images' pixel values, in order) where our placeholders are, else PIL images."""
-        system, msgs = self._check(request)
+        system, msgs = _check_request(request, self)
         budget = tiles_per_image(max_tiles or self.max_tiles, sum(len(m.images) for m in msgs))
         prepared = iter(pixels or ())
         out = [] if system is None else [dict(role="system", content=system)]
@@ -473,23 +396,21 @@ class LMDeployBackend:
                 for image in m.images]))
         return out
 
-    async def _pixels(self, request: Request, tiling: Tiling) -> list | None:
+    async def _pixels(self, request: Request, spec: ModelSpec) -> list | None:
         """The request's pixel values from an image worker (None: no images, or LMDeploy's own image path)."""
         if not (self.prepares_images and any(m.images for m in request)):
             return None
-        processes = isinstance(self._pool, ProcessPoolExecutor)
-        x = await asyncio.wrap_future(self._pool.submit(_tile, tiling, request, self._dtype, processes))
-        return pickle.loads(x) if processes else x
+        return (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype)))[0]
 
     async def _answer(self, request: Request, params: GenerationParams, on_delta=None) -> str:
         from lmdeploy import GenerationConfig
         sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=0) if params.do_sample else {}
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
                                   skip_special_tokens=True, repetition_penalty=params.repetition_penalty, **sampling)
-        tiling = self.tiling.for_params(params)
+        spec = with_budget(self.spec, params)
         self._slots = self._slots or asyncio.Semaphore(self.max_in_flight)
         async with self._slots:  # bounds the prepared pixel values waiting in memory
-            messages = self._messages(request, await self._pixels(request, tiling), tiling.max_tiles)
+            messages = self._messages(request, await self._pixels(request, spec), spec.max_tiles)
             parts = []
             async for out in self.pipe.generate(messages, next(self._session_ids), gen_config=config,
                                                 stream_response=on_delta is not None, sequence_start=True,
@@ -506,31 +427,25 @@ class LMDeployBackend:
 
     def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
         for r in requests:
-            self._check(r)  # bad requests fail here, before anything runs
+            _check_request(r, self)  # bad requests fail here, before anything runs
         return [f.result().strip() for f in [self._submit(r, params) for r in requests]]
 
     def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
                    batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
         """Every request goes to the engine at once (it batches them); answers in groups as they finish."""
         for r in requests:
-            self._check(r)
+            _check_request(r, self)
         futures = {self._submit(r, params): i for i, r in enumerate(requests)}
+        done = ((futures[f], f.result().strip()) for f in as_completed(futures))
         try:
-            idx, answers = [], []
-            for future in as_completed(futures):
-                idx.append(futures[future])
-                answers.append(future.result().strip())
-                if len(idx) >= batch_size:
-                    yield idx, answers
-                    idx, answers = [], []
-            if idx:
-                yield idx, answers
+            while group := list(itertools.islice(done, batch_size)):
+                yield [i for i, _ in group], [a for _, a in group]
         finally:
             for future in futures:
                 future.cancel()  # the consumer went away or one failed: stop the rest
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        self._check(request)
+        _check_request(request, self)
         deltas: queue.Queue = queue.Queue()
         future = self._submit(request, params, deltas.put)
         future.add_done_callback(lambda _: deltas.put(None))
@@ -562,12 +477,11 @@ def _answer_share(device: str, model_dir: str, name: str, options: dict, request
 
 class Replicas:
     """The backend ``name`` once per entry of ``devices``, each in a process that sees only that GPU (an entry
-    may repeat: two on one card); ``answer_all`` and ``generate`` deal the requests out in turn. For the
-    evaluation: a chat streams from one backend."""
+    may repeat: two on one card); ``answer_all`` deals the requests out in turn. For the evaluation: a chat
+    streams from one backend."""
 
     def __init__(self, model_dir: str | os.PathLike, name: str, devices: Sequence[int | str], **options):
         self.model_dir, self.name, self.devices, self._options = Path(model_dir), name, [str(d) for d in devices], options
-        self.max_tiles = options.get("max_tiles") or ModelSpec.from_checkpoint(model_dir).max_tiles
         ctx = multiprocessing.get_context("spawn")
         self._pools = [ProcessPoolExecutor(1, ctx) for _ in devices]
         self._manager = ctx.Manager()
@@ -590,13 +504,6 @@ class Replicas:
                 continue
             waiting -= len(idx)
             yield idx, answers
-
-    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
-        out = [""] * len(requests)
-        for idx, answers in self.answer_all(requests, params, max(1, len(requests))):
-            for i, a in zip(idx, answers):
-                out[i] = a
-        return out
 
     def close(self) -> None:
         for pool in self._pools:

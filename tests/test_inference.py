@@ -3,13 +3,14 @@ LMDeploy needs a GPU and is exercised by bench/eval_throughput.py and bench/demo
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 
 from foodie.image_tiling import load_image
-from foodie.inference import (GenerationParams, Message, TransformersBackend, load_backend, resolve_backend,
-                              tiles_per_image, with_image_placeholders)
+from foodie.inference import (GenerationParams, LMDeployBackend, Message, TransformersBackend, load_backend,
+                              resolve_backend, tiles_per_image, with_image_placeholders)
 
 GREEDY = GenerationParams(max_new_tokens=12)
 
@@ -252,12 +253,7 @@ def test_backend_is_the_checkpoints_own_code(backend, tiny_model_dir):
 # LMDeploy (GPU machines only; CI has none: run `pytest tests/test_inference.py -k lmdeploy` there)
 # ---------------------------------------------------------------------------------------------
 
-def _lmdeploy_usable():
-    from foodie.inference import lmdeploy_usable
-    return lmdeploy_usable()
-
-
-needs_lmdeploy = pytest.mark.skipif(not _lmdeploy_usable(), reason="LMDeploy needs its package and a CUDA GPU")
+needs_lmdeploy = pytest.mark.skipif(not LMDeployBackend.usable(), reason="LMDeploy needs its package and a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +319,7 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
     from PIL import Image
     from transformers import AutoConfig
 
-    from foodie.inference import PreparedImage, Tiling, pass_prepared_images
+    from foodie.inference import PreparedImage, pass_prepared_images, pixel_values
     from foodie.model_spec import ModelSpec
 
     config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
@@ -332,7 +328,7 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
     ours = internvl.InternVLVisionModel(str(tiny_model_dir), hf_config=config, backend="pytorch")
     ours.build_preprocessor()
     spec = ModelSpec.from_checkpoint(tiny_model_dir)
-    per_tile, tiling = spec.tokens_per_tile, Tiling.of(spec)
+    per_tile = spec.tokens_per_tile
     assert pass_prepared_images(ours, per_tile)
 
     def message(images):
@@ -341,8 +337,8 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
 
     for files in ([wide_photo], [photos[0], wide_photo]):
         request = [Message("user", "?", images=files)]
-        budgets = [budget for _, budget in tiling.jobs(request)]
-        pixels = tiling.prepare([request])[0]
+        budgets = [tiles_per_image(spec.max_tiles, len(files))] * len(files)
+        pixels = pixel_values(spec, [request])[0]
         got = ours.preprocess(message([(PreparedImage(x), b) for x, b in zip(pixels, budgets)]))[-1]["content"]
         want = theirs.preprocess(message([(Image.open(f), b) for f, b in zip(files, budgets)]))[-1]["content"]
         assert [g["image_tokens"] for g in got] == [w["image_tokens"] for w in want]
@@ -353,24 +349,24 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
             assert torch.equal(g["pixel_values"], w["pixel_values"])
     # A PIL image (not prepared by us) still takes LMDeploy's own path.
     stock = ours.preprocess(message([(Image.open(wide_photo), 6)]))[-1]["content"]
-    assert torch.equal(stock[0]["pixel_values"], tiling.pixels(wide_photo, 6))
+    assert torch.equal(stock[0]["pixel_values"], pixel_values(replace(spec, max_tiles=6),
+                                                                      [[Message("user", "?", images=[wide_photo])]])[0][0])
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_photo, prefetch):
+def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_photo):
     """The evaluation's run loop: every request answered once, in batches of at most batch_size, each
-    answer what generate() gives for the same batch, with and without images prepared ahead."""
+    answer what generate() gives for the same batch."""
     from foodie.inference import answer_all
     requests = [[Message("user", "这是什么菜？", images=[p])] for p in (photos[0], wide_photo, photos[1])]
     requests += [[Message("user", "哪张图是饺子？", images=photos[2:4])], [Message("user", "你好")]]
-    got = list(answer_all(backend, requests, GREEDY, batch_size=2) if not prefetch
-               else backend.answer_all(requests, GREEDY, batch_size=2, prefetch=True))
+    got = list(answer_all(backend, requests, GREEDY, batch_size=2))
     assert [idx for idx, _ in got] == [[0, 1], [2, 3], [4]]
     for idx, answers in got:
         assert answers == backend.generate([requests[i] for i in idx], GREEDY)
 
 
-def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos, wide_photo, monkeypatch):
+def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(tiny_model_dir, photos, wide_photo,
+                                                                         monkeypatch):
     """LMDeployBackend.answer_all without LMDeploy (a stand-in pipeline): every request answered once, in
     groups of at most batch_size, its images handed over as our prepared tiles, never more than
     max_in_flight requests prepared or generating at once, and an engine error reaches the caller."""
@@ -381,7 +377,8 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos,
     import types
     from concurrent.futures import ThreadPoolExecutor
 
-    from foodie.inference import LMDeployBackend, PreparedImage, Tiling
+    from foodie.inference import PreparedImage
+    from foodie.model_spec import ModelSpec
 
     state = dict(now=0, most=0)
     loop = asyncio.new_event_loop()
@@ -406,7 +403,8 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(photos,
     b = object.__new__(LMDeployBackend)
     b.pipe, b.loop, b._session_ids = Pipe(), loop, itertools.count()
     b._pool, b.max_in_flight, b._slots = ThreadPoolExecutor(2), 3, None
-    b.prepares_images, b.tiling, b._dtype, b.max_tiles = True, Tiling(224, 12, 1, True), None, 12
+    b.prepares_images, b._dtype, b.max_tiles = True, None, 12
+    b.spec = replace(ModelSpec.from_checkpoint(tiny_model_dir), max_tiles=12)
     prepare = b._pixels
 
     lock = threading.Lock()

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with torch.no_grad():
         pv = load_image(args.image, input_size=backend.image_size, max_num=backend.max_tiles,
-                        min_num=backend.min_tiles, use_thumbnail=backend.use_thumbnail).to(args.device)
+                        min_num=backend.spec.min_tiles, use_thumbnail=backend.spec.use_thumbnail).to(args.device)
         tiles = pv.shape[0]
         step("pixel_values", pv, f"{tiles} tile(s) of 3x{backend.image_size}x{backend.image_size}"
                  + (" (thumbnail incl.)" if tiles > 1 else ""))
