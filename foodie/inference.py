@@ -516,7 +516,7 @@ CHOICES = ("auto", *BACKENDS)
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    if backend not in CHOICES:
+    if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
     return next(name for name, cls in BACKENDS.items() if cls.usable()) if backend == "auto" else backend
 

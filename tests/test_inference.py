@@ -452,3 +452,26 @@ def test_replicas_answer_every_request_as_one_backend_does(backend, tiny_model_d
             list(replicas.answer_all([[Message("user", "?", images=["missing.jpg"])]] * 2, GREEDY))
     finally:
         replicas.close()
+
+
+def test_a_third_backend_is_one_registry_entry(tiny_model_dir, monkeypatch):
+    """A serving backend is a class in BACKENDS: 'auto' tries them in order, load_backend hands it the options
+    its __init__ names (the others belong to other backends), and the evaluation's answer_all drives it."""
+    from foodie import inference
+
+    class Echo:
+        name, continues_reply = "echo", True
+        usable = staticmethod(lambda: True)
+
+        def __init__(self, model_dir, max_tiles=None):
+            self.model_dir, self.max_tiles = model_dir, max_tiles
+
+        def generate(self, requests, params=GREEDY):
+            return [request[-1].text for request in requests]
+
+    monkeypatch.setattr(inference, "BACKENDS", {"echo": Echo, **inference.BACKENDS})
+    assert resolve_backend("auto") == resolve_backend("echo") == "echo"
+    echo = load_backend(tiny_model_dir, dtype="float32", max_tiles=3, image_workers=2)
+    assert isinstance(echo, Echo) and echo.max_tiles == 3
+    requests = [[Message("user", "a")], [Message("user", "b")]]
+    assert list(inference.answer_all(echo, requests, GREEDY, batch_size=1)) == [([0], ["a"]), ([1], ["b"])]
