@@ -349,17 +349,28 @@ def tiny_model_is_current(folder, seed: int = 0, modeling: str = DEFAULT_MODELIN
         return False
 
 
+def _outdated(folder: Path, recipe_file: str, generator: str, version: int) -> bool:
+    """Missing, or written by an older version of `generator`; a folder of another seed or settings (the user's
+    choice) and any folder not written by it are kept."""
+    try:
+        made = json.loads((folder / recipe_file).read_text(encoding='utf-8'))
+        made = made.get('recipe', made)  # the synthetic data nests its recipe
+    except (OSError, ValueError, AttributeError):
+        return not folder.is_dir() or not any(folder.iterdir())
+    return made.get('generator') == generator and made.get('version') != version
+
+
 def ensure_embedded_default(model: bool = True, data: bool = False, log=print) -> tuple[Path, Path]:
-    """The embedded default's folders (paths.tiny_model_dir(), paths.demo_data_dir()), building what is asked
-    for and missing or made by older code: the one place every stage builds them."""
+    """The embedded default's folders (paths.tiny_model_dir(), paths.demo_data_dir()), building those asked for
+    when missing or made by older code: the one place every stage builds them."""
+    from foodie import synthetic_data
+
     model_dir, data_dir = paths.tiny_model_dir(), paths.demo_data_dir()
-    if model and not tiny_model_is_current(model_dir):
+    if model and _outdated(model_dir, RECIPE_FILE, 'foodie.tiny_model', GENERATOR_VERSION):
         log(f'building the embedded tiny model in {model_dir} (python tools/make_tiny_model.py --force) ...')
         write_checkpoint(model_dir, force=True)
-    if data:
-        from foodie.synthetic_data import demo_data_is_current, make_demo_data
-
-        if not demo_data_is_current(data_dir):
-            log(f'building the synthetic FoodieQA in {data_dir} (python tools/make_demo_data.py --force) ...')
-            make_demo_data(data_dir, force=True, progress=True)
+    if data and _outdated(data_dir, synthetic_data.RECIPE_FILE, 'foodie.synthetic_data',
+                          synthetic_data.GENERATOR_VERSION):
+        log(f'building the synthetic FoodieQA in {data_dir} (python tools/make_demo_data.py --force) ...')
+        synthetic_data.make_demo_data(data_dir, force=True, progress=True)
     return model_dir, data_dir

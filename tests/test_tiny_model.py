@@ -232,3 +232,19 @@ def test_xtuner_dataset_reads_the_checkpoint(tiny_model_dir, tmp_path):
     assert item['input_ids'][:2] == tokenizer.convert_tokens_to_ids(['<s>', '<|im_start|>'])
     answer = [i for i, label in zip(item['input_ids'], item['labels']) if label != -100]
     assert tokenizer.decode(answer) == '北京烤鸭<|im_end|>'
+
+
+def test_every_stage_builds_the_embedded_default_when_missing_or_made_by_older_code(tmp_path, monkeypatch):
+    """One function builds it for the quickstart, training, the demo and the walkthrough: missing or written by
+    an older foodie.tiny_model -> built; current, of another seed (the user's choice) or not ours -> kept."""
+    monkeypatch.setenv('FOODIE_WORK', str(tmp_path))
+    model, _ = tiny_model.ensure_embedded_default(log=lambda line: None)
+    assert model == tmp_path / 'tiny-internvl2' and tiny_model_is_current(model)
+    weights = model / 'model.safetensors'
+    built = weights.stat().st_mtime_ns
+    recipe = json.loads((model / RECIPE_FILE).read_text())
+    for made_by, rebuilt in (({**recipe, 'seed': 1}, False), ({**recipe, 'version': recipe['version'] - 1}, True)):
+        (model / RECIPE_FILE).write_text(json.dumps(made_by))
+        tiny_model.ensure_embedded_default(log=lambda line: None)
+        assert (weights.stat().st_mtime_ns != built) == rebuilt
+    assert tiny_model_is_current(model)
