@@ -1,14 +1,11 @@
 """Show what InternVL2 sees of one image: the grid it is cut into, the tiles, the thumbnail.
 
-    python tools/explain_image.py IMAGE [--max-tiles N] [--min-tiles N] [--no-thumbnail] [--out PNG]
+    python tools/explain_image.py IMAGE [--max-tiles N] [--no-thumbnail] [--out PNG]
     python tools/explain_image.py --size WxH [--size WxH ...] [--max-tiles N] [--tile-size 448]
     python tools/explain_image.py --list-grids | --compare anyres [--size WxH ...] | --pixel-shuffle | --connectors
 
-With an IMAGE: a PNG contact sheet (default work/explain/<name>_tiles.png) of the image with its grid, the tiles in
-grid order and the thumbnail, and the tile count, image tokens and stretch printed (--size: the same, no image). The
-other modes answer the exercises of docs/internvl2.md and docs/multimodal_llm.md: the candidate grids, InternVL2's
-tiling against LLaVA-NeXT's AnyRes (foodie/anyres.py), the model's own pixel_shuffle, the projector sizes.
-Everything comes from foodie.image_tiling, the code training, evaluation and the demo use.
+IMAGE: a contact sheet (default work/explain/<name>_tiles.png) and the tile count, image tokens and stretch
+(--size: the same without an image). The other modes print the answers of the docs' exercises.
 """
 from __future__ import annotations
 
@@ -24,21 +21,15 @@ from foodie import image_tiling as it
 from foodie.atomic import atomic_path
 from foodie.paths import work_dir
 
-SHEET_WIDTH = 1400  # target width of the contact sheet, pixels
-MARGIN = 16
-GAP = 6
-GRID_COLOUR = (230, 30, 30)
-BACKGROUND = (250, 250, 250)
-INK = (20, 20, 20)
+SHEET_WIDTH, MARGIN, GAP = 1400, 16, 6  # pixels
+GRID_COLOUR, BACKGROUND, INK = (230, 30, 30), (250, 250, 250), (20, 20, 20)
 
 
 def original_with_grid(image: Image.Image, cols: int, rows: int, box_w: int, box_h: int) -> Image.Image:
-    """The image scaled into the box, with the cols x rows tile boundaries drawn on top."""
     scale = min(box_w / image.width, box_h / image.height)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    # Tiny images are enlarged with NEAREST so their pixels stay visible; others with BICUBIC.
-    resample = Image.Resampling.NEAREST if w > image.width * 4 else Image.Resampling.BICUBIC
-    shown = image.resize((w, h), resample)
+    # Tiny images are enlarged with NEAREST so their pixels stay visible
+    shown = image.resize((w, h), Image.Resampling.NEAREST if w > image.width * 4 else Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(shown)
     line = max(1, min(w, h) // 150)
     for c in range(1, cols):
@@ -50,8 +41,8 @@ def original_with_grid(image: Image.Image, cols: int, rows: int, box_w: int, box
 
 
 def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Image], title: str,
-                  tile: int = it.IMAGE_SIZE) -> Image.Image:
-    """Compose original-with-grid, the tiles in grid layout, and the thumbnail into one picture."""
+                  tile: int) -> Image.Image:
+    """The original with its grid, the tiles in grid layout, and the thumbnail at the right."""
     cols, rows, n = plan.cols, plan.rows, plan.cols * plan.rows
     thumb = tiles[n:]  # none or one
     head, label, line_h = ImageFont.load_default(size=22), ImageFont.load_default(size=14), 20
@@ -80,60 +71,55 @@ def contact_sheet(image: Image.Image, plan: it.TilingPlan, tiles: list[Image.Ima
 
 
 def grid_scale(plan: it.TilingPlan, tile: int = it.IMAGE_SIZE) -> tuple[float, float]:
-    """(horizontal, vertical) resize factors of the image onto its cols x rows grid of tiles."""
+    """(horizontal, vertical) resize factors of the image onto its grid of tiles."""
     return tile * plan.cols / plan.width, tile * plan.rows / plan.height
 
 
-def describe(plan: it.TilingPlan, tile: int = it.IMAGE_SIZE) -> str:
-    per_tile = it.tokens_per_tile(tile)
-    grid = f"grid {plan.cols}x{plan.rows} (cols x rows) = {plan.cols * plan.rows} tile(s)"
+def describe(plan: it.TilingPlan, tile: int) -> str:
     thumb = " + 1 thumbnail" if plan.tiles > plan.cols * plan.rows else ""
     sx, sy = grid_scale(plan, tile)
-    return (f"image {plan.width}x{plan.height} -> {grid}{thumb}\n"
-            f"tiles: {plan.tiles}\n"
-            f"image tokens: {plan.tiles} x {per_tile} = {plan.tokens} <IMG_CONTEXT> "
+    return (f"image {plan.width}x{plan.height} -> grid {plan.cols}x{plan.rows} (cols x rows) = "
+            f"{plan.cols * plan.rows} tile(s){thumb}\ntiles: {plan.tiles}\n"
+            f"image tokens: {plan.tiles} x {it.tokens_per_tile(tile)} = {plan.tokens} <IMG_CONTEXT> "
             f"(+2 for <img> </img> = {plan.tokens + 2} in the prompt)\n"
             f"resized to {tile * plan.cols}x{tile * plan.rows}: x{sx:.2f} wide, x{sy:.2f} high "
             f"(aspect ratio x{sx / sy:.2f})")
 
 
-def list_grids(min_tiles: int, max_tiles: int) -> None:
-    grids = it.candidate_grids(min_tiles, max_tiles)
-    print(f"{len(grids)} candidate grids for {min_tiles}..{max_tiles} tiles (cols x rows, aspect = cols/rows):")
+def list_grids(max_tiles: int) -> None:
+    grids = it.candidate_grids(it.MIN_TILES, max_tiles)
+    print(f"{len(grids)} candidate grids for {it.MIN_TILES}..{max_tiles} tiles (cols x rows, aspect = cols/rows):")
     for n in sorted({c * r for c, r in grids}):
-        row = [f"{c}x{r} ({c / r:.3g})" for c, r in grids if c * r == n]
-        print(f"  {n:2d} tiles: " + ", ".join(row))
+        print(f"  {n:2d} tiles: " + ", ".join(f"{c}x{r} ({c / r:.3g})" for c, r in grids if c * r == n))
     by_ratio: dict[Fraction, list[str]] = {}
     for c, r in grids:
         by_ratio.setdefault(Fraction(c, r), []).append(f"{c}x{r}")
-    shared = {ratio: names for ratio, names in by_ratio.items() if len(names) > 1}
     print(f"{len(by_ratio)} distinct aspect ratios: {len(grids) - len(by_ratio)} grids repeat the ratio of a "
           f"smaller grid, so the ratio alone cannot choose between them (the tie rule looks at the image's size):")
-    for ratio, names in sorted(shared.items()):
-        print(f"  {float(ratio):.3g}: " + ", ".join(names))
+    for ratio, names in sorted(by_ratio.items()):
+        if len(names) > 1:
+            print(f"  {float(ratio):.3g}: " + ", ".join(names))
 
 
-# Sizes of the comparison table: a small photo, one tile, the tie rule at work, common photo and screen
-# sizes, our example picture, a phone photo and an extreme strip.
+# A small photo, one tile, the tie rule at work, common photo and screen sizes, our example picture, a phone photo
+# and an extreme strip.
 COMPARE_SIZES = ((300, 200), (448, 448), (700, 700), (800, 600), (1141, 760), (1920, 1080), (4032, 3024),
                  (10000, 100))
 
 
-def compare_anyres(sizes, min_tiles: int, max_tiles: int) -> None:
-    per_tile = it.tokens_per_tile()
+def compare_anyres(sizes, max_tiles: int) -> None:
     canvases = " ".join(f"{w}x{h}" for w, h in anyres.V16_CANVASES)
-    print(f"InternVL2: {it.IMAGE_SIZE}-px tiles, grid closest in aspect ratio among {min_tiles}..{max_tiles} tiles, "
-          f"image stretched onto it, thumbnail last, {per_tile} tokens per tile (+2 for <img> </img>).")
+    print(f"InternVL2: {it.IMAGE_SIZE}-px tiles, grid closest in aspect ratio among {it.MIN_TILES}..{max_tiles} "
+          f"tiles, image stretched onto it, thumbnail last, {it.tokens_per_tile()} tokens per tile (+2 for <img> "
+          f"</img>).")
     print(f"LLaVA-NeXT AnyRes: {anyres.TILE}-px tiles, canvas with the most effective pixels (then least waste) "
           f"among {canvases}, image fitted and padded, base image first ({anyres.BASE_TOKENS} tokens), "
           f"unpadded rows each followed by a newline token.")
     print("\n| image | InternVL2 grid | tiles | tokens | scale w, h | aspect | AnyRes canvas | crops | tokens "
-          "| scale | padding |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| scale | padding |\n" + "|---" * 11 + "|")
     for w, h in sizes:
-        plan = it.TilingPlan.for_size(w, h, min_num=min_tiles, max_num=max_tiles)
+        plan, a = it.TilingPlan.for_size(w, h, max_num=max_tiles), anyres.AnyResPlan.for_size(w, h)
         sx, sy = grid_scale(plan)
-        a = anyres.AnyResPlan.for_size(w, h)
         print(f"| {w}x{h} | {plan.cols}x{plan.rows} | {plan.tiles} | {plan.tokens:,} | x{sx:.2f}, x{sy:.2f} "
               f"| x{sx / sy:.2f} | {a.canvas_w}x{a.canvas_h} | {a.crops} | {a.tokens:,} | x{a.scale:.2f} "
               f"| {a.padding:.0%} |")
@@ -167,9 +153,9 @@ def pixel_shuffle_exercise() -> str:
 
 
 def mlp1_parameters(vit_hidden: int, llm_hidden: int, downsample_ratio: float = it.DOWNSAMPLE_RATIO) -> int:
-    """Parameters of InternVL's mlp1: LayerNorm(d) -> Linear(d, llm) -> GELU -> Linear(llm, llm), d = vit * 4."""
+    """InternVL's mlp1: LayerNorm(d) -> Linear(d, llm) -> GELU -> Linear(llm, llm), d = vit * 4."""
     d = vit_hidden * int(1 / downsample_ratio) ** 2
-    return 2 * d + (d * llm_hidden + llm_hidden) + (llm_hidden * llm_hidden + llm_hidden)
+    return 2 * d + llava_projector_parameters(d, llm_hidden)
 
 
 def llava_projector_parameters(vit_hidden: int, llm_hidden: int) -> int:
@@ -206,65 +192,56 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("image", nargs="?", help="image file (any format Pillow reads)")
-    ap.add_argument("--max-tiles", type=int, default=it.MAX_TILES,
-                    help=f"max_dynamic_patch: most tiles before the thumbnail (default {it.MAX_TILES})")
-    ap.add_argument("--min-tiles", type=int, default=it.MIN_TILES,
-                    help=f"min_dynamic_patch (default {it.MIN_TILES})")
+    ap.add_argument("--max-tiles", type=int, default=it.MAX_TILES, help="max_dynamic_patch (default %(default)s)")
     ap.add_argument("--no-thumbnail", action="store_true", help="as with use_thumbnail=false")
     ap.add_argument("--out", type=Path, help="PNG to write (default: work/explain/<image name>_tiles.png)")
-    ap.add_argument("--size", type=parse_size, action="append", metavar="WxH",
-                    help="print the plan for an image of this size (no image needed); repeatable; "
-                         "with --compare: the sizes to compare")
-    ap.add_argument("--tile-size", type=int, default=it.IMAGE_SIZE,
-                    help=f"tile side in pixels, force_image_size (default {it.IMAGE_SIZE}; the tiny model: 224)")
-    ap.add_argument("--list-grids", action="store_true", help="print every candidate grid and exit")
+    ap.add_argument("--size", type=parse_size, action="append", metavar="WxH", help="an image size (repeatable)")
+    ap.add_argument("--tile-size", type=int, default=it.IMAGE_SIZE, help="force_image_size (default %(default)s)")
+    ap.add_argument("--list-grids", action="store_true", help="print every candidate grid")
     ap.add_argument("--compare", choices=["anyres"], help="compare InternVL2's tiling with LLaVA-NeXT's AnyRes")
-    ap.add_argument("--pixel-shuffle", action="store_true", help="run the model's pixel_shuffle on a 4x4 arange grid")
+    ap.add_argument("--pixel-shuffle", action="store_true", help="the model's pixel_shuffle on a 4x4 arange grid")
     ap.add_argument("--connectors", action="store_true", help="print the projector parameter counts")
     args = ap.parse_args(argv)
-
-    if not 1 <= args.min_tiles <= args.max_tiles:
-        ap.error(f"need 1 <= --min-tiles <= --max-tiles, got {args.min_tiles} and {args.max_tiles}")
+    if args.max_tiles < 1:
+        ap.error(f"--max-tiles must be at least 1, got {args.max_tiles}")
     if args.tile_size < it.PATCH_SIZE or args.tile_size % it.PATCH_SIZE:
         ap.error(f"--tile-size must be a multiple of the {it.PATCH_SIZE}-pixel patch, got {args.tile_size}")
-    modes = {"list_grids": lambda: list_grids(args.min_tiles, args.max_tiles),
-             "compare": lambda: compare_anyres(args.size or COMPARE_SIZES, args.min_tiles, args.max_tiles),
-             "pixel_shuffle": lambda: print(pixel_shuffle_exercise()), "connectors": lambda: print(connectors())}
-    for mode, show in modes.items():
-        if getattr(args, mode):
-            show()
-            return 0
-    grid = dict(min_num=args.min_tiles, max_num=args.max_tiles, image_size=args.tile_size,
-                use_thumbnail=not args.no_thumbnail)
-    if args.size and args.image:
-        ap.error("give an IMAGE or --size WxH, not both")
-    for w, h in args.size or []:
-        print(describe(it.TilingPlan.for_size(w, h, **grid), args.tile_size))
-    if args.size:
-        return 0
-    if not args.image:
-        ap.error("give an IMAGE (or --size, --list-grids, --compare, --pixel-shuffle, --connectors)")
-    out = args.out or work_dir() / "explain" / f"{Path(args.image).stem}_tiles.png"
-    if out.suffix.lower() != ".png":
-        ap.error(f"--out must end in .png, got {out}")
+    grid = dict(max_num=args.max_tiles, image_size=args.tile_size, use_thumbnail=not args.no_thumbnail)
+    if args.list_grids:
+        list_grids(args.max_tiles)
+    elif args.compare:
+        compare_anyres(args.size or COMPARE_SIZES, args.max_tiles)
+    elif args.pixel_shuffle or args.connectors:
+        print(pixel_shuffle_exercise() if args.pixel_shuffle else connectors())
+    elif bool(args.size) == bool(args.image):
+        ap.error("give an IMAGE or --size WxH (or --list-grids, --compare, --pixel-shuffle, --connectors)")
+    elif args.size:
+        for w, h in args.size:
+            print(describe(it.TilingPlan.for_size(w, h, **grid), args.tile_size))
+    else:
+        out = args.out or work_dir() / "explain" / f"{Path(args.image).stem}_tiles.png"
+        if out.suffix.lower() != ".png":
+            ap.error(f"--out must end in .png, got {out}")
+        return explain(Path(args.image), out, grid)
+    return 0
+
+
+def explain(path: Path, out: Path, grid: dict) -> int:
     try:
-        image = it.open_image(args.image)
+        image = it.open_image(path)
     except it.ImageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan = it.TilingPlan.for_size(image.width, image.height, **grid)
-    title = (f"{Path(args.image).name}: {plan.width}x{plan.height} -> {plan.cols}x{plan.rows} grid, "
-             f"{plan.tiles} tiles, {plan.tokens} image tokens")
-    sheet = contact_sheet(image, plan, it.dynamic_preprocess(image, **grid), title, args.tile_size)
+    title = (f"{path.name}: {plan.width}x{plan.height} -> {plan.cols}x{plan.rows} grid, {plan.tiles} tiles, "
+             f"{plan.tokens} image tokens")
     with atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
-    print(describe(plan, args.tile_size))
+        contact_sheet(image, plan, it.dynamic_preprocess(image, **grid), title, grid["image_size"]).save(tmp, "PNG")
+    print(describe(plan, grid["image_size"]))
     print(f"contact sheet: {out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))
