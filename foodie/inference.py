@@ -8,9 +8,7 @@
     for indices, answers in answer_all(backend, requests, params):  # many requests, images prepared ahead
 
 A request is a conversation ending with a user turn (a leading system message replaces the checkpoint's; a
-trailing assistant message starts the reply). Every backend gives the model the prompt and tiles of the
-checkpoint's ``chat()``. A backend is a class in ``BACKENDS``: ``usable()``, ``__init__(model_dir, max_tiles, ...)``,
-``generate``, ``stream``, ``close``, optionally ``answer_all``.
+trailing assistant message starts the reply). Every backend gives the model the prompt and tiles of ``chat()``.
 """
 from __future__ import annotations
 
@@ -79,14 +77,11 @@ def _check_request(request: Request, backend=None) -> tuple[str | None, list[Mes
     system = msgs.pop(0).text if msgs and msgs[0].role == "system" else None
     for i, m in enumerate(msgs):
         if m.role != ("user", "assistant")[i % 2]:
-            raise ValueError(f"message {i} of the conversation has role {m.role!r}, expected "
-                             f"{('user', 'assistant')[i % 2]!r}: turns must alternate user/assistant "
-                             f"(one optional system message first)")
-    if not msgs:
-        raise ValueError("a request needs a user message (the one to answer)")
-    if msgs[-1].role == "assistant" and not msgs[-1].text:
-        raise ValueError("a request ending with an assistant message (the start of the reply, which the "
-                         "model continues) needs some text in it")
+            raise ValueError(f"message {i} has role {m.role!r}: turns must alternate user/assistant, starting "
+                             f"with user (one optional system message first)")
+    if not msgs or (msgs[-1].role == "assistant" and not msgs[-1].text):
+        raise ValueError("a request needs a user message, and a last assistant message (the start of the reply, "
+                         "which the model continues) needs some text in it")
     if msgs[-1].role == "assistant" and not getattr(backend, "continues_reply", True):
         raise ValueError(f"the {backend.name} backend cannot continue a started reply (templates with a reply "
                          f"prefix, such as FoodieQA's --template 3): use --backend transformers")
@@ -113,9 +108,8 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
 
 
 def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
-    """[request][image] -> [tiles, 3, size, size] as the checkpoint's ``chat()`` makes them (bitwise the official
-    ``load_image``; a request's images share ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers``
-    threads."""
+    """[request][image] -> [tiles, 3, size, size], bitwise the official ``load_image`` (a request's images share
+    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads."""
     def one(image, budget):
         x = load_image(image, input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
                        use_thumbnail=spec.use_thumbnail)
@@ -125,10 +119,6 @@ def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1,
     with ThreadPoolExecutor(workers, thread_name_prefix="foodie-images") as pool:
         done = [[pool.submit(one, x, tiles_per_image(spec.max_tiles, len(xs))) for x in xs] for xs in images]
     return [[x.result() for x in request] for request in done]
-
-
-def with_budget(spec: ModelSpec, params: GenerationParams) -> ModelSpec:
-    return spec if params.max_tiles is None else replace(spec, max_tiles=params.max_tiles)
 
 
 def image_workers_for(device: str = "cpu") -> int:
@@ -172,10 +162,8 @@ def _as_answer(deltas: Iterator[str], sep: str | None = None) -> Iterator[str]:
 
 
 class TransformersBackend:
-    """The checkpoint's own remote code (CPU and GPU): the prompt of its ``chat()`` (conversation template, system
-    message, ``<image>`` -> ``<img>`` + ``<IMG_CONTEXT>`` x tokens-per-tile per tile + ``</img>``), one batched
-    ``generate`` (left padding) at a time. Attention: FlashAttention-2 where the checkpoint asks for it and it is
-    installed, else SDPA (exact; on CPU many times faster than eager)."""
+    """The checkpoint's own remote code (CPU and GPU), one batched ``generate`` (left padding) at a time. Attention:
+    FlashAttention-2 where the checkpoint asks for it and has it, else SDPA (exact; on CPU far faster than eager)."""
 
     name, continues_reply = "transformers", True
     usable = staticmethod(lambda: True)
@@ -210,6 +198,7 @@ class TransformersBackend:
         self.stop_token_ids = list(dict.fromkeys(i for i in (self.eos_token_id, self.tokenizer.eos_token_id)
                                                  if i is not None))
         self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        self.model.img_context_token_id = self.img_context_token_id
         self.vocab_limit = len(self.tokenizer)  # (slow tokenizers count their vocabulary on every len())
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -231,10 +220,11 @@ class TransformersBackend:
             prompt = prompt.replace(IMAGE_PLACEHOLDER, self.spec.image_tokens(n), 1)
         return prompt
 
-    def _prepare(self, requests: Sequence[Request], spec: ModelSpec | None = None):
+    def _prepare(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()):
         """Tokens (left-padded), attention mask and pixel values of a batch. The images first, on every core up
         to 8, then the model on every core: overlapping them made 100 questions on 2 quiet cores 2x slower."""
-        pixels = pixel_values(spec or self.spec, requests, self.image_workers)
+        spec = replace(self.spec, max_tiles=params.max_tiles or self.spec.max_tiles)
+        pixels = pixel_values(spec, requests, self.image_workers)
         prompts = [self.render(request, [t.shape[0] for t in p]) for request, p in zip(requests, pixels)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -260,14 +250,13 @@ class TransformersBackend:
         if not requests:
             return []
         with self._lock, self._torch.inference_mode():
-            input_ids, attention_mask, tiles = self._prepare(requests, with_budget(self.spec, params))
-            self.model.img_context_token_id = self.img_context_token_id
+            input_ids, attention_mask, tiles = self._prepare(requests, params)
             out = self.model.generate(pixel_values=tiles, input_ids=input_ids, attention_mask=attention_mask,
                                       **self._generate_kwargs(params), **generate_kwargs)
         return [self.decode(row) for row in out.tolist()]  # generated from embeddings: only the new tokens
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        stop, error, deltas, ids, sent = threading.Event(), [], queue.Queue(), [], [""]
+        stop, deltas, ids, sent = threading.Event(), queue.Queue(), [], [""]
 
         class Stopped(Exception):
             pass
@@ -283,27 +272,19 @@ class TransformersBackend:
                     sent[0] = text
 
             def end(_):
-                deltas.put(None)
-
-        def run():
-            try:
-                self.generate([request], params, streamer=Streamer())
-            except Stopped:
                 pass
-            except BaseException as e:  # raised in the consumer below
-                error.append(e)
-            deltas.put(None)
 
-        thread = threading.Thread(target=run, name="foodie-generate", daemon=True)
-        thread.start()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="foodie-generate")
+        future = pool.submit(self.generate, [request], params, streamer=Streamer())
+        future.add_done_callback(lambda _: deltas.put(None))
         try:
             yield from _as_answer(iter(deltas.get, None), self.sep)  # trimmed as chat() trims
             stop.set()  # (a separator in the text ends the answer early)
-            thread.join()
-            if error:
-                raise error[0]
+            if not isinstance(future.exception(), (Stopped, type(None))):
+                raise future.exception()
         finally:
             stop.set()  # the consumer went away (or we are done): stop generating
+            pool.shutdown(wait=False)
 
     def close(self) -> None:
         self.model = None
@@ -317,9 +298,8 @@ class PreparedImage(NamedTuple):
 
 
 def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
-    """Let LMDeploy's InternVL preprocessor (``pipe.vl_encoder.model``) pass ``PreparedImage`` pixel values
-    through as the entries its own ``preprocess`` appends; other requests go its way. False (nothing changed)
-    where it does not look like the preprocessor this was written for (LMDeploy 0.9)."""
+    """Let LMDeploy's InternVL preprocessor pass ``PreparedImage`` pixel values through as the entries its own
+    ``preprocess`` appends; others go its way. False (nothing changed) where it is not the one of LMDeploy 0.9."""
     stock = getattr(vision_model, "preprocess", None)
     if not (stock and hasattr(vision_model, "collect_images") and hasattr(vision_model, "image_token_id")
             and getattr(vision_model, "image_tokens_per_patch", tokens_per_tile) == tokens_per_tile):
@@ -339,11 +319,10 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
 
 
 class LMDeployBackend:
-    """LMDeploy's pipeline, PyTorch engine, the spec's LMDeploy template (the prompt of ``chat()``, tested), driven
-    through its async ``generate`` on the pipeline's own event loop thread (calls from any thread are safe). Our
-    ``image_workers`` threads tile images at most ``2 * max_batch_size`` requests ahead and hand the engine pixel
-    values: LMDeploy 0.9 tiles every image in one thread (~5 questions/s on an H200 at 13 tiles). Prefill
-    ``max_prefill_tokens`` a step (LMDeploy's 4,096 prefills one 3,400-token question at a time)."""
+    """LMDeploy's pipeline (PyTorch engine), driven on its own event loop thread (calls from any thread are safe).
+    Our ``image_workers`` tile images at most ``2 * max_batch_size`` requests ahead and hand the engine pixel values
+    (LMDeploy 0.9 tiles every image in one thread: ~5 questions/s on an H200 at 13 tiles); LMDeploy's 4,096
+    ``max_prefill_tokens`` would prefill one 3,400-token question at a time."""
 
     name, continues_reply = "lmdeploy", False
     needs = ("the lmdeploy package and a CUDA GPU (no LMDeploy release runs on CPU); install the gpu profile "
@@ -356,8 +335,7 @@ class LMDeployBackend:
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
-                 image_workers: int | None = None, prepare_images: bool = True):
-        import torch
+                 image_workers: int | None = None):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
         self.model_dir, spec = Path(model_dir), ModelSpec.from_checkpoint(model_dir)
@@ -373,10 +351,8 @@ class LMDeployBackend:
         self.image_workers = image_workers or image_workers_for("cuda")
         self._pool = ThreadPoolExecutor(self.image_workers, thread_name_prefix="foodie-images")
         self.max_in_flight, self._slots = 2 * max_batch_size, None  # requests being prepared or generated
-        dtype = getattr(getattr(self.pipe.engine, "model_config", None), "dtype", None)
-        self._dtype = dtype if isinstance(dtype, torch.dtype) else None  # else the engine casts
-        vision = getattr(getattr(self.pipe, "vl_encoder", None), "model", None)
-        self.prepares_images = bool(prepare_images and vision and pass_prepared_images(vision, spec.tokens_per_tile))
+        self._dtype = self.pipe.engine.model_config.dtype
+        self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, spec.tokens_per_tile)
 
     def _messages(self, request: Request, pixels: list | None = None, max_tiles: int | None = None) -> list[dict]:
         """Our request -> LMDeploy's OpenAI-style messages, with ``PreparedImage`` of ``pixels`` (the request's
@@ -407,7 +383,7 @@ class LMDeployBackend:
         sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=0) if params.do_sample else {}
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
                                   skip_special_tokens=True, repetition_penalty=params.repetition_penalty, **sampling)
-        spec = with_budget(self.spec, params)
+        spec = replace(self.spec, max_tiles=params.max_tiles or self.spec.max_tiles)
         self._slots = self._slots or asyncio.Semaphore(self.max_in_flight)
         async with self._slots:  # bounds the prepared pixel values waiting in memory
             messages = self._messages(request, await self._pixels(request, spec), spec.max_tiles)
@@ -476,9 +452,8 @@ def _answer_share(device: str, model_dir: str, name: str, options: dict, request
 
 
 class Replicas:
-    """The backend ``name`` once per entry of ``devices``, each in a process that sees only that GPU (an entry
-    may repeat: two on one card); ``answer_all`` deals the requests out in turn. For the evaluation: a chat
-    streams from one backend."""
+    """The backend ``name`` once per entry of ``devices``, each in a process that sees only that GPU; ``answer_all``
+    deals the requests out in turn (data parallel). For the evaluation: a chat streams from one backend."""
 
     def __init__(self, model_dir: str | os.PathLike, name: str, devices: Sequence[int | str], **options):
         self.model_dir, self.name, self.devices, self._options = Path(model_dir), name, [str(d) for d in devices], options
@@ -523,9 +498,8 @@ def resolve_backend(backend: str = "auto") -> str:
 
 def load_backend(model_dir: str | os.PathLike, backend: str = "auto", devices: Sequence[int] | str | None = None,
                  **options):
-    """An InternVL2 checkpoint (official format) behind the chat interface. ``options`` go to the backend where
-    its ``__init__`` takes them (None: its default). ``devices``: GPU indices, or 'all' (every visible GPU): two or
-    more run one backend per entry (``Replicas``, data parallel)."""
+    """An InternVL2 checkpoint behind the chat interface; ``options`` go to the backend where its ``__init__`` takes
+    them. ``devices``: GPU indices or 'all' (every visible GPU): two or more run one backend per entry."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json, not a model checkpoint folder. Pass the folder of an "

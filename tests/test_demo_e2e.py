@@ -602,7 +602,7 @@ def test_the_tile_budget_the_page_uses_is_the_checkpoints_own_unless_changed(dem
     import gradio as gr
     from PIL import Image
 
-    from foodie.inference import Message, load_backend, with_budget
+    from foodie.inference import Message, load_backend
     from foodie.model_spec import ModelSpec
     app, backend, data_dir, spec = demo_app
     tuned = tmp_path / "tuned"
@@ -620,6 +620,6 @@ def test_the_tile_budget_the_page_uses_is_the_checkpoints_own_unless_changed(dem
     request = [Message("user", "这是什么菜？", images=[wide])]
     def tiles(page_value):
         params = app.generation_params(0.0, 1.0, 8, 1.1, page_value)
-        return tuned_backend._prepare([request], with_budget(tuned_backend.spec, params))[2].shape[0]
+        return tuned_backend._prepare([request], params)[2].shape[0]
     assert tiles(0) == 1  # 0: the checkpoint's own budget (1 tile, no thumbnail)
     assert tiles(6) == 4  # a 3:1 photo within 6 tiles: 3x1 tiles + the thumbnail
