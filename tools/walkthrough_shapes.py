@@ -1,11 +1,7 @@
-"""Follow one image through InternVL2 and print every tensor shape on the way.
+"""Follow one image through InternVL2 and print every tensor shape on the way, computed by hand with the model's
+own modules and checked against its extract_feature.
 
     python tools/walkthrough_shapes.py [--model DIR] [--image IMAGE] [--max-tiles N] [--device cpu|cuda]
-
-pixel values -> InternViT -> drop [CLS] -> 2-D grid -> pixel shuffle -> flatten -> mlp1 -> the LLM's input
-embeddings (the <IMG_CONTEXT> positions overwritten) -> logits, done by hand with the model's own modules and
-checked against its extract_feature. Default model: the embedded tiny model (built on first use); a real
-InternVL2-2B folder prints the real sizes (1024-wide ViT, 4096 after the shuffle, 2048-wide LLM; ~9 GB RAM in fp32).
 """
 from __future__ import annotations
 
@@ -22,15 +18,16 @@ from foodie.paths import REPO_ROOT as REPO
 from foodie.tiny_model import ensure_embedded_default
 
 DEFAULT_IMAGE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
+QUESTION = "这是什么菜？"
 
 
 def ensure_model(model: Path | None) -> Path:
-    if model is not None:
-        if not (model / "config.json").is_file():
-            sys.exit(f"error: {model} is not a checkpoint folder (no config.json). Give an InternVL2 folder "
-                     f"in the official format, or leave --model out for the embedded tiny model.")
-        return model
-    return ensure_embedded_default(log=lambda line: print(f"[walkthrough] {line}", flush=True))[0]
+    if model is None:
+        return ensure_embedded_default(log=lambda line: print(f"[walkthrough] {line}", flush=True))[0]
+    if not (model / "config.json").is_file():
+        sys.exit(f"error: {model} is not a checkpoint folder (no config.json). Give an InternVL2 folder "
+                 f"in the official format, or leave --model out for the embedded tiny model.")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="InternVL2 checkpoint folder (default: the embedded tiny model)")
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image (default: %(default)s)")
     ap.add_argument("--max-tiles", type=int, help="max_dynamic_patch (default: the model's config)")
-    ap.add_argument("--question", default="这是什么菜？", help="user text put after the image")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args(argv)
 
@@ -57,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:15s} {sum(p.numel() for p in part.parameters()):>14,} parameters")
     print()
 
-    rows: list[tuple[str, str, str]] = []
-
     def step(name: str, t: torch.Tensor, note: str = "") -> torch.Tensor:
-        rows.append((name, str(list(t.shape)), note))
+        print(f"{name:<16}  {str(list(t.shape)):<22}  {note}".rstrip())
         return t
 
     with torch.no_grad():
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         x = step("mlp1", model.mlp1(x), f"LayerNorm, Linear, GELU, Linear -> LLM width {lcfg.hidden_size}")
         same = torch.allclose(x, model.extract_feature(pv), atol=1e-5, rtol=1e-4)
 
-        prompt = backend.render([Message("user", args.question, images=[args.image])], num_tiles=[tiles])
+        prompt = backend.render([Message("user", QUESTION, images=[args.image])], num_tiles=[tiles])
         ids = tok(prompt, return_tensors="pt").input_ids.to(args.device)
         ctx = ids[0] == backend.img_context_token_id
         step("input_ids", ids, f"{int(ctx.sum())} of them are {IMG_CONTEXT} (= {tiles} x {model.num_image_token})")
@@ -92,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         logits = model.language_model(inputs_embeds=emb, return_dict=True).logits
         step("logits", logits, "next-token scores at every position")
 
-    w1, w2 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-    for name, s, note in rows:
-        print(f"{name:<{w1}}  {s:<{w2}}  {note}")
     print()
     print(f"extract_feature(pixel_values) gives the same tensor as the steps above: {same}")
     if int(ctx.sum()) != x.shape[0] * x.shape[1] or not same:
