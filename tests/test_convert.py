@@ -77,6 +77,7 @@ def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
     import gradio as gr
 
     from foodie.inference import load_backend
+    from foodie.model_spec import ModelSpec
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -95,7 +96,9 @@ def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app
     spec.loader.exec_module(app)
-    page = app.build_demo([app.ModelSlot("model", model_dir.name, load_backend(model_dir, backend="auto"))], {})
+    backend = load_backend(model_dir, backend="auto")  # as the command loads it: no --max-tiles anywhere
+    assert backend.max_tiles == tiles
+    page = app.build_demo([app.ModelSlot("model", model_dir.name, backend, ModelSpec.from_checkpoint(model_dir))], {})
     assert next(b.value for b in page.blocks.values() if isinstance(b, gr.Slider) and b.elem_id == "max-tiles") == tiles
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from foodie.atomic import write_text
+
 REPO = Path(__file__).resolve().parent.parent
 # [text](target "title"): the text may hold `code spans` (with any brackets) and one level of [nested] brackets,
 # never a line break.
@@ -231,7 +233,6 @@ def check(docs: list[Path], fix: bool = False) -> list[str]:
             text = doc.read_text(encoding="utf-8")
             for s, e, new in sorted(edits, reverse=True):
                 text = text[:s] + new + text[e:]
-            from foodie.atomic import write_text  # noqa: PLC0415
             write_text(doc, text)
     return problems
 

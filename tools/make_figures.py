@@ -43,9 +43,17 @@ def arrow(ax, a, b, **kw):
     ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, linewidth=1, color="#343a40", **kw))
 
 
-# ------------------------------------------------------------------------------------------------
+def canvas(height: float, xmax: float, ymax: float, rect=(0, 0, 1, 1)):
+    """An 11-inch-wide figure and an axes-free drawing area of xmax x ymax units."""
+    fig = plt.figure(figsize=(11, height), dpi=DPI)
+    ax = fig.add_axes(list(rect))
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax)
+    ax.axis("off")
+    return fig, ax
+
+
 # 1. Q-Former and its three masks (BLIP-2, section 3.2 and Figure 2)
-# ------------------------------------------------------------------------------------------------
 
 N_QUERIES, N_TEXT = 4, 4  # drawn sizes; BLIP-2 uses 32 queries
 
@@ -74,11 +82,7 @@ MASKS = (("ITM", "image-text matching\nbi-directional mask"),
 
 
 def draw_qformer(path: Path) -> None:
-    fig = plt.figure(figsize=(11, 4.2), dpi=DPI)
-    ax = fig.add_axes([0.0, 0.0, 0.36, 1.0])
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 10)
-    ax.axis("off")
+    fig, ax = canvas(4.2, 10, 10, (0.0, 0.0, 0.36, 1.0))
     ax.text(5, 9.6, "Q-Former (BLIP-2, stage 1)", ha="center", fontsize=11, weight="bold")
     box(ax, 0.2, 0.3, 3.6, 1.0, "frozen image encoder", IMAGE, size=8)
     box(ax, 4.4, 1.8, 2.4, 0.8, "learned queries\n32 x 768", QUERY, size=8)
@@ -125,20 +129,14 @@ def draw_qformer(path: Path) -> None:
     save(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------
 # 2. InternVL 1.5 / 2: ViT-MLP-LLM with tiles and thumbnail
-# ------------------------------------------------------------------------------------------------
 
 def draw_architecture(path: Path) -> None:
     image = it.open_image(EXAMPLE)
     plan = it.TilingPlan.for_size(image.width, image.height)
     tiles = it.dynamic_preprocess(image)
     per_tile = it.tokens_per_tile()
-    fig = plt.figure(figsize=(11, 4.4), dpi=DPI)
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, 110)
-    ax.set_ylim(0, 44)
-    ax.axis("off")
+    fig, ax = canvas(4.4, 110, 44)
     ax.text(55, 41.5, f"InternVL 1.5 / 2: ViT-MLP-LLM (InternVL2-2B sizes; our {image.width}x{image.height} example "
                       f"-> {plan.cols}x{plan.rows} grid + thumbnail)", ha="center", fontsize=11, weight="bold")
     # tiles, row-major, then the thumbnail (drawn small: the picture only has to show the layout)
@@ -184,9 +182,7 @@ def draw_architecture(path: Path) -> None:
     save(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------
 # 3. Pixel shuffle on a 4x4 grid
-# ------------------------------------------------------------------------------------------------
 
 BLOCK_COLOURS = ("#f4a259", "#5b8e7d", "#8cb369", "#bc4b51")
 
@@ -195,11 +191,7 @@ def draw_pixel_shuffle(path: Path) -> None:
     x = torch.arange(16).reshape(1, 4, 4, 1)
     y = it.model_pixel_shuffle(x)
     side, out = x.shape[1], y.shape[1]
-    fig = plt.figure(figsize=(11, 4.0), dpi=DPI)
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, 110)
-    ax.set_ylim(0, 40)
-    ax.axis("off")
+    fig, ax = canvas(4.0, 110, 40)
     ax.text(55, 37, "pixel shuffle (ratio 0.5): every 2x2 block of patches becomes one token with 4x the channels",
             ha="center", fontsize=11, weight="bold")
     cell = 6.0
