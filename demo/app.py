@@ -3,18 +3,14 @@
     python demo/app.py                                   # embedded tiny model + synthetic FoodieQA
     python demo/app.py --model work/tuned --compare /models/InternVL2-2B --data-root /data/FoodieQA
 
-One conversation per browser tab (``foodie.chat_state``), answers streamed from ``foodie.inference``, side by
-side with ``--compare``. Uploads live in a per-session folder (gradio's upload cache in this process's temp folder),
-are deleted on Clear, tab close and exit, and are served only to the browser that sent them. One public endpoint,
-``ask`` (README "The demo from code").
+One conversation per browser tab; uploads are served only to the browser that sent them and deleted on Clear, tab
+close and exit; one public endpoint, ``ask`` (README "The demo from code").
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
-import logging
 import os
 import re
 import secrets
@@ -33,6 +29,7 @@ from urllib.parse import unquote
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
 warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE_ENTITY.*")  # gradio 6.17 + new starlette noise
 import gradio as gr  # noqa: E402
+from gradio import FileData  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import HTTPConnection  # noqa: E402
@@ -47,8 +44,6 @@ from foodie.model_spec import ModelSpec  # noqa: E402
 from foodie.prompts import user_text  # noqa: E402
 from foodie.tiny_model import ensure_embedded_default as build_embedded_default  # noqa: E402
 
-log = logging.getLogger("foodie.demo")
-
 MAX_UPLOAD_MB = 20
 MAX_QUESTION_CHARS = 4000  # a longer question is refused (it would only slow every user down)
 EXAMPLES = [
@@ -56,13 +51,17 @@ EXAMPLES = [
     user_text("sivqa", "图片中的食物是哪个地区的特色美食？", ["川菜", "粤菜", "鲁菜", "苏菜"], "zh"),
     user_text("sivqa", "Which region is the food in the picture a specialty of?",
               ["Sichuan", "Cantonese", "Shandong", "Jiangsu"], "en"),
-    "这道菜叫什么名字？是哪个菜系的？",
-    "这道菜的主要食材有哪些？怎么做？",
-    "What is this dish called, and which region of China is it from?",
+    "这道菜叫什么名字？是哪个菜系的？主要食材有哪些？",
     "Which of these two dishes is spicier, and why?",
 ]
-FIRST_DRAW_S = 0.15  # Send: how long the question waits to be drawn together with the first token
 REPETITION_PENALTY = 1.1  # InternVL's own chat demo default; 1.0 lets a small model loop ("炸酱面。炸酱面。...")
+SLIDERS = {  # elem_id: low, high, default, step, label; in the order of answer()'s settings
+    "temperature": (0.0, 1.5, 0.0, 0.05, "Temperature · 温度 (0 = greedy)"),
+    "top-p": (0.05, 1.0, 0.9, 0.05, "Top-p"),
+    "max-new-tokens": (8, 2048, 256, 8, "Max new tokens · 最大生成长度"),
+    "repetition-penalty": (1.0, 2.0, REPETITION_PENALTY, 0.05, "Repetition penalty · 重复惩罚 (1 = off)"),
+}
+FIRST_DRAW_S = 0.15  # Send: how long the question waits to be drawn together with the first token
 CLIENT_COOKIE = "foodie_client"  # a random id per browser, set by the page: session files are served to it only
 HEAD = ("<script>if (!document.cookie.split('; ').some(c => c.startsWith('" + CLIENT_COOKIE + "='))) {"
         "const b = crypto.getRandomValues(new Uint8Array(16));"
@@ -110,35 +109,29 @@ def generation_params(temperature: float, top_p: float, max_new_tokens: int,
 
 def check_port_free(host: str, port: int) -> None:
     """One line naming --port when ``port`` is taken, before the slow model load."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise SystemExit(f"[demo] port {port} on {host} is not free ({e.strerror}; another demo running?): "
-                             f"pass another one, e.g. --port {port + 1}") from None
+    try:
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as e:
+        raise SystemExit(f"[demo] port {port} on {host} is not free ({e.strerror}; another demo running?): "
+                         f"pass another one, e.g. --port {port + 1}") from None
 
 
 # -- session files: who may fetch what ---------------------------------------------------------------
 
-def client_of(request: gr.Request | None) -> str | None:
-    return request.cookies.get(CLIENT_COOKIE) if request is not None else None
-
-
 class SessionFiles:
-    """Gradio copies every file a chat shows into its upload cache and serves it to any request naming it.
-    Here a session file (generated name) or an upload (its path in the cache) is served only to the browser
-    whose cookie sent it (404 to anyone else), and gradio's copies go when the session deletes the file."""
+    """Gradio serves every file in its upload cache (uploads, copies of what a chat shows) to any request naming
+    it: here a session file or an upload is served only to the browser whose cookie sent it, 404 to others."""
 
     def __init__(self, cache_dir: Path | None = None):
         self.cache_dir = cache_dir
         self.owner: dict[str, str] = {}  # session file name (generated, unique) or upload path -> client id
 
+    def claim(self, key: str, request: gr.Request | None) -> None:
+        self.owner[key] = (request.cookies.get(CLIENT_COOKIE) if request is not None else None) or ""
+
     def may_fetch(self, url_path: str, client: str | None) -> bool:
         target = url_path.split("file=", 1)[-1]
-        owner = self.owner.get(target.rstrip("/").rsplit("/", 1)[-1])
-        if owner is None and target.startswith("/"):
-            owner = self.owner.get(os.path.abspath(target))
+        owner = self.owner.get(target.rstrip("/").rsplit("/", 1)[-1], self.owner.get(os.path.abspath(target)))
         return owner is None or bool(client) and secrets.compare_digest(owner, client)
 
     def deleted(self, path: Path) -> None:
@@ -157,8 +150,7 @@ class SessionFiles:
                 path.parent.rmdir()
 
     def guard(self, app):
-        """ASGI middleware: checks every file request; the upload route's answer (the stored paths) tells which
-        browser owns which upload."""
+        """ASGI middleware: checks file requests; the upload route's answer (stored paths) says who owns which."""
         async def guarded(scope, receive, send):
             if scope["type"] != "http":
                 return await app(scope, receive, send)
@@ -191,10 +183,7 @@ class Dish:
     thumb: Path | None = None  # what the page shows
 
 
-Gallery = dict[str, list[Dish]]  # cuisine -> dishes
-
-
-def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
+def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str, list[Dish]]:
     """One photo per dish of the single-image questions of a FoodieQA folder, by cuisine."""
     from foodie.foodieqa import FoodieQAError, load_foodieqa
     try:
@@ -205,7 +194,7 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
     if data.skipped:
         print(f"[demo] gallery: skipped {len(data.skipped)} bad items of {data_root} (first: {data.skipped[0]})",
               flush=True)
-    groups: Gallery = {}
+    groups: dict[str, list[Dish]] = {}  # cuisine -> dishes
     for item in data.sivqa:
         dishes, name = groups.setdefault(item.cuisine, []), item.food_name or Path(item.image).stem
         if len(dishes) < max_per_cuisine and name not in {d.name for d in dishes}:
@@ -213,13 +202,13 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> Gallery:
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] == "unknown", -len(kv[1]), kv[0])))
 
 
-def served_files(gallery: Gallery) -> list[str]:
+def served_files(gallery: dict[str, list[Dish]]) -> list[str]:
     """The gallery's photos, file by file (gradio's allowed_paths): never their folders, which would expose
     every file beside a photo, dotfiles included."""
     return sorted({str(d.image) for dishes in gallery.values() for d in dishes})
 
 
-def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
+def make_thumbnails(gallery: dict[str, list[Dish]], folder: Path, size: int = 320) -> None:
     """Small JPEG copies for the page (phone photos are megabytes each); the model still gets the originals."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, dish in enumerate(d for dishes in gallery.values() for d in dishes):
@@ -228,8 +217,8 @@ def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
             small.thumbnail((size, size))
             small.save(folder / f"{i:04d}.jpg", quality=85)
             dish.thumb = folder / f"{i:04d}.jpg"
-        except (ImageError, OSError) as e:  # the original is checked again when picked
-            log.warning("no thumbnail for %s: %s", dish.image, e)
+        except (ImageError, OSError) as e:  # the page shows the original then; the model reports it if broken
+            print(f"[demo] WARNING: no thumbnail for {dish.image}: {e}", flush=True)
 
 
 # -- event handlers (each takes the session's ChatState; nothing conversational is global) ------------
@@ -238,32 +227,22 @@ def make_thumbnails(gallery: Gallery, folder: Path, size: int = 320) -> None:
 CONTROL_MARKUP = re.compile(r"<\|[^|<>]{1,40}\|>|</?(?:image|img|IMG_CONTEXT|quad|ref|box)>", re.IGNORECASE)
 
 
-def clean_user_text(text: str | None) -> str:
-    return CONTROL_MARKUP.sub(" ", text or "").strip()
-
-
-def refused(message: str) -> gr.Error:
-    """A toast in the page, no traceback in the console."""
-    return gr.Error(message, print_exception=False)
-
-
 def save_upload(state: ChatState, path: str) -> Path:
-    """Check an uploaded file (gradio refuses one over MAX_UPLOAD_MB) and copy it into the session folder under
-    a generated name."""
+    """Check an upload (gradio refuses one over MAX_UPLOAD_MB); copy it into the session under a generated name."""
     src = Path(path)
     try:
         open_image(src)  # decodes it fully; refuses bombs and non-images
         with Image.open(src) as img:  # the real format names the copy, not the user's file name
             suffix = {"JPEG": ".jpg", "MPO": ".jpg"}.get(img.format, f".{(img.format or 'img').lower()}")
     except ImageError as e:
-        raise refused(str(e).replace(str(src), src.name)) from None
+        raise ValueError(str(e).replace(str(src), src.name)) from None
     dest = state.new_upload_path(suffix)
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
     return dest
 
 
-def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFiles | None = None,
+def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, files: SessionFiles | None = None,
                   temp_root: Path | None = None) -> dict:
     keys, names = [s.key for s in slots], {s.key: s.label for s in slots}
     files = files or SessionFiles()
@@ -278,22 +257,22 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFil
 
     def add_question(message: dict | None, state: ChatState, request: gr.Request = None):
         """The message's uploads into the session, then its question; a refusal leaves the chat as it was."""
-        text, uploads, saved = clean_user_text((message or {}).get("text")), (message or {}).get("files") or [], []
-        uploads = [f if isinstance(f, str) else f["path"] for f in uploads]
+        text = CONTROL_MARKUP.sub(" ", (message or {}).get("text") or "").strip()
+        uploads, saved = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []], []
         try:
             if len(text) > MAX_QUESTION_CHARS:
-                raise refused(f"the question has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
-                              f"Shorten it.")
+                raise ValueError(f"the question has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
+                                 f"Shorten it.")
             state.check_room(len(uploads))
             for f in uploads:
                 saved.append(save_upload(state, f))
-                files.owner[saved[-1].name] = client_of(request) or ""
+                files.claim(saved[-1].name, request)
                 state.attach(saved[-1])
             state.ask(text)
-        except (ValueError, gr.Error) as e:
+        except ValueError as e:
             for p in saved:
                 state.detach(p)
-            raise e if isinstance(e, gr.Error) else refused(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None  # a toast, no traceback in the console
         finally:
             for f in uploads:  # gradio's copy: copied into the session, or refused
                 files.discard_upload(f)
@@ -306,7 +285,6 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFil
         params = generation_params(temperature, top_p, max_new_tokens, repetition_penalty, max_tiles)
         for _ in stream(state, params, first_draw_s):
             yield chat(state)
-        yield chat(state)
 
     def send(message: dict, state: ChatState, temperature: float, top_p: float, max_new_tokens: int,
              repetition_penalty: float, max_tiles: int, system_prompt: str, request: gr.Request = None):
@@ -348,42 +326,35 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFil
     def pick_dish(cuisine: str):
         def pick(state: ChatState, evt: gr.SelectData):
             """A click puts the dish into the chat, a second click takes it off."""
-            dishes, index = gallery[cuisine], evt.index if isinstance(evt.index, int) else evt.index[0]
-            if not 0 <= index < len(dishes):  # the index picks from the server's own list, never a client's path
-                raise refused("no such dish in the gallery")
-            dish = dishes[index]
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            dish = gallery[cuisine][index]  # from the server's own list: a client cannot name a file
             if state.detach(dish.image):
                 gr.Info(f"{dish.name} removed · 已移除", duration=3)
             elif dish.image in state.images():
                 gr.Info(f"{dish.name} is already in this chat · 这道菜已在对话中", duration=3)
             else:
                 try:
-                    open_image(dish.image)
                     state.attach(dish.image)
                     gr.Info(f"{dish.name} added: now ask about it (click it again to remove it) · "
                             f"已加入对话，再点一次可移除", duration=4)
-                except (ImageError, ValueError) as e:
+                except ValueError as e:
                     gr.Warning(str(e), duration=8)
             return chat(state)
         return pick
 
-    def fill_example(index: int, message: dict | None):
-        """The example question into the box; photos already attached stay."""
+    def fill_example(index: int, message: dict | None):  # photos already attached stay
         kept = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []]
         return gr.MultimodalTextbox(value={"text": EXAMPLES[index], "files": kept})
 
     def export(state: ChatState, request: gr.Request = None):
         """Markdown and JSON files in the session folder: private, gone with the session."""
-        if not state.turns:
-            gr.Info("Nothing to export yet · 还没有对话", duration=3)
-            return gr.skip()
         out = [state.session_dir / f"foodie-chat-{secrets.token_hex(6)}.{fmt}" for fmt in ("md", "json")]
         for path in out:
             path.write_text(state.export(path.suffix[1:], names), encoding="utf-8")
-            files.owner[path.name] = client_of(request) or ""
+            files.claim(path.name, request)
         return gr.File(value=[str(p) for p in out], visible=True)
 
-    def ask(question: str, images: list | None, max_new_tokens: float = 256):
+    def ask(question: str, images: list[FileData] | None = None, max_new_tokens: int = 256) -> dict:
         """The API: a question (and images) in a fresh conversation -> {"answer", "answers"}, streamed. A model
         error is the answer text, marked with a warning sign as in the chat."""
         state = ChatState(tuple(keys), temp_root=temp_root)
@@ -402,16 +373,15 @@ def make_handlers(slots: list[ModelSlot], gallery: Gallery, *, files: SessionFil
 
 # -- page --------------------------------------------------------------------------------------------
 
-def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4, notice: str | None = None,
-               files: SessionFiles | None = None, temp_root: Path | None = None) -> gr.Blocks:
+def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concurrency: int = 4,
+               notice: str | None = None, files: SessionFiles | None = None, temp_root: Path | None = None):
     files = files or SessionFiles()
     h = make_handlers(slots, gallery, files=files, temp_root=temp_root)
     budgets = {s.label: s.spec.max_tiles for s in slots}
     private = dict(api_visibility="private")
     with gr.Blocks(title="InternVL Foodie", analytics_enabled=False) as demo:
-        gr.Markdown("# InternVL Foodie · 美食专家\nChat with the Chinese-food expert: pick a dish from the gallery or "
-                    "upload photos, then ask in 中文 or English. · 从右侧选一道菜或上传照片，然后用中文或英文提问。",
-                    elem_id="title")
+        gr.Markdown("# InternVL Foodie · 美食专家\nPick a dish or upload photos, then ask in 中文 or English. · "
+                    "选一道菜或上传照片，然后用中文或英文提问。")
         if notice:
             gr.Markdown(notice, elem_id="model-notice")
         template = ChatState(tuple(s.key for s in slots), temp_root=temp_root, on_delete=files.deleted)
@@ -420,10 +390,7 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
             with gr.Column(scale=3):
                 with gr.Row():
                     chatbots = [gr.Chatbot(label=s.label, elem_id=f"chat-{s.key}", height=520, buttons=["copy"],
-                                           feedback_options=None, latex_delimiters=[],
-                                           placeholder="Pick a dish on the right or upload a photo, then ask. · "
-                                                       "选一道菜或上传照片，然后提问。")
-                                for s in slots]
+                                           feedback_options=None, latex_delimiters=[]) for s in slots]
                 box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", elem_id="question",
                                            placeholder="Ask about the dish… · 这是什么菜？", show_label=False,
                                            submit_btn="Send · 发送", sources=["upload"], autofocus=True)
@@ -439,8 +406,7 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                                       label="Example questions (click: photos stay attached) · 示例问题",
                                       type="index", elem_id="examples", samples_per_page=len(EXAMPLES))
             with gr.Column(scale=2):
-                gr.Markdown("### Dish gallery · 菜品\nClick a dish to put it into the chat; click again to take it "
-                            "off. · 点击菜品加入对话，再点一次移除。")
+                gr.Markdown("### Dish gallery · 菜品\nClick to add a dish, again to remove it · 点击加入，再点移除")
                 galleries = []
                 with gr.Tabs(elem_id="cuisines"):
                     for i, (cuisine, dishes) in enumerate(gallery.items()):
@@ -448,15 +414,10 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                             galleries.append((cuisine, gr.Gallery(
                                 value=[(str(d.thumb or d.image), d.name) for d in dishes], columns=3, height=300,
                                 allow_preview=False, show_label=False, elem_id=f"gallery-{i}",
-                                elem_classes=["dish-gallery"], object_fit="cover", buttons=[], interactive=False)))
+                                object_fit="cover", buttons=[], interactive=False)))
                 with gr.Accordion("Generation settings · 生成设置", open=True):
-                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature · 温度 (0 = greedy)",
-                                            elem_id="temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", elem_id="top-p")
-                    max_new = gr.Slider(8, 2048, value=256, step=8, label="Max new tokens · 最大生成长度",
-                                        elem_id="max-new-tokens")
-                    repetition = gr.Slider(1.0, 2.0, value=REPETITION_PENALTY, step=0.05,
-                                           label="Repetition penalty · 重复惩罚 (1 = off)", elem_id="repetition-penalty")
+                    sliders = [gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
+                               for elem_id, (low, high, value, step, label) in SLIDERS.items()]
                     # Starts at the checkpoint's own tile budget (compare mode with two budgets: 0, each its own).
                     max_tiles = gr.Slider(0, max(24, *budgets.values()), step=1, elem_id="max-tiles",
                                           value=slots[0].spec.max_tiles if len(set(budgets.values())) == 1 else 0,
@@ -466,22 +427,17 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
                     system_prompt = gr.Textbox(value=slots[-1].spec.system_message or "", lines=3, show_label=False,
                                                placeholder="(the model's own system prompt) · 模型默认的系统提示",
                                                elem_id="system-prompt")
-                gr.Markdown("Models · 模型: " + " · ".join(f"`{s.label}`" for s in slots)
-                            + f" — backend `{slots[-1].backend.name}`  \nUploads · 上传: images up to "
-                              f"{MAX_UPLOAD_MB} MB, deleted on Clear and when this tab closes · 清空或关闭页面即删除。")
-        with gr.Group(visible=False):  # the API's inputs and output
-            api_in = [gr.Textbox(label="question"), gr.File(label="images", file_count="multiple", file_types=["image"]),
-                      gr.Number(value=256, label="max_new_tokens", precision=0)]
-            api_out, api_button = gr.JSON(label="answers"), gr.Button(visible=False)
-
-        settings, chat_out = [temperature, top_p, max_new, repetition, max_tiles, system_prompt], [state, *chatbots]
+                gr.Markdown(f"Backend `{slots[-1].backend.name}`. Uploads (≤ {MAX_UPLOAD_MB} MB) are deleted on Clear "
+                            f"and when this tab closes · 上传的图片在清空或关闭页面时删除。")
+        settings, chat_out = [*sliders, max_tiles, system_prompt], [state, *chatbots]
         quick = dict(concurrency_limit=None, show_progress="hidden", **private)
         # Answers at once: the transformers backend generates one at a time, LMDeploy batches --concurrency. A
         # question past that waits in the page's queue, which shows its place.
-        answering = dict(concurrency_limit=1 if any(s.backend.name == "transformers" for s in slots) else concurrency,
-                         concurrency_id="answer", show_progress="minimal")
-        asked = [box.submit(h["send"], [box, state, *settings], [box, *chat_out], **answering, **private),
-                 buttons["regenerate"].click(h["regenerate"], [state, *settings], chat_out, **answering, **private)]
+        at_once = dict(concurrency_limit=1 if any(s.backend.name == "transformers" for s in slots) else concurrency,
+                       concurrency_id="answer")
+        answering = dict(show_progress="minimal", **at_once, **private)
+        asked = [box.submit(h["send"], [box, state, *settings], [box, *chat_out], **answering),
+                 buttons["regenerate"].click(h["regenerate"], [state, *settings], chat_out, **answering)]
         # Stop leaves a waiting question out of the queue; a running one keeps its text and its stream is closed.
         buttons["stop"].click(h["stop"], [state], chat_out, cancels=asked, **quick)
         buttons["undo"].click(h["undo"], [state], [box, *chat_out], **quick)
@@ -491,9 +447,8 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
             clear(h["clear"], [state], [box, *chat_out], **quick)
         for cuisine, g in galleries:
             g.select(h["pick_dish"](cuisine), [state], chat_out, **quick)
-        api_button.click(h["ask"], api_in, [api_out], api_name="ask", **answering,
-                         api_description="Ask the food expert: a question and dish photos in, "
-                                         "{answer, answers} out (compare mode: answers.base and answers.tuned).")
+        gr.api(h["ask"], api_name="ask", **at_once, api_description="Ask the food expert: a question and dish "
+               "photos in, {answer, answers} out (compare mode: answers.base and answers.tuned).")
 
         def end_session(request: gr.Request):  # tab closed: delete its uploads now (gradio keeps state an hour)
             demo.state_holder.delete_state(request.session_hash)
@@ -502,21 +457,18 @@ def build_demo(slots: list[ModelSlot], gallery: Gallery, *, concurrency: int = 4
 
 
 def main(argv=None):
-    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="InternVL2 checkpoint folder (official format), e.g. your fine-tuned, merged "
-                                    "model; default: the embedded tiny model")
-    ap.add_argument("--compare", help="a second checkpoint answering side by side, labelled 'base' (left) while "
-                                      "--model is labelled 'tuned' (right): pass the base InternVL2-2B here")
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="InternVL2 checkpoint folder, e.g. your merged model (default: the embedded one)")
+    ap.add_argument("--compare", help="a second checkpoint answering side by side as 'base' (e.g. InternVL2-2B); "
+                                      "--model is then 'tuned'")
     ap.add_argument("--backend", default="auto", choices=CHOICES)
     ap.add_argument("--data-root", help="FoodieQA folder for the dish gallery; default: the synthetic set")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
                     help="port to serve on (default: $GRADIO_SERVER_PORT, else 7860)")
-    ap.add_argument("--concurrency", type=int, default=4,
-                    help="answers in progress at the same time, all users together (default 4); the transformers "
-                         "backend generates one of them at a time per model, LMDeploy batches them")
+    ap.add_argument("--concurrency", type=int, default=4, help="answers LMDeploy generates at once, all users "
+                                                               "together (the transformers backend: one)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[demo] %(levelname)s %(name)s: %(message)s")
 
     check_port_free(args.host, args.port)
     model_dir, data_dir = ensure_embedded_default(args.model, args.data_root)
@@ -537,8 +489,7 @@ def main(argv=None):
         slots.append(ModelSlot(key, folder.name if key == "model" else f"{key} · {folder.name}", backend, spec))
     gallery = load_gallery(data_dir)
 
-    # This process's temp folder: thumbnails, one upload folder per session, and gradio's upload cache (every
-    # upload, and its copy of every file a chat shows), so nothing a user sent outlives the server.
+    # Thumbnails, session folders and gradio's upload cache: nothing a user sent outlives the server.
     temp_root = Path(tempfile.mkdtemp(prefix="foodie-demo-"))
     os.environ["GRADIO_TEMP_DIR"] = str(temp_root / "gradio")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` ends the server through the cleanup below

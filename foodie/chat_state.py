@@ -1,13 +1,7 @@
-"""One browser tab's conversation with the food expert (pure Python: the demo keeps one per session in gr.State).
-
-A conversation is a list of turns: a question, its images, and one answer per model shown ("model", or "base"
-and "tuned" in compare mode). Images picked before the question is sent wait in ``pending_images``. Uploads live
-in the session's own folder under generated names and are deleted when the conversation drops them (Clear) or
-ends (``close``); ``on_delete`` hears of each, so copies elsewhere (gradio's cache) go with them.
-
-An answer in flight holds the ``epoch`` it started in: stop, regenerate, undo and clear bump it, so a late token
-never lands in a turn that was reset or removed.
-"""
+"""One browser tab's conversation (the demo keeps one per session in gr.State): turns of a question, its images and
+one answer per model shown ("model", or "base" and "tuned"). Uploads live in the session's folder and are deleted
+when the conversation drops them or ends (``on_delete`` hears of each). An answer in flight holds the ``epoch`` it
+started in: stop, regenerate, undo and clear bump it, so a late token never lands in a turn that was reset."""
 from __future__ import annotations
 
 import json
@@ -60,9 +54,9 @@ class Turn:
 
 
 class ChatState:
-    def __init__(self, models: tuple[str, ...] = ("model",), *, max_images: int = MAX_IMAGES,
-                 temp_root: str | Path | None = None, on_delete: Callable[[Path], None] | None = None):
-        self.models, self.max_images = tuple(models), max_images
+    def __init__(self, models: tuple[str, ...] = ("model",), *, temp_root: str | Path | None = None,
+                 on_delete: Callable[[Path], None] | None = None):
+        self.models = tuple(models)
         self.turns: list[Turn] = []
         self.pending_images: list[Path] = []
         self.system_prompt: str | None = None  # None: the model's own
@@ -72,7 +66,7 @@ class ChatState:
         self.lock = threading.RLock()
 
     def __deepcopy__(self, memo):  # gr.State deep-copies its initial value for every session: each starts empty
-        return ChatState(self.models, max_images=self.max_images, temp_root=self.temp_root, on_delete=self.on_delete)
+        return ChatState(self.models, temp_root=self.temp_root, on_delete=self.on_delete)
 
     # -- images and uploads ------------------------------------------------------------------------
 
@@ -81,17 +75,16 @@ class ChatState:
 
     def check_room(self, adding: int = 1) -> None:
         have = len(self.images())
-        if have + adding > self.max_images:
+        if have + adding > MAX_IMAGES:
             what = "an image" if adding == 1 else f"{adding} images"
             raise ValueError(f"this conversation has {have} image{'s' if have != 1 else ''}; one chat holds at most "
-                             f"{self.max_images}, so {what} more cannot join it. Send fewer, or press Clear to "
+                             f"{MAX_IMAGES}, so {what} more cannot join it. Send fewer, or press Clear to "
                              f"start a new chat")
 
-    def attach(self, path: str | Path) -> Path:
+    def attach(self, path: str | Path) -> None:
         with self.lock:
             self.check_room(1)
             self.pending_images.append(Path(path))
-        return Path(path)
 
     def detach(self, path: str | Path) -> bool:
         """Take a pending image off the next question (an upload is deleted); False if it was not pending."""
@@ -115,15 +108,13 @@ class ChatState:
 
     def redact(self, text: str) -> str:
         """``text`` without this session's folder path (messages name files only)."""
-        if self._session_dir is None:
-            return text
-        return text.replace(f"{self._session_dir}{os.sep}", "").replace(str(self._session_dir), "<upload folder>")
+        folder = self._session_dir
+        return text if folder is None else text.replace(f"{folder}{os.sep}", "").replace(str(folder), "<upload folder>")
 
     def _forget(self, paths) -> None:
-        """Delete the session's uploads among ``paths`` that the conversation no longer shows."""
-        keep = set(self.images())
+        """Delete the session's uploads among ``paths`` (each is unique to one turn)."""
         for p in paths:
-            if p not in keep and self._session_dir is not None and p.parent == self._session_dir:
+            if self._session_dir is not None and p.parent == self._session_dir:
                 p.unlink(missing_ok=True)
                 if self.on_delete is not None:
                     self.on_delete(p)
@@ -217,14 +208,14 @@ class ChatState:
                      for t in self.turns]
         if fmt == "json":
             return json.dumps(dict(system_prompt=self.system_prompt, turns=turns), ensure_ascii=False, indent=2) + "\n"
-        lines = ["# InternVL Foodie chat", ""]
-        lines += [f"*System prompt:* {self.system_prompt}", ""] if self.system_prompt is not None else []
+        md = ["# InternVL Foodie chat"] + ([f"*System prompt:* {self.system_prompt}"] if self.system_prompt else [])
         for i, t in enumerate(turns, 1):
-            lines += [f"## {i}. {t['question'] or '(image only)'}", ""]
-            lines += [f"*Images:* {', '.join(t['images'])}", ""] if t["images"] else []
-            for model, text in t["answers"].items():
-                lines += [f"**{model}:** {text}" + (f" ⚠️ {t['errors'][model]}" if model in t["errors"] else ""), ""]
-        return "\n".join(lines)
+            md.append(f"## {i}. {t['question'] or '(image only)'}")
+            if t["images"]:
+                md.append(f"*Images:* {', '.join(t['images'])}")
+            md += [f"**{m}:** {a}" + (f" ⚠️ {t['errors'][m]}" if m in t["errors"] else "")
+                   for m, a in t["answers"].items()]
+        return "\n\n".join(md) + "\n"
 
     def close(self) -> None:
         """The session ended: clear it and delete its upload folder (exports, uploads never sent)."""
@@ -252,8 +243,7 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
         requests = {model: state.request(model) for model in answer_fns}
     changed, over = threading.Event(), threading.Event()
 
-    def write(change: Callable[[], object]) -> bool:
-        """Apply ``change`` to the turn unless this answer was cancelled; whether it was applied."""
+    def write(change: Callable[[], object]) -> bool:  # False: this answer was cancelled, the turn is not ours
         with state.lock:
             if over.is_set() or state.epoch != token:
                 return False
@@ -280,8 +270,7 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
     for model in requests:
         threading.Thread(target=work, args=(model,), daemon=True, name=f"answer-{model}").start()
     try:
-        if first_draw_s > 0:
-            changed.wait(first_draw_s)
+        changed.wait(first_draw_s)
         while True:
             with state.lock:
                 ended = state.epoch != token or state.is_answered(turn)

@@ -113,11 +113,15 @@ def test_upload_paths_are_generated_inside_a_private_session_folder(tmp_path):
 
 
 def test_image_limit_per_conversation(tmp_path):
-    s = ChatState(max_images=2)
-    s.attach(tmp_path / "1.jpg"); s.ask("q"); s.turns[-1].finish("model")
-    s.attach(tmp_path / "2.jpg")
-    with pytest.raises(ValueError, match="has 2 images; one chat holds at most 2"):
-        s.attach(tmp_path / "3.jpg")
+    """Images of earlier turns count: 5 sent, 3 pending, a 9th is refused."""
+    s = ChatState()
+    for i in range(5):
+        s.attach(tmp_path / f"{i}.jpg")
+    s.ask("q"); s.turns[-1].finish("model")
+    for i in range(5, 8):
+        s.attach(tmp_path / f"{i}.jpg")
+    with pytest.raises(ValueError, match="has 8 images; one chat holds at most 8"):
+        s.attach(tmp_path / "8.jpg")
 
 
 def test_the_image_limit_message_counts_what_the_chat_really_has(tmp_path):

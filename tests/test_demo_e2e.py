@@ -477,13 +477,14 @@ api = client.view_api(return_format="dict", print_info=False)
 result = client.predict(question="这道菜叫什么名字？", images=[handle_file({str(photo)!r})], max_new_tokens=8,
                         api_name="/ask")
 print(json.dumps(dict(named=sorted(api["named_endpoints"]), unnamed=len(api["unnamed_endpoints"]),
-                      returns=[r["label"] for r in api["named_endpoints"]["/ask"]["returns"]], result=result)))
+                      inputs=[p["parameter_name"] for p in api["named_endpoints"]["/ask"]["parameters"]],
+                      result=result)))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["named"] == ["/ask"] and out["unnamed"] == 0, out
-    assert out["returns"] == ["answers"]
+    assert out["inputs"] == ["question", "images", "max_new_tokens"]
     result = out["result"]
     assert set(result) == {"answer", "answers"} and set(result["answers"]) == {"model"}
     assert isinstance(result["answer"], str) and result["answer"].strip() and "⚠️" not in result["answer"]
