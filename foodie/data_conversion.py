@@ -87,15 +87,6 @@ class Split:
     dropped: dict[str, list[QAItem]]  # images in both splits
 
 
-def image_cuisines(data: FoodieQA) -> dict[str, str]:
-    """Cuisine of every image the answer of a question with a known cuisine is about."""
-    out: dict[str, str] = {}
-    for item in data.items():
-        if item.answer_image and item.cuisine != UNKNOWN:
-            out.setdefault(item.answer_image, item.cuisine)
-    return out
-
-
 def image_dishes(data: FoodieQA) -> dict[str, str]:
     """Dish name of every image that has one (``food_names``, one per image, else the answer's dish)."""
     out: dict[str, str] = {}
@@ -119,7 +110,8 @@ def _stable_rng(seed: int, *parts: str) -> random.Random:
 def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     """Assign images to train / held-out (by image or dish, stratified by cuisine), then items."""
     images = data.image_paths()
-    cuisine = image_cuisines(data)
+    cuisine = {it.answer_image: it.cuisine for it in reversed(list(data.items()))  # the first question's wins
+               if it.answer_image and it.cuisine != UNKNOWN}
     dish = image_dishes(data)
     unit_of = {p: (f"dish:{dish[p]}" if opts.split_by == "dish" and p in dish else f"image:{p}") for p in images}
     unit_images: dict[str, list[str]] = defaultdict(list)
