@@ -2,13 +2,13 @@
 # How robust is the embedded default's learning? Each RUN is NAME:SEED[:VAR=VALUE,...]: a tiny model and a
 # synthetic FoodieQA drawn from SEED, process_food's split, the CPU config trained with `xtuner train`
 # (tools/train.py), then held-out SIVQA accuracy of the untrained and the trained model
-# (foodie.training.checkpoint_accuracy). Variables (all optional) change one thing from the shipped defaults:
+# (bench/checkpoint_accuracy.py). Variables (all optional) change one thing from the shipped defaults:
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
 #   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=224 (tile side, px)  ITERS=2500  WARMUP=100
 #   STYLE=letter (process_food --style)
 # Training and evaluation run on the CPU (CUDA hidden), as the CPU config does, also on a GPU machine.
 # Accuracy is reported by the FoodieQA authors' rule (first capital A-D in the reply; none: 1/4) and, beside it,
-# two diagnostics of foodie.training.checkpoint_accuracy: option text (a letter, else the option named) and
+# two diagnostics of bench/checkpoint_accuracy.py: option text (a letter, else the option named) and
 # answer text (the option the reply's text names once its leading "X)" is cut off).
 # The quickstart and CI use seed 0 with the defaults; other seeds show how much of the margin is luck.
 #
@@ -48,7 +48,8 @@ t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 
 import sys
 from pathlib import Path
 from foodie.checkpoints import latest_complete_checkpoint
-from foodie.training import checkpoint_accuracy
+sys.path.insert(0, "bench")
+from checkpoint_accuracy import checkpoint_accuracy
 w, spec, train_s = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 cfg = "xtuner_configs/internvl_v2_tiny_lora_cpu.py"
 args = (w / "foodieqa", w / "xtuner" / "held_out.json")

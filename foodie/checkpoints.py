@@ -1,16 +1,10 @@
 """Training checkpoints that are either complete or absent, and finding the last complete one.
 
-MMEngine's ``CheckpointHook`` writes ``iter_N.pth`` in place, deletes the oldest kept checkpoint
-*before* writing the new one, and writes ``last_checkpoint`` in place: a run killed at the wrong
-moment leaves a truncated checkpoint, a ``last_checkpoint`` naming it, or (keeping one) nothing.
-
-``AtomicCheckpointHook`` writes each checkpoint under a hidden temporary name, renames it into place
-only when every rank has finished, then prunes old ones and rewrites ``last_checkpoint`` atomically.
-``latest_complete_checkpoint`` does not trust ``last_checkpoint`` at all: it scans the work dir and
-validates each candidate (a file or, with DeepSpeed, a folder of ZeRO shards), newest first.
-
-torch >= 2.6 loads with ``weights_only=True``. The hook also stores MMEngine's message hub as plain
-data (see below), so its checkpoints load under ``weights_only=True`` without any allow-list.
+MMEngine's ``CheckpointHook`` writes ``iter_N.pth`` and ``last_checkpoint`` in place and deletes the oldest kept
+checkpoint before writing the new one: a kill at the wrong moment leaves a truncated checkpoint, a
+``last_checkpoint`` naming it, or nothing. ``AtomicCheckpointHook`` renames a checkpoint into place only when every
+rank has written it; ``latest_complete_checkpoint`` never reads ``last_checkpoint``: it validates each candidate
+(a file or a DeepSpeed folder of ZeRO shards), newest first.
 """
 from __future__ import annotations
 
@@ -93,12 +87,9 @@ def latest_complete_checkpoint(work_dir: str | os.PathLike) -> Path | None:
 
 
 # --------------------------------------------------------------------------- weights_only-safe content
-# torch >= 2.6 loads with weights_only=True: only tensors and plain Python containers/scalars unpickle.
-# MMEngine puts two other things into a checkpoint, both in the message hub: HistoryBuffer objects
-# (logged scalars; they pickle bound methods, i.e. need `builtins.getattr`, and allow-listing getattr
-# would defeat weights_only altogether) and numpy scalars (e.g. the ETA). The hook below stores them
-# as plain data and turns them back on load, so our checkpoints need no allow-list and no
-# weights_only=False -- `xtuner train --resume`, MMEngine's resume and `torch.load` all just work.
+# torch >= 2.6 loads with weights_only=True. MMEngine's message hub holds HistoryBuffers (they pickle bound
+# methods: allow-listing `getattr` would defeat weights_only) and numpy scalars; the hook stores them as plain
+# data and restores them on load, so resume and `torch.load` need no allow-list.
 
 _BUFFER = "__history_buffer__"
 

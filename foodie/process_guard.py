@@ -50,46 +50,33 @@ def end_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
         pass
 
 
-def _proc_entries() -> list[str]:
+def _group(pgid: int) -> dict[int, str]:
+    """{pid: command line} of the live (not zombie) processes in group ``pgid``, from /proc (empty without it)."""
+    found = {}
     try:
-        return os.listdir("/proc")
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:  # no /proc (not Linux): nothing can be inspected
-        return []
+        return found
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def group_has_others(pgid: int) -> bool:
-    """True when a live (not zombie) process other than this one is in process group ``pgid``."""
-    me = os.getpid()
-    for entry in _proc_entries():
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    """True when a live process other than this one is in process group ``pgid``."""
+    return bool(set(_group(pgid)) - {os.getpid()})
 
 
 def group_commands(pgid: int) -> list[str]:
     """Command lines of the live processes in group ``pgid`` (empty when the group is gone)."""
-    found = []
-    for entry in _proc_entries():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[2]) != pgid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip())
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    return list(_group(pgid).values())
 
 
 def main(argv: list[str]) -> int:

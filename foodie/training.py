@@ -1,23 +1,12 @@
 """Run ``xtuner train`` so that a failure is reported as one, and resume from a complete checkpoint.
 
-``xtuner train`` exits 0 even when training crashed (its CLI ignores the child's exit status), and
-MMEngine's ``last_checkpoint`` can name a checkpoint that a kill cut short. ``run_training``:
-
-1. reads the config (paths, work_dir) and makes sure the embedded default model and data exist
-   (building them with the project's own commands) or names the missing path and the fix;
-2. on resume, picks the newest checkpoint that validates (``foodie.checkpoints``) and passes it
-   explicitly (``--cfg-options resume=True load_from=PATH``; MMEngine's ``last_checkpoint`` is not trusted);
-3. prints and runs the exact ``xtuner train ...`` command with the venv's ``bin`` first on PATH
-   (XTuner starts ``python``/``torchrun`` from PATH), tee-ing output to ``<work_dir>/train-*.log``;
-4. declares success only when the process exited 0, printed no traceback, and a complete checkpoint
-   of the final iteration exists; otherwise raises ``TrainingFailed`` with the reason and the log.
-
-The trainer runs under ``foodie.process_guard`` in its own process group, recorded in
-``<work_dir>/.foodie-trainer.pid``: when the launcher dies (kill -9 included) or is interrupted the whole
-trainer tree ends, and a start or resume refuses a work dir whose trainer still runs. A finished run
-leaves ``.foodie-train-done.json``; ``--resume`` then says so instead of training again. A failed run
-puts back the config copies (``<work_dir>/*.py``) it overwrote, so they still name what the last
-successful run trained with.
+``xtuner train`` exits 0 even when training crashed, and MMEngine's ``last_checkpoint`` can name a checkpoint a
+kill cut short. ``run_training`` builds the embedded default model/data when the config points at them, resumes
+from the newest checkpoint that validates (``foodie.checkpoints``), and succeeds only when xtuner exited 0,
+printed no traceback and wrote a complete checkpoint of the final iteration; else ``TrainingFailed`` names the
+reason and the log. The trainer runs in its own process group under ``foodie.process_guard`` (recorded in
+``<work_dir>/.foodie-trainer.pid``), so it ends with the launcher, and a second trainer in the same work dir is
+refused. A finished run leaves ``.foodie-train-done.json``; a failed one puts back the config copies it overwrote.
 """
 from __future__ import annotations
 
@@ -33,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foodie import paths
-from foodie.atomic import write_json
+from foodie.atomic import atomic_path, write_json, write_text
 from foodie.process_guard import group_commands
 from foodie.checkpoints import checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint, list_checkpoints
 
@@ -59,16 +48,6 @@ class TrainPlan:
     command: list[str]
     env: dict
     finished: Path | None = None  # --resume of a run that already finished: its final checkpoint
-
-
-def embedded_data_xtuner_dir() -> Path:
-    """tools/process_food.py's default --out (the configs' default FOODIE_DATA); built from the
-    synthetic FoodieQA when missing."""
-    return paths.work_dir() / "foodieqa-xtuner"
-
-
-def _venv_bin() -> Path:
-    return Path(sys.executable).parent
 
 
 def _load_config(config: Path):
@@ -102,7 +81,7 @@ def ensure_inputs(model_path: str, data_path: Path) -> None:
                              f"an InternVL2 checkpoint folder (embedded one: python tools/make_tiny_model.py).")
     if not data_path.is_file():
         data_root = data_path.parent
-        if data_root.resolve() == embedded_data_xtuner_dir():
+        if data_root.resolve() == paths.work_dir() / "foodieqa-xtuner":  # process_food's default --out
             _, demo = ensure_embedded_default(model=False, data=True,
                                               log=lambda line: print(f"[train] {line}", flush=True))
             _build([py, str(tools / "process_food.py"), "--data-root", str(demo), "--out", str(data_root)],
@@ -137,7 +116,7 @@ def plan_training(config: str | os.PathLike | None = None, *, resume: bool = Fal
                 print(f"[train] skipping incomplete checkpoint {ckpt}", flush=True)
 
     env = dict(os.environ)
-    env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
     if nproc:
         env["NPROC_PER_NODE"] = str(nproc)
@@ -194,10 +173,6 @@ def finished_checkpoint(work_dir: Path) -> Path | None:
         return None
 
 
-def _config_copies(work_dir: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in work_dir.glob("*.py") if p.is_file()}
-
-
 def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     """Run the plan; return the final checkpoint or raise TrainingFailed."""
     if build_inputs:
@@ -213,7 +188,7 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     print(f"[train] running:{' NPROC_PER_NODE=' + nproc if nproc else ''} {shlex.join(plan.command)}", flush=True)
     print(f"[train] log: {log_path}", flush=True)
 
-    configs_before = _config_copies(plan.work_dir)
+    configs_before = {p: p.read_bytes() for p in plan.work_dir.glob("*.py") if p.is_file()}
     (plan.work_dir / DONE_FILE).unlink(missing_ok=True)
 
     saw_traceback, total_iters, errors = False, None, []
@@ -253,7 +228,8 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
     if reasons:
         for path, text in configs_before.items():  # the copies still name what the last good run used
             if not path.is_file() or path.read_bytes() != text:
-                atomic_bytes(path, text)
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(text)
         error = last_error(errors)
         raise TrainingFailed("training failed: " + "; ".join(reasons)
                              + (f"\n  last error: {error}" if error else "")
@@ -268,7 +244,6 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
 def record_data_source(data_path: Path, work_dir: Path) -> None:
     """Keep process_food's summary.json (the data's source, licence and terms; foodie.terms) in the work dir, so
     the merge names what this run trained on even if the data folder is rebuilt from other data later."""
-    from foodie.atomic import write_text
     from foodie.terms import DATA_SOURCE_FILE
 
     summary = Path(data_path).parent / "summary.json"
@@ -299,89 +274,6 @@ def _end_trainer(proc: subprocess.Popen) -> None:
             pass
 
 
-def atomic_bytes(path: Path, data: bytes) -> None:
-    from foodie.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def describe_checkpoint(ckpt: Path) -> str:
     kind = "DeepSpeed folder (ZeRO shards)" if ckpt.is_dir() else "file"
     return f"{ckpt} ({kind}, iteration {checkpoint_iter(ckpt)}, complete={is_complete_checkpoint(ckpt)})"
-
-
-def load_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
-    """The trainable weights (LoRA + projector) of an XTuner checkpoint: a ``.pth`` file, or a DeepSpeed
-    folder (``mp_rank_00_model_states.pt``'s ``module``)."""
-    import torch
-
-    checkpoint = Path(checkpoint)
-    if not is_complete_checkpoint(checkpoint):
-        raise TrainingFailed(f"{checkpoint} is not a complete checkpoint (truncated, or not a training checkpoint)")
-    if checkpoint.is_dir():
-        states = sorted(checkpoint.rglob("*mp_rank_00_model_states.pt"))
-        return torch.load(states[0], map_location="cpu", weights_only=False)["module"]  # DeepSpeed's own format
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def checkpoint_accuracy(config: str | os.PathLike, checkpoint: str | os.PathLike | None, data_root, held_out, *,
-                        model_path: str | os.PathLike | None = None, limit: int | None = None,
-                        max_new_tokens: int = 32, progress: bool = False) -> dict:
-    """Held-out SIVQA accuracy of a training checkpoint, without converting it first.
-
-    Builds the config's model (``checkpoint=None``: the untrained model, LoRA adding zero), loads the
-    checkpoint's LoRA + projector weights, and asks each held-out question through the model's own
-    ``chat()`` (greedy), with the image tiled as in training (the config's ``max_dynamic_patch``).
-    ``accuracy`` is the FoodieQA authors' score (``foodie.scoring``: the first capital A-D in the reply; a
-    reply without one counts 1/4). Diagnostics beside it: ``option_text_accuracy`` (a standalone letter, else
-    the option the reply names) and ``answer_text_accuracy`` (the option the reply's text names once a leading
-    "X)" letter is cut off: does the model know the answer, whatever letter it wrote?). For the full report on
-    a converted checkpoint use tools/eval_food.py.
-    """
-    import re
-
-    import torch
-    from mmengine.config import Config
-    from transformers import AutoTokenizer
-    from xtuner.registry import BUILDER
-
-    from foodie.evaluation import build_questions
-    from foodie.image_tiling import load_image
-    from foodie.scoring import authors_letter, credit, option_text_reading
-
-    cfg = _load_config(Path(config))
-    if model_path is not None:
-        cfg.model.model_path = str(model_path)
-    model = BUILDER.build(cfg.model).eval()
-    if checkpoint is not None:
-        state = load_training_checkpoint(checkpoint)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise TrainingFailed(f"{checkpoint} has weights this config's model lacks: {unexpected[:5]} "
-                                 f"(was it trained with another config or LoRA setting?)")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_path, trust_remote_code=True)
-    tiles = cfg.train_dataloader.dataset.get("max_dynamic_patch") or model.model.config.max_dynamic_patch
-    tile_size = model.model.config.force_image_size or model.model.config.vision_config.image_size
-    questions, root = build_questions(data_root, tasks=["sivqa"], items=held_out, limit=limit)
-    rows = []
-    items = questions
-    if progress:
-        from tqdm import tqdm
-        items = tqdm(questions, desc="held-out questions")
-    with torch.no_grad():
-        for q in items:
-            pixel_values = load_image(Path(root) / q.images[0], input_size=tile_size, max_num=tiles)
-            pixel_values = pixel_values.to(model.model.dtype)
-            reply = model.model.chat(tokenizer, pixel_values, q.prompt,
-                                     dict(max_new_tokens=max_new_tokens, do_sample=False))
-            pred = authors_letter(reply)
-            rows.append(dict(question_id=q.question_id, answer=q.answer, pred=pred, credit=credit(pred, q.answer),
-                             option_text=option_text_reading(reply, q.choices),
-                             answer_text=option_text_reading(re.sub(r"^\s*[A-D]\)", "", reply), q.choices),
-                             reply=reply))
-    n = max(len(rows), 1)
-    return dict(accuracy=sum(r["credit"] for r in rows) / n, correct=sum(r["pred"] == r["answer"] for r in rows),
-                no_letter=sum(r["pred"] is None for r in rows), n=len(rows),
-                option_text_accuracy=sum(r["option_text"] == r["answer"] for r in rows) / n,
-                answer_text_accuracy=sum(r["answer_text"] == r["answer"] for r in rows) / n, rows=rows)

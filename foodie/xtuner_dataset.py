@@ -1,18 +1,11 @@
 """XTuner's InternVL dataset, tokenising conversations exactly as the model's ``chat()`` does.
 
-``xtuner.dataset.InternVL_V1_5_Dataset`` ignores the template it is given: for InternLM2 it hard-codes
-the turn markup and the system prompt "You are an AI assistant whose name is InternLM (书生·浦语).",
-while InternVL2's ``chat()`` (and ``foodie.inference``) render the checkpoint's own conversation
-template (``config.json`` ``template``, e.g. ``internlm2-chat``) with the model's system message.
-A model fine-tuned under one system prompt and queried under another sees a prompt it was never
-trained on.
-
-``FoodieInternVLDataset`` keeps XTuner's loading, tiling and label masking, and takes its template
-(``SYSTEM``/``INSTRUCTION``/``SUFFIX``) and system prompt from the checkpoint's conversation template
-by default -- so training tokens equal inference tokens by construction; tests/test_training.py checks
-this token for token against ``chat()``. A config may still pass an explicit XTuner-style template
-dict and system prompt. ``max_dynamic_patch`` (tiles per image) can be set from the config without
-editing the checkpoint's config.json (inference must then use the same tile budget).
+``xtuner.dataset.InternVL_V1_5_Dataset`` hard-codes InternLM2's turn markup and the system prompt "You are an AI
+assistant whose name is InternLM (书生·浦语).", while InternVL2's ``chat()`` (and ``foodie.inference``) render the
+checkpoint's own conversation template with the model's system message. ``FoodieInternVLDataset`` keeps XTuner's
+loading, tiling and label masking and takes the template and system prompt from the checkpoint, so training tokens
+equal inference tokens (tests/test_training.py checks it against ``chat()``). ``max_dynamic_patch`` (tiles per
+image) may be set from the config (inference must then use the same tile budget).
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""XTuner's InternVL training model, made to run single-process on CPU and unchanged on GPU.
+"""XTuner's InternVL training model, run on CPU (single process) and GPU, and fast.
 
-``xtuner.model.InternVL_V1_5`` (XTuner 0.2.0) cannot train without a GPU:
-
-* ``__init__`` forces ``attn_implementation="flash_attention_2"`` and loads in bfloat16;
-* ``_llm_forward`` calls ``torch.distributed.get_rank()``, which raises without a process group
-  (``xtuner train`` without torchrun/DeepSpeed on one CPU process).
-
-``FoodieInternVL`` subclasses it (so XTuner's tools and ``state_dict`` layout apply unchanged) and
-replaces exactly those two parts: loading picks the dtype and attention the device supports
-(config knobs ``torch_dtype`` / ``attn_implementation``, ``"auto"`` by default), and the forward pass
-logs the tile statistics through MMEngine's rank helper. LoRA preparation, freezing, activation
-checkpointing and the saved state dict (LoRA weights + ``mlp1``) are XTuner's own.
+``xtuner.model.InternVL_V1_5`` (XTuner 0.2.0) forces flash-attn and bf16 and calls ``torch.distributed.get_rank()``
+(which raises without a process group). ``FoodieInternVL`` subclasses it, so XTuner's LoRA preparation, freezing
+and saved state dict (LoRA + ``mlp1``) apply unchanged, and replaces loading (dtype, attention and the code that
+runs the weights, chosen for the device) and the forward pass (speed switches, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -110,30 +103,22 @@ def resolve_attn_implementation(attn_implementation: str, supported: tuple[str, 
 
 
 class FoodieInternVL(InternVL_V1_5):
-    """InternVL2 + LoRA for ``xtuner train`` on CPU (single process) and GPU (DeepSpeed or not).
+    """InternVL2 + LoRA for ``xtuner train`` on CPU and GPU (DeepSpeed or not).
 
-    Args mirror ``InternVL_V1_5`` minus quantization (QLoRA needs CUDA bitsandbytes; out of scope),
-    plus ``torch_dtype``, ``attn_implementation`` and ``activation_checkpointing``, and three speed
-    switches that compute the same loss as XTuner's class:
+    Args mirror ``InternVL_V1_5`` minus quantization, plus ``torch_dtype``/``attn_implementation`` (``"auto"``:
+    what the device and the code support), and switches that compute the same loss as XTuner's class:
 
-    * ``loss_on_labels_only``: the 92k-word output head and cross-entropy run only at positions that
-      have a label (the answer, a few dozen of ~3,500 tokens), not over the whole sequence;
-    * ``frozen_vit_without_grad``: a frozen InternViT (no LoRA) runs under ``torch.no_grad`` and
-      without activation checkpointing; ``mlp1`` still trains;
-    * ``causal_mask_for_right_padding``: XTuner pads on the right, so under causal attention no real
-      token sees a pad; the padding mask is dropped (padded positions carry no label), which lets
-      SDPA use its fused causal kernel instead of a materialised [B, 1, T, T] mask;
-    * ``fused_lora``: each LoRA update accumulates into the frozen layer's output inside one GEMM
-      (``foodie.train_speed.FusedLoraLinear``; same parameters and saved weights);
-    * ``compile_elementwise``: InternLM2's RMSNorm and SwiGLU through ``torch.compile`` (``"auto"``: on
-      CUDA only; compiling on a CPU costs more than it saves in a short run);
-    * ``activation_checkpointing``: True (every LLM layer, XTuner's default), False, or a number of
-      LLM layers to checkpoint (the rest keep their activations: faster, more memory); a number becomes
-      every layer when the attention is eager (its score tensors would not fit the count's memory budget);
-    * ``model_code``: which implementation runs the checkpoint's weights: ``"checkpoint"`` (its own remote
-      code, e.g. OpenGVLab's, eager attention without flash-attn), ``"project"`` (foodie/remote_code: same
-      parameters, same logits, SDPA) or ``"auto"`` (project code wherever it fits the architecture). The
-      saved weights (LoRA + ``mlp1``) and the merged folder's files do not depend on it.
+    * ``loss_on_labels_only``: output head and cross-entropy only where a label exists (a few dozen of ~3,500);
+    * ``frozen_vit_without_grad``: a frozen InternViT runs under ``torch.no_grad`` (``mlp1`` still trains);
+    * ``causal_mask_for_right_padding``: XTuner pads on the right, so under causal attention no real token sees
+      a pad; dropping the padding mask lets SDPA use its fused causal kernel;
+    * ``fused_lora``: each LoRA update accumulates into the frozen layer's output in one GEMM;
+    * ``compile_elementwise``: RMSNorm and SwiGLU through ``torch.compile`` (``"auto"``: on CUDA only);
+    * ``activation_checkpointing``: True (every LLM layer), False, or how many of the first layers; a number
+      becomes every layer under eager attention (its [B, heads, T, T] scores would not fit the budget);
+    * ``model_code``: what runs the checkpoint's weights: ``"checkpoint"`` (its own remote code; OpenGVLab's is
+      eager without flash-attn), ``"project"`` (foodie/remote_code: same parameters and logits, SDPA) or
+      ``"auto"`` (project code wherever it fits). Saved weights and merged files do not depend on it.
     """
 
     def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
