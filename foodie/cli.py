@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in STAGES:
         asked = argv[:1] in (["-h"], ["--help"])
         print(("" if asked or not argv else f"foodie: no stage {argv[0]!r}\n") + "usage: foodie STAGE [ARGS ...] "
-              "(foodie STAGE --help: its options)\nstages: " + ", ".join(STAGES), file=sys.stdout if asked else sys.stderr)
+              "(foodie STAGE --help: its options)\nstages: " + ", ".join(STAGES),
+              file=sys.stdout if asked else sys.stderr)
         return 0 if asked else EXIT_BAD_INPUT
     stage, path = argv[0], REPO_ROOT / STAGES[argv[0]]
     if not path.is_file():

@@ -39,9 +39,7 @@ MAX_TILES = 12  # config.max_dynamic_patch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Same bound as Pillow's own default (about 89.5 megapixels, a 1024**3 / 4 / 3 bytes RGB image);
-# Pillow only *warns* above it, we refuse.
-MAX_IMAGE_PIXELS = 89_478_485
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's bound (1024**3 / 4 / 3 bytes of RGB): Pillow only warns above it, we refuse
 
 ImageLike = Union[str, os.PathLike, BinaryIO, bytes, Image.Image]
 
@@ -49,10 +47,11 @@ ImageLike = Union[str, os.PathLike, BinaryIO, bytes, Image.Image]
 class ImageError(ValueError):
     """An image could not be used; the message names the file and says what to do."""
 
+
 def _describe(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    name = "image bytes" if isinstance(source, bytes) else getattr(source, "filename", None) or getattr(source, "name", None)
+    if isinstance(source, (str, os.PathLike, bytes)):
+        return "<image bytes>" if isinstance(source, bytes) else str(source)
+    name = getattr(source, "filename", None) or getattr(source, "name", None)
     return str(name) if name else f"<{type(source).__name__}>"
 
 

@@ -4,10 +4,9 @@
     spec.tile_size, spec.max_tiles, spec.tokens_per_tile    # 224, 12, 64 (InternVL2-2B: 448, 12, 256)
     spec.template, spec.lmdeploy_template, spec.base_model  # 'internlm2-chat', 'internvl2-internlm2', None
 
-The values are read as the official model code reads config.json: the tile side is ``force_image_size``
-(else the ViT's ``image_size``); a checkpoint without ``dynamic_image_size`` sees one tile; each tile gives
-``(tile/patch)**2 * downsample_ratio**2`` language-model tokens. A merged folder's config.json carries the
-tile budget its run trained with (foodie.merge), so every stage that asks the spec uses it without a flag.
+Read as the official model code reads config.json (tile side ``force_image_size``, else the ViT's ``image_size``;
+no ``dynamic_image_size``: one tile). A merged folder's config.json carries the tile budget its run trained with
+(foodie.merge), so every stage that asks the spec uses that budget without a flag.
 """
 from __future__ import annotations
 
@@ -84,7 +83,8 @@ class ModelSpec:
             dynamic = config.get("dynamic_image_size", True)
             template = config["template"]
             return cls(path=path, tile_size=int(config.get("force_image_size") or vision["image_size"]),
-                       patch_size=int(vision["patch_size"]), downsample_ratio=float(config.get("downsample_ratio", 0.5)),
+                       patch_size=int(vision["patch_size"]),
+                       downsample_ratio=float(config.get("downsample_ratio", 0.5)),
                        max_tiles=int(config.get("max_dynamic_patch", 12)) if dynamic else 1,
                        min_tiles=int(config.get("min_dynamic_patch", 1)) if dynamic else 1,
                        use_thumbnail=bool(config.get("use_thumbnail", True)), template=str(template),

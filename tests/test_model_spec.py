@@ -81,7 +81,8 @@ def test_base_model_of_a_merged_8b_is_8b_not_2b(tmp_path):
     assert ModelSpec.from_checkpoint(merged).base_model == "OpenGVLab/InternVL2-8B"
     by_id = folder(tmp_path / "by-id", RELEASED["InternVL2-8B"], {"base_model": "OpenGVLab/InternVL2-8B"})
     assert ModelSpec.from_checkpoint(by_id).base_model == "OpenGVLab/InternVL2-8B"
-    named = folder(tmp_path / "local" / "InternVL2-8B", dict(RELEASED["InternVL2-8B"], _name_or_path="OpenGVLab/InternVL2-8B"))
+    named = folder(tmp_path / "local" / "InternVL2-8B",
+                   dict(RELEASED["InternVL2-8B"], _name_or_path="OpenGVLab/InternVL2-8B"))
     merged_named = folder(tmp_path / "merged-named", RELEASED["InternVL2-8B"], {"base_model": str(named)})
     assert ModelSpec.from_checkpoint(merged_named).base_model == "OpenGVLab/InternVL2-8B"
     unknown = folder(tmp_path / "unknown", RELEASED["InternVL2-8B"], {"base_model": str(tmp_path / "gone")})
