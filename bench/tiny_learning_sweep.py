@@ -54,6 +54,7 @@ def run(setting: dict, args) -> dict:
 
     from foodie.evaluation import build_questions
     from foodie.image_tiling import load_image
+    from foodie.model_spec import IMG_CONTEXT, ModelSpec
     from foodie.scoring import option_text_reading as parse_choice
     from foodie.xtuner_dataset import conversation_template
 
@@ -71,7 +72,8 @@ def run(setting: dict, args) -> dict:
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     template, system = conversation_template(str(model_dir))
-    ctx = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    spec = ModelSpec.from_checkpoint(model_dir)
+    ctx = tok.convert_tokens_to_ids(IMG_CONTEXT)
     stop = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
 
     held, root = build_questions(demo, tasks=["sivqa"], items=data / "held_out.json")
@@ -82,8 +84,8 @@ def run(setting: dict, args) -> dict:
     def encode(questions):
         out = []
         for q in questions:
-            pv = load_image(Path(root) / q.images[0], input_size=model.model.config.force_image_size, max_num=tiles)
-            image = "<img>" + "<IMG_CONTEXT>" * (model.model.num_image_token * pv.shape[0]) + "</img>"
+            pv = load_image(Path(root) / q.images[0], input_size=spec.tile_size, max_num=tiles)
+            image = spec.image_tokens(pv.shape[0])
             text = template["SYSTEM"].format(system=system) + template["INSTRUCTION"].format(input=image + "\n" + q.prompt)
             out.append((tok(text, return_tensors="pt").input_ids, pv, q.answer, q.question_type, q.choices))
         return out
