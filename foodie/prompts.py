@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from foodie.tasks import IMAGE_PLACEHOLDER, LETTERS, TASKS, Template, get_task
+from foodie.tasks import IMAGE_PLACEHOLDER, LETTERS, Template, get_task
 
 DEFAULT_TEMPLATE = 0
-TEMPLATES = {name: task.templates for name, task in TASKS.items()}  # a view of the task table, by task and lang
 
 
 def get_template(task: str, lang: str, number: int = DEFAULT_TEMPLATE) -> Template:

@@ -337,10 +337,10 @@ def test_prompts_are_the_authors_templates(small_foodieqa_dir):
 def test_every_template_of_the_authors_is_selectable(small_foodieqa_dir):
     """Single-image zh 0-4 / en 0-3, multi-image zh and en 0-3: each builds every question, with one
     <image> per image, and the templates that start the reply carry that start separately."""
-    from foodie.prompts import TEMPLATES
+    from foodie.tasks import TASKS
     for lang in ("zh", "en"):
         for task in ("sivqa", "mivqa"):
-            numbers = range(len(TEMPLATES[task][lang]))
+            numbers = range(len(TASKS[task].templates[lang]))
             assert len(numbers) == {"sivqa": {"zh": 5, "en": 4}, "mivqa": {"zh": 4, "en": 4}}[task][lang]
             for n in numbers:
                 qs, _ = build_questions(small_foodieqa_dir, (task,), lang, limit=2, template=n)
@@ -348,7 +348,7 @@ def test_every_template_of_the_authors_is_selectable(small_foodieqa_dir):
                     assert q.template == n
                     if task == "mivqa":
                         assert q.prompt.count("<image>") == 4 and len(q.images) == 4
-                    assert q.reply_prefix == TEMPLATES[task][lang][n].reply_prefix
+                    assert q.reply_prefix == TASKS[task].templates[lang][n].reply_prefix
         with pytest.raises(ValueError, match="0-3"):
             build_questions(small_foodieqa_dir, ("mivqa",), lang, template=4)
     si, = build_questions(small_foodieqa_dir, ("sivqa",), "zh", limit=1, template=3)[0]
@@ -488,7 +488,7 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
 def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
     """The synthetic set has a TextQA file in the official schema; with no --tasks every task the folder
     has is asked, TextQA included, as text only."""
-    from foodie.prompts import TEMPLATES
+    from foodie.tasks import TASKS
     from foodie.synthetic_data import make_demo_data
 
     data = tmp_path / "foodieqa"
@@ -496,10 +496,10 @@ def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
     raw = json.loads((data / "textqa_tidy.json").read_text())
     assert {"question_id", "question", "choices", "answer", "question_en", "choices_en"} <= set(raw[0])
     for lang in ("zh", "en"):
-        for n in range(len(TEMPLATES["textqa"][lang])):
+        for n in range(len(TASKS["textqa"].templates[lang])):
             qs = build_questions(data, ("textqa",), lang, template=n)[0]
             assert len(qs) == len(raw) and all(not q.images and "<image>" not in q.prompt for q in qs)
-            assert qs[0].reply_prefix == TEMPLATES["textqa"][lang][n].reply_prefix
+            assert qs[0].reply_prefix == TASKS["textqa"].templates[lang][n].reply_prefix
     zh = build_questions(data, ("textqa",), "zh")[0][0]
     assert zh.prompt.endswith("请根据从所提供的选项中选择一个正确答案，为（") and "选项有: （A) " in zh.prompt
 
