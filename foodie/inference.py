@@ -60,15 +60,13 @@ class GenerationParams:
     max_tiles: int | None = None  # tile budget of a request (None: the backend's, i.e. the checkpoint's)
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if self.max_tiles is not None and self.max_tiles < 1:
-            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, "
-                             f"got temperature={self.temperature}, top_p={self.top_p}")
+        for ok, rule in ((self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+                         (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
+                         (self.max_tiles is None or self.max_tiles >= 1, "max_tiles must be >= 1"),
+                         (not self.do_sample or (self.temperature > 0 and 0 < self.top_p <= 1),
+                          "sampling needs temperature > 0 and 0 < top_p <= 1")):
+            if not ok:
+                raise ValueError(f"{rule}, got {self}")
 
 
 def _check_request(request: Request, backend=None) -> tuple[str | None, list[Message]]:
@@ -195,8 +193,8 @@ class TransformersBackend:
         self.sep = self._conversation.sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
         # A reply ends with the turn (<|im_end|>) or the text (</s>), as the checkpoint's generation_config says.
-        self.stop_token_ids = list(dict.fromkeys(i for i in (self.eos_token_id, self.tokenizer.eos_token_id)
-                                                 if i is not None))
+        ends = (self.eos_token_id, self.tokenizer.eos_token_id)
+        self.stop_token_ids = [i for i in dict.fromkeys(ends) if i is not None]
         self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         self.model.img_context_token_id = self.img_context_token_id
         self.vocab_limit = len(self.tokenizer)  # (slow tokenizers count their vocabulary on every len())
@@ -367,9 +365,9 @@ class LMDeployBackend:
                 continue
             # LMDeploy wraps each <IMAGE_TOKEN> in <img>...</img>, as chat() does with <image>.
             text = with_image_placeholders(m.text, len(m.images)).replace(IMAGE_PLACEHOLDER, "<IMAGE_TOKEN>")
-            out.append(dict(role="user", content=[dict(type="text", text=text)] + [dict(type="image_data", image_data=dict(
-                data=PreparedImage(next(prepared)) if pixels else open_image(image), max_dynamic_patch=budget))
-                for image in m.images]))
+            images = [dict(type="image_data", image_data=dict(max_dynamic_patch=budget, data=PreparedImage(
+                next(prepared)) if pixels else open_image(image))) for image in m.images]
+            out.append(dict(role="user", content=[dict(type="text", text=text), *images]))
         return out
 
     async def _pixels(self, request: Request, spec: ModelSpec) -> list | None:
@@ -456,7 +454,8 @@ class Replicas:
     deals the requests out in turn (data parallel). For the evaluation: a chat streams from one backend."""
 
     def __init__(self, model_dir: str | os.PathLike, name: str, devices: Sequence[int | str], **options):
-        self.model_dir, self.name, self.devices, self._options = Path(model_dir), name, [str(d) for d in devices], options
+        self.model_dir, self.name, self._options = Path(model_dir), name, options
+        self.devices = [str(d) for d in devices]
         ctx = multiprocessing.get_context("spawn")
         self._pools = [ProcessPoolExecutor(1, ctx) for _ in devices]
         self._manager = ctx.Manager()
@@ -464,10 +463,10 @@ class Replicas:
 
     def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
                    batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
-        shares = [list(range(k, len(requests), len(self._pools))) for k in range(len(self._pools))]
-        jobs = [pool.submit(_answer_share, device, str(self.model_dir), self.name, self._options,
-                            [requests[i] for i in share], share, params, batch_size, self._outbox)
-                for pool, device, share in zip(self._pools, self.devices, shares)]
+        n, indices = len(self._pools), list(range(len(requests)))
+        jobs = [pool.submit(_answer_share, device, str(self.model_dir), self.name, self._options, requests[k::n],
+                            indices[k::n], params, batch_size, self._outbox)
+                for k, (pool, device) in enumerate(zip(self._pools, self.devices))]
         waiting = len(requests)
         while waiting:
             try:
