@@ -146,11 +146,8 @@ def _as_answer(deltas: Iterator[str], sep: str | None = None) -> Iterator[str]:
         if sep and sep in text:
             break
         ready = text.lstrip()
-        for k in range(min(len(sep or "") - 1, len(ready)), 0, -1):
-            if ready.endswith(sep[:k]):
-                ready = ready[:-k]
-                break
-        ready = ready.rstrip()
+        held = next((k for k in range(min(len(sep or "") - 1, len(ready)), 0, -1) if ready.endswith(sep[:k])), 0)
+        ready = ready[:len(ready) - held].rstrip()
         if len(ready) > len(emitted):
             yield ready[len(emitted):]
             emitted = ready
