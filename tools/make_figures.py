@@ -1,19 +1,10 @@
-"""Draw the docs' figures with our own code, so they can be regenerated and checked.
+"""Draw the docs' figures with our own code (counts from foodie.image_tiling, the model's own pixel_shuffle), so
+they can be regenerated and checked (tests/test_figures.py).
 
     python tools/make_figures.py --out docs/images [--only qformer_masks|internvl_architecture|pixel_shuffle]
-
-Writes (fixed size, about 1100 px wide, small PNGs):
-  qformer_masks.png          BLIP-2's Q-Former and the attention masks of its three stage-1 losses
-  internvl_architecture.png  InternVL 1.5/2's ViT-MLP-LLM path: tiles + thumbnail -> InternViT -> pixel shuffle
-                             -> mlp1 -> the LLM's prompt (counts from foodie.image_tiling)
-  pixel_shuffle.png          the model's own pixel_shuffle on a 4x4 torch.arange grid (tools/explain_image.py
-                             --pixel-shuffle prints the same numbers)
-
-tests/test_figures.py regenerates them into a temporary folder and compares them with the committed ones.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,6 +12,7 @@ import matplotlib
 import torch
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
+from foodie import cli
 from foodie import image_tiling as it
 from foodie.atomic import atomic_path
 
@@ -34,21 +26,21 @@ QUERY, TEXT, IMAGE, MODULE, MASKED = "#f4a259", "#5b8e7d", "#bc4b51", "#e9ecef",
 ALLOWED = "#264653"
 
 
-def box(ax, x, y, w, h, text, colour=MODULE, size=9, **kw):
-    ax.add_patch(Rectangle((x, y), w, h, facecolor=colour, edgecolor="#343a40", linewidth=1, **kw))
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True)
+def box(ax, x, y, w, h, text="", colour=MODULE, size=9, edge="#343a40", width=1, **text_style):
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=colour, edgecolor=edge, linewidth=width))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True, **text_style)
 
 
 def arrow(ax, a, b, **kw):
     ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, linewidth=1, color="#343a40", **kw))
 
 
-def canvas(height: float, xmax: float, ymax: float, rect=(0, 0, 1, 1)):
-    """An 11-inch-wide figure and an axes-free drawing area of xmax x ymax units."""
+def figure(height: float, rect=(0, 0, 1, 1), xmax: float = 110, ymax: float = None):
+    """An 11-inch-wide figure and its drawing area, axes off, (0, 0) at the bottom left."""
     fig = plt.figure(figsize=(11, height), dpi=DPI)
-    ax = fig.add_axes(list(rect))
+    ax = fig.add_axes(rect)
     ax.set_xlim(0, xmax)
-    ax.set_ylim(0, ymax)
+    ax.set_ylim(0, ymax or round(height * 10))
     ax.axis("off")
     return fig, ax
 
@@ -56,33 +48,22 @@ def canvas(height: float, xmax: float, ymax: float, rect=(0, 0, 1, 1)):
 # 1. Q-Former and its three masks (BLIP-2, section 3.2 and Figure 2)
 
 N_QUERIES, N_TEXT = 4, 4  # drawn sizes; BLIP-2 uses 32 queries
+MASKS = {  # may position i (row) attend to position j (column)? qi, qj: is it a query (queries first, then text)
+    "ITM": ("image-text matching\nbi-directional mask", lambda i, j, qi, qj: True),
+    "ITG": ("image-grounded text generation\nmultimodal causal mask", lambda i, j, qi, qj: qj or (not qi and j <= i)),
+    "ITC": ("image-text contrastive\nuni-modal mask", lambda i, j, qi, qj: qi == qj),
+}
 
 
-def qformer_mask(kind: str):
-    """allowed[i][j]: may position i (row) attend to position j (column)? Queries first, then text."""
-    n = N_QUERIES + N_TEXT
-    allowed = [[False] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(n):
-            qi, qj = i < N_QUERIES, j < N_QUERIES
-            if kind == "ITM":  # bi-directional: everything sees everything
-                allowed[i][j] = True
-            elif kind == "ITG":  # multimodal causal: queries see queries; text sees queries and earlier text
-                allowed[i][j] = qj if qi else (qj or j <= i)
-            elif kind == "ITC":  # uni-modal: queries and text do not see each other
-                allowed[i][j] = qi == qj
-            else:
-                raise ValueError(kind)
-    return allowed
-
-
-MASKS = (("ITM", "image-text matching\nbi-directional mask"),
-         ("ITG", "image-grounded text generation\nmultimodal causal mask"),
-         ("ITC", "image-text contrastive\nuni-modal mask"))
+def qformer_mask(kind: str) -> list[list[bool]]:
+    if kind not in MASKS:
+        raise ValueError(f"no Q-Former mask {kind!r}: one of {', '.join(MASKS)}")
+    n, rule = N_QUERIES + N_TEXT, MASKS[kind][1]
+    return [[rule(i, j, i < N_QUERIES, j < N_QUERIES) for j in range(n)] for i in range(n)]
 
 
 def draw_qformer(path: Path) -> None:
-    fig, ax = canvas(4.2, 10, 10, (0.0, 0.0, 0.36, 1.0))
+    fig, ax = figure(4.2, (0.0, 0.0, 0.36, 1.0), 10, 10)
     ax.text(5, 9.6, "Q-Former (BLIP-2, stage 1)", ha="center", fontsize=11, weight="bold")
     box(ax, 0.2, 0.3, 3.6, 1.0, "frozen image encoder", IMAGE, size=8)
     box(ax, 4.4, 1.8, 2.4, 0.8, "learned queries\n32 x 768", QUERY, size=8)
@@ -93,26 +74,21 @@ def draw_qformer(path: Path) -> None:
     box(ax, 1.1, 5.1, 5.7, 0.9, "cross-attention to the image features\n(every other block, queries only)", size=8)
     box(ax, 4.4, 6.6, 2.4, 0.8, "feed forward", size=8)
     box(ax, 7.2, 6.6, 2.6, 0.8, "feed forward", size=8)
-    for x in (5.6, 8.5):
-        arrow(ax, (x, 2.6), (x, 3.7))
-    arrow(ax, (5.6, 4.6), (5.6, 5.1))
-    arrow(ax, (5.6, 6.0), (5.6, 6.6))
-    arrow(ax, (8.5, 4.6), (8.5, 6.6))
-    arrow(ax, (2.0, 1.3), (2.0, 5.1))
+    for x, y0, y1 in ((5.6, 2.6, 3.7), (8.5, 2.6, 3.7), (5.6, 4.6, 5.1), (5.6, 6.0, 6.6), (8.5, 4.6, 6.6),
+                      (2.0, 1.3, 5.1)):
+        arrow(ax, (x, y0), (x, y1))
     ax.text(2.1, 2.2, "image\nfeatures", fontsize=7.5)
     ax.text(5.4, 8.2, "32 query outputs -> ITC, ITM (stage 2: the LLM's input)\ntext outputs -> ITC ([CLS]), ITG",
             ha="center", fontsize=7.5)
     ax.text(5.0, 0.55, "BERT-base initialised,\n188M parameters", fontsize=7.5, ha="left")
-
     labels = [f"Q{i + 1}" for i in range(N_QUERIES)] + [f"T{i + 1}" for i in range(N_TEXT)]
     n = len(labels)
-    for k, (kind, title) in enumerate(MASKS):
+    for k, (kind, (title, _)) in enumerate(MASKS.items()):
         mx = fig.add_axes([0.40 + k * 0.205, 0.12, 0.17, 0.62])
         allowed = qformer_mask(kind)
         for i in range(n):
             for j in range(n):
-                mx.add_patch(Rectangle((j, n - 1 - i), 1, 1, facecolor=ALLOWED if allowed[i][j] else MASKED,
-                                       edgecolor="white", linewidth=1))
+                box(mx, j, n - 1 - i, 1, 1, colour=ALLOWED if allowed[i][j] else MASKED, edge="white")
         mx.set_xlim(0, n)
         mx.set_ylim(0, n)
         mx.set_xticks([i + 0.5 for i in range(n)], labels, fontsize=7)
@@ -136,7 +112,7 @@ def draw_architecture(path: Path) -> None:
     plan = it.TilingPlan.for_size(image.width, image.height)
     tiles = it.dynamic_preprocess(image)
     per_tile = it.tokens_per_tile()
-    fig, ax = canvas(4.4, 110, 44)
+    fig, ax = figure(4.4)
     ax.text(55, 41.5, f"InternVL 1.5 / 2: ViT-MLP-LLM (InternVL2-2B sizes; our {image.width}x{image.height} example "
                       f"-> {plan.cols}x{plan.rows} grid + thumbnail)", ha="center", fontsize=11, weight="bold")
     # tiles, row-major, then the thumbnail (drawn small: the picture only has to show the layout)
@@ -152,8 +128,6 @@ def draw_architecture(path: Path) -> None:
     ax.text(x0, y0 + plan.rows * (s + gap) + 0.8,
             f"{plan.cols * plan.rows} tiles of {it.IMAGE_SIZE}x{it.IMAGE_SIZE} + 1 thumbnail = {plan.tiles}",
             fontsize=8.5)
-    ax.set_xlim(0, 110)
-    ax.set_ylim(0, 44)
 
     steps = [(f"InternViT-300M\n{plan.tiles} x [1025, 1024]\n(32x32 patches\n+ [CLS])", IMAGE),
              ("pixel shuffle 0.5\n[32, 32, 1024] ->\n[16, 16, 4096]", MODULE),
@@ -191,18 +165,15 @@ def draw_pixel_shuffle(path: Path) -> None:
     x = torch.arange(16).reshape(1, 4, 4, 1)
     y = it.model_pixel_shuffle(x)
     side, out = x.shape[1], y.shape[1]
-    fig, ax = canvas(4.0, 110, 40)
+    fig, ax = figure(4.0)
     ax.text(55, 37, "pixel shuffle (ratio 0.5): every 2x2 block of patches becomes one token with 4x the channels",
             ha="center", fontsize=11, weight="bold")
     cell = 6.0
     gx, gy = 4.0, 4.0
     for r in range(side):
         for c in range(side):
-            colour = BLOCK_COLOURS[(r // 2) * (side // 2) + c // 2]
-            ax.add_patch(Rectangle((gx + c * cell, gy + (side - 1 - r) * cell), cell, cell, facecolor=colour,
-                                   edgecolor="white", linewidth=2))
-            ax.text(gx + c * cell + cell / 2, gy + (side - 1 - r) * cell + cell / 2, f"{int(x[0, r, c, 0])}",
-                    ha="center", va="center", fontsize=12, color="white", weight="bold")
+            box(ax, gx + c * cell, gy + (side - 1 - r) * cell, cell, cell, f"{int(x[0, r, c, 0])}",
+                BLOCK_COLOURS[(r // 2) * (side // 2) + c // 2], 12, "white", 2, color="white", weight="bold")
     ax.text(gx, gy + side * cell + 1.5,
             f"input {list(x.shape)}: torch.arange({side * side}), 1 channel per patch", fontsize=9)
     arrow(ax, (gx + side * cell + 2, gy + side * cell / 2), (gx + side * cell + 12, gy + side * cell / 2))
@@ -210,13 +181,10 @@ def draw_pixel_shuffle(path: Path) -> None:
     ox, oy, ocell = 46.0, 4.0, 12.0
     for r in range(out):
         for c in range(out):
-            vals = [int(v) for v in y[0, r, c]]
             bx, by = ox + c * ocell, oy + (out - 1 - r) * ocell
-            colour = BLOCK_COLOURS[r * out + c]
-            for k, v in enumerate(vals):  # the token's 4 channels, drawn as a column of 4 small cells
-                ax.add_patch(Rectangle((bx + 1 + k * 2.5, by + 2), 2.5, 7, facecolor=colour, edgecolor="white"))
-                ax.text(bx + 2.25 + k * 2.5, by + 5.5, f"{v}", ha="center", va="center", fontsize=9, color="white",
-                        weight="bold")
+            for k, v in enumerate(y[0, r, c]):  # the token's 4 channels, drawn as a row of 4 small cells
+                box(ax, bx + 1 + k * 2.5, by + 2, 2.5, 7, f"{int(v)}", BLOCK_COLOURS[r * out + c], 9, "white",
+                    color="white", weight="bold")
             ax.text(bx + ocell / 2 - 0.5, by + 10.2, f"token ({r}, {c})", ha="center", fontsize=8)
     ax.text(ox + out * ocell / 2, oy + out * ocell + 1.5, f"output {list(y.shape)} (ps_version v2)",
             ha="center", fontsize=9)
@@ -241,7 +209,7 @@ FIGURES = {"qformer_masks": draw_qformer, "internvl_architecture": draw_architec
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder (default: %(default)s)")
     ap.add_argument("--only", choices=sorted(FIGURES), action="append", help="draw only this figure (repeatable)")
     args = ap.parse_args(argv)
@@ -253,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
