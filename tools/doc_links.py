@@ -1,23 +1,15 @@
 """Check (and re-anchor) the links in our Markdown docs, so links into the code cannot rot silently.
 
-    python tools/doc_links.py            # check docs/*.md and README.md; exit 1 listing every broken link
-    python tools/doc_links.py --fix      # also move line anchors that drifted onto the lines they name
+    python tools/doc_links.py [--fix]   # docs/*.md and README.md; exit 1 listing every broken link
 
-Rules checked:
-- a relative link or image must point at a file that exists (external http(s) links are not fetched);
-- a `#heading` anchor into a Markdown file must match one of its headings (GitHub's slug rule);
-- a line-anchored link into the code, ``[`name`](../foodie/x.py#L10-L20)``, must name a symbol in
-  backticks, and the lines must hold it:
-  * if ``name`` (optionally ``Class.name``; trailing ``()`` ignored) is a function, class, method,
-    module constant or ``self.name = ...`` attribute of that Python file, the anchor must span exactly
-    its definition (first to last line);
-  * otherwise ``name`` is a code snippet that must appear within the anchored lines.
-``--fix`` rewrites anchors of the first kind to the definition's current lines, and re-anchors a snippet
-to the first line of the file holding it (keeping the span's length) when it is no longer in range.
+A relative link or image must point at a file that exists; a `#heading` anchor must match a heading (GitHub's
+slug rule); a line-anchored link into code, ``[`name`](../foodie/x.py#L10-L20)``, names its symbol in backticks:
+a function, class, method, constant or ``self.name`` attribute (``Class.name`` allowed, ``()`` ignored) must be
+spanned exactly, any other snippet must lie within the lines. ``--fix`` moves a symbol's anchor onto its
+definition, and a snippet's onto the first line holding it (keeping the span's length).
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import sys
@@ -25,13 +17,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from foodie import cli
 from foodie.atomic import write_text
+from foodie.paths import REPO_ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 # [text](target "title"): the text may hold `code spans` (with any brackets) and one level of [nested] brackets,
 # never a line break.
 LINK = re.compile(r"(!?)\[((?:`[^`\n]*`|[^\[\]`\n]|\[[^\]\n]*\])*)\]\(([^)\s]+)(\s+\"[^\"]*\")?\)")
-FENCE = re.compile(r"^\s*(```|~~~)")
+FENCED = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1|\Z)", re.M | re.S)  # a fenced code block
 LINE_ANCHOR = re.compile(r"^L(\d+)(?:-L(\d+))?$")
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -54,30 +47,17 @@ def markdown_docs() -> list[Path]:
     return sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
 
 
-def outside_code(text: str) -> list[tuple[int, int]]:
-    """(start, end) offsets of the parts of a Markdown text that are not fenced code blocks."""
-    spans, pos, inside, start = [], 0, False, 0
-    for line in text.splitlines(keepends=True):
-        if FENCE.match(line):
-            if not inside:
-                spans.append((start, pos))
-            inside = not inside
-            start = pos + len(line)
-        pos += len(line)
-    if not inside:
-        spans.append((start, pos))
-    return spans
+def prose(doc: Path) -> str:
+    """The doc's text with its fenced code blocks blanked (offsets and line numbers kept)."""
+    return FENCED.sub(lambda m: re.sub(r"[^\n]", " ", m[0]), doc.read_text(encoding="utf-8"))
 
 
 def links_in(doc: Path) -> list[Link]:
-    text = doc.read_text(encoding="utf-8")
-    found = []
-    for a, b in outside_code(text):
-        for m in LINK.finditer(text, a, b):
-            if text[text.rfind("\n", 0, m.start()) + 1:m.start()].count("`") % 2:
-                continue  # inside an inline code span
-            found.append(Link(doc, text.count("\n", 0, m.start()) + 1, bool(m.group(1)), m.group(2), m.group(3),
-                              m.start(3), m.end(3)))
+    text, found = prose(doc), []
+    for m in LINK.finditer(text):
+        if text[text.rfind("\n", 0, m.start()) + 1:m.start()].count("`") % 2:
+            continue  # inside an inline code span
+        found.append(Link(doc, text.count("\n", 0, m.start()) + 1, bool(m[1]), m[2], m[3], m.start(3), m.end(3)))
     return found
 
 
@@ -89,52 +69,40 @@ def github_slug(heading: str) -> str:
 
 @lru_cache(maxsize=None)
 def heading_slugs(doc: Path) -> frozenset[str]:
-    text = doc.read_text(encoding="utf-8")
-    slugs, seen = set(), {}
-    for a, b in outside_code(text):
-        for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text[a:b], re.M):
-            slug = github_slug(m.group(1))
-            n = seen.get(slug, 0)
-            seen[slug] = n + 1
-            slugs.add(slug if n == 0 else f"{slug}-{n}")
-    for m in re.finditer(r"<a\s+(?:name|id)=\"([^\"]+)\"", text):
-        slugs.add(m.group(1))
-    return frozenset(slugs)
+    text, slugs, seen = prose(doc), set(), {}
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
+        slug = github_slug(m[1])
+        seen[slug] = seen.get(slug, -1) + 1
+        slugs.add(slug if seen[slug] == 0 else f"{slug}-{seen[slug]}")
+    return frozenset(slugs | set(re.findall(r"<a\s+(?:name|id)=\"([^\"]+)\"", text)))
 
 
 @lru_cache(maxsize=None)
 def python_symbols(path: Path, mtime: float) -> dict[str, list[tuple[int, int]]]:
     """Qualified name ('f', 'C', 'C.m', 'C.attr', 'CONST') -> [(first line, last line)] of its definitions."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
     table: dict[str, list[tuple[int, int]]] = {}
 
-    def add(name, node):
-        table.setdefault(name, []).append((node.lineno, node.end_lineno))
+    def assigned(node) -> list[ast.expr]:
+        return node.targets if isinstance(node, ast.Assign) else [node.target]
 
     def walk(body, prefix, cls):
         for node in body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                q = f"{prefix}{node.name}"
-                add(q, node)
+                table.setdefault(prefix + node.name, []).append((node.lineno, node.end_lineno))
                 if isinstance(node, ast.ClassDef):
-                    walk(node.body, q + ".", q)
-                elif cls:  # self.x = ... inside methods -> Class.x (first one wins below)
-                    for sub in ast.walk(node):
-                        if isinstance(sub, (ast.Assign, ast.AnnAssign)):
-                            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
-                            for t in targets:
-                                if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
-                                        and t.value.id == "self" and f"{cls}.{t.attr}" not in table):
-                                    add(f"{cls}.{t.attr}", sub)
+                    walk(node.body, f"{prefix}{node.name}.", prefix + node.name)
+                for sub in ast.walk(node) if cls else ():  # self.x = ... inside methods -> Class.x (first one)
+                    for t in assigned(sub) if isinstance(sub, (ast.Assign, ast.AnnAssign)) else ():
+                        if isinstance(t, ast.Attribute) and getattr(t.value, "id", None) == "self":
+                            table.setdefault(f"{cls}.{t.attr}", [(sub.lineno, sub.end_lineno)])
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for t in targets:
+                for t in assigned(node):
                     if isinstance(t, ast.Name):
-                        add(f"{prefix}{t.id}", node)
+                        table.setdefault(prefix + t.id, []).append((node.lineno, node.end_lineno))
             elif isinstance(node, (ast.If, ast.Try)):  # e.g. `if TYPE_CHECKING:` / optional imports
                 walk(node.body, prefix, cls)
 
-    walk(tree.body, "", None)
+    walk(ast.parse(path.read_text(encoding="utf-8")).body, "", None)
     return table
 
 
@@ -157,11 +125,7 @@ def resolve(path: Path, name: str) -> tuple[int, int] | None | str:
 
 def symbol_of(text: str) -> str | None:
     m = re.search(r"`([^`]+)`", text)
-    if not m:
-        return None
-    code = m.group(1).strip()
-    code = re.sub(r"^(def|class)\s+", "", code)
-    return code[:-2] if code.endswith("()") else code
+    return re.sub(r"^(def|class)\s+|\(\)$", "", m[1].strip()) if m else None
 
 
 def contains(lines: list[str], a: int, b: int, code: str) -> bool:
@@ -180,15 +144,10 @@ def check_link(link: Link) -> tuple[str | None, str | None]:
     path = (link.doc.parent / path_part).resolve() if path_part else link.doc
     if not path.exists():
         return f"{link.where()}: {'image' if link.is_image else 'link'} target {path_part} does not exist", None
-    if not anchor:
-        return None, None
     m = LINE_ANCHOR.match(anchor)
-    if path.suffix == ".md" and not m:
-        if anchor not in heading_slugs(path):
-            return f"{link.where()}: no heading #{anchor} in {path.name}", None
-        return None, None
-    if not m:
-        return None, None  # an anchor into another kind of file: nothing we can check
+    if not m:  # none, a heading, or an anchor into another kind of file (nothing to check there)
+        bad_heading = anchor and path.suffix == ".md" and anchor not in heading_slugs(path)
+        return (f"{link.where()}: no heading #{anchor} in {path.name}" if bad_heading else None), None
     a, b = int(m.group(1)), int(m.group(2) or m.group(1))
     code = symbol_of(link.text)
     if not code:
@@ -219,8 +178,6 @@ def check_link(link: Link) -> tuple[str | None, str | None]:
 def check(docs: list[Path], fix: bool = False) -> list[str]:
     problems = []
     for doc in docs:
-        if not doc.exists():
-            continue
         edits = []
         for link in links_in(doc):
             problem, fixed = check_link(link)
@@ -238,11 +195,10 @@ def check(docs: list[Path], fix: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: docs/*.md and README.md)")
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fix", action="store_true", help="rewrite drifted line anchors in place")
     args = ap.parse_args(argv)
-    docs = [d.resolve() for d in args.docs] or markdown_docs()
+    docs = markdown_docs()
     problems = check(docs, fix=args.fix)
     for p in problems:
         print(p)
@@ -252,4 +208,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
