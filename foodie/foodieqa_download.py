@@ -99,6 +99,10 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path
             if why := _member_problem(info):
                 raise DownloadError(f"{archive}: member {info.filename!r} {why}; refusing to unpack it. Unpack the "
                                     f"archive by hand after checking it, or download it again")
+        names = [m.filename for m in members]
+        if len(set(names)) < len(names):  # a second member of one name would silently replace the first
+            raise DownloadError(f"{archive}: member {next(n for n in names if names.count(n) > 1)!r} appears twice; "
+                                f"refusing to unpack it. Download it again")
         total = sum(m.file_size for m in members)
         if total > MAX_UNPACKED_BYTES:
             raise DownloadError(f"{archive}: declares {total / 1024 ** 3:.1f} GiB unpacked (FoodieQA is under 1 GB); "

@@ -111,9 +111,12 @@ def _evil_zip(path: Path, how: str) -> None:
             info = zipfile.ZipInfo("FoodieQA/images")
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             zf.writestr(info, "/etc")
+        elif how == "duplicate":  # a second member of one name would replace the first without a word
+            with pytest.warns(UserWarning, match="Duplicate name"):
+                zf.writestr("FoodieQA/sivqa_tidy.json", "[{}]")
 
 
-@pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
+@pytest.mark.parametrize("how", ["parent", "absolute", "symlink", "duplicate"])
 def test_unsafe_zip_members_are_refused_and_nothing_is_unpacked(tmp_path, how):
     download = tmp_path / "download"
     download.mkdir()
