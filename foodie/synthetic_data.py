@@ -1,58 +1,24 @@
-"""A synthetic FoodieQA: drawn photos of real Chinese dishes, with questions in the official schema.
-
-The real FoodieQA is gated, so every test, demo and quickstart runs on this stand-in, in the same layout and
-fields (``foodie.foodieqa``): images/<dish>/<nn>.jpg (close-up drawings, 300-1200 px sides, aspect 1:2 .. 2:1),
-sivqa_tidy.json (two questions per photo, of different types: dish, cuisine, region, main ingredient, cooking
-method), mivqa_tidy.json ("which of these 4 photos ..."), textqa_tidy.json. Each dish has its own look (vessel,
-sauce, pieces, garnish) with random jitter, so a small model can tell dishes apart from the pixels; close-ups on
-a plain table separate far better through the embedded model's frozen random ViT (docs/TRAINING.md).
-The same seed gives byte-identical files.
-"""
+"""A synthetic FoodieQA in the official schema (``foodie.foodieqa``): drawn close-ups of real Chinese dishes, each
+dish with its own look (vessel, sauce, pieces, garnish) plus jitter, so a small model can tell dishes apart from
+the pixels (docs/TRAINING.md). The same seed gives byte-identical files."""
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
 import random
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from foodie.atomic import atomic_path
 
-RGB = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Cuisine:
-    zh: str  # 川菜
-    en: str  # Sichuan
-    region_zh: str  # 四川
-    region_en: str  # Sichuan province
-    food_type: str  # the label FoodieQA's survey uses, e.g. 川菜（四川，重庆）
-
-
-@dataclass(frozen=True)
-class Dish:
-    key: str  # ascii name used for image folders
-    zh: str
-    en: str
-    cuisine: Cuisine
-    ingredient_zh: str
-    ingredient_en: str
-    method_zh: str
-    method_en: str
-    # how it looks
-    vessel: str  # plate | bowl | steamer | board | platter
-    vessel_colour: RGB
-    sauce: RGB
-    piece: str  # cube | slice | ball | strip | noodle | skewer | fish | dumpling | block
-    piece_colour: RGB
-    count: tuple[int, int]
-    garnish: RGB | None
-
+# food_type: the label FoodieQA's survey uses, e.g. 川菜（四川，重庆）
+Cuisine = namedtuple("Cuisine", "zh en region_zh region_en food_type")
+# key: the image folder name; the look: vessel (plate|bowl|steamer|board|platter), piece (a PIECE_SIZE kind),
+# RGB colours, count (min, max pieces), garnish (None: none)
+Dish = namedtuple("Dish", "key zh en cuisine ingredient_zh ingredient_en method_zh method_en "
+                          "vessel vessel_colour sauce piece piece_colour count garnish")
 
 SICHUAN = Cuisine("川菜", "Sichuan cuisine", "四川", "Sichuan", "川菜（四川，重庆）")
 BEIJING = Cuisine("京菜", "Beijing cuisine", "北京", "Beijing", "京菜（北京）")
@@ -64,8 +30,8 @@ XINJIANG = Cuisine("新疆菜", "Xinjiang cuisine", "新疆", "Xinjiang", "新�
 DONGBEI = Cuisine("东北菜", "Northeastern cuisine", "东北", "Northeast China", "东北菜 （黑龙江等地）")
 CUISINES = (SICHUAN, BEIJING, CANTONESE, HUNAN, ZHEJIANG, SHANDONG, XINJIANG, DONGBEI)
 
-WHITE, CREAM, BLACK = (245, 245, 240), (238, 226, 200), (40, 40, 40)
-DISHES: tuple[Dish, ...] = (
+WHITE, BLACK = (245, 245, 240), (40, 40, 40)
+DISHES = (
     Dish("mapo_tofu", "麻婆豆腐", "Mapo tofu", SICHUAN, "豆腐", "tofu", "烧", "braising",
          "bowl", WHITE, (190, 40, 25), "cube", (250, 240, 215), (14, 24), (60, 150, 50)),
     Dish("kung_pao_chicken", "宫保鸡丁", "Kung Pao chicken", SICHUAN, "鸡肉", "chicken", "炒", "stir-frying",
@@ -104,16 +70,12 @@ DISHES: tuple[Dish, ...] = (
 PIECE_SIZE = {"cube": 0.24, "block": 0.3, "slice": 0.24, "strip": 0.26, "ball": 0.24, "noodle": 0.3,
               "skewer": 0.13, "dumpling": 0.3, "fish": 0.36}
 QUESTION_TYPES = ("dish", "cuisine_type", "region", "main-ingredient", "cooking-skills")
-TABLES: tuple[RGB, ...] = ((150, 110, 75), (200, 170, 130), (90, 60, 40), (225, 225, 220), (60, 70, 80),
-                           (170, 40, 40), (230, 215, 190), (120, 140, 110))
+TABLES = ((150, 110, 75), (200, 170, 130), (90, 60, 40), (225, 225, 220), (60, 70, 80), (170, 40, 40),
+          (230, 215, 190), (120, 140, 110))
 
 
-# ---------------------------------------------------------------------------------------------
-# Drawing
-# ---------------------------------------------------------------------------------------------
-
-def _jitter(c: RGB, rng: random.Random, amount: int = 14) -> RGB:
-    return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in c)  # type: ignore[return-value]
+def _jitter(c, rng: random.Random, amount: int = 14):
+    return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in c)
 
 
 def _rotated_rect(cx, cy, w, h, angle):
@@ -122,17 +84,16 @@ def _rotated_rect(cx, cy, w, h, angle):
             for x, y in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
 
 
-def _draw_piece(d: ImageDraw.ImageDraw, kind: str, cx, cy, s, angle, colour: RGB, rng: random.Random):
+RECTANGLES = {"cube": (1, 1), "block": (1.6, 1.6), "slice": (2.2, 0.8), "strip": (1.8, 0.45)}  # (w, h) / size
+
+
+def _draw_piece(d: ImageDraw.ImageDraw, kind: str, cx, cy, s, angle, colour, rng: random.Random):
     outline = tuple(max(0, v - 45) for v in colour)
-    if kind == "cube":
-        d.polygon(_rotated_rect(cx, cy, s, s, angle), fill=colour, outline=outline)
-    elif kind == "block":
-        d.polygon(_rotated_rect(cx, cy, s * 1.6, s * 1.6, angle), fill=colour, outline=outline)
-        d.polygon(_rotated_rect(cx, cy - s * 0.5, s * 1.6, s * 0.35, angle), fill=(245, 220, 180))  # fat layer
-    elif kind == "slice":
-        d.polygon(_rotated_rect(cx, cy, s * 2.2, s * 0.8, angle), fill=colour, outline=outline)
-    elif kind == "strip":
-        d.polygon(_rotated_rect(cx, cy, s * 1.8, s * 0.45, angle), fill=colour, outline=outline)
+    if kind in RECTANGLES:
+        w, h = RECTANGLES[kind]
+        d.polygon(_rotated_rect(cx, cy, s * w, s * h, angle), fill=colour, outline=outline)
+        if kind == "block":
+            d.polygon(_rotated_rect(cx, cy - s * 0.5, s * 1.6, s * 0.35, angle), fill=(245, 220, 180))  # fat layer
     elif kind == "ball":
         d.ellipse((cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2), fill=colour, outline=outline)
     elif kind == "noodle":
@@ -215,13 +176,8 @@ def draw_dish(dish: Dish, rng: random.Random) -> Image.Image:
     return img
 
 
-# ---------------------------------------------------------------------------------------------
-# Questions
-# ---------------------------------------------------------------------------------------------
-
 def _attr(dish, qtype: str) -> tuple[str, str] | None:
-    """(zh, en) of one attribute of a ``Dish``, or of any object with ``attr(qtype)`` (the user's own dishes,
-    foodie.own_photos), which returns None for an attribute it does not know."""
+    """(zh, en) of one attribute of a Dish, or ``dish.attr(qtype)`` (foodie.own_photos; None: unknown)."""
     if not isinstance(dish, Dish):
         return dish.attr(qtype)
     return {"dish": (dish.zh, dish.en), "cuisine_type": (dish.cuisine.zh, dish.cuisine.en),
@@ -258,8 +214,6 @@ EXTRA_OPTIONS = {
 
 
 def _distractors(dishes, dish, qtype: str) -> list[tuple[str, str]]:
-    """Wrong options for ``dish``'s ``qtype``: the other dishes' values and EXTRA_OPTIONS, each differing from
-    the answer and from each other in both languages, in a fixed order."""
     correct = _attr(dish, qtype)
     pool, seen_zh, seen_en = [], {correct[0]}, {correct[1]}
     values = {v for v in (_attr(o, qtype) for o in dishes) if v is not None}
@@ -269,11 +223,6 @@ def _distractors(dishes, dish, qtype: str) -> list[tuple[str, str]]:
             seen_zh.add(zh)
             seen_en.add(en)
     return pool
-
-
-def can_ask(dishes, dish, qtype: str) -> bool:
-    """A 4-option question of this type can be asked about ``dish``: it has the attribute, and 3 distractors exist."""
-    return _attr(dish, qtype) is not None and len(_distractors(dishes, dish, qtype)) >= 3
 
 
 def _options(dishes, dish, qtype: str, answer: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -306,7 +255,8 @@ def single_image_questions(dishes, photos, metas: dict, questions_per_photo: int
     for n, ((dish, rel, k), answer) in enumerate(zip(asked, answers)):
         start = n // questions_per_photo + k
         rotation = [QUESTION_TYPES[(start + j) % len(QUESTION_TYPES)] for j in range(len(QUESTION_TYPES))]
-        qtype = next((t for t in rotation if can_ask(dishes, dish, t)), None)
+        qtype = next((t for t in rotation if _attr(dish, t) is not None  # and 3 wrong options exist
+                      and len(_distractors(dishes, dish, t)) >= 3), None)
         if qtype is None:
             continue
         choices, choices_en = _options(dishes, dish, qtype, answer, rng)
@@ -352,14 +302,15 @@ def pick_dishes(n: int | None = None) -> tuple[Dish, ...]:
     return tuple(order[:n])
 
 
-def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40, num_dishes: int | None = None,
+def build(folder, *, seed: int = 0, photos_per_dish: int = 40, num_dishes: int | None = None,
           questions_per_photo: int = 2, mivqa_per_dish: int = 10, textqa: bool = True,
           progress: bool = False) -> dict:
-    """Write a synthetic FoodieQA into ``folder`` (which should be empty). Returns counts."""
+    """Write a synthetic FoodieQA into the empty ``folder``; returns counts."""
     folder = Path(folder)
     dishes = pick_dishes(num_dishes)
-    if len(dishes) < 4:
-        raise ValueError("need at least 4 dishes for 4-choice questions")
+    if len(dishes) < 4 or len(dishes) < (num_dishes or 0) or photos_per_dish < 1:
+        raise ValueError(f"need 4-{len(DISHES)} dishes (--dishes) for 4-choice questions and at least one photo "
+                         f"per dish (--photos-per-dish)")
     if not 1 <= questions_per_photo <= len(QUESTION_TYPES):
         raise ValueError(f"questions_per_photo must be 1..{len(QUESTION_TYPES)} (one per question type); "
                          f"got {questions_per_photo}")
@@ -367,7 +318,6 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
 
     rng = random.Random(seed)
     photos: dict[str, list[str]] = {}
-    meta_id = 0
     metas: dict[str, dict] = {}
     for dish in tqdm(dishes, desc="drawing dishes", unit="dish", disable=not progress):
         (folder / "images" / dish.key).mkdir(parents=True, exist_ok=True)
@@ -375,12 +325,9 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
         for k in range(photos_per_dish):
             img = draw_dish(dish, random.Random(rng.getrandbits(64)))
             rel = f"images/{dish.key}/{k:02d}.jpg"
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=rng.choice((70, 80, 88)))
-            (folder / rel).write_bytes(buf.getvalue())
+            img.save(folder / rel, "JPEG", quality=rng.choice((70, 80, 88)))
             photos[dish.key].append(rel)
-            meta_id += 1
-            metas[rel] = food_meta(dish, rel, meta_id)
+            metas[rel] = food_meta(dish, rel, len(metas) + 1)
 
     all_photos = [(dish, rel) for dish in dishes for rel in photos[dish.key]]
     sivqa = single_image_questions(dishes, all_photos, metas, questions_per_photo, rng)
@@ -399,13 +346,9 @@ def build(folder: str | os.PathLike, *, seed: int = 0, photos_per_dish: int = 40
                           "food_name": dish.zh, "question_type": qtype,
                           "food_meta": {k: v for k, v in food_meta(dish, "", 0).items() if k not in ("id", "food_file")}})
 
-    def dump(name, items):
-        (folder / name).write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-    dump("sivqa_tidy.json", sivqa)
-    dump("mivqa_tidy.json", mivqa)
-    if textqa:
-        dump("textqa_tidy.json", texts)
+    for name, items in (("sivqa", sivqa), ("mivqa", mivqa), ("textqa", texts))[:3 if textqa else 2]:
+        (folder / f"{name}_tidy.json").write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n",
+                                                  encoding="utf-8")
     (folder / "README.md").write_text(
         "# Synthetic FoodieQA\n\nDrawn stand-in for FoodieQA (lyan62/FoodieQA), generated by "
         f"`tools/make_demo_data.py --seed {seed}`. Same schema as the real data; the photos are drawings, "
@@ -420,32 +363,23 @@ RECIPE_FILE = ".synthetic.json"  # how the folder was made; lets a re-run with t
 GENERATOR_VERSION = 2  # 2: close-up photos on plain tables, 40 per dish, two questions per photo
 
 
-def _recipe(seed: int, options: dict) -> dict:
-    return {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
-            **{**BUILD_DEFAULTS, **options}}
-
-
-def demo_data_is_current(folder, seed: int = 0, **options) -> bool:
-    """True when ``folder`` holds the synthetic FoodieQA this code writes for these settings."""
-    try:
-        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding="utf-8"))["recipe"] == _recipe(seed, options)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def make_demo_data(out: str | os.PathLike, *, seed: int = 0, force: bool = False, progress: bool = False,
-                   **options) -> dict:
-    """Write the synthetic FoodieQA to ``out`` atomically (all or nothing); ``options`` go to ``build``. Returns
-    counts. An ``out`` made with the same settings is kept (``"reused": True``); any other is replaced only with
-    ``force``, once the new folder is complete."""
+def make_demo_data(out, *, seed: int = 0, force: bool = False, progress: bool = False, **options) -> dict:
+    """``build`` into ``out`` atomically; returns counts. An ``out`` made with the same settings is kept
+    (``"reused": True``); any other is replaced only with ``force``, once the new folder is complete."""
     out = Path(out)
+    recipe = {"generator": "foodie.synthetic_data", "version": GENERATOR_VERSION, "seed": seed,
+              **{**BUILD_DEFAULTS, **options}}
     if out.exists() and not force:
-        if demo_data_is_current(out, seed, **options):
-            return {**json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))["counts"], "reused": True}
+        try:
+            made = json.loads((out / RECIPE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            made = {}
+        if isinstance(made, dict) and made.get("recipe") == recipe:
+            return {**made["counts"], "reused": True}
         raise FileExistsError(f"{out} already exists (with other contents or settings); pass --force "
                               f"(force=True) to replace it")
     with atomic_path(out, is_dir=True) as tmp:
         counts = build(tmp, seed=seed, progress=progress, **options)
-        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": _recipe(seed, options), "counts": counts}, indent=1)
+        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": recipe, "counts": counts}, indent=1)
                                        + "\n", encoding="utf-8")
     return counts

@@ -1,16 +1,11 @@
-"""The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format.
-
-`write_checkpoint(out)` writes a folder that loads like OpenGVLab/InternVL2-2B (AutoModel/AutoTokenizer with
-trust_remote_code=True, XTuner, LMDeploy); a pure function of the seed, so a rebuild is byte-identical.
-Remote code (`modeling=`): 'official' (default) writes OpenGVLab's InternViT and InternLM2 files as the installed
-XTuner 0.2.0 ships them (read at build time, never part of this repository) beside the project's InternVL chat
-files; 'project' writes foodie/remote_code for all seven. `full_size=True`: InternVL2-2B's architecture.
-"""
+"""The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format, loading like
+OpenGVLab/InternVL2-2B; a pure function of the seed. Remote code: 'official' = OpenGVLab's InternViT and InternLM2
+files as the installed XTuner 0.2.0 ships them (read at build time) beside the project's InternVL chat files;
+'project' = foodie/remote_code for all seven."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -25,12 +20,8 @@ REMOTE_CODE_FILES = ('configuration_intern_vit.py', 'configuration_internlm2.py'
 MODELING_KINDS = ('official', 'project')
 DEFAULT_MODELING = 'official'  # what users of InternVL2-2B run, so tests and the quickstart exercise it
 # Checkpoint file -> the installed XTuner 0.2.0's copy of OpenGVLab's file (pyproject.toml pins xtuner).
-OFFICIAL_FILES = {
-    'configuration_intern_vit.py': '_lite/modelings/internvl2/configuration_intern_vit.py',
-    'modeling_intern_vit.py': '_lite/modelings/internvl2/modeling_intern_vit.py',
-    'configuration_internlm2.py': '_lite/modelings/internlm2/configuration_internlm2.py',
-    'modeling_internlm2.py': '_lite/modelings/internlm2/modeling_internlm2.py',
-}
+OFFICIAL_FILES = {name: f'_lite/modelings/{"internvl2" if "intern_vit" in name else "internlm2"}/{name}'
+                  for name in REMOTE_CODE_FILES if 'intern_vit' in name or 'internlm2' in name}
 # XTuner's InternViT copy computes the drop-path rates with numpy and keeps OpenGVLab's released line as a
 # comment. The released line (what InternVL2-2B downloads with) is written back so the checkpoint behaves as
 # the real one (e.g. it cannot be built on the meta device).
@@ -43,7 +34,6 @@ _RELEASED_DROP_PATH = \
 
 
 def xtuner_package_dir() -> Path:
-    """The installed xtuner package folder, found without importing it."""
     spec = importlib.util.find_spec('xtuner')
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError('the official InternVL2 modeling files are read from the installed XTuner 0.2.0, which '
@@ -53,7 +43,6 @@ def xtuner_package_dir() -> Path:
 
 
 def modeling_files(modeling: str = DEFAULT_MODELING) -> dict[str, bytes]:
-    """{file name: content} of the remote code a checkpoint of this kind carries (REMOTE_CODE_FILES)."""
     if modeling not in MODELING_KINDS:
         raise ValueError(f'modeling must be one of {MODELING_KINDS}, got {modeling!r}')
     files = {name: (REMOTE_CODE_DIR / name).read_bytes() for name in REMOTE_CODE_FILES}
@@ -232,7 +221,7 @@ def config_json(config) -> dict:
 
 
 def build_empty_model(config, device='meta'):
-    """The model with parameters allocated on `device` but not initialised (meta: not even allocated)."""
+    """The model with parameters allocated on `device`, not initialised."""
     from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
 
     with torch.device('meta'):
@@ -241,13 +230,9 @@ def build_empty_model(config, device='meta'):
 
 
 def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) -> dict[str, tuple[int, ...]]:
-    """{parameter name: shape} of the model, built on the meta device (no memory, no weights)."""
-    model = build_empty_model(make_config(vocab_size, full_size=full_size), device='meta')
+    """{parameter name: shape}, from a model on the meta device (no memory, no weights)."""
+    model = build_empty_model(make_config(vocab_size, full_size=full_size))
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}
-
-
-def count_parameters(shapes: dict[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(s) for s in shapes.values())
 
 
 @torch.no_grad()
@@ -310,9 +295,8 @@ def recipe(seed: int = 0, full_size: bool = False, modeling: str = DEFAULT_MODEL
 
 
 def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
-                     progress: bool | None = None, modeling: str = DEFAULT_MODELING) -> Path:
-    """Write the checkpoint folder to `out` atomically and return its path. Refuses an existing non-empty `out`
-    unless force=True (then it is replaced once the new one is complete)."""
+                     modeling: str = DEFAULT_MODELING) -> Path:
+    """Write the checkpoint folder to `out` atomically; an existing non-empty `out` only with force=True."""
     out = Path(out)
     code = modeling_files(modeling)  # fails early, before any weights are drawn
     if str(device) == 'meta':
@@ -321,9 +305,8 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
         raise FileExistsError(f'{out} exists and is not a folder: choose another --out')
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f'{out} exists and is not empty: pass --force to replace it, or choose another --out')
-    progress = full_size if progress is None else progress
     tokenizer = build_tokenizer()
-    model = build_model(seed, full_size=full_size, device=device, vocab_size=len(tokenizer), progress=progress)
+    model = build_model(seed, full_size=full_size, device=device, vocab_size=len(tokenizer), progress=full_size)
     with atomic_path(out, is_dir=True) as tmp:
         _write_json(tmp / 'config.json', config_json(make_config(len(tokenizer), full_size=full_size)))
         _write_json(tmp / 'generation_config.json', {'bos_token_id': 1, 'pad_token_id': 2,
@@ -361,8 +344,8 @@ def _outdated(folder: Path, recipe_file: str, generator: str, version: int) -> b
 
 
 def ensure_embedded_default(model: bool = True, data: bool = False, log=print) -> tuple[Path, Path]:
-    """The embedded default's folders (paths.tiny_model_dir(), paths.demo_data_dir()), building those asked for
-    when missing or made by older code: the one place every stage builds them."""
+    """(paths.tiny_model_dir(), paths.demo_data_dir()), building those asked for when missing or made by older
+    code: the one place every stage builds them."""
     from foodie import synthetic_data
 
     model_dir, data_dir = paths.tiny_model_dir(), paths.demo_data_dir()

@@ -7,12 +7,13 @@
     python tools/make_tiny_model.py --modeling project --out DIR          # the project's remote code instead
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 from foodie import cli, paths
-from foodie.tiny_model import DEFAULT_MODELING, MODELING_KINDS, count_parameters, parameter_shapes, write_checkpoint
+from foodie.tiny_model import DEFAULT_MODELING, MODELING_KINDS, parameter_shapes, write_checkpoint
 
 
 def main(argv=None):
@@ -27,10 +28,11 @@ def main(argv=None):
                              "'project' (foodie/remote_code); the weights are the same (default %(default)s)")
     args = parser.parse_args(argv)
     shapes = parameter_shapes(full_size=args.full_size)
+    params = sum(math.prod(s) for s in shapes.values())
     if args.device == 'meta':
         width = max(len(n) for n in shapes)
         print('\n'.join(f'{name:<{width}}  {list(shape)}' for name, shape in shapes.items()))
-        print(f'{len(shapes)} tensors, {count_parameters(shapes):,} parameters')
+        print(f'{len(shapes)} tensors, {params:,} parameters')
         return 0
     start = time.perf_counter()
     try:
@@ -40,7 +42,7 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
-    print(f'wrote {args.out}: {count_parameters(shapes):,} parameters, {args.modeling} modeling files, '
+    print(f'wrote {args.out}: {params:,} parameters, {args.modeling} modeling files, '
           f'{size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s')
     return 0
 

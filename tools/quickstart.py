@@ -2,18 +2,13 @@
 
     make quickstart                                           # embedded tiny model + synthetic FoodieQA (CPU)
     make quickstart MODEL=/models/InternVL2-2B DATA=/data/FoodieQA   # the real job (GPU profile)
-    make quickstart MODEL=/models/InternVL2-2B TRAIN_DATA=work/my-photos-dataset DATA=/data/FoodieQA
-                                                # train on your own photos, evaluate on all of FoodieQA
+    make quickstart MODEL=/models/InternVL2-2B TRAIN_DATA=work/my-photos DATA=/data/FoodieQA   # your own photos
 
-DATA is the evaluation source; TRAIN_DATA (default: DATA) the training source. With one source the data step
-holds out a split of it for evaluation; with two, the model is evaluated on every question of DATA, which it
-never trained on. FoodieQA's terms allow evaluation only: training on it (no TRAIN_DATA, real FoodieQA as DATA)
-needs --accept-foodieqa-terms (ACCEPT_FOODIEQA_TERMS=1), which only the authors' permission justifies.
-TRAIN_DATA may be a folder of dish photos (one subfolder per dish): tools/photos_to_foodieqa.py converts it.
-
-Each stage is one of the project's own commands, printed before it runs; a failing stage stops the run with
-its cause. A re-run skips every stage whose inputs are unchanged (fingerprints in work/quickstart.json), and
-interrupted training continues from its last complete checkpoint.
+DATA is evaluated: its held-out split, or all of it when TRAIN_DATA (a FoodieQA-schema data set or a folder of dish
+photos) is the training source. FoodieQA's terms allow evaluation only: training on the real FoodieQA needs
+--accept-foodieqa-terms (ACCEPT_FOODIEQA_TERMS=1). Each stage is one of the project's own commands, printed before
+it runs; a re-run skips every stage whose inputs are unchanged (work/quickstart.json), and interrupted training
+continues from its last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -33,17 +28,16 @@ from foodie.atomic import write_json, write_text
 from foodie.tiny_model import ensure_embedded_default
 
 REPO_ROOT = paths.REPO_ROOT
-
 CPU_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
 REAL_CONFIG = REPO_ROOT / "xtuner_configs" / "internvl_v2_internlm2_2b_lora_finetune_food.py"
 PY = sys.executable
 
 
+TRAIN_INPUTS_FILE = "quickstart-inputs.txt"  # in the train dir: the fingerprint of the inputs it was trained on
+
+
 class StageFailed(RuntimeError):
     pass
-
-
-TRAIN_INPUTS_FILE = "quickstart-inputs.txt"  # in the train dir: the fingerprint of the inputs it was trained on
 
 
 def fingerprint(*parts) -> str:
@@ -69,11 +63,10 @@ class Pipeline:
 
         self.console = Console()
         self.work = paths.work_dir()
-        self.state_file = self.work / "quickstart.json"
+        self.state_file = self.work / "quickstart.json"  # stage name -> fingerprint of the inputs it was done with
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
         self.model = Path(args.model).resolve() if args.model else paths.tiny_model_dir()
         self.data_root = Path(args.data_root).resolve() if args.data_root else paths.demo_data_dir()
-        # The training source; evaluation never uses a question of it when it differs from DATA.
         train_data = getattr(args, "train_data", None)
         self.train_root = Path(train_data).resolve() if train_data else self.data_root
         self.accept_terms = bool(getattr(args, "accept_foodieqa_terms", False))
@@ -81,13 +74,9 @@ class Pipeline:
         # The embedded tiny model trains with the CPU variant; a real checkpoint with the real run's config.
         self.config = Path(args.config).resolve() if args.config else (CPU_CONFIG if self.embedded else REAL_CONFIG)
         name = self.config.stem
-        self.xtuner_data = self.work / f"{name}-data"
-        self.train_dir = self.work / "train" / name
-        self.merged = self.work / f"{name}-merged"
-        self.eval_dir = self.work / f"{name}-eval"
-        self.lang = args.lang
-        self.tasks = args.tasks
-        self.deepspeed = args.deepspeed
+        self.xtuner_data, self.train_dir = self.work / f"{name}-data", self.work / "train" / name
+        self.merged, self.eval_dir = self.work / f"{name}-merged", self.work / f"{name}-eval"
+        self.lang, self.tasks, self.deepspeed = args.lang, args.tasks, args.deepspeed
         self.max_new_tokens = getattr(args, "max_new_tokens", None)  # None: eval_food's default (the authors' 512)
         # The configs read their paths from these variables, in this process and in every stage's.
         os.environ.update(FOODIE_MODEL=str(self.model), FOODIE_DATA=str(self.xtuner_data),
@@ -101,7 +90,6 @@ class Pipeline:
         self.max_tiles = None if tiles is None else int(tiles)
         self.started = time.time()
 
-    # ------------------------------------------------------------------ plumbing
     def run(self, stage: str, cmd: list[str]) -> None:
         env_shown = " ".join(f"{k}={shlex.quote(self.env[k])}" for k in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR")
                              if "train" in stage or "merge" in stage)
@@ -124,15 +112,13 @@ class Pipeline:
             self.state[name] = key
             write_json(self.state_file, self.state)
 
-    # ------------------------------------------------------------------ stages
     def prepare_inputs(self) -> None:
         if self.embedded:
             ensure_embedded_default(model=True, data=self.data_root == paths.demo_data_dir(),
                                     log=lambda line: self.console.print(f"[dim]{line}[/dim]"))
-        else:
-            if not (self.model / "config.json").is_file():
-                raise StageFailed(f"MODEL={self.model}: no config.json there. Point MODEL at the InternVL2-2B "
-                                  "checkpoint folder (see docs/guide_gpu.md, 'Get the model').")
+        elif not (self.model / "config.json").is_file():
+            raise StageFailed(f"MODEL={self.model}: no config.json there. Point MODEL at the InternVL2-2B "
+                              "checkpoint folder (see docs/guide_gpu.md, 'Get the model').")
         if not self.data_root.is_dir():
             raise StageFailed(f"DATA={self.data_root}: not a folder. Point DATA at the FoodieQA folder (images/, "
                               "sivqa_tidy.json, ...); see docs/guide_gpu.md, 'Get the gated dataset'.")
@@ -156,8 +142,7 @@ class Pipeline:
                 write_json(self.state_file, self.state)
 
     @property
-    def separate(self) -> bool:
-        """Trained on one source, evaluated on another."""
+    def separate(self) -> bool:  # trained on one source, evaluated on another
         return self.train_root != self.data_root
 
     def convert_data(self) -> None:
@@ -225,7 +210,6 @@ class Pipeline:
         return self.summary()
 
     def sources_line(self) -> str:
-        """Which data trained the model and which measured it."""
         from foodie.terms import describe_source
 
         trained = describe_source(self.train_root)["name"]
@@ -247,9 +231,8 @@ class Pipeline:
                            f"predictions with raw answers and gold letters: {self.eval_dir / 'predictions'}/[/dim]")
         demo = f"{PY if not PY.startswith(str(REPO_ROOT)) else os.path.relpath(PY, REPO_ROOT)} demo/app.py " \
                f"--model {self.merged} --compare {self.model} --data-root {self.data_root}"
-        self.console.print(f"chart:  {self.eval_dir / 'accuracy.png'}\nreport: {self.eval_dir / 'report.md'}")
-        self.console.print(f"merged checkpoint: {self.merged}")
-        self.console.print(f"open the demo in compare mode:\n  [bold]{demo}[/]")
+        self.console.print(f"chart:  {self.eval_dir / 'accuracy.png'}\nreport: {self.eval_dir / 'report.md'}\n"
+                           f"merged checkpoint: {self.merged}\nopen the demo in compare mode:\n  [bold]{demo}[/]")
         self.console.print(f"[dim]quickstart took {time.time() - self.started:.0f} s[/dim]")
         result = {"before": acc["base"]["accuracy"], "after": acc["tuned"]["accuracy"],
                   "train_data": str(self.train_root), "eval_data": str(self.data_root),
