@@ -10,6 +10,7 @@ IMAGE: a contact sheet (default work/explain/<name>_tiles.png) and the tile coun
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -182,13 +183,10 @@ def connectors() -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
+    size = re.fullmatch(r"0*([1-9]\d*)x0*([1-9]\d*)", text.strip().lower())
+    if not size:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in positive pixels, e.g. 1920x1080, got {text!r}")
+    return int(size[1]), int(size[2])
 
 
 def main(argv: list[str] | None = None) -> int:
