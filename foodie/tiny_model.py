@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from torch import nn
 
 from foodie import paths
@@ -189,9 +190,8 @@ def make_config(vocab_size: int = TINY_VOCAB_SIZE, full_size: bool = False):
     """The InternVLChatConfig of InternVL2-2B (full_size) or of the tiny model, as in config.json."""
     from foodie.remote_code.configuration_internvl_chat import InternVLChatConfig
 
-    vision, llm = dict(FULL_VISION if full_size else TINY_VISION), dict(FULL_LLM if full_size else TINY_LLM)
-    if not full_size:
-        llm['vocab_size'] = vocab_size
+    vision = dict(FULL_VISION if full_size else TINY_VISION)
+    llm = dict(FULL_LLM) if full_size else dict(TINY_LLM, vocab_size=vocab_size)
     vision.update(architectures=['InternVisionModel'], use_flash_attn=True, drop_path_rate=0.0,
                   torch_dtype='bfloat16', auto_map={'AutoConfig': 'configuration_intern_vit.InternVisionConfig',
                                                     'AutoModel': 'modeling_intern_vit.InternVisionModel'})
@@ -270,21 +270,6 @@ def _write_json(path: Path, obj):
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + '\n', encoding='utf-8')
 
 
-def _write_safetensors(folder: Path, state_dict: dict):
-    """model.safetensors, or shards of SHARD_BYTES plus model.safetensors.index.json (huggingface_hub's split)."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    split = split_torch_state_dict_into_shards(state_dict, filename_pattern='model{suffix}.safetensors',
-                                               max_shard_size=SHARD_BYTES)
-    for fname, names in split.filename_to_tensors.items():
-        save_file({k: state_dict[k].detach().to('cpu').contiguous() for k in names}, folder / fname,
-                  metadata={'format': 'pt'})
-    if split.is_sharded:
-        _write_json(folder / 'model.safetensors.index.json',
-                    {'metadata': split.metadata, 'weight_map': split.tensor_to_filename})
-
-
 RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file; loaders ignore it)
 GENERATOR_VERSION = 3  # 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range); 3: 224-pixel tiles
 
@@ -316,7 +301,8 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
         tokenizer.save_pretrained(tmp)
         for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
             _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
-        _write_safetensors(tmp, model.state_dict())
+        # model.safetensors, or shards of SHARD_BYTES plus model.safetensors.index.json
+        save_torch_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, tmp, max_shard_size=SHARD_BYTES)
         _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, modeling))
         tmp.chmod(0o755)
         for f in tmp.iterdir():

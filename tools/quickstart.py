@@ -267,10 +267,8 @@ def main(argv=None) -> int:
         import torch
 
         gpu = torch.cuda.is_available()
-        if args.deepspeed is None:
-            args.deepspeed = "deepspeed_zero2" if gpu else ""
-        if args.max_new_tokens is None and not gpu:
-            args.max_new_tokens = 64
+        args.deepspeed = ("deepspeed_zero2" if gpu else "") if args.deepspeed is None else args.deepspeed
+        args.max_new_tokens = 64 if args.max_new_tokens is None and not gpu else args.max_new_tokens
     try:
         Pipeline(args).go()
     except StageFailed as e:
