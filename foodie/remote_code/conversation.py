@@ -28,61 +28,30 @@ class Conversation:
             prompt += role + message + self.sep if message else role
         return prompt
 
-    def set_system_message(self, system_message: str):
-        self.system_message = system_message
-
     def append_message(self, role: str, message: Optional[str]):
         self.messages.append([role, message])
 
-    def update_last_message(self, message: str):
-        self.messages[-1][1] = message
-
     def copy(self) -> 'Conversation':
         return dataclasses.replace(self, messages=[list(m) for m in self.messages])
-
-    def dict(self):
-        return {'template_name': self.name, 'system_message': self.system_message, 'roles': self.roles,
-                'messages': self.messages}
-
-
-conv_templates: Dict[str, Conversation] = {}
-
-
-def register_conv_template(template: Conversation, override: bool = False):
-    if template.name in conv_templates and not override:
-        raise ValueError(f'conversation template {template.name!r} is already registered')
-    conv_templates[template.name] = template
-
-
-def get_conv_template(name: str) -> Conversation:
-    if name not in conv_templates:
-        raise KeyError(f'unknown conversation template {name!r}; known: {sorted(conv_templates)}')
-    return conv_templates[name].copy()
 
 
 INTERNVL_SYSTEM_MESSAGE = '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。'
 
 # The chatml-format templates of InternVL 1.5 / 2. 'Hermes-2' and 'internlm2-chat' prompt identically;
 # they differ only in whether training data starts with <s>.
-register_conv_template(Conversation(
-    name='internlm2-chat',
-    system_template='<|im_start|>system\n{system_message}',
-    system_message=INTERNVL_SYSTEM_MESSAGE,
-    roles=('<|im_start|>user\n', '<|im_start|>assistant\n'),
-    sep='<|im_end|>',
-))
-register_conv_template(Conversation(
-    name='Hermes-2',
-    system_template='<|im_start|>system\n{system_message}',
-    system_message=INTERNVL_SYSTEM_MESSAGE,
-    roles=('<|im_start|>user\n', '<|im_start|>assistant\n'),
-    sep='<|im_end|>',
-    stop_str='<|endoftext|>',
-))
-register_conv_template(Conversation(
-    name='phi3-chat',
-    system_template='<|system|>\n{system_message}',
-    system_message=INTERNVL_SYSTEM_MESSAGE,
-    roles=('<|user|>\n', '<|assistant|>\n'),
-    sep='<|end|>',
-))
+conv_templates: Dict[str, Conversation] = {template.name: template for template in (
+    Conversation(name='internlm2-chat', system_template='<|im_start|>system\n{system_message}',
+                 system_message=INTERNVL_SYSTEM_MESSAGE, roles=('<|im_start|>user\n', '<|im_start|>assistant\n'),
+                 sep='<|im_end|>'),
+    Conversation(name='Hermes-2', system_template='<|im_start|>system\n{system_message}',
+                 system_message=INTERNVL_SYSTEM_MESSAGE, roles=('<|im_start|>user\n', '<|im_start|>assistant\n'),
+                 sep='<|im_end|>', stop_str='<|endoftext|>'),
+    Conversation(name='phi3-chat', system_template='<|system|>\n{system_message}',
+                 system_message=INTERNVL_SYSTEM_MESSAGE, roles=('<|user|>\n', '<|assistant|>\n'), sep='<|end|>'),
+)}
+
+
+def get_conv_template(name: str) -> Conversation:
+    if name not in conv_templates:
+        raise KeyError(f'unknown conversation template {name!r}; known: {sorted(conv_templates)}')
+    return conv_templates[name].copy()

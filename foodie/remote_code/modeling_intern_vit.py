@@ -4,8 +4,6 @@ A plain pre-norm ViT: patch embedding + class token + learned positions, then la
 x = x + ls1 * attn(norm1(x)) and x = x + ls2 * mlp(norm2(x)), where ls1/ls2 are learned layer scales.
 Parameter names match the published checkpoints.
 """
-from typing import Optional, Tuple, Union
-
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -13,34 +11,9 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
 
 from .configuration_intern_vit import InternVisionConfig
-
-logger = logging.get_logger(__name__)
-
-try:
-    import flash_attn  # noqa: F401  (only its presence matters: see resolve_attn_implementation)
-    has_flash_attn = True
-except ImportError:
-    has_flash_attn = False
-
-
-def resolve_attn_implementation(requested):
-    """'eager' | 'sdpa' | 'flash_attention_2' -> the implementation that will run.
-
-    'flash_attention_2' without the flash_attn package falls back to eager attention, as the official
-    code does. With flash_attn installed it runs through torch's scaled_dot_product_attention, whose
-    CUDA backend is itself a FlashAttention-2 kernel.
-    """
-    requested = requested or 'eager'
-    if requested not in ('eager', 'sdpa', 'flash_attention_2'):
-        raise ValueError(f"attn_implementation must be 'eager', 'sdpa' or 'flash_attention_2', got {requested!r}")
-    if requested == 'flash_attention_2' and not has_flash_attn:
-        logger.warning('flash_attn is not installed: using eager attention instead of flash_attention_2 '
-                       "(set attn_implementation='sdpa' for a faster exact alternative).")
-        return 'eager'
-    return requested
+from .configuration_internlm2 import resolve_attn_implementation
 
 
 class InternRMSNorm(nn.Module):
@@ -76,15 +49,13 @@ class DropPath(nn.Module):
 class InternVisionEmbeddings(nn.Module):
     def __init__(self, config: InternVisionConfig):
         super().__init__()
-        self.config = config
         self.embed_dim = config.hidden_size
         self.image_size = config.image_size
         self.patch_size = config.patch_size
         self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
         self.patch_embedding = nn.Conv2d(3, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
-        self.num_patches = (self.image_size // self.patch_size) ** 2
-        self.num_positions = self.num_patches + 1
-        self.position_embedding = nn.Parameter(torch.randn(1, self.num_positions, self.embed_dim))
+        num_positions = (self.image_size // self.patch_size) ** 2 + 1  # the class token's, then the patches'
+        self.position_embedding = nn.Parameter(torch.randn(1, num_positions, self.embed_dim))
 
     def _get_pos_embed(self, pos_embed, H, W):
         """Positions learned on a grid x grid of patches, resized (bicubic) to an H x W grid."""
@@ -103,10 +74,8 @@ class InternVisionEmbeddings(nn.Module):
         patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
         class_embeds = self.class_embedding.expand(B, 1, -1).to(dtype)
         embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
-        position_embedding = torch.cat([
-            self.position_embedding[:, :1, :],
-            self._get_pos_embed(self.position_embedding[:, 1:, :], H, W),
-        ], dim=1)
+        position_embedding = torch.cat([self.position_embedding[:, :1, :],
+                                        self._get_pos_embed(self.position_embedding[:, 1:, :], H, W)], dim=1)
         return embeddings + position_embedding.to(dtype)
 
 
@@ -163,13 +132,12 @@ class InternMLP(nn.Module):
 class InternVisionEncoderLayer(nn.Module):
     def __init__(self, config: InternVisionConfig, drop_path_rate: float):
         super().__init__()
-        self.embed_dim = config.hidden_size
         self.attn = InternAttention(config)
         self.mlp = InternMLP(config)
-        self.norm1 = NORM2FN[config.norm_type](self.embed_dim, eps=config.layer_norm_eps)
-        self.norm2 = NORM2FN[config.norm_type](self.embed_dim, eps=config.layer_norm_eps)
-        self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(self.embed_dim))
-        self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(self.embed_dim))
+        self.norm1 = NORM2FN[config.norm_type](config.hidden_size, eps=config.layer_norm_eps)
+        self.norm2 = NORM2FN[config.norm_type](config.hidden_size, eps=config.layer_norm_eps)
+        self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(config.hidden_size))
+        self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(config.hidden_size))
         self.drop_path1 = DropPath(drop_path_rate)
         self.drop_path2 = DropPath(drop_path_rate)
 
@@ -182,16 +150,11 @@ class InternVisionEncoderLayer(nn.Module):
 class InternVisionEncoder(nn.Module):
     def __init__(self, config: InternVisionConfig):
         super().__init__()
-        self.config = config
         rates = [r.item() for r in torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device='cpu')]
         self.layers = nn.ModuleList([InternVisionEncoderLayer(config, r) for r in rates])
         self.gradient_checkpointing = True  # as the official code: recompute layers in training
 
-    def forward(self, inputs_embeds, output_hidden_states=None, return_dict=None):
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        hidden_states = inputs_embeds
+    def forward(self, hidden_states, output_hidden_states=False):
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
@@ -202,8 +165,6 @@ class InternVisionEncoder(nn.Module):
                 hidden_states = layer(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
-        if not return_dict:
-            return tuple(v for v in (hidden_states, all_hidden_states) if v is not None)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
 
@@ -214,55 +175,23 @@ class InternVisionModel(PreTrainedModel):
 
     def __init__(self, config: InternVisionConfig):
         super().__init__(config)
-        self.config = config
         if config.attn_implementation is None:
             config.attn_implementation = 'flash_attention_2' if config.use_flash_attn else 'eager'
         config.attn_implementation = resolve_attn_implementation(config.attn_implementation)
         self.embeddings = InternVisionEmbeddings(config)
         self.encoder = InternVisionEncoder(config)
 
-    def resize_pos_embeddings(self, old_size, new_size, patch_size):
-        """Resize the learned positions for tiles of new_size pixels (bicubic), in place."""
-        pos_emb = self.embeddings.position_embedding
-        _, _, embed_dim = pos_emb.shape
-        cls_emb = pos_emb[:, :1, :]
-        grid = pos_emb[:, 1:, :].reshape(1, old_size // patch_size, old_size // patch_size, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=new_size // patch_size, mode='bicubic', align_corners=False)
-        grid = grid.to(cls_emb.dtype).reshape(1, embed_dim, -1).permute(0, 2, 1)
-        self.embeddings.position_embedding = nn.Parameter(torch.cat([cls_emb, grid], dim=1))
-        self.embeddings.image_size = new_size
-        logger.info(f'Resized position embeddings from {old_size} to {new_size}')
-
     def get_input_embeddings(self):
         return self.embeddings
 
-    def forward(
-        self,
-        pixel_values: Optional[torch.FloatTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        pixel_embeds: Optional[torch.FloatTensor] = None,
-    ) -> Union[Tuple, BaseModelOutputWithPooling]:
+    def forward(self, pixel_values, output_hidden_states=None, return_dict=None):
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        if pixel_embeds is not None:
-            hidden_states = pixel_embeds
-        elif pixel_values is None:
-            raise ValueError('InternVisionModel needs pixel_values or pixel_embeds')
-        elif pixel_values.ndim != 4:
+        if pixel_values.ndim != 4:
             raise ValueError(f'pixel_values must be [tiles, 3, height, width], got shape {tuple(pixel_values.shape)}')
-        else:
-            hidden_states = self.embeddings(pixel_values)
-        encoder_outputs = self.encoder(inputs_embeds=hidden_states, output_hidden_states=output_hidden_states,
-                                       return_dict=True)
+        encoder_outputs = self.encoder(self.embeddings(pixel_values), output_hidden_states=bool(output_hidden_states))
         last_hidden_state = encoder_outputs.last_hidden_state
-        pooled_output = last_hidden_state[:, 0, :]
-        if not return_dict:
-            extra = (encoder_outputs.hidden_states,) if output_hidden_states else ()
-            return (last_hidden_state, pooled_output) + extra
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
-        )
+        outputs = BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0],
+                                             hidden_states=encoder_outputs.hidden_states)
+        return outputs if return_dict else outputs.to_tuple()

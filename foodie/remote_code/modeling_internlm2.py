@@ -5,7 +5,6 @@ wqkv projection, SwiGLU feed-forward. Parameter names and the wqkv layout match 
 The KV cache is the legacy tuple format ((k, v) per layer), which transformers 4.48 `generate` handles.
 """
 import math
-from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,32 +17,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 
-from .configuration_internlm2 import InternLM2Config
+from .configuration_internlm2 import InternLM2Config, resolve_attn_implementation
 
 logger = logging.get_logger(__name__)
-
-try:
-    import flash_attn  # noqa: F401  (only its presence matters: see resolve_attn_implementation)
-    has_flash_attn = True
-except ImportError:
-    has_flash_attn = False
-
-
-def resolve_attn_implementation(requested):
-    """'eager' | 'sdpa' | 'flash_attention_2' -> the implementation that will run.
-
-    'flash_attention_2' without the flash_attn package falls back to eager attention, as the official
-    code does. With flash_attn installed it runs through torch's scaled_dot_product_attention, whose
-    CUDA backend is itself a FlashAttention-2 kernel.
-    """
-    requested = requested or 'eager'
-    if requested not in ('eager', 'sdpa', 'flash_attention_2'):
-        raise ValueError(f"attn_implementation must be 'eager', 'sdpa' or 'flash_attention_2', got {requested!r}")
-    if requested == 'flash_attention_2' and not has_flash_attn:
-        logger.warning('flash_attn is not installed: using eager attention instead of flash_attention_2 '
-                       "(set attn_implementation='sdpa' for a faster exact alternative).")
-        return 'eager'
-    return requested
 
 
 class InternLM2RMSNorm(nn.Module):
@@ -102,14 +78,6 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-def repeat_kv(x, n_rep):
-    """[B, kv_heads, T, D] -> [B, kv_heads * n_rep, T, D], each KV head serving n_rep query heads."""
-    if n_rep == 1:
-        return x
-    B, H, T, D = x.shape
-    return x[:, :, None].expand(B, H, n_rep, T, D).reshape(B, H * n_rep, T, D)
-
-
 class InternLM2MLP(nn.Module):
     """SwiGLU: w2(act(w1 x) * w3 x)."""
 
@@ -136,12 +104,10 @@ class InternLM2Attention(nn.Module):
         self.head_dim = self.hidden_size // self.num_heads
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        if self.head_dim * self.num_heads != self.hidden_size:
-            raise ValueError(f'hidden_size ({self.hidden_size}) must be divisible by '
-                             f'num_attention_heads ({self.num_heads})')
-        if self.num_key_value_groups * self.num_key_value_heads != self.num_heads:
-            raise ValueError(f'num_attention_heads ({self.num_heads}) must be a multiple of '
-                             f'num_key_value_heads ({self.num_key_value_heads})')
+        if self.head_dim * self.num_heads != self.hidden_size or self.num_heads % self.num_key_value_heads:
+            raise ValueError(f'hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads '
+                             f'({self.num_heads}), itself a multiple of num_key_value_heads '
+                             f'({self.num_key_value_heads})')
         self.wqkv = nn.Linear(self.hidden_size, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim,
                               bias=config.bias)
         self.wo = nn.Linear(self.num_heads * self.head_dim, self.hidden_size, bias=config.bias)
@@ -164,7 +130,7 @@ class InternLM2Attention(nn.Module):
             k = torch.cat([past_key_value[0], k], dim=2)
             v = torch.cat([past_key_value[1], v], dim=2)
         present = (k, v) if use_cache else None
-        k, v = repeat_kv(k, G), repeat_kv(v, G)
+        k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # each KV head serves G query heads
 
         attn_weights = None
         if self.config.attn_implementation == 'eager' or output_attentions:
@@ -185,7 +151,6 @@ class InternLM2Attention(nn.Module):
 class InternLM2DecoderLayer(nn.Module):
     def __init__(self, config: InternLM2Config):
         super().__init__()
-        self.hidden_size = config.hidden_size
         self.attention = InternLM2Attention(config)
         self.feed_forward = InternLM2MLP(config)
         self.attention_norm = InternLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -198,12 +163,8 @@ class InternLM2DecoderLayer(nn.Module):
                                                   output_attentions=output_attentions, use_cache=use_cache)
         hidden_states = hidden_states + h
         hidden_states = hidden_states + self.feed_forward(self.ffn_norm(hidden_states))
-        outputs = (hidden_states,)
-        if output_attentions:
-            outputs += (attn_weights,)
-        if use_cache:
-            outputs += (present,)
-        return outputs
+        extra = (attn_weights,) if output_attentions else ()
+        return (hidden_states,) + extra + ((present,) if use_cache else ())
 
 
 class InternLM2PreTrainedModel(PreTrainedModel):
@@ -250,11 +211,8 @@ class InternLM2Model(InternLM2PreTrainedModel):
 
     def __init__(self, config: InternLM2Config):
         super().__init__(config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.config = config
         config.attn_implementation = resolve_attn_implementation(config.attn_implementation)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList([InternLM2DecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = InternLM2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -266,19 +224,10 @@ class InternLM2Model(InternLM2PreTrainedModel):
     def set_input_embeddings(self, value):
         self.tok_embeddings = value
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> Union[Tuple, BaseModelOutputWithPast]:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        """past_key_values: the legacy cache, a (k, v) tuple per layer."""
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
@@ -334,10 +283,9 @@ class InternLM2Model(InternLM2PreTrainedModel):
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
-        if not return_dict:
-            return tuple(v for v in (hidden_states, next_cache, all_hidden_states, all_attentions) if v is not None)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=next_cache,
-                                       hidden_states=all_hidden_states, attentions=all_attentions)
+        outputs = BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=next_cache,
+                                          hidden_states=all_hidden_states, attentions=all_attentions)
+        return outputs if return_dict else outputs.to_tuple()
 
 
 class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
@@ -347,42 +295,18 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
     def __init__(self, config):
         super().__init__(config)
         self.model = InternLM2Model(config)
-        self.vocab_size = config.vocab_size
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.tok_embeddings
-
-    def set_input_embeddings(self, value):
-        self.model.tok_embeddings = value
-
-    def get_output_embeddings(self):
+    def get_output_embeddings(self):  # the input embeddings come from self.model (base_model_prefix)
         return self.output
 
     def set_output_embeddings(self, new_embeddings):
         self.output = new_embeddings
 
-    def set_decoder(self, decoder):
-        self.model = decoder
-
-    def get_decoder(self):
-        return self.model
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> Union[Tuple, CausalLMOutputWithPast]:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
@@ -396,12 +320,9 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
             shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
             loss = CrossEntropyLoss()(shift_logits, shift_labels)
 
-        if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions)
-                         if v is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        outputs = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return outputs if return_dict else outputs.to_tuple()
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, **kwargs):

@@ -5,17 +5,14 @@ token with 4x the channels (16x16 = 256 tokens), and mlp1 projects them into the
 In the prompt, each image is  <img> + 256 * tiles * <IMG_CONTEXT> + </img>,  and the embeddings of the
 <IMG_CONTEXT> tokens are replaced by the projected image tokens, in order.
 """
+import importlib.util
 import warnings
-from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 from torch.nn import CrossEntropyLoss
-from transformers import GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
 
 from .configuration_internvl_chat import InternVLChatConfig
 from .conversation import get_conv_template
@@ -29,14 +26,8 @@ except ImportError:  # OpenGVLab's InternLM2 code (eager and flash only): what t
     PROJECT_LLM_CODE = False
 
     def resolve_attn_implementation(requested):
-        try:
-            import flash_attn  # noqa: F401
-            has_flash_attn = True
-        except ImportError:
-            has_flash_attn = False
+        has_flash_attn = importlib.util.find_spec('flash_attn') is not None
         return 'flash_attention_2' if requested == 'flash_attention_2' and has_flash_attn else 'eager'
-
-logger = logging.get_logger(__name__)
 
 IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CONTEXT>'
 
@@ -67,38 +58,25 @@ class InternVLChatModel(PreTrainedModel):
         self._apply_attn_implementation(config, resolve_attn_implementation(requested))
 
         self.vision_model = vision_model if vision_model is not None else InternVisionModel(config.vision_config)
-        if language_model is not None:
-            self.language_model = language_model
-        elif self.llm_arch_name == 'InternLM2ForCausalLM':
-            self.language_model = InternLM2ForCausalLM(config.llm_config)
-        else:
-            raise NotImplementedError(f'{self.llm_arch_name} is not implemented (only InternLM2ForCausalLM)')
+        # InternVLChatConfig accepts only InternLM2ForCausalLM as llm_config.architectures[0]
+        self.language_model = language_model if language_model is not None else InternLM2ForCausalLM(config.llm_config)
         if not PROJECT_LLM_CODE and getattr(self.language_model, '_supports_cache_class', False):
-            # The InternLM2 file XTuner 0.2.0 ships (InternLM2.5's) declares Cache support, so transformers 4.48
-            # gives its first generation step an empty DynamicCache, and its prepare_inputs_for_generation then
-            # drops inputs_embeds (the image features) for the empty input_ids. Without the flag generation
-            # starts from the embeddings and the model builds its cache itself (tuple format), as InternVL2's does.
+            # XTuner 0.2.0's InternLM2 file (InternLM2.5's) declares Cache support, so transformers 4.48 gives its
+            # first generation step an empty DynamicCache and it then drops inputs_embeds (the image features).
+            # Without the flag it starts from the embeddings and builds a tuple cache itself, as InternVL2's does.
             self.language_model._supports_cache_class = False
 
-        vit_hidden_size = config.vision_config.hidden_size
+        shuffled = config.vision_config.hidden_size * int(1 / self.downsample_ratio) ** 2  # channels, pixel-shuffled
         llm_hidden_size = config.llm_config.hidden_size
-        shuffled = vit_hidden_size * int(1 / self.downsample_ratio) ** 2
-        self.mlp1 = nn.Sequential(
-            nn.LayerNorm(shuffled),
-            nn.Linear(shuffled, llm_hidden_size),
-            nn.GELU(),
-            nn.Linear(llm_hidden_size, llm_hidden_size),
-        )
+        self.mlp1 = nn.Sequential(nn.LayerNorm(shuffled), nn.Linear(shuffled, llm_hidden_size), nn.GELU(),
+                                  nn.Linear(llm_hidden_size, llm_hidden_size))
 
         self.img_context_token_id = None
         self.conv_template = get_conv_template(self.template)
         self.system_message = self.conv_template.system_message
-        self.num_samples = 0
-
-        if config.use_backbone_lora:
-            self.wrap_backbone_lora(r=config.use_backbone_lora, lora_alpha=2 * config.use_backbone_lora)
-        if config.use_llm_lora:
-            self.wrap_llm_lora(r=config.use_llm_lora, lora_alpha=2 * config.use_llm_lora)
+        if config.use_backbone_lora or config.use_llm_lora:  # InternVL's own LoRA training, not merged
+            raise NotImplementedError('use_backbone_lora / use_llm_lora: this code loads merged checkpoints only; '
+                                      "merge the LoRA first (or load with the checkpoint's own remote code)")
 
     # ----- attention implementation -----
 
@@ -114,30 +92,6 @@ class InternVLChatModel(PreTrainedModel):
         self._apply_attn_implementation(self.config, implementation)
         self.vision_model.config.attn_implementation = implementation
         self.language_model.config.attn_implementation = implementation
-
-    # ----- LoRA, as the official training code wraps it -----
-
-    def wrap_backbone_lora(self, r=128, lora_alpha=256, lora_dropout=0.05):
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as e:
-            raise ImportError('wrap_backbone_lora needs peft: pip install peft') from e
-        lora_config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                 target_modules=['attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2'])
-        self.vision_model = get_peft_model(self.vision_model, lora_config)
-        self.vision_model.print_trainable_parameters()
-
-    def wrap_llm_lora(self, r=128, lora_alpha=256, lora_dropout=0.05):
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as e:
-            raise ImportError('wrap_llm_lora needs peft: pip install peft') from e
-        lora_config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type='CAUSAL_LM',
-                                 target_modules=['attention.wqkv', 'attention.wo', 'feed_forward.w1',
-                                                 'feed_forward.w2', 'feed_forward.w3'])
-        self.language_model = get_peft_model(self.language_model, lora_config)
-        self.language_model.enable_input_require_grads()
-        self.language_model.print_trainable_parameters()
 
     # ----- embeddings -----
 
@@ -172,12 +126,9 @@ class InternVLChatModel(PreTrainedModel):
 
     def extract_feature(self, pixel_values):
         """[tiles, 3, 448, 448] -> [tiles, num_image_token, llm_hidden]."""
-        if self.select_layer == -1:
-            vit_embeds = self.vision_model(pixel_values=pixel_values, output_hidden_states=False,
-                                           return_dict=True).last_hidden_state
-        else:
-            vit_embeds = self.vision_model(pixel_values=pixel_values, output_hidden_states=True,
-                                           return_dict=True).hidden_states[self.select_layer]
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=self.select_layer != -1,
+                                return_dict=True)
+        vit_embeds = out.last_hidden_state if self.select_layer == -1 else out.hidden_states[self.select_layer]
         vit_embeds = vit_embeds[:, 1:, :]  # drop the class token
         h = w = int(vit_embeds.shape[1] ** 0.5)
         vit_embeds = vit_embeds.reshape(vit_embeds.shape[0], h, w, -1)
@@ -193,20 +144,9 @@ class InternVLChatModel(PreTrainedModel):
 
     # ----- training forward -----
 
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor,
-        input_ids: torch.LongTensor = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        image_flags: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[List[torch.FloatTensor]] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, CausalLMOutputWithPast]:
+    def forward(self, pixel_values, input_ids=None, attention_mask=None, position_ids=None, image_flags=None,
+                past_key_values=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
         """image_flags[i] = 0 marks tile i as padding (text-only samples carry a blank tile)."""
         self._check_img_context_token_id()
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
@@ -237,16 +177,10 @@ class InternVLChatModel(PreTrainedModel):
             ignore_flag = True
         input_embeds = input_embeds.reshape(B, N, C)
 
-        outputs = self.language_model(
-            inputs_embeds=input_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        outputs = self.language_model(inputs_embeds=input_embeds, attention_mask=attention_mask,
+                                      position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                                      output_attentions=output_attentions,
+                                      output_hidden_states=output_hidden_states, return_dict=True)
         logits = outputs.logits
 
         loss = None
@@ -257,28 +191,48 @@ class InternVLChatModel(PreTrainedModel):
             if ignore_flag:
                 loss = loss * 0.0
 
-        if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions)
-                         if v is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        outputs = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return outputs if return_dict else outputs.to_tuple()
 
     # ----- inference -----
 
     def _image_tokens(self, num_patches, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN):
         return IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.num_image_token * num_patches + IMG_END_TOKEN
 
+    def _prompt(self, question, history=()):
+        """The conversation template's prompt for question after history [(question, answer), ...]; its sep."""
+        template = get_conv_template(self.template)
+        template.system_message = self.system_message
+        for old_question, old_answer in history:
+            template.append_message(template.roles[0], old_question)
+            template.append_message(template.roles[1], old_answer)
+        template.append_message(template.roles[0], question)
+        template.append_message(template.roles[1], None)
+        return template.get_prompt(), template.sep.strip()
+
+    def _answer(self, tokenizer, pixel_values, queries, generation_config, sep):
+        """Generate for the queries (left-padded as a batch) up to the template's separator."""
+        padding_side, tokenizer.padding_side = tokenizer.padding_side, 'left'
+        try:
+            model_inputs = tokenizer(queries, return_tensors='pt', padding=len(queries) > 1)
+        finally:
+            tokenizer.padding_side = padding_side
+        eos_token_id = tokenizer.convert_tokens_to_ids(sep)
+        generation_output = self.generate(pixel_values=pixel_values,
+                                          input_ids=model_inputs['input_ids'].to(self.device),
+                                          attention_mask=model_inputs['attention_mask'].to(self.device),
+                                          **dict(generation_config, eos_token_id=eos_token_id))
+        responses = tokenizer.batch_decode(generation_output, skip_special_tokens=True)
+        return [response.split(sep)[0].strip() for response in responses]
+
     def batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list=None,
                    history=None, return_history=False, IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN,
-                   IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN, verbose=False, image_counts=None):
+                   IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN, verbose=False):
         """One turn for each of several questions, each with its own image (num_patches_list[i] tiles, in
         order in pixel_values). Multi-turn history is not supported here, as in the official code."""
         if history is not None or return_history:
             raise NotImplementedError('multi-turn chat is not supported in batch_chat; use chat()')
-        if image_counts is not None:
-            warnings.warn('image_counts is deprecated; use num_patches_list')
-            num_patches_list = image_counts
         if num_patches_list is None:
             if pixel_values is None:
                 num_patches_list = [0] * len(questions)
@@ -296,35 +250,16 @@ class InternVLChatModel(PreTrainedModel):
         self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
         if verbose and pixel_values is not None:
             print(f'dynamic ViT batch size: {pixel_values.shape[0]}')
-
         queries = []
         for question, num_patches in zip(questions, num_patches_list):
             if pixel_values is not None and '<image>' not in question:
                 question = '<image>\n' + question
-            template = get_conv_template(self.template)
-            template.system_message = self.system_message
-            template.append_message(template.roles[0], question)
-            template.append_message(template.roles[1], None)
-            query = template.get_prompt()
+            query, sep = self._prompt(question)
             if pixel_values is not None:
                 query = query.replace('<image>', self._image_tokens(num_patches, IMG_START_TOKEN, IMG_END_TOKEN,
                                                                     IMG_CONTEXT_TOKEN), 1)
             queries.append(query)
-
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = 'left'
-        try:
-            model_inputs = tokenizer(queries, return_tensors='pt', padding=True)
-        finally:
-            tokenizer.padding_side = padding_side
-        input_ids = model_inputs['input_ids'].to(self.device)
-        attention_mask = model_inputs['attention_mask'].to(self.device)
-        sep = template.sep.strip()
-        generation_config = dict(generation_config, eos_token_id=tokenizer.convert_tokens_to_ids(sep))
-        generation_output = self.generate(pixel_values=pixel_values, input_ids=input_ids,
-                                          attention_mask=attention_mask, **generation_config)
-        responses = tokenizer.batch_decode(generation_output, skip_special_tokens=True)
-        return [response.split(sep)[0].strip() for response in responses]
+        return self._answer(tokenizer, pixel_values, queries, generation_config, sep)
 
     def chat(self, tokenizer, pixel_values, question, generation_config, history=None, return_history=False,
              num_patches_list=None, IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN,
@@ -345,19 +280,8 @@ class InternVLChatModel(PreTrainedModel):
                              f'{sum(num_patches_list)}')
 
         self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-        template = get_conv_template(self.template)
-        template.system_message = self.system_message
-        sep = template.sep.strip()
-        eos_token_id = tokenizer.convert_tokens_to_ids(sep)
-
         history = [] if history is None else history
-        for old_question, old_answer in history:
-            template.append_message(template.roles[0], old_question)
-            template.append_message(template.roles[1], old_answer)
-        template.append_message(template.roles[0], question)
-        template.append_message(template.roles[1], None)
-        query = template.get_prompt()
-
+        query, sep = self._prompt(question, history)
         if verbose and pixel_values is not None:
             print(f'dynamic ViT batch size: {pixel_values.shape[0]}')
         if query.count('<image>') < len(num_patches_list):
@@ -368,14 +292,7 @@ class InternVLChatModel(PreTrainedModel):
             query = query.replace('<image>', self._image_tokens(num_patches, IMG_START_TOKEN, IMG_END_TOKEN,
                                                                 IMG_CONTEXT_TOKEN), 1)
 
-        model_inputs = tokenizer(query, return_tensors='pt')
-        input_ids = model_inputs['input_ids'].to(self.device)
-        attention_mask = model_inputs['attention_mask'].to(self.device)
-        generation_config = dict(generation_config, eos_token_id=eos_token_id)
-        generation_output = self.generate(pixel_values=pixel_values, input_ids=input_ids,
-                                          attention_mask=attention_mask, **generation_config)
-        response = tokenizer.batch_decode(generation_output, skip_special_tokens=True)[0]
-        response = response.split(sep)[0].strip()
+        response = self._answer(tokenizer, pixel_values, [query], generation_config, sep)[0]
         history.append((question, response))
         if return_history:
             return response, history
@@ -386,16 +303,8 @@ class InternVLChatModel(PreTrainedModel):
         return response
 
     @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: Optional[torch.FloatTensor] = None,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.LongTensor] = None,
-        visual_features: Optional[torch.FloatTensor] = None,
-        generation_config: Optional[GenerationConfig] = None,
-        output_hidden_states: Optional[bool] = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, visual_features=None,
+                 generation_config=None, output_hidden_states=None, **generate_kwargs):
         """Generate from a prompt whose <IMG_CONTEXT> tokens stand for pixel_values (or precomputed
         visual_features). Returns only the new token ids. Accepts every `generate` option (streamer,
         max_new_tokens, do_sample, ...)."""
@@ -414,11 +323,7 @@ class InternVLChatModel(PreTrainedModel):
             input_embeds[selected] = vit_embeds.to(input_embeds.device, input_embeds.dtype)
             input_embeds = input_embeds.reshape(B, N, C)
 
-        return self.language_model.generate(
-            inputs_embeds=input_embeds,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            output_hidden_states=output_hidden_states,
-            use_cache=True,
-            **generate_kwargs,
-        )
+        return self.language_model.generate(inputs_embeds=input_embeds, attention_mask=attention_mask,
+                                            generation_config=generation_config,
+                                            output_hidden_states=output_hidden_states, use_cache=True,
+                                            **generate_kwargs)
