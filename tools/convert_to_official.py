@@ -5,28 +5,24 @@
 
 CONFIG      the XTuner config the run was trained with (e.g. xtuner_configs/internvl_v2_tiny_lora_cpu.py)
 CHECKPOINT  an iter_N.pth from its work dir (a file, or the folder DeepSpeed writes), or `latest`
-SAVE_DIR    the folder to write: merged LoRA, trained projector, config.json, remote code, tokenizer,
-            generation config, safetensors (sharded over --max-shard-size), foodie_provenance.json
+SAVE_DIR    the folder to write: merged LoRA, trained projector, config.json, the base's code and tokenizer,
+            safetensors (sharded over --max-shard-size), foodie_provenance.json
 
-The folder is written under a temporary name and renamed at the end; it then loads like the original
-(AutoModel.from_pretrained(SAVE_DIR, trust_remote_code=True), LMDeploy, demo/app.py, tools/publish.py).
-Unless --no-verify, the merged folder is reloaded and its logits on a probe image + question are compared
-with the unmerged base + LoRA model; the largest difference is printed and the tool fails above the tolerance.
+The folder is written under a temporary name and renamed at the end. Unless --no-verify, it is reloaded and
+its logits on a probe image + question are compared with the unmerged base + LoRA model.
 
 Examples:
   python tools/convert_to_official.py xtuner_configs/internvl_v2_tiny_lora_cpu.py latest work/merged-tiny
   FOODIE_MODEL=/models/InternVL2-2B python tools/convert_to_official.py \\
-      xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py \\
-      work/train/internvl_v2_internlm2_2b_lora_finetune_food/iter_150.pth work/InternVL2-2B-FoodieQA
+      xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py latest work/InternVL2-2B-FoodieQA
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-
-from foodie import cli  # noqa: E402
-from foodie.merge import DEFAULT_MAX_SHARD_SIZE, DTYPES, ConvertError, convert  # noqa: E402
+from foodie import cli
+from foodie.merge import DEFAULT_MAX_SHARD_SIZE, DTYPES, ConvertError, convert
 
 
 def main(argv=None) -> int:
@@ -34,36 +30,35 @@ def main(argv=None) -> int:
     ap.add_argument("config", help="XTuner config of the run")
     ap.add_argument("checkpoint", help="iter_N.pth (file or DeepSpeed folder), or `latest`")
     ap.add_argument("save_dir", help="output folder (refused if it exists, unless --force)")
-    ap.add_argument("--force", action="store_true", help="replace an existing SAVE_DIR (only once the new one is complete)")
+    ap.add_argument("--force", action="store_true", help="replace an existing SAVE_DIR once the new one is complete")
     ap.add_argument("--no-verify", action="store_true", help="skip reloading and comparing logits")
     ap.add_argument("--tolerance", type=float, help="largest accepted |logit| difference (default: by dtype)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                    help="saved dtype (auto: the base model's, bfloat16 for InternVL2-2B)")
-    ap.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
-                    help="largest safetensors file; more weights go into numbered shards + index (default %(default)s)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="saved dtype (auto: the base's)")
+    ap.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest safetensors file (%(default)s)")
     ap.add_argument("--base-model", help="base checkpoint folder (default: the config's model_path / FOODIE_MODEL)")
     ap.add_argument("--work-dir", help="the run's work dir, for `latest` (default: the config's work_dir)")
-    ap.add_argument("--allow-qlora", action="store_true",
-                    help="merge a QLoRA run's LoRA into the original bf16 base weights (see the error it replaces)")
+    ap.add_argument("--allow-qlora", action="store_true", help="merge a QLoRA run's LoRA into the bf16 base weights")
     ap.add_argument("--trust-checkpoint", action="store_true",
-                    help="load a checkpoint that pickles more than tensors (MMEngine's stock hook) in full; "
-                         "only for your own files")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+                    help="load a checkpoint that pickles more than tensors in full; only for your own files")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     try:
         result = convert(args.config, args.checkpoint, args.save_dir, force=args.force, verify=not args.no_verify,
                          tolerance=args.tolerance, dtype=args.dtype, max_shard_size=args.max_shard_size,
                          base_model=args.base_model, work_dir=args.work_dir, allow_qlora=args.allow_qlora,
-                         trust_checkpoint=args.trust_checkpoint,
-                         progress=not args.no_progress)
+                         trust_checkpoint=args.trust_checkpoint)
     except ConvertError as e:
         print(f"\n[convert] ERROR: {e}", file=sys.stderr, flush=True)
         return 1
     c = result.counts
-    print(f"[convert] wrote {result.save_dir}: {c['merged']} LoRA-merged, {c['replaced']} trained and {c['copied']} "
-          f"copied tensors, {c['bytes'] / 1e9:.2f} GB in {len(c['files'])} safetensors file(s)")
+    print(f"[convert] wrote {result.save_dir}: {c['merged']} LoRA-merged weights, {c['replaced']} trained tensors, "
+          f"{c['bytes'] / 1e9:.2f} GB in {len(c['files'])} safetensors file(s)")
     print(f"[convert] files: {', '.join(result.files)}")
-    print(f"[convert] time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    print("[convert] time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     if result.verification is None:
         print("[convert] not verified (--no-verify)")
     return 0
