@@ -46,32 +46,20 @@ def build_base(base: Path) -> float:
 def fake_checkpoint(base: Path, ckpt: Path, env: dict, seed: int = 0) -> dict:
     """An mmengine checkpoint with XTuner's key names for the real config's LoRA + projector."""
     import torch
-    from safetensors import safe_open
 
-    from foodie.merge import PARTS, base_weight_files, build_meta_model, inject_lora, read_run
+    from foodie.merge import build_model, read_run
 
     os.environ.update(env)  # the config reads FOODIE_MODEL / FOODIE_WORK_DIR
-    run = read_run(REAL_CONFIG)
-    model = build_meta_model(base)
-    inject_lora(model, run)
+    model = build_model(base, read_run(REAL_CONFIG), torch.bfloat16)
     g = torch.Generator().manual_seed(seed)
     state = {}
     for name, p in model.named_parameters():
-        if "lora_" not in name:
-            continue
-        part, rest = name.split(".", 1)
-        assert part in PARTS
         if ".lora_A." in name:  # PEFT's init (kaiming uniform, fan_in) scale
-            value = (torch.rand(p.shape, generator=g) * 2 - 1) / p.shape[1] ** 0.5
-        else:  # B moves away from zero during training
-            value = torch.randn(p.shape, generator=g) * 2e-3
-        state[f"model.{part}.base_model.model.{rest}"] = value
-    for f in base_weight_files(base):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                if name.startswith("mlp1."):
-                    w = st.get_tensor(name).float()
-                    state[f"model.{name}"] = w + torch.randn(w.shape, generator=g) * 1e-3
+            state[f"model.{name}"] = (torch.rand(p.shape, generator=g) * 2 - 1) / p.shape[1] ** 0.5
+        elif ".lora_B." in name:  # B moves away from zero during training
+            state[f"model.{name}"] = torch.randn(p.shape, generator=g) * 2e-3
+        elif name.startswith("mlp1."):
+            state[f"model.{name}"] = p.detach().float() + torch.randn(p.shape, generator=g) * 1e-3
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"meta": {"iter": 100, "note": "bench/convert_bench.py: random LoRA of the real config's shape"},
                 "state_dict": state}, ckpt)
@@ -126,6 +114,27 @@ def run_convert(ckpt: Path, out: Path, env: dict, verify: bool) -> dict:
             "phases_s": {k: float(v) for k, v in phases.items()}, "verify_line": verify_line,
             "output_gb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e9, 2),
             "shards": len(list(out.glob("*.safetensors")))}
+
+
+# InternVL2 sizes as their config.json gives them: InternViT-300M + MLP projector + InternLM2 language model.
+SIZES = {"2B": dict(hidden=2048, layers=24, kv_width=1024, inter=8192), "8B": dict(hidden=4096, layers=32,
+                                                                                    kv_width=1024, inter=14336)}
+VOCAB, VIT_PARAMS, VIT_OUT, LORA_R = 92553, 304_012_288, 4096, 128  # ViT: 24 layers of width 1024 (+ embeddings)
+
+
+def shapes_estimate(size: str) -> dict:
+    """Parameters and the memory the two ways of merging need, worked out from the shapes alone (8B cannot be
+    built on this machine). LoRA as the real config: r=128 on every LLM linear layer incl. the output head."""
+    d = SIZES[size]
+    h, layers, inter = d["hidden"], d["layers"], d["inter"]
+    linears = [(h, h + 2 * d["kv_width"]), (h, h), (h, inter), (h, inter), (inter, h)]  # wqkv, wo, w1, w3, w2
+    llm = 2 * VOCAB * h + layers * (sum(i * o for i, o in linears) + 2 * h) + h
+    mlp1 = 2 * VIT_OUT + VIT_OUT * h + h + h * h + h
+    lora = LORA_R * (layers * sum(i + o for i, o in linears) + h + VOCAB)
+    gib = 2 ** 30
+    return {"size": size, "parameters": VIT_PARAMS + mlp1 + llm, "lora_parameters": lora,
+            "bf16_gib": round(2 * (VIT_PARAMS + mlp1 + llm) / gib, 1), "fp32_gib": round(4 * (VIT_PARAMS + mlp1 + llm) / gib, 1),
+            "largest_tensor_fp32_gib": round(4 * VOCAB * h / gib, 2), "lora_fp32_gib": round(4 * lora / gib, 2)}
 
 
 def main(argv=None) -> int:

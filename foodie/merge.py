@@ -1,12 +1,8 @@
 """Merge a trained XTuner run (LoRA + projector) into a standard InternVL2 checkpoint folder.
 
-The way XTuner's own converter does it (xtuner/configs/internvl/v1_5/convert_to_official.py): build the base
-model with the run's LoRA through PEFT, load the checkpoint's trained tensors, ``merge_and_unload``,
-``save_pretrained``. Around it, what users rely on: the checkpoint is refused when half-written or damaged (CRC),
-or when it does not match the config; the folder keeps the base checkpoint's own code files and config.json
-(plus the tile budget the run trained with); the merged folder is reloaded and its logits compared with the
-unmerged model; everything is written under a temporary name and renamed at the end.
-docs/PERFORMANCE.md measures this against the streaming merge it replaced.
+As XTuner's own converter does it (xtuner/configs/internvl/v1_5/convert_to_official.py): the base model with the
+run's LoRA through PEFT, the checkpoint's tensors loaded, ``merge_and_unload``, ``save_pretrained``; plus the
+checks users rely on (docs/guide_gpu.md section 6; docs/PERFORMANCE.md measures it at 2B and 8B).
 """
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,8 +23,7 @@ from foodie import paths
 from foodie.atomic import atomic_path, write_json
 from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, damaged_member, is_complete_checkpoint,
                                 latest_complete_checkpoint, list_checkpoints)
-
-PROVENANCE_FILE = "foodie_provenance.json"  # read by foodie.publish
+from foodie.model_spec import IMG_CONTEXT, PROVENANCE_FILE, ModelSpec, SpecError, hub_id
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Files copied from the base checkpoint besides its code (*.py); config.json is rewritten.
@@ -37,7 +32,6 @@ COPIED_FILES = ("generation_config.json", "preprocessor_config.json", "tokenizer
 PARTS = {"language_model": "llm_lora", "vision_model": "visual_encoder_lora"}  # model part -> XTuner config key
 # Largest |merged - unmerged| logit difference accepted, as a fraction of the largest |logit| of the unmerged
 # model (at least 1): rounding W + BA to the saved dtype is the only expected source of difference.
-IMG_CONTEXT = "<IMG_CONTEXT>"
 RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
 SUMMARY_KEYS = ("lr", "max_epochs", "max_iters", "batch_size", "accumulative_counts", "max_length", "warmup_iters",
                 "warmup_ratio", "weight_decay", "max_norm", "max_dynamic_patch", "torch_dtype", "seed")
@@ -60,7 +54,7 @@ class Run:
     frozen: dict[str, bool]  # model part -> freeze_llm / freeze_visual_encoder
     quantized: list[str]  # what a QLoRA config quantizes (empty: none)
     data_path: str | None
-    summary: dict = field(default_factory=dict)
+    summary: dict
 
 
 def _plain(value):
@@ -106,15 +100,6 @@ def read_run(config: str | os.PathLike, work_dir: str | os.PathLike | None = Non
                data_path=cfg["data_path"] if isinstance(cfg.get("data_path"), str) else None, summary=summary)
 
 
-def qlora_message(run: Run) -> str:
-    return (
-        f"{run.config_path} is a QLoRA run ({', '.join(run.quantized)}): its LoRA was trained against 4-bit (NF4) "
-        "copies of the base weights. LoRA cannot be merged into 4-bit weights without losing it, so the standard "
-        "way is to merge into the bf16 base model the 4-bit copy was made from: re-run with --allow-qlora to do "
-        "that (no bitsandbytes or GPU needed). The merged model then differs from the quantized one you trained "
-        "by the NF4 rounding of the base weights, so evaluate it again (tools/eval_food.py).")
-
-
 def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
     """The local folder of the base checkpoint: the path itself, or a hub id already in the HF cache."""
     where = f" (model_path in {run.config_path})" if run else ""
@@ -133,10 +118,9 @@ def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
     if not folder.is_dir():
         raise ConvertError(f"base model folder not found: {folder}{where}. {fix}")
     try:
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"{folder / 'config.json'}: not readable JSON ({e}): the base checkpoint{where} is "
-                           f"damaged or not a checkpoint folder; copy it again. {fix}") from None
+        ModelSpec.from_checkpoint(folder)
+    except SpecError as e:
+        raise ConvertError(f"{e}: the base checkpoint{where} is damaged or not an InternVL2 folder. {fix}") from None
     if not any(folder.glob("*.safetensors")):
         raise ConvertError(f"base model folder {folder}{where} has no safetensors weights. {fix}")
     return folder.resolve()
@@ -241,9 +225,9 @@ def load_trained(model, state: dict, run: Run, ckpt: Path) -> None:
               for k, v in state.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or shapes:
         saved = sorted(ckpt.parent.glob("*.py"))
-        problems = [f"the config expects {len(missing)} tensors the checkpoint lacks: {_listing(missing)}",
-                    f"the checkpoint has {len(unexpected)} tensors the config does not train: {_listing(unexpected)}",
-                    f"{len(shapes)} shapes differ: {_listing(shapes, 5)}"]
+        problems = [f"the config expects {len(missing)} tensors the checkpoint lacks: {', '.join(missing[:8])}",
+                    f"the checkpoint has {len(unexpected)} tensors the config does not train: "
+                    f"{', '.join(unexpected[:8])}", f"{len(shapes)} shapes differ: {'; '.join(shapes[:5])}"]
         raise ConvertError("\n  ".join(
             [f"checkpoint {ckpt} does not match config {run.config_path}:"]
             + [p for p, n in zip(problems, (missing, unexpected, shapes)) if n]
@@ -251,10 +235,6 @@ def load_trained(model, state: dict, run: Run, ckpt: Path) -> None:
                f"{f' (the work dir keeps a copy: {saved[0]})' if saved else ''}, with the same base model "
                "(FOODIE_MODEL / --base-model) and the same LoRA settings (r, target_modules)."]))
     model.load_state_dict(state, strict=False)
-
-
-def _listing(items: list[str], limit: int = 8) -> str:
-    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def write_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, max_dynamic_patch: int | None) -> None:
@@ -274,26 +254,24 @@ def write_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, max_dynamic_
 
 
 def probe_image():
-    """A fixed 448x336 picture (colour gradients and a disc): deterministic, no file needed."""
+    """A fixed 448x336 picture: deterministic, no file needed."""
     import numpy as np
     from PIL import Image
 
-    y, x = np.mgrid[0:336, 0:448]
-    rgb = np.stack([x * 255 // 448, y * 255 // 336, ((x - 224) ** 2 + (y - 168) ** 2 < 80 ** 2) * 200 + 30], -1)
-    return Image.fromarray(rgb.astype("uint8"), "RGB")
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 448, 3), dtype=np.uint8), "RGB")
 
 
 def probe_inputs(model_dir: Path):
     """Tokenised probe (the checkpoint's chat format, one tile of its size) for the models of ``model_dir``."""
     from transformers import AutoTokenizer
 
-    from foodie.image_tiling import load_image, tiling_of
+    from foodie.image_tiling import load_image
 
-    size, tokens = tiling_of(model_dir)
+    spec = ModelSpec.from_checkpoint(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    pixel_values = load_image(probe_image(), input_size=size, max_num=1)
-    prompt = (f"<|im_start|>user\n<img>{IMG_CONTEXT * tokens * pixel_values.shape[0]}</img>\n"
-              "图片中的食物是什么菜？请说出菜名和菜系。<|im_end|>\n<|im_start|>assistant\n")
+    pixel_values = load_image(probe_image(), input_size=spec.tile_size, max_num=1)
+    prompt = (f"<|im_start|>user\n{spec.image_tokens(pixel_values.shape[0])}\n图片中的食物是什么菜？请说出菜名和菜系。"
+              "<|im_end|>\n<|im_start|>assistant\n")
     return tokenizer, pixel_values, tokenizer(prompt, return_tensors="pt")
 
 
@@ -370,7 +348,7 @@ def provenance(run: Run, base_dir: Path, ckpt: Path, dtype: torch.dtype, targets
     """The note foodie.publish turns into the card. No local absolute path: only the last part of one."""
     from foodie.publish import strip_local_paths
 
-    note: dict = {"base_model": run.model_path,
+    note: dict = {"base_model": hub_id(run.model_path) or ModelSpec.from_checkpoint(base_dir).base_model,
                   "base_model_path": _display(base_dir), "config": _display(run.config_path),
                   "config_summary": run.summary, "checkpoint": _display(ckpt), "iteration": checkpoint_iter(ckpt),
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -406,8 +384,8 @@ def check_save_dir(save_dir: Path, ckpt: Path, base_dir: Path, force: bool) -> N
                                "Choose a separate folder.")
     if "." in save_dir.name:
         raise ConvertError(f"SAVE_DIR {save_dir}: transformers imports a checkpoint's remote code as a Python package "
-                           f"named after its folder, and the '.' in {save_dir.name!r} breaks that import: AutoModel "
-                           f"could not load the result. Choose a name without dots, e.g. "
+                           f"named after its folder, and the '.' in {save_dir.name!r} breaks that import (AutoModel "
+                           f"could not load the result). Choose a name without dots, e.g. "
                            f"{save_dir.name.replace('.', '-')!r}.")
     if save_dir.exists() and not save_dir.is_dir():
         raise ConvertError(f"SAVE_DIR {save_dir} exists and is a file; choose a folder name.")
@@ -439,7 +417,10 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
                            "`latest`.")
     run = read_run(config, work_dir)
     if run.quantized and not allow_qlora:
-        raise ConvertError(qlora_message(run))
+        raise ConvertError(f"{run.config_path} is a QLoRA run ({', '.join(run.quantized)}): its LoRA was trained "
+                           "against 4-bit copies of the base weights and cannot be merged into them. Re-run with "
+                           "--allow-qlora to merge it into the bf16 base model they were made from, then evaluate "
+                           "the result again (it differs from what you trained by the 4-bit rounding).")
     base_dir = resolve_base_model(base_model or run.model_path, None if base_model else run)
     run.model_path = str(base_model or run.model_path)  # the provenance names the model actually merged into
     ckpt = resolve_checkpoint(checkpoint, run)
@@ -453,7 +434,8 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
     # Verification runs both models in float32; without it the base loads straight in the saved dtype.
     model = build_model(base_dir, run, torch.float32 if verify else out_dtype)
     load_trained(model, state, run, ckpt)
-    targets = {part: sorted(getattr(model, part).peft_config["default"].target_modules) for part in run.lora}
+    targets = {part: list(kwargs.get("target_modules") or sorted(getattr(model, part).peft_config["default"]
+                                                                 .target_modules)) for part, kwargs in run.lora.items()}
     seconds = {"prepare": round(time.time() - t0, 1)}
     if verify:
         probe = probe_inputs(base_dir)

@@ -81,7 +81,7 @@ def make_checkpoint(d: Path, *, sharded: bool = False, provenance: dict | None =
                      "AutoModel": "modeling_internvl_chat.InternVLChatModel",
                      "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"},
         "force_image_size": 448, "max_dynamic_patch": 12, "downsample_ratio": 0.5,
-        "vision_config": {"model_type": "intern_vit_6b", "hidden_size": 8},
+        "vision_config": {"model_type": "intern_vit_6b", "hidden_size": 8, "image_size": 448, "patch_size": 14},
         "llm_config": {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"], "hidden_size": 16},
     }
     (d / "config.json").write_text(json.dumps(config, indent=2))
@@ -276,6 +276,30 @@ def test_card_without_provenance_says_so_and_synthetic_needs_no_ack(tmp_path):
     meta = yaml.safe_load((synthetic / CARD_FILE).read_text().split("---\n")[1])
     assert meta["license"] == "mit" and "datasets" not in meta
     assert "synthetic data only" in (synthetic / CARD_FILE).read_text()
+
+
+def test_card_names_the_base_the_weights_came_from_never_a_2b_guess(tmp_path):
+    """An 8B run (InternLM2.5-7B language model) merged from a local base folder: the card names the base its
+    folder records (hub-cache layout), and claims no base at all when nothing records one (it used to say
+    OpenGVLab/InternVL2-2B whenever the provenance held a local path). The uploaded note keeps no local path."""
+    base = tmp_path / "hub" / "models--OpenGVLab--InternVL2-8B" / "snapshots" / "0123abc"
+    cases = {"recorded": (str(base), "OpenGVLab/InternVL2-8B"), "unrecorded": ("/models/my-internvl", None)}
+    for case, (base_path, expected) in cases.items():
+        model = make_checkpoint(tmp_path / case, provenance={**PROVENANCE, "base_model": base_path})
+        config = json.loads((model / "config.json").read_text())
+        config["llm_config"].update(hidden_size=4096, num_hidden_layers=32, num_key_value_heads=8,
+                                    intermediate_size=14336, _name_or_path="internlm/internlm2_5-7b-chat")
+        (model / "config.json").write_text(json.dumps(config))
+        if case == "recorded":
+            shutil.copytree(model, base, ignore=shutil.ignore_patterns(PROVENANCE_FILE))
+        publish(model, REPO_ID.replace("2B", "8B"), "hf", dry_run=True, accept_foodieqa_licence=True,
+                console=quiet())
+        card = (model / CARD_FILE).read_text()
+        assert yaml.safe_load(card.split("---\n")[1]).get("base_model") == expected
+        assert "InternVL2-2B" not in card
+        note = (model / PROVENANCE_FILE).read_text()
+        assert str(tmp_path) not in note and "/models/" not in note
+        assert json.loads(note)["base_model"] == expected
 
 
 # ---------------------------------------------------------------------------------------------------------

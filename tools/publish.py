@@ -5,22 +5,20 @@
     python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf \\
         --eval-report work/eval/report.md --accept-foodieqa-terms
 
-Checks the name (must contain "InternVL"), the folder (a loadable official-format checkpoint, no pickle
-files) and FoodieQA's terms (for a model trained on it) before anything leaves the machine; writes README.md (the model card) into
-the folder; prints the files and their size; then uploads with the hub's own client. --dry-run stops after
-writing the card. The token comes from HF_TOKEN / `hf auth login` (hf) or MODELSCOPE_API_TOKEN /
-`modelscope login` (modelscope) and is never printed. An interrupted upload continues when re-run.
+Checks the name (must contain "InternVL"), the folder (a loadable official-format checkpoint, no pickle files)
+and FoodieQA's terms before anything leaves the machine; writes README.md (the model card) into the folder; lists
+the files; uploads with the hub's own client (--dry-run stops before). The token comes from HF_TOKEN / `hf auth
+login` or MODELSCOPE_API_TOKEN / `modelscope login` and is never printed. A re-run continues an interrupted upload.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from foodie import cli  # noqa: E402
-from foodie.publish import ACK_FLAG, EXTRA_FLAG, HUBS, OLD_ACK_FLAG, PublishError, publish  # noqa: E402
+from foodie import cli
+from foodie.publish import ACK_FLAG, EXTRA_FLAG, HUBS, OLD_ACK_FLAG, PublishError, publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="check, write the card, list the files; upload nothing")
     parser.add_argument("--eval-report", help="tools/eval_food.py's report (.md) or metrics (.json) for the card")
     parser.add_argument(ACK_FLAG, OLD_ACK_FLAG, dest="accept_licence", action="store_true",
-                        help="acknowledge FoodieQA's terms (research only, non-commercial, evaluation only: training "
-                             "needs the authors' permission; CC BY-NC-ND 4.0): needed to publish a model trained on "
-                             "it, not one trained on your own photos")
+                        help="acknowledge FoodieQA's terms (research only, non-commercial, evaluation only; CC "
+                             "BY-NC-ND 4.0): needed for a model trained on it, not one trained on your own photos")
     parser.add_argument(EXTRA_FLAG, dest="allow_extra", action="store_true",
                         help="also upload files that are no part of a checkpoint (refused by default, listed)")
     args = parser.parse_args(argv)
