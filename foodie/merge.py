@@ -121,8 +121,17 @@ def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
         ModelSpec.from_checkpoint(folder)
     except SpecError as e:
         raise ConvertError(f"{e}: the base checkpoint{where} is damaged or not an InternVL2 folder. {fix}") from None
+    from safetensors import safe_open
+
     if not any(folder.glob("*.safetensors")):
         raise ConvertError(f"base model folder {folder}{where} has no safetensors weights. {fix}")
+    for weights in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass  # opening checks the header against the file size
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type
+            raise ConvertError(f"{weights}: unreadable safetensors file ({e}): the base checkpoint is damaged "
+                               "(a truncated copy?); copy it again.") from None
     return folder.resolve()
 
 
