@@ -161,10 +161,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, run: Run) -> Path:
 
 
 def load_trained_state(ckpt: Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The trained tensors of an XTuner checkpoint, by training-time name, after its CRC check.
-
-    Files load with ``weights_only=True`` (tensors and plain data only); one from MMEngine's stock
-    CheckpointHook pickles logging objects and needs ``trust=True`` (it can run code: own files only)."""
+    """The trained tensors of an XTuner checkpoint, by training-time name, after its CRC check; ``weights_only``
+    unless ``trust`` (MMEngine's stock CheckpointHook pickles logging objects; unpickling can run code)."""
     damaged = damaged_member(ckpt)
     if damaged:
         raise ConvertError(f"checkpoint {ckpt} is damaged ({damaged}); merging it would publish corrupt weights. "
@@ -305,9 +303,6 @@ def compare(got: torch.Tensor, ref: torch.Tensor, without_lora: torch.Tensor, dt
     log(f"[verify] max |logits(merged) - logits(base+LoRA, unmerged)| = {diff:.3g} (tolerance {tol:.3g} for "
         f"{name}; logits up to {scale:.3g}); LoRA changes logits by up to {lora_effect:.3g}; same top-1 token at "
         f"{top1:.1%} of positions")
-    if math.isfinite(diff) and diff <= tol and diff > 0.5 * lora_effect:
-        log(f"[verify] warning: rounding to {name} undoes much of what training changed (difference {diff:.3g} vs "
-            f"LoRA effect {lora_effect:.3g}; an early or lightly trained checkpoint?). --dtype float32 keeps it.")
     if not math.isfinite(diff) or diff > tol:
         raise ConvertError(f"verification failed: the merged model's logits differ from the unmerged base + LoRA "
                            f"by up to {diff:.3g} (tolerance {tol:.3g}). The merge is wrong for this checkpoint; "

@@ -2,19 +2,12 @@
 """Merge a trained XTuner run into a standard InternVL2 checkpoint folder, and check the result.
 
     python tools/convert_to_official.py CONFIG CHECKPOINT SAVE_DIR [options]
+    python tools/convert_to_official.py xtuner_configs/internvl_v2_tiny_lora_cpu.py latest work/merged-tiny
 
-CONFIG      the XTuner config the run was trained with (e.g. xtuner_configs/internvl_v2_tiny_lora_cpu.py)
-CHECKPOINT  an iter_N.pth from its work dir (a file, or the folder DeepSpeed writes), or `latest`
-SAVE_DIR    the folder to write: merged LoRA, trained projector, config.json, the base's code and tokenizer,
-            safetensors (sharded over --max-shard-size), foodie_provenance.json
-
-The folder is written under a temporary name and renamed at the end. Unless --no-verify, it is reloaded and
-its logits on a probe image + question are compared with the unmerged base + LoRA model.
-
-Examples:
-  python tools/convert_to_official.py xtuner_configs/internvl_v2_tiny_lora_cpu.py latest work/merged-tiny
-  FOODIE_MODEL=/models/InternVL2-2B python tools/convert_to_official.py \\
-      xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py latest work/InternVL2-2B-FoodieQA
+CONFIG is the XTuner config the run was trained with, CHECKPOINT an iter_N.pth of its work dir (file or DeepSpeed
+folder) or `latest`. SAVE_DIR gets the merged safetensors, the base's config (+ the trained tile budget), code and
+tokenizer, and foodie_provenance.json, written under a temporary name and renamed at the end. Unless --no-verify,
+the folder is reloaded and its logits on a probe image + question compared with the unmerged base + LoRA model.
 """
 from __future__ import annotations
 

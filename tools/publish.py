@@ -2,13 +2,10 @@
 """Publish a merged InternVL2 checkpoint to the Hugging Face Hub or ModelScope with a model card.
 
     python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf --dry-run
-    python tools/publish.py --model work/merged --repo-id you/InternVL2-2B-FoodieQA --hub hf \\
-        --eval-report work/eval/report.md --accept-foodieqa-terms
 
-Checks the name (must contain "InternVL"), the folder (a loadable official-format checkpoint, no pickle files)
-and FoodieQA's terms before anything leaves the machine; writes README.md (the model card) into the folder; lists
-the files; uploads with the hub's own client (--dry-run stops before). The token comes from HF_TOKEN / `hf auth
-login` or MODELSCOPE_API_TOKEN / `modelscope login` and is never printed. A re-run continues an interrupted upload.
+Checks the name ("InternVL"), the folder and FoodieQA's terms before anything leaves the machine, writes README.md
+(the card), lists the files, uploads with the hub's own client (token from HF_TOKEN / MODELSCOPE_API_TOKEN or the
+hub's login, never printed). --dry-run stops before the upload; a re-run continues an interrupted one.
 """
 from __future__ import annotations
 
