@@ -414,8 +414,14 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
             work_dir: str | os.PathLike | None = None, allow_qlora: bool = False, trust_checkpoint: bool = False,
             log=print) -> ConvertResult:
     """Merge the run's checkpoint into an official-format InternVL2 folder at ``save_dir`` (atomically)."""
+    from transformers.utils.hub import convert_file_size_to_int
+
     t0 = time.time()
     save_dir = Path(save_dir)
+    try:  # save_pretrained's own reading of the size, here before minutes of loading
+        convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise ConvertError(f"--max-shard-size {max_shard_size!r}: expected a size like 2GB, 500MB or 1GiB.") from None
     if str(checkpoint) != "latest" and not Path(checkpoint).exists():  # before the (slow) config read
         raise ConvertError(f"checkpoint not found: {checkpoint}. Pass an iter_N.pth from the run's work dir or "
                            "`latest`.")

@@ -370,6 +370,8 @@ def test_command_line_error_exit_code(run_env, tmp_path):
     assert done.returncode == 1
     assert f"ERROR: checkpoint not found: {tmp_path / 'iter_9.pth'}" in done.stderr
     assert "Traceback" not in done.stderr
+    with pytest.raises(ConvertError, match=r"--max-shard-size '2 gigs': expected a size like 2GB"):
+        convert(CPU_CONFIG, "latest", tmp_path / "out", max_shard_size="2 gigs")  # before any loading
 
 
 # --------------------------------------------------------------------------- the official code
