@@ -74,9 +74,8 @@ CSS = """
 /* Sharing goes to Hugging Face Spaces only: dead in a local demo. */
 button[title="Share"], button[aria-label="Share"], .share-button {display: none !important}
 """
-EMBEDDED_NOTICE = ("**This is the embedded tiny test model, not InternVL2** · 这是内置的微型测试模型，不是 InternVL2："
-                   "its answers are not meaningful · 回答没有意义。Start the demo with `--model DIR` "
-                   "(a real or fine-tuned checkpoint) · 请用 `--model DIR` 指定真实模型。")
+EMBEDDED_NOTICE = ("**This is the embedded tiny test model, not InternVL2: its answers mean nothing** · 这是内置的微型"
+                   "测试模型，回答没有意义。Start the demo with `--model DIR` · 请用 `--model DIR` 指定真实模型。")
 
 
 # -- models ------------------------------------------------------------------------------------------

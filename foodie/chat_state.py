@@ -230,11 +230,10 @@ class ChatState:
 def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iterator[str]]], *,
                    names: dict[str, str] | None = None, min_interval_s: float = 0.05,
                    first_draw_s: float = 0.0) -> Iterator[None]:
-    """Answer the last turn with every model at once (a thread each, iterating ``answer_fns[model](request)``);
-    yield when there is something to draw, at most every ``min_interval_s`` (a browser re-renders the whole
-    message per update). Cancelling the turn or closing this generator closes the streams: generation stops. A
-    failing model's error is shown in its answer. ``first_draw_s`` > 0: the first draw waits up to that long for
-    a first token, to draw it with the question (one browser update less)."""
+    """Answer the last turn with every model at once (a thread each iterating ``answer_fns[model](request)``); yield
+    to draw, at most every ``min_interval_s`` (a browser redraws the whole message). Cancelling the turn or closing
+    this generator closes the streams. A failing model's error is its answer. ``first_draw_s``: the first draw waits
+    up to that long for a first token, to draw it with the question (one browser update less)."""
     names = names or {}
     with state.lock:
         if not state.turns or state.is_answered(state.turns[-1]):
@@ -271,6 +270,7 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
         threading.Thread(target=work, args=(model,), daemon=True, name=f"answer-{model}").start()
     try:
         changed.wait(first_draw_s)
+        last = float("-inf")  # drawing the question does not delay the first token
         while True:
             with state.lock:
                 ended = state.epoch != token or state.is_answered(turn)
@@ -278,8 +278,9 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
             yield
             if ended:
                 return
-            time.sleep(min_interval_s)  # what arrives meanwhile is drawn together
             while not changed.wait(min_interval_s) and state.epoch == token:
                 pass
+            time.sleep(max(0.0, last + min_interval_s - time.monotonic()))  # what arrives meanwhile is drawn together
+            last = time.monotonic()
     finally:
         over.set()
