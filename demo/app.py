@@ -430,9 +430,10 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concur
                             f"and when this tab closes · 上传的图片在清空或关闭页面时删除。")
         settings, chat_out = [*sliders, max_tiles, system_prompt], [state, *chatbots]
         quick = dict(concurrency_limit=None, show_progress="hidden", **private)
-        # Answers at once: the transformers backend generates one at a time, LMDeploy batches --concurrency. A
-        # question past that waits in the page's queue, which shows its place.
-        at_once = dict(concurrency_limit=1 if any(s.backend.name == "transformers" for s in slots) else concurrency,
+        # Answers at once: --concurrency where every backend batches (its `concurrent`), else one. A question past
+        # that waits in the page's queue, which shows its place.
+        batches = all(getattr(s.backend, "concurrent", False) for s in slots)
+        at_once = dict(concurrency_limit=concurrency if batches else 1,
                        concurrency_id="answer")
         answering = dict(show_progress="minimal", **at_once, **private)
         asked = [box.submit(h["send"], [box, state, *settings], [box, *chat_out], **answering),

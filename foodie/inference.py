@@ -160,7 +160,7 @@ class TransformersBackend:
     """The checkpoint's own remote code (CPU and GPU), one batched ``generate`` (left padding) at a time. Attention:
     FlashAttention-2 where the checkpoint asks for it and has it, else SDPA (exact; on CPU far faster than eager)."""
 
-    name, continues_reply = "transformers", True
+    name, continues_reply, concurrent = "transformers", True, False  # concurrent: answers several streams at once
     usable = staticmethod(lambda: True)
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, device: str = "auto",
@@ -319,7 +319,7 @@ class LMDeployBackend:
     (LMDeploy 0.9 tiles every image in one thread: ~5 questions/s on an H200 at 13 tiles); LMDeploy's 4,096
     ``max_prefill_tokens`` would prefill one 3,400-token question at a time."""
 
-    name, continues_reply = "lmdeploy", False
+    name, continues_reply, concurrent = "lmdeploy", False, True
     needs = ("the lmdeploy package and a CUDA GPU (no LMDeploy release runs on CPU); install the gpu profile "
              "(make venv PROFILE=gpu) or use --backend transformers")
 
