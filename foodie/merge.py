@@ -349,9 +349,8 @@ def _display(path: Path) -> str:
 
 def provenance(run: Run, base_dir: Path, ckpt: Path, dtype: torch.dtype, targets: dict, verification: dict | None,
                allow_qlora: bool) -> dict:
-    """The note foodie.publish turns into the card. No local absolute path: only the last part of one."""
-    from foodie.publish import strip_local_paths
-
+    """The note foodie.publish turns into the card. It keeps local paths (the evaluation report names the data
+    folder from it); publish shortens them to their last part before anything is uploaded."""
     note: dict = {"base_model": hub_id(run.model_path) or ModelSpec.from_checkpoint(base_dir).base_model,
                   "base_model_path": _display(base_dir), "config": _display(run.config_path),
                   "config_summary": run.summary, "checkpoint": _display(ckpt), "iteration": checkpoint_iter(ckpt),
@@ -372,7 +371,7 @@ def provenance(run: Run, base_dir: Path, ckpt: Path, dtype: torch.dtype, targets
         note["qlora"] = "trained against 4-bit base weights; LoRA merged into the original bf16 base weights"
     note["verification"] = verification or "skipped (--no-verify)"
     note["tool"] = "internvl-foodie tools/convert_to_official.py"
-    return json.loads(strip_local_paths(json.dumps(note, ensure_ascii=False)))
+    return note
 
 
 # ---------------------------------------------------------------------------------------------------------

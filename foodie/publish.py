@@ -512,7 +512,7 @@ def publish(model_dir: str | os.PathLike, repo_id: str, hub: str, *, private: bo
     check_licence(ckpt.provenance, accept_foodieqa_licence)
     eval_md = read_eval_report(eval_report) if eval_report else None
     note = json.dumps(ckpt.provenance, indent=2, ensure_ascii=False)
-    if ckpt.provenance and strip_local_paths(note) != note:  # written by an earlier version: cleaned before upload
+    if ckpt.provenance and strip_local_paths(note) != note:  # local paths never leave the machine
         ckpt.provenance = {**json.loads(strip_local_paths(note)), "base_model": ckpt.spec.base_model}
         write_text(ckpt.root / PROVENANCE_FILE, json.dumps(ckpt.provenance, indent=2, ensure_ascii=False))
         console.print(f"Local paths in {ckpt.root / PROVENANCE_FILE} shortened to their last part.")
