@@ -27,8 +27,8 @@ STAGES = {  # `foodie STAGE`: the checkout's entry point it runs, in the order o
     "tiny-model": "tools/make_tiny_model.py", "demo-data": "tools/make_demo_data.py",
     "photos": "tools/photos_to_foodieqa.py", "process": "tools/process_food.py", "train": "tools/train.py",
     "convert": "tools/convert_to_official.py", "eval": "tools/eval_food.py", "demo": "demo/app.py",
-    "publish": "tools/publish.py", "quickstart": "tools/quickstart.py", "explain": "tools/explain_image.py",
-    "walkthrough": "tools/walkthrough_shapes.py", "figures": "tools/make_figures.py", "doc-links": "tools/doc_links.py",
+    "publish": "tools/publish.py", "quickstart": "tools/quickstart.py", "explain": "docs/examples/explain_image.py",
+    "walkthrough": "docs/examples/walkthrough_shapes.py", "figures": "docs/examples/make_figures.py",
 }
 SECRET_FLAG = re.compile(r"^--?[\w-]*(token|secret|password|passwd|api[-_]?key|auth)[\w-]*$", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|ms-[A-Za-z0-9-]{16,})\b")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from foodie.image_tiling import ImageLike, load_image, open_image
-from foodie.model_spec import IMG_CONTEXT, ModelSpec  # noqa: F401 (IMG_CONTEXT: for tools/walkthrough_shapes.py)
+from foodie.model_spec import IMG_CONTEXT, ModelSpec  # noqa: F401 (IMG_CONTEXT: for docs/examples/walkthrough_shapes.py)
 
 IMAGE_PLACEHOLDER = "<image>"
 

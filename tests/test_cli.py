@@ -24,7 +24,7 @@ def test_a_stage_runs_its_tool_the_same_from_anywhere(capsys, tmp_path):
     assert cli.main(["explain", "--size", "1920x1080", "--max-tiles", "6"]) == 0
     ours = capsys.readouterr().out
     # The tools import the installed package: no sys.path edits, so they run from any folder.
-    done = subprocess.run([sys.executable, str(REPO / "tools/explain_image.py"), "--size", "1920x1080", "--max-tiles",
+    done = subprocess.run([sys.executable, str(REPO / "docs/examples/explain_image.py"), "--size", "1920x1080", "--max-tiles",
                            "6"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ours == done.stdout and "image 1920x1080 -> grid 2x1" in ours

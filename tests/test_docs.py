@@ -1,6 +1,6 @@
 """The docs must stay true: every command they mark as CPU-runnable runs and exits 0, every command they show
 for the GPU path uses scripts, options and make targets that exist, and every link and picture resolves —
-links into the code must point at the lines that hold the symbol they name (tools/doc_links.py).
+links into the code must point at the lines that hold the symbol they name (tests/doc_links.py).
 
 A fenced block is CPU-runnable when the line before its opening fence is `<!-- cpu-runnable -->`; the blocks
 of one page run in order, in one bash session, from the repository root, with FOODIE_WORK pointing at a
@@ -22,6 +22,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import doc_links  # tests/doc_links.py (tests/ is on sys.path)
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,15 +30,6 @@ VENV_BIN = Path(sys.executable).parent
 MARKER = "<!-- cpu-runnable -->"
 
 
-def load_doc_links():
-    spec = importlib.util.spec_from_file_location("doc_links", REPO / "tools" / "doc_links.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["doc_links"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-doc_links = load_doc_links()
 DOCS = doc_links.markdown_docs()
 
 
@@ -91,7 +83,7 @@ def test_docs_exist():
 
 def test_links_and_images_resolve_and_code_anchors_hold_their_symbol():
     problems = doc_links.check([d for d in DOCS if d.exists()])
-    assert not problems, "broken doc links (run `python tools/doc_links.py --fix` for drifted anchors):\n" + \
+    assert not problems, "broken doc links (run `python tests/doc_links.py --fix` for drifted anchors):\n" + \
         "\n".join(problems)
 
 
@@ -179,7 +171,7 @@ def test_cpu_runnable_commands_exit_0(doc, docs_work):
 # GPU-path commands (not run here): scripts, options and make targets must exist
 # ------------------------------------------------------------------------------------------------
 
-SCRIPT = re.compile(r"(?:^|\s)(?:python3?|\$PY|\.venv/bin/python)\s+((?:tools|demo|bench)/[\w/]+\.py)((?:\s+(?![|;&])\S+)*)")
+SCRIPT = re.compile(r"(?:^|\s)(?:python3?|\$PY|\.venv/bin/python)\s+((?:tools|demo|bench|docs/examples)/[\w/]+\.py)((?:\s+(?![|;&])\S+)*)")
 
 
 def all_commands():
@@ -252,10 +244,10 @@ def test_documented_commands_use_real_scripts_options_and_targets():
 
 def test_command_checker_sees_options_and_continuations():
     """The checker itself: continuation lines are joined, comments dropped, options read from the tool."""
-    body = "# build\npython tools/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\nmake train RESUME=1\n"
-    assert [" ".join(c.split()) for c in commands(body)] == ["python tools/explain_image.py x.jpg --max-tiles 4 # fewer tiles",
+    body = "# build\npython docs/examples/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\nmake train RESUME=1\n"
+    assert [" ".join(c.split()) for c in commands(body)] == ["python docs/examples/explain_image.py x.jpg --max-tiles 4 # fewer tiles",
                                                              "make train RESUME=1"]
-    opts = static_options("tools/explain_image.py")
+    opts = static_options("docs/examples/explain_image.py")
     assert {"--max-tiles", "--out", "--list-grids"} <= opts and "--max-tile" not in opts
     assert "train" in make_targets() and "nonexistent-target" not in make_targets()
 
@@ -266,10 +258,10 @@ def test_committed_contact_sheet_is_what_the_documented_command_makes(tmp_path):
     from PIL import Image
 
     text = (REPO / "docs" / "internvl2.md").read_text(encoding="utf-8")
-    cmd = "python tools/explain_image.py docs/images/example_mapo_tofu.jpg --out docs/images/example_mapo_tofu_tiles.png"
+    cmd = "python docs/examples/explain_image.py docs/images/example_mapo_tofu.jpg --out docs/images/example_mapo_tofu_tiles.png"
     assert cmd in text
     out = tmp_path / "sheet.png"
-    r = subprocess.run([sys.executable, "tools/explain_image.py", "docs/images/example_mapo_tofu.jpg", "--out", str(out)],
+    r = subprocess.run([sys.executable, "docs/examples/explain_image.py", "docs/images/example_mapo_tofu.jpg", "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     made = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
@@ -312,8 +304,8 @@ def test_each_teaching_page_ends_with_checked_exercises():
 def run_documented(command: str, work: Path) -> str:
     """stdout of a documented command; explain_image runs in this process (fast), anything else in bash."""
     words = shlex.split(command)
-    if words[:2] == ["python", "tools/explain_image.py"] and "$" not in command:
-        spec = importlib.util.spec_from_file_location("explain_image_for_docs", REPO / "tools" / "explain_image.py")
+    if words[:2] == ["python", "docs/examples/explain_image.py"] and "$" not in command:
+        spec = importlib.util.spec_from_file_location("explain_image_for_docs", REPO / "docs" / "examples" / "explain_image.py")
         tool = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tool)
         out = io.StringIO()
@@ -342,7 +334,7 @@ def test_exercise_answers_are_what_the_tools_print(tmp_path):
 def test_answer_checker_catches_a_wrong_answer(tmp_path):
     """The checker itself: a stale line is reported with its page and command."""
     doc = tmp_path / "page.md"
-    doc.write_text("# P\n\n<!-- answer: python tools/explain_image.py --size 448x448 -->\n```text\n"
+    doc.write_text("# P\n\n<!-- answer: python docs/examples/explain_image.py --size 448x448 -->\n```text\n"
                    "image 448x448 -> grid 1x1 (cols x rows) = 1 tile(s)\ntiles: 2\n```\n", encoding="utf-8")
     [(line, command, expected)] = answer_blocks(doc)
     out = {ln.strip() for ln in run_documented(command, tmp_path).splitlines()}

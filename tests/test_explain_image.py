@@ -1,4 +1,4 @@
-"""tools/explain_image.py: a contact sheet of what InternVL2 sees, for any image a user may try,
+"""docs/examples/explain_image.py: a contact sheet of what InternVL2 sees, for any image a user may try,
 with the tile count and token budget the model really uses; bombs and non-images refused clearly."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image
 from foodie import image_tiling as it
 
 REPO = Path(__file__).resolve().parent.parent
-TOOL = REPO / "tools" / "explain_image.py"
+TOOL = REPO / "docs" / "examples" / "explain_image.py"
 
 
 def load_tool():

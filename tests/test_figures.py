@@ -1,4 +1,4 @@
-"""tools/make_figures.py: the docs' figures are drawn by our code, regenerate with the documented command,
+"""docs/examples/make_figures.py: the docs' figures are drawn by our code, regenerate with the documented command,
 stay small, and show what the code computes (the Q-Former masks, the tile budget, the pixel shuffle)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ IMAGES = REPO / "docs" / "images"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("make_figures", REPO / "tools" / "make_figures.py")
+    spec = importlib.util.spec_from_file_location("make_figures", REPO / "docs" / "examples" / "make_figures.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["make_figures"] = mod
     spec.loader.exec_module(mod)
@@ -35,19 +35,19 @@ def regenerated(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(figures.FIGURES))
 def test_committed_figure_is_what_the_command_draws(regenerated, name):
     made, committed = regenerated / f"{name}.png", IMAGES / f"{name}.png"
-    assert committed.is_file(), f"{committed} missing: run python tools/make_figures.py --out docs/images"
+    assert committed.is_file(), f"{committed} missing: run python docs/examples/make_figures.py --out docs/images"
     assert made.stat().st_size < 200_000 and committed.stat().st_size < 200_000
     a = np.asarray(Image.open(made).convert("RGB"), dtype=np.int16)
     b = np.asarray(Image.open(committed).convert("RGB"), dtype=np.int16)
     assert a.shape == b.shape
-    assert np.abs(a - b).mean() < 2.0, f"{name}.png is stale: run python tools/make_figures.py --out docs/images"
+    assert np.abs(a - b).mean() < 2.0, f"{name}.png is stale: run python docs/examples/make_figures.py --out docs/images"
 
 
 @pytest.mark.parametrize("name", sorted(figures.FIGURES))
 def test_docs_show_each_figure_and_the_command(name):
     text = "".join((REPO / "docs" / d).read_text(encoding="utf-8") for d in ("multimodal_llm.md", "internvl2.md"))
     assert f"](images/{name}.png)" in text
-    assert "python tools/make_figures.py --out docs/images" in text
+    assert "python docs/examples/make_figures.py --out docs/images" in text
 
 
 def test_qformer_masks_follow_blip2():

@@ -1,4 +1,4 @@
-"""tools/walkthrough_shapes.py prints the tensor shapes the model really computes (ViT -> pixel shuffle -> mlp1 ->
+"""docs/examples/walkthrough_shapes.py prints the tensor shapes the model really computes (ViT -> pixel shuffle -> mlp1 ->
 LLM input), consistent with the checkpoint's config, and refuses a folder that is not a checkpoint."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("walkthrough_shapes", REPO / "tools" / "walkthrough_shapes.py")
+    spec = importlib.util.spec_from_file_location("walkthrough_shapes", REPO / "docs" / "examples" / "walkthrough_shapes.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["walkthrough_shapes"] = mod
     spec.loader.exec_module(mod)

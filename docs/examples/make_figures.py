@@ -1,7 +1,7 @@
 """Draw the docs' figures with our own code (counts from foodie.image_tiling, the model's own pixel_shuffle), so
 they can be regenerated and checked (tests/test_figures.py).
 
-    python tools/make_figures.py --out docs/images [--only qformer_masks|internvl_architecture|pixel_shuffle]
+    python docs/examples/make_figures.py --out docs/images [--only qformer_masks|internvl_architecture|pixel_shuffle]
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from matplotlib.patches import FancyArrowPatch, Rectangle
 from foodie import cli
 from foodie import image_tiling as it
 from foodie.atomic import atomic_path
+from foodie.paths import REPO_ROOT as REPO
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-REPO = Path(__file__).resolve().parent.parent
 DPI = 100
 EXAMPLE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
 QUERY, TEXT, IMAGE, MODULE, MASKED = "#f4a259", "#5b8e7d", "#bc4b51", "#e9ecef", "#f8f9fa"

@@ -1,7 +1,7 @@
 """Follow one image through InternVL2 and print every tensor shape on the way, computed by hand with the model's
 own modules and checked against its extract_feature.
 
-    python tools/walkthrough_shapes.py [--model DIR] [--image IMAGE] [--max-tiles N] [--device cpu|cuda]
+    python docs/examples/walkthrough_shapes.py [--model DIR] [--image IMAGE] [--max-tiles N] [--device cpu|cuda]
 """
 from __future__ import annotations
 

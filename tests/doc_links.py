@@ -1,6 +1,6 @@
 """Check (and re-anchor) the links in our Markdown docs, so links into the code cannot rot silently.
 
-    python tools/doc_links.py [--fix]   # docs/*.md and README.md; exit 1 listing every broken link
+    python tests/doc_links.py [--fix]   # docs/*.md and README.md; exit 1 listing every broken link
 
 A relative link or image must point at a file that exists; a `#heading` anchor must match a heading (GitHub's
 slug rule); a line-anchored link into code, ``[`name`](../foodie/x.py#L10-L20)``, names its symbol in backticks:
