@@ -2,19 +2,15 @@
 
     convert_foodieqa("FoodieQA/", "work/foodieqa-xtuner", ConversionOptions(tasks=("sivqa",), style="letter"))
 
-writes one folder, all or nothing (an earlier output stays intact until the new one is complete):
+writes one folder, all or nothing: ``train.json`` (XTuner's LLaVA format for ``InternVL_V1_5_Dataset``: absolute
+``image``, ``image_wh``, ``conversations``), ``held_out.json`` (the evaluation manifest, foodie.held_out),
+``summary.json``/``.md`` (counts per split, task, cuisine, question type; tokens per sample; the source),
+``collages/`` (2x2 collages of multi-image questions: XTuner takes one image a sample) and ``normalised/``
+(upright RGB copies of images XTuner's ``Image.open().convert("RGB")`` would misread: EXIF-rotated, transparent).
 
-    train.json        XTuner LLaVA format for ``InternVL_V1_5_Dataset``: ``image`` (absolute path), ``image_wh``,
-                      ``conversations`` (human turn with ``<image>``, gpt turn)
-    held_out.json     the evaluation manifest (``foodie.held_out`` reads it): ids and untouched items
-    summary.json/.md  counts per split, task, cuisine and question type; token budget per sample; the source
-    collages/         2x2 collages of multi-image questions (XTuner's dataset takes one image a sample)
-    normalised/       upright RGB copies of images XTuner's ``Image.open().convert("RGB")`` would read otherwise
-                      (EXIF-rotated, transparent, 16-bit)
-
-The split is made on *images* (default) or *dishes*, stratified by cuisine, so no held-out image (or dish) is
-ever trained on; each task's held-out rule is in foodie.tasks. Part of the held-out image budget first takes the
-whole image sets of random multi-image questions, so that task has held-out questions too.
+The split is made on images (or dishes), stratified by cuisine, so no held-out image (or dish) is trained on; each
+task's held-out rule is in foodie.tasks. Part of the held-out budget first takes the whole image sets of random
+multi-image questions, so that task has held-out questions too.
 """
 from __future__ import annotations
 
@@ -37,15 +33,15 @@ from foodie.atomic import atomic_path
 from foodie.foodieqa import UNKNOWN, FoodieQA, QAItem, load_foodieqa
 from foodie.held_out import FORMAT as HELD_OUT_FORMAT
 from foodie.image_tiling import IMAGE_SIZE, MAX_TILES, MIN_TILES, num_tiles, open_image, tokens_per_tile
-from foodie.tasks import TASKS, get_task
-from foodie.terms import describe_source
+from foodie.tasks import TASKS
+from foodie.terms import describe_source, json_or_empty
 
 FORMAT_VERSION = 1
 LANG_CHOICES = ("zh", "en", "both")
 SPLIT_BY = ("image", "dish")
-# System prompt + chat roles around one turn: a generous allowance for the token budget.
-TEMPLATE_OVERHEAD_TOKENS = 64
+TEMPLATE_OVERHEAD_TOKENS = 64  # system prompt + chat roles around one turn: a generous allowance
 OUTPUT_MARKER = ".foodie-process-food.json"  # lists the files of our output: only such a folder is replaced
+OUR_FILES = ("train.json", "held_out.json", "summary.json", "summary.md")
 
 
 @dataclass
@@ -56,7 +52,6 @@ class ConversionOptions:
     eval_ratio: float = 0.2  # share of images (or dishes) held out
     seed: int = 0
     split_by: str = "image"  # image | dish
-    stratify: bool = True  # by cuisine
     mivqa_eval_share: float = 0.5  # of the held-out image budget, filled with whole multi-image questions
     skip_bad: bool = False
     check_images: bool = True
@@ -93,12 +88,12 @@ def image_dishes(data: FoodieQA) -> dict[str, str]:
     for item in data.items():
         names = item.raw.get("food_names")
         if isinstance(names, list) and len(names) == len(item.images) > 1:
-            out.update({p: n.strip() for p, n in zip(item.images, names)
-                        if isinstance(n, str) and n.strip() and p not in out})
-            continue
-        name = item.food_meta.get("food_name") or item.food_name
-        if name and item.answer_image:
-            out.setdefault(item.answer_image, str(name).strip())
+            pairs = zip(item.images, names)
+        else:
+            pairs = [(item.answer_image, item.food_meta.get("food_name") or item.food_name)]
+        for p, name in pairs:
+            if p and isinstance(name, str) and name.strip():
+                out.setdefault(p, name.strip())
     return out
 
 
@@ -109,47 +104,41 @@ def _stable_rng(seed: int, *parts: str) -> random.Random:
 
 def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     """Assign images to train / held-out (by image or dish, stratified by cuisine), then items."""
-    images = data.image_paths()
     cuisine = {it.answer_image: it.cuisine for it in reversed(list(data.items()))  # the first question's wins
                if it.answer_image and it.cuisine != UNKNOWN}
     dish = image_dishes(data)
-    unit_of = {p: (f"dish:{dish[p]}" if opts.split_by == "dish" and p in dish else f"image:{p}") for p in images}
+    unit_of = {p: (f"dish:{dish[p]}" if opts.split_by == "dish" and p in dish else f"image:{p}")
+               for p in data.image_paths()}
     unit_images: dict[str, list[str]] = defaultdict(list)
-    for p in images:
-        unit_images[unit_of[p]].append(p)
-    unit_cuisine = {u: Counter(cuisine.get(p, UNKNOWN) for p in ps).most_common(1)[0][0]
-                    for u, ps in unit_images.items()}
+    for p, u in unit_of.items():
+        unit_images[u].append(p)
     rng = random.Random(opts.seed)
     budget = round(opts.eval_ratio * len(unit_images))
     eval_units: set[str] = set()
 
     # 1. Whole multi-image questions first (their images must all be held out to be evaluable).
-    multi = [it for t in TASKS if get_task(t).collage for it in getattr(data, t)]
-    if multi and opts.mivqa_eval_share > 0:
-        multi_budget = math.floor(budget * opts.mivqa_eval_share)
-        order = sorted(multi, key=lambda it: (it.task, it.question_id))
-        rng.shuffle(order)
-        for item in order:
-            new = {unit_of[p] for p in item.images} - eval_units
-            if len(eval_units) + len(new) <= multi_budget:
-                eval_units |= new
+    multi = sorted((it for t in TASKS if TASKS[t].collage for it in getattr(data, t)),
+                   key=lambda it: (it.task, it.question_id))
+    rng.shuffle(multi)
+    for item in multi:
+        new = {unit_of[p] for p in item.images} - eval_units
+        if len(eval_units) + len(new) <= math.floor(budget * opts.mivqa_eval_share):
+            eval_units |= new
 
     # 2. Fill the rest, per cuisine, so each cuisine is held out in proportion: the total budget is
     #    shared out by largest remainder (small cuisines still get their turn), ties in seeded order.
     groups: dict[str, list[str]] = defaultdict(list)
     for u in sorted(unit_images):
-        groups[unit_cuisine[u] if opts.stratify else "all"].append(u)
-    names = sorted(groups)
-    quota = {g: opts.eval_ratio * len(groups[g]) for g in names}
-    want = {g: math.floor(quota[g]) for g in names}
-    by_remainder = sorted(names, key=lambda g: (-(quota[g] - want[g]), _stable_rng(opts.seed, "tie", g).random()))
+        groups[Counter(cuisine.get(p, UNKNOWN) for p in unit_images[u]).most_common(1)[0][0]].append(u)
+    quota = {g: opts.eval_ratio * len(units) for g, units in groups.items()}
+    want = {g: math.floor(q) for g, q in quota.items()}
+    by_remainder = sorted(groups, key=lambda g: (-(quota[g] - want[g]), _stable_rng(opts.seed, "tie", g).random()))
     for g in by_remainder[: max(0, budget - sum(want.values()))]:
         want[g] += 1
-    for g in names:
-        have = sum(u in eval_units for u in groups[g])
+    for g in sorted(groups):
         free = [u for u in groups[g] if u not in eval_units]
         _stable_rng(opts.seed, g).shuffle(free)
-        eval_units.update(free[: max(0, want[g] - have)])
+        eval_units.update(free[: max(0, want[g] - (len(groups[g]) - len(free)))])
 
     eval_images = {p for u in eval_units for p in unit_images[u]}
     split = Split(eval_images, *({t: [] for t in TASKS} for _ in range(3)))
@@ -157,14 +146,13 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     for p, d in dish.items():
         dish_sides[d].add(p in eval_images)
     for item in data.items():
-        if get_task(item.task).held_out == "images":
+        if TASKS[item.task].held_out == "images":
             sides = {p in eval_images for p in item.images}
-            target = split.dropped if len(sides) > 1 else split.held_out if sides == {True} else split.train
         else:  # with its dish when the dish's images are on one side, else a seeded coin
             sides = dish_sides.get(item.food_name or "", set())
             if len(sides) != 1:
                 sides = {_stable_rng(opts.seed, item.task, item.question_id).random() < opts.eval_ratio}
-            target = split.held_out if sides == {True} else split.train
+        target = split.dropped if len(sides) > 1 else split.held_out if sides == {True} else split.train
         target[item.task].append(item)
     return split
 
@@ -190,14 +178,8 @@ def make_collage(data: FoodieQA, item: QAItem, cache: dict, cell_size: int = IMA
 def needs_normalising(path: Path) -> bool:
     """True when XTuner's ``Image.open(p).convert("RGB")`` would differ from ``open_image``."""
     with Image.open(path) as img:
-        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "I", "F") or img.mode.startswith("I;16"):
-            return True
-        if img.mode == "P" and "transparency" in img.info:
-            return True
-        try:
-            return img.getexif().get(0x0112, 1) not in (1, None)
-        except Exception:
-            return False
+        return (img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "I", "F") or img.mode.startswith("I;16")
+                or (img.mode == "P" and "transparency" in img.info) or img.getexif().get(0x0112, 1) != 1)
 
 
 @dataclass
@@ -222,12 +204,11 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         raise FileNotFoundError(f"{data.root}: no {', '.join(f'{t}_tidy.json' for t in missing)}; "
                                 f"drop {', '.join(missing)} from --tasks")
     if eval_only:
-        split = Split(set(data.image_paths()), {t: [] for t in TASKS}, {t: list(getattr(data, t)) for t in TASKS},
+        split = Split(set(data.image_paths()), {t: [] for t in TASKS}, {t: getattr(data, t) for t in TASKS},
                       {t: [] for t in TASKS})
     else:
         split = make_split(data, opts)
     langs = ("zh", "en") if opts.lang == "both" else (opts.lang,)
-    pool = ThreadPoolExecutor()
 
     def count_tokens(sample: dict, wh) -> int:
         text = "\n".join(c["value"].replace("<image>", "") for c in sample["conversations"])
@@ -237,8 +218,8 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                            image_size=opts.tile_size) * opts.image_tokens_per_tile + 2
         return n + TEMPLATE_OVERHEAD_TOKENS
 
-    with atomic_path(out, is_dir=True) as tmp, pool:
-        trained = sorted({p for t in opts.tasks if not get_task(t).collage for it in split.train[t] for p in it.images})
+    with atomic_path(out, is_dir=True) as tmp, ThreadPoolExecutor() as pool:
+        trained = sorted({p for t in opts.tasks if not TASKS[t].collage for it in split.train[t] for p in it.images})
         to_fix = [p for p, bad in zip(trained, pool.map(lambda p: opts.check_images and needs_normalising(data.path(p)),
                                                          trained)) if bad]
         image_for = {p: str(data.path(p)) for p in trained} | {p: str(out / "normalised" / f"{p}.png") for p in to_fix}
@@ -255,15 +236,17 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                     if not prompts.has_lang(item, lang):
                         skipped_lang[f"{task}:{lang}"] += 1
                         continue
-                    sample = {"id": f"{task}:{item.question_id}:{lang}"}
-                    wh = None
-                    if get_task(task).collage:
-                        collages[f"collages/{_safe_name(item.question_id)}.jpg"] = item
-                        sample["image"] = str(out / "collages" / f"{_safe_name(item.question_id)}.jpg")
+                    sample, wh = {"id": f"{task}:{item.question_id}:{lang}"}, None
+                    if TASKS[task].collage:
+                        name = f"collages/{_safe_name(item.question_id)}.jpg"
+                        collages[name], sample["image"] = item, str(out / name)
                         wh = (2 * opts.tile_size, 2 * opts.tile_size)
                     elif item.images:
                         sample["image"] = image_for[item.image]
-                        wh = data.image_sizes.get(item.image) or _file_size(data.path(item.image))
+                        wh = data.image_sizes.get(item.image)
+                        if wh is None:  # images not checked: what XTuner reads, no EXIF turn
+                            with Image.open(data.path(item.image)) as img:
+                                wh = img.size
                     if wh:
                         sample["image_wh"] = [list(wh)]
                     sample["conversations"] = [
@@ -295,15 +278,9 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
             if obj is not None:
                 (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
         (tmp / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-        files = _files_under(tmp)
-        (tmp / OUTPUT_MARKER).write_text(json.dumps({"format": "foodie-process-food-output",
-                                                     "version": FORMAT_VERSION, "files": files}), encoding="utf-8")
+        marker = {"format": "foodie-process-food-output", "version": FORMAT_VERSION, "files": _files_under(tmp)}
+        (tmp / OUTPUT_MARKER).write_text(json.dumps(marker), encoding="utf-8")
     return ConversionResult(out, summary, len(samples))
-
-
-def _file_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:  # what XTuner reads: no EXIF turn (image checks off: no upright copies)
-        return img.size
 
 
 def _files_under(folder: Path) -> list[str]:
@@ -328,19 +305,14 @@ def check_out_folder(out: Path, data_root: Path) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     files = set(_files_under(out)) - {OUTPUT_MARKER}
-    try:
-        marker = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8"))
-        listed = set(marker["files"]) if marker.get("format") == "foodie-process-food-output" else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        try:
-            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-            old = summary["format"] == "foodie-conversion-summary"
-        except (OSError, ValueError, TypeError, KeyError):
-            old = False
-        ours = {"train.json", "held_out.json", "summary.json", "summary.md"}
-        only_ours = all(f in ours or f.split("/")[0] in ("collages", "normalised") for f in files)
-        listed = files if old and only_ours else None
-    if listed is None:
+    marker = json_or_empty(out / OUTPUT_MARKER)
+    if marker.get("format") == "foodie-process-food-output" and isinstance(marker.get("files"), list):
+        listed = set(marker["files"])
+    elif (not (out / OUTPUT_MARKER).exists() and json_or_empty(out / "summary.json").get("format")
+          == "foodie-conversion-summary" and all(f in OUR_FILES or f.split("/")[0] in ("collages", "normalised")
+                                                 for f in files)):
+        listed = files  # an output written before the marker existed
+    else:
         raise FileExistsError(f"--out {out} exists and is not an output of process_food (no valid {OUTPUT_MARKER}); "
                               f"it is never replaced: choose another --out, or empty or delete it yourself")
     extra = sorted(files - listed)
@@ -351,11 +323,9 @@ def check_out_folder(out: Path, data_root: Path) -> None:
 
 
 def _token_stats(values: list[int]) -> dict:
-    if not values:
-        return {}
     values = sorted(values)
-    return {"min": values[0], "median": int(statistics.median(values)),
-            "p95": values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)], "max": values[-1]}
+    return {"min": values[0], "median": int(statistics.median(values)),  # p95: nearest rank
+            "p95": values[math.ceil(0.95 * len(values)) - 1], "max": values[-1]} if values else {}
 
 
 def build_summary(data, split: Split, opts: ConversionOptions, n_samples: int, tokens: dict[str, list[int]],
@@ -364,10 +334,9 @@ def build_summary(data, split: Split, opts: ConversionOptions, n_samples: int, t
     by_cuisine: dict[str, Counter] = defaultdict(Counter)
     by_type: dict[str, Counter] = defaultdict(Counter)
     for side, groups in (("train", split.train), ("held_out", split.held_out)):
-        for t in present:
-            for item in groups[t]:
-                by_cuisine[item.cuisine][f"{t}:{side}"] += 1
-                by_type[f"{t}:{item.question_type}"][side] += 1
+        for item in (it for t in present for it in groups[t]):
+            by_cuisine[item.cuisine][f"{item.task}:{side}"] += 1
+            by_type[f"{item.task}:{item.question_type}"][side] += 1
     every = [n for t in opts.tasks for n in tokens[t]]
     total, held = len(data.image_paths()), len(split.eval_images)
     return {
@@ -389,41 +358,41 @@ def build_summary(data, split: Split, opts: ConversionOptions, n_samples: int, t
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
-    return [f"| {' | '.join(head)} |", "|---|" + "---:|" * (len(head) - 1)] + \
-           [f"| {' | '.join(map(str, r))} |" for r in rows]
+    return ["", f"| {' | '.join(head)} |", "|---|" + "---:|" * (len(head) - 1),
+            *(f"| {' | '.join(map(str, r))} |" for r in rows), ""]
 
 
 def summary_markdown(s: dict) -> str:
     o, im, tk, src = s["options"], s["images"], s["tokens_per_sample"], s["source"]
     acknowledged = "yes" if src.get("terms_accepted") else "no"
     terms = f"; its terms allow evaluation only (training acknowledged: {acknowledged})" if src.get("terms") else ""
-    tasks = list(s["items"])
+    tasks, sides = list(s["items"]), ("train", "held_out")
     lines = ["# FoodieQA conversion summary", "", f"Data: `{s['data_root']}`  ",
              f"Source: {src['name']}; licence: {src['licence']}{terms}"
              + ("; evaluation only: no training data written" if s["eval_only"] else "") + "  ",
              f"Options: tasks {', '.join(o['tasks'])}, lang {o['lang']}, style {o['style']}, split by {o['split_by']} "
-             f"(held out {o['eval_ratio']:.0%}, seed {o['seed']}, stratified by cuisine: {o['stratify']})", "",
+             f"(held out {o['eval_ratio']:.0%}, seed {o['seed']}, stratified by cuisine)", "",
              f"Images: {im['total']} total, {im['train']} train, {im['held_out']} held out (no image in both); "
-             f"{im['normalised_copies']} upright/RGB copies written for training.", "",
+             f"{im['normalised_copies']} upright/RGB copies written for training.",
              *_table(["task", "train", "held out", "dropped (images in both splits)"],
                      [[t, c["train"], c["held_out"], c["dropped_straddling"]] for t, c in s["items"].items()]),
-             "", f"Training samples: {s['train_samples']}", "", "## Per cuisine", "",
-             *_table(["cuisine"] + [f"{t} {side}" for t in tasks for side in ("train", "held out")],
-                     [[c] + [v.get(f"{t}:{side}", 0) for t in tasks for side in ("train", "held_out")]
+             f"Training samples: {s['train_samples']}", "", "## Per cuisine",
+             *_table(["cuisine"] + [f"{t} {side.replace('_', ' ')}" for t in tasks for side in sides],
+                     [[c] + [v.get(f"{t}:{side}", 0) for t in tasks for side in sides]
                       for c, v in s["by_cuisine"].items()]),
-             "", "## Per question type", "",
+             "## Per question type",
              *_table(["task:type", "train", "held out"],
                      [[k, v.get("train", 0), v.get("held_out", 0)] for k, v in s["by_question_type"].items()]),
-             "", "## Token budget per training sample (text + image tokens)", "",
+             "## Token budget per training sample (text + image tokens)", "",
              f"Counted with: {tk['counted_with']}. Image tokens: {o['image_tokens_per_tile']} per {o['tile_size']}-px "
-             f"tile, up to {o['max_tiles']} tiles + a thumbnail, + 2.", "",
+             f"tile, up to {o['max_tiles']} tiles + a thumbnail, + 2.",
              *_table(["samples", "min", "median", "p95", "max"],
                      [[k, *tk[k].values()] for k in ["all", *o["tasks"]] if tk.get(k)]),
-             "", f"Samples over max_length {tk['max_length']}: {tk['over_max_length']} (XTuner would truncate them). "
-                 f"Suggested max_length: {tk['suggested_max_length']}."]
+             f"Samples over max_length {tk['max_length']}: {tk['over_max_length']} (XTuner would truncate them). "
+             f"Suggested max_length: {tk['suggested_max_length']}."]
     if s["skipped_no_translation"]:
         lines += ["", f"Skipped for lack of an English translation: {s['skipped_no_translation']}"]
     if s["skipped_bad_items"]:
-        lines += ["", f"## Skipped bad items ({len(s['skipped_bad_items'])})", ""] + \
-                 [f"- {p}" for p in s["skipped_bad_items"]]
+        bad = s["skipped_bad_items"]
+        lines += ["", f"## Skipped bad items ({len(bad)})", "", *(f"- {p}" for p in bad)]
     return "\n".join(lines) + "\n"

@@ -1,12 +1,9 @@
 """The FoodieQA schema: read a FoodieQA folder, validate it, and hand out clean items.
 
-A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and one ``{task}_tidy.json`` per task (foodie.tasks):
-``question``, ``answer`` ("0"-"3"), optional ``question_en``, ``food_name``, ``question_type``, ``food_meta``
-(cuisine/region fields), and the task's options (``choices``, ``choices_en``) and images (sivqa:
-``food_meta.food_file``; mivqa: ``images``, the four options). Real files vary (``question_id`` or ``qid``, extra or
-missing optional fields, JSON or JSON lines): the reader is tolerant of shape and strict about meaning, and reports
-every problem with the file, the item, the field and the fix. ``skip_bad=True`` drops bad items instead and lists
-them in ``FoodieQA.skipped``.
+A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and one ``{task}_tidy.json`` (or JSON lines) per task
+(foodie.tasks). The reader is tolerant of shape (``question_id`` or ``qid``, extra or missing optional fields) and
+strict about meaning: every problem is reported with the file, the item, the field and the fix, or with
+``skip_bad=True`` the bad items are dropped and listed in ``FoodieQA.skipped``.
 
     data = load_foodieqa("work/foodieqa-synthetic")
     for item in data.sivqa:
@@ -18,19 +15,15 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from foodie.image_tiling import ImageError, verify_image
-from foodie.tasks import LETTERS, NUM_CHOICES, TASKS, Task, get_task
+from foodie.tasks import NUM_CHOICES, TASKS, Task, get_task
 
 UNKNOWN = "unknown"
-# food_meta keys that name the cuisine/region, most specific first. FoodieQA's survey data uses
-# ``food_type`` (e.g. "川菜（四川，重庆）"); other releases and our synthetic data use ``cuisine``.
+# food_meta keys that name the cuisine/region, most specific first (FoodieQA's survey data: ``food_type``).
 CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
-OUTSIDE_ROOT = ("{rel}: a symlink to {target}, outside the data root: refused (nothing outside the folder is read or "
-                "served); copy the image into the folder instead of linking it")
 
 
 @dataclass(frozen=True)
@@ -83,7 +76,6 @@ class QAItem:
 
     @property
     def image(self) -> str:
-        """The image of a single-image question."""
         return self.images[0]
 
     @property
@@ -116,16 +108,13 @@ class FoodieQA:
         return sum(map(len, self.by_task.values()))
 
     def image_paths(self) -> list[str]:
-        """Every image used by any item, relative to the root, sorted."""
         return sorted({p for item in self.items() for p in item.images})
 
     def path(self, rel: str) -> Path:
-        """Absolute path of an image given relative to the data root."""
         return (self.root / rel).resolve()
 
 
 def cuisine_of(food_meta: dict | None) -> str:
-    """The cuisine/region named in a food_meta dict, or "unknown"."""
     for key in CUISINE_KEYS if isinstance(food_meta, dict) else ():
         value = food_meta.get(key)
         value = (value or [None])[0] if isinstance(value, list) else value
@@ -158,8 +147,6 @@ def read_json_items(path: Path) -> list:
         except json.JSONDecodeError:
             raise FoodieQAError([Problem(str(path), f"invalid JSON at line {first.lineno}, column {first.colno}: "
                                                     f"{first.msg}")]) from None
-    if isinstance(data, dict):  # {"data": [...]} or {id: item}
-        data = data.get("data", data.get("questions", list(data.values())))
     if not isinstance(data, list):
         raise FoodieQAError([Problem(str(path), f"expected a JSON list of questions, found {type(data).__name__}")])
     return data
@@ -176,19 +163,16 @@ def _bad_text(value: Any) -> str | None:
     return None if value.strip() else "is empty"
 
 
-def _safe_relpath(value: Any) -> tuple[str | None, str | None]:
-    """(normalised relative path, None) or (None, why it is unsafe)."""
+def _bad_relpath(value: Any) -> str | None:
+    """Why a value is not a safe image path relative to the data root, or None."""
     if not isinstance(value, str) or not value.strip():
-        return None, f"expected an image path relative to the data root, found {value!r:.60}"
+        return f"expected an image path relative to the data root, found {value!r:.60}"
     text = value.strip().replace("\\", "/")
-    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or os.path.isabs(value):
-        return None, f"image path {value!r} is absolute; give it relative to the data root (e.g. images/xxx.jpg)"
-    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
-    if min(accumulate(-1 if p == ".." else 1 for p in parts), default=0) < 0:
-        return None, f"image path {value!r} climbs out of the data root; keep images under the folder"
-    if ".." in parts:
-        return None, f"image path {value!r} contains '..'; write it without parent references"
-    return "/".join(parts), None
+    if text.startswith("/") or text[1:2] == ":":
+        return f"image path {value!r} is absolute; give it relative to the data root (e.g. images/xxx.jpg)"
+    if ".." in PurePosixPath(text).parts:
+        return f"image path {value!r} climbs out of the data root ('..'); keep images under the folder"
+    return None
 
 
 class _ItemCheck:
@@ -218,7 +202,7 @@ class _ItemCheck:
         if not isinstance(value, list) or len(value) != NUM_CHOICES:
             n = len(value) if isinstance(value, list) else type(value).__name__
             self.fail(key, f"expected a list of {NUM_CHOICES} choices, found {n}; FoodieQA questions have "
-                           f"exactly {NUM_CHOICES} options ({LETTERS[0]}-{LETTERS[-1]})")
+                           f"exactly {NUM_CHOICES} options (A-D)")
             return None
         bad = next(((k, why) for k, c in enumerate(value) if (why := _bad_text(c))), None)
         if bad:
@@ -235,12 +219,6 @@ class _ItemCheck:
             return None
         return int(text)
 
-    def image(self, key: str, value: Any) -> str:
-        rel, why = _safe_relpath(value)
-        if why:
-            self.fail(key, why)
-        return rel or ""
-
     def images(self, task: Task) -> list[str]:
         """The task's images (foodie.tasks: ``image_key``, a path or a list of ``task.images`` paths)."""
         if not task.images:
@@ -254,16 +232,19 @@ class _ItemCheck:
                           else f"expected an object with {leaf}, found {type(holder).__name__}")
                 return []
         value = holder.get(leaf)
-        if task.images == 1:
-            return [self.image(task.image_key, value)]
-        if not isinstance(value, list) or len(value) != task.images:
+        if task.images > 1 and (not isinstance(value, list) or len(value) != task.images):
             n = len(value) if isinstance(value, list) else ("missing" if value is None else type(value).__name__)
             self.fail(task.image_key, f"expected a list of {task.images} image paths, found {n}")
             return []
-        return [self.image(task.image_field(k), p) for k, p in enumerate(value)]
+        paths = [value] if task.images == 1 else value
+        for k, p in enumerate(paths):
+            if why := _bad_relpath(p):
+                self.fail(task.image_field(k), why)
+        return [PurePosixPath(str(p).strip().replace("\\", "/")).as_posix() for p in paths]
 
 
-def _parse_item(task: str, file: str, index: int, raw: Any, seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
+def _parse_item(task: str, file: str, index: int, raw: Any,
+                seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
     """Parse one item; ``seen`` maps ids met so far in the file to their index (updated here)."""
     if not isinstance(raw, dict):
         return None, [Problem(file, f"expected a JSON object, found {type(raw).__name__}", index)]
@@ -306,16 +287,15 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         root = locate_data_root(root).resolve()
     except DownloadError as e:
         raise FoodieQAError([Problem(str(root), str(e))]) from None
-    required = tasks is not None
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or TASKS)
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or ())
     for t in tasks:
         get_task(t)
     data = FoodieQA(root=root)
     problems: list[Problem] = []
-    for task in tasks:
+    for task in tasks or TASKS:
         path = question_file(root, task)
         if path is None:
-            if required:
+            if tasks:
                 problems.append(Problem(str(root / f"{task}_tidy.json"),
                                         f"file not found; the {task} task needs it (or leave {task} out of tasks)"))
             continue
@@ -329,8 +309,7 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         data.by_task[task] = []
         for index, raw in enumerate(raws):
             item, item_problems = _parse_item(task, str(path), index, raw, seen)
-            if item is not None:
-                data.by_task[task].append(item)
+            data.by_task[task] += [item] if item else []
             problems.extend(item_problems)
     if not data.files:
         raise FoodieQAError([Problem(str(root), "no question files found ("
@@ -339,8 +318,9 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
     # Images: every distinct image checked once; every item using a bad image reported. An image whose
     # resolved path leaves the data root (a symlink out of it) is never read, served or trained on.
     paths = data.image_paths()
-    image_problem = {rel: OUTSIDE_ROOT.format(rel=rel, target=(root / rel).resolve())
-                     for rel in paths if not (root / rel).resolve().is_relative_to(root)}
+    image_problem = {rel: f"{rel}: a symlink to {data.path(rel)}, outside the data root: refused (nothing outside "
+                          f"the folder is read or served); copy the image into the folder instead of linking it"
+                     for rel in paths if not data.path(rel).is_relative_to(root)}
 
     def check(rel: str):
         try:

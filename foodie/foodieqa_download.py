@@ -1,11 +1,8 @@
-"""FoodieQA as users download it: the question files and images come inside ``FoodieQA.zip``.
-
-    hf download lyan62/FoodieQA --repo-type dataset --local-dir data/FoodieQA
-    data/FoodieQA/FoodieQA.zip  (+ README.md, .gitattributes)
-
-``locate_data_root`` finds the folder with the question files: the one pointed at, or the one below it the zip
-unpacked into (``data/FoodieQA/FoodieQA/``). ``unpack=True`` first unpacks a packed zip, safely: no member with an
-absolute name, ``..``, a link or a device; all of it written to a temporary folder and moved in when complete.
+"""FoodieQA as users download it (``hf download lyan62/FoodieQA --repo-type dataset --local-dir data/FoodieQA``):
+the question files and images come inside ``data/FoodieQA/FoodieQA.zip``. ``locate_data_root`` finds the folder with
+the question files: the one pointed at, or the one below it the zip unpacked into. ``unpack=True`` first unpacks a
+packed zip, safely: no member with an absolute name, ``..``, a link, a device or a name used twice; all of it written
+to a temporary folder and moved in when complete.
 """
 from __future__ import annotations
 
@@ -32,10 +29,8 @@ def _has_questions(folder: Path) -> bool:
     return any(question_file(folder, t) is not None for t in TASKS)
 
 
-def _zips(folder: Path) -> list[Path]:
-    if (folder / ZIP_NAME).is_file():
-        return [folder / ZIP_NAME]
-    return sorted(p for p in folder.glob("*.zip") if p.is_file())
+def _zips(folder: Path) -> list[Path]:  # FoodieQA.zip first
+    return sorted((p for p in folder.glob("*.zip") if p.is_file()), key=lambda p: (p.name != ZIP_NAME, p.name))
 
 
 def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path:
@@ -74,14 +69,11 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
         return "is a symbolic link"
     if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return "is not a regular file or folder"
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    if name.startswith(("/", "\\")) or name[1:2] == ":":
         return "has an absolute path"
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if ".." in parts:
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "climbs out of the folder ('..')"
-    if "\0" in name:
-        return "has a NUL byte in its name"
-    return None
+    return None  # (zipfile cuts a name at a NUL byte itself)
 
 
 def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
@@ -95,14 +87,12 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path
                             f"(hf download lyan62/FoodieQA --repo-type dataset --local-dir {dest})") from None
     with zf:
         members = [m for m in zf.infolist() if not m.filename.startswith(SKIPPED_MEMBERS)]
-        for info in members:
-            if why := _member_problem(info):
+        seen: set[str] = set()
+        for info in members:  # a second member of one name would silently replace the first
+            if why := _member_problem(info) or ("appears twice" if info.filename in seen else None):
                 raise DownloadError(f"{archive}: member {info.filename!r} {why}; refusing to unpack it. Unpack the "
                                     f"archive by hand after checking it, or download it again")
-        names = [m.filename for m in members]
-        if len(set(names)) < len(names):  # a second member of one name would silently replace the first
-            raise DownloadError(f"{archive}: member {next(n for n in names if names.count(n) > 1)!r} appears twice; "
-                                f"refusing to unpack it. Download it again")
+            seen.add(info.filename)
         total = sum(m.file_size for m in members)
         if total > MAX_UNPACKED_BYTES:
             raise DownloadError(f"{archive}: declares {total / 1024 ** 3:.1f} GiB unpacked (FoodieQA is under 1 GB); "

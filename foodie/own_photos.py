@@ -2,16 +2,14 @@
 
     build_dataset("my-photos/", "work/my-photos-dataset")
 
-``my-photos/`` holds one subfolder of photos per dish (its name is the dish's unless ``dishes.csv`` says otherwise)
-and optionally ``dishes.csv`` (UTF-8), one row per dish, with a header naming any of: ``folder`` (default: matched
-by dish, then dish_en), ``dish``, ``cuisine``, ``region``, ``main_ingredient``, ``cooking_method`` (Chinese; ``_zh``
-too) and the same with ``_en`` (English). Give Chinese, English or both.
-
-The output has FoodieQA's layout (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four dishes or more)
-and ``own_photos_manifest.json``: every photo's source and SHA-256, the dishes' metadata, the settings. That file
-marks the folder as your own data (foodie.terms): it trains and publishes without FoodieQA's terms. Questions are
-made from the metadata as in the synthetic set (foodie.synthetic_data); with folder names only, every question
-asks for the dish. Nothing is written unless every photo and row is usable, and then all at once.
+``my-photos/`` holds one subfolder of photos per dish and optionally ``dishes.csv`` (UTF-8), one row per dish, with a
+header naming any of ``folder`` (default: matched by dish, then dish_en), ``dish``, ``cuisine``, ``region``,
+``main_ingredient``, ``cooking_method`` (Chinese; ``_zh`` too) and the same with ``_en`` (English). The output has
+FoodieQA's layout (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four dishes or more) and
+``own_photos_manifest.json`` (every photo's source and SHA-256, the dishes, the settings), which marks the folder as
+your own data (foodie.terms): it trains and publishes without FoodieQA's terms. Questions are made as in the
+synthetic set (foodie.synthetic_data); with folder names only, every question asks for the dish. Nothing is written
+unless every photo and row is usable, and then all at once.
 """
 from __future__ import annotations
 
@@ -28,10 +26,9 @@ from pathlib import Path
 from foodie.atomic import atomic_path
 from foodie.image_tiling import ImageError, verify_image
 from foodie.synthetic_data import multi_image_questions, single_image_questions
+from foodie.terms import MANIFEST_FILE
 
-MANIFEST_FILE = "own_photos_manifest.json"
 DISHES_CSV = "dishes.csv"
-FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_DISHES = 2  # something to tell apart
 MIN_DISHES_MULTI_IMAGE = 4  # four photos of four dishes per multi-image question
@@ -50,17 +47,12 @@ class PhotosError(ValueError):
 
 @dataclass
 class OwnDish:
-    """One dish: its folder, its photos and what dishes.csv says about it."""
     key: str  # the subfolder's name
     photos: list[Path] = field(default_factory=list)
-    values: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # question type -> (zh, en)
+    values: dict[str, tuple[str, str]] = field(default_factory=dict)  # question type -> (zh, en)
 
-    def attr(self, qtype: str) -> tuple[str, str] | None:
-        """(zh, en) for foodie.synthetic_data's question builders; a missing language takes the other's text."""
-        zh, en = self.values.get(qtype, (None, None))
-        if zh is None and en is None:
-            return None
-        return (zh or en, en or zh)
+    def attr(self, qtype: str) -> tuple[str, str] | None:  # what foodie.synthetic_data's question builders ask
+        return self.values.get(qtype)
 
 
 def _bad_name(path: Path) -> str | None:
@@ -79,31 +71,25 @@ def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
         problems.append(f"{folder}: not a folder; give the folder that holds one subfolder of photos per dish")
         return []
     dishes = []
-    for entry in sorted(folder.iterdir(), key=lambda p: os.fsencode(p.name)):
-        if entry.name.startswith("."):
-            continue
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if why := _bad_name(entry):
             problems.append(why)
-            continue
-        if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
-            problems.append(f"{entry}: a photo outside the dish folders; move it into the subfolder of its dish")
-        if not entry.is_dir():
-            continue
-        dish = OwnDish(entry.name)
-        for dirpath, dirnames, filenames in os.walk(entry):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(dirnames + [f for f in filenames if not f.startswith(".")]):
-                path = Path(dirpath) / name
+        elif entry.is_dir():
+            dish = OwnDish(entry.name)
+            for path in sorted(entry.rglob("*")):
+                parts = path.relative_to(entry).parts
+                if any(part.startswith(".") for part in parts) or any(map(_bad_name, path.parents[:len(parts) - 1])):
+                    continue  # hidden, or inside a folder whose bad name is reported
                 if why := _bad_name(path):
                     problems.append(why)
-                    if name in dirnames:
-                        dirnames.remove(name)
-                elif name in filenames and path.suffix.lower() in IMAGE_SUFFIXES:
+                elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                     dish.photos.append(path)
-        if not dish.photos:
-            problems.append(f"{entry}: no photos in this dish folder ({', '.join(IMAGE_SUFFIXES)}); add some or "
-                            f"remove the folder")
-        dishes.append(dish)
+            if not dish.photos:
+                problems.append(f"{entry}: no photos in this dish folder ({', '.join(IMAGE_SUFFIXES)}); add some or "
+                                f"remove the folder")
+            dishes.append(dish)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            problems.append(f"{entry}: a photo outside the dish folders; move it into the subfolder of its dish")
     if not dishes and not problems:
         problems.append(f"{folder}: empty: no dish subfolders; put each dish's photos in a subfolder named after "
                         f"the dish (e.g. {folder / '麻婆豆腐' / '1.jpg'})")
@@ -132,21 +118,16 @@ def check_photos(dishes: list[OwnDish], problems: list[str]) -> dict[Path, str]:
             problems.append(f"{path}: the same photo (same bytes) as {first[digest]}, {where}; keep one copy, in the "
                             f"folder of its dish")
             continue
-        first[digest] = path
-        digests[path] = digest
+        first[digest], digests[path] = path, digest
     return digests
 
 
 def _column(name: str) -> tuple[str, str] | None:
-    """CSV header -> (attribute, 'zh'|'en'), ('folder', '') or None."""
+    """CSV header -> (column, 'zh'|'en'), ('folder', 'zh') or None."""
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
-    if key == "folder":
-        return ("folder", "")
-    lang = "zh"
-    for suffix, code in (("_en", "en"), ("_zh", "zh")):
-        if key.endswith(suffix):
-            key, lang = key[: -len(suffix)], code
-    return (key, lang) if key in COLUMNS else None
+    lang = "en" if key.endswith("_en") else "zh"
+    key = key[:-3] if key.endswith(("_en", "_zh")) else key
+    return (key, lang) if key in COLUMNS or key == "folder" else None
 
 
 def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> set[str]:
@@ -158,22 +139,19 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
         problems.append(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8 "
                         f"(e.g. iconv -f GB18030 -t UTF-8)")
         return set()
-    if not rows:
-        problems.append(f"{path}: empty; give a header (folder,dish,cuisine,region,main_ingredient,cooking_method"
-                        f" and/or the same with _en) and one row per dish folder")
-        return set()
-    header = [_column(h) for h in rows[0]]
-    unknown = [h for h, c in zip(rows[0], header) if c is None]
-    if unknown:
-        problems.append(f"{path}: line 1: unknown column(s) {', '.join(map(repr, unknown))}; use folder, "
-                        + ", ".join(COLUMNS) + " (Chinese) and the same with _en (English)")
+    header = [_column(h) for h in rows[0]] if rows else []
+    if not rows or None in header:
+        unknown = ", ".join(repr(h) for h, c in zip(rows[0], header) if c is None) if rows else ""
+        problems.append(f"{path}: " + (f"line 1: unknown column(s) {unknown}; use " if unknown else "empty; give a "
+                        "header of ") + "folder, " + ", ".join(COLUMNS) + " (Chinese) and/or the same with _en "
+                        "(English), and one row per dish folder")
         return set()
     by_key = {d.key: d for d in dishes}
     langs: set[str] = set()
     seen: dict[str, int] = {}
     for line, row in enumerate(rows[1:], start=2):
-        cells = {c: (row[k].strip() if k < len(row) else "") for k, c in enumerate(header)}
-        folder = cells.get(("folder", "")) or cells.get(("dish", "zh")) or cells.get(("dish", "en")) or ""
+        cells = {c: v.strip() for c, v in zip(header, row) if v.strip()}
+        folder = cells.get(("folder", "zh")) or cells.get(("dish", "zh")) or cells.get(("dish", "en")) or ""
         why = ("no folder or dish name; every row needs one" if not folder else
                f"no subfolder {folder!r} in {path.parent}; fix the name or delete the row" if folder not in by_key else
                f"dish folder {folder!r} already described on line {seen[folder]}; keep one row per dish"
@@ -182,16 +160,14 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
             problems.append(f"{path}: line {line}: {why}")
             continue
         seen[folder], dish = line, by_key[folder]
+        langs |= {lang for column, lang in cells if column != "folder"}
         for column, qtype in COLUMNS.items():
-            zh, en = cells.get((column, "zh")) or None, cells.get((column, "en")) or None
-            langs |= {lang for lang, v in (("zh", zh), ("en", en)) if v}
-            if zh or en:
-                dish.values[qtype] = (zh, en)
+            zh, en = cells.get((column, "zh")), cells.get((column, "en"))
+            if zh or en:  # a missing language takes the other's text
+                dish.values[qtype] = (zh or en, en or zh)
         dish.values.setdefault("dish", (folder, folder))  # no name given: the folder's, in either language
-    for dish in dishes:
-        if dish.key not in seen:
-            problems.append(f"{path}: no row for the dish folder {dish.key!r} ({path.parent / dish.key}); add one "
-                            f"(folder,dish,cuisine,...) or remove the folder")
+    problems += [f"{path}: no row for the dish folder {d.key!r} ({path.parent / d.key}); add one "
+                 f"(folder,dish,cuisine,...) or remove the folder" for d in dishes if d.key not in seen]
     return langs
 
 
@@ -219,13 +195,11 @@ def _in_languages(items: list[dict], langs: set[str]) -> list[dict]:
     return items
 
 
-def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dishes_csv: str | os.PathLike | None = None,
-                  seed: int = 0, questions_per_photo: int = 2, mivqa_per_dish: int = 5, force: bool = False) -> dict:
-    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing); returns counts. ``dishes_csv``:
-    default ``photos_dir/dishes.csv`` if there. An ``out`` is replaced only if it is an earlier output (or ``force``).
-    Raises PhotosError listing every problem."""
-    photos_dir = Path(photos_dir).expanduser().resolve()
-    out = Path(out).expanduser().resolve()
+def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0,
+                  questions_per_photo: int = 2, mivqa_per_dish: int = 5, force: bool = False) -> dict:
+    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing); returns counts. An ``out`` is
+    replaced only if it is an earlier output (or ``force``). Raises PhotosError listing every problem."""
+    photos_dir, out = Path(photos_dir).expanduser().resolve(), Path(out).expanduser().resolve()
     if not 1 <= questions_per_photo <= len(COLUMNS):
         raise PhotosError([f"questions per photo must be 1..{len(COLUMNS)} (one per question type); "
                            f"got {questions_per_photo}"])
@@ -238,9 +212,7 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dish
     problems: list[str] = []
     dishes = scan_photos(photos_dir, problems)
     digests = check_photos(dishes, problems)
-    csv_path = Path(dishes_csv).expanduser().resolve() if dishes_csv else photos_dir / DISHES_CSV
-    if dishes_csv and not csv_path.is_file():
-        problems.append(f"{csv_path}: no such file; give the dishes' metadata as CSV, or leave --dishes out")
+    csv_path = photos_dir / DISHES_CSV
     langs = {"zh", "en"}  # folder names serve both languages
     if csv_path.is_file():
         langs = read_dishes_csv(csv_path, dishes, problems) or {"zh"}
@@ -254,16 +226,14 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dish
         raise PhotosError(problems)
 
     rng = random.Random(seed)
-    photos: dict[str, list[str]] = {}
-    all_photos, metas, records, copies = [], {}, [], []
+    photos: dict[str, list[str]] = {d.key: [] for d in dishes}
+    all_photos, metas, records = [], {}, []
     for i, dish in enumerate(dishes):
-        photos[dish.key] = []
         for k, src in enumerate(dish.photos):
             rel = f"images/d{i:03d}/{k:03d}{src.suffix.lower()}"
             photos[dish.key].append(rel)
             all_photos.append((dish, rel))
             metas[rel] = _food_meta(dish, rel, len(metas) + 1, langs)
-            copies.append((src, rel))
             records.append({"file": rel, "dish": dish.key, "source": src.relative_to(photos_dir).as_posix(),
                             "sha256": digests[src]})
     sivqa = _in_languages(single_image_questions(dishes, all_photos, metas, questions_per_photo, rng), langs)
@@ -276,23 +246,19 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, dish
         mivqa = _in_languages(multi_image_questions(dishes, photos, mivqa_per_dish, rng), langs)
     counts = {"dishes": len(dishes), "images": len(all_photos), "sivqa": len(sivqa), "mivqa": len(mivqa)}
     manifest = {
-        "format": "foodie-own-photos", "version": FORMAT_VERSION, "generator": "tools/photos_to_foodieqa.py",
+        "format": "foodie-own-photos", "version": 1, "generator": "tools/photos_to_foodieqa.py",
         "source": str(photos_dir), "dishes_csv": str(csv_path) if csv_path.is_file() else None,
         "languages": sorted(langs), "seed": seed, "questions_per_photo": questions_per_photo,
         "mivqa_per_dish": mivqa_per_dish, "counts": counts,
-        "dishes": [{"folder": d.key, "images": f"images/d{i:03d}",
-                    **{q: list(v) for q, v in sorted(d.values.items())}} for i, d in enumerate(dishes)],
+        "dishes": [{"folder": d.key, "images": f"images/d{i:03d}", **{q: list(v) for q, v in sorted(d.values.items())}}
+                   for i, d in enumerate(dishes)],
         "photos": records,
     }
     with atomic_path(out, is_dir=True) as tmp:
-        for src, rel in copies:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
+        for record in records:
+            (tmp / record["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photos_dir / record["source"], tmp / record["file"])
         for name, obj in (("sivqa_tidy.json", sivqa), ("mivqa_tidy.json", mivqa), (MANIFEST_FILE, manifest)):
             if obj:
                 (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(
-            f"# Own photos in the FoodieQA schema\n\nWritten by `tools/photos_to_foodieqa.py` from `{photos_dir}` "
-            f"({counts['dishes']} dishes, {counts['images']} photos). Where each photo came from: "
-            f"`{MANIFEST_FILE}`.\n", encoding="utf-8")
     return counts

@@ -1,10 +1,9 @@
-"""Prompt wording: the user text of the authors' FoodieQA templates (foodie.tasks holds them, per task), and
-training text.
+"""Prompt wording: the user text of the authors' FoodieQA templates (foodie.tasks holds them, per task), and the
+training answers.
 
-The prompts end where the answer letter is expected ("为（", "would be ("), so a model that follows them starts
-its reply with the letter. Template 0 is the default: the authors' scripts default to it (their TextQA table
-reports each model's best of 0-3). They are *user text*: the inference backend renders them through the model's
-own chat template (system message, ``<image>`` -> image tokens).
+The prompts end where the answer letter is expected ("为（", "would be ("), so a model that follows them starts its
+reply with the letter. Template 0 is the default, as in the authors' scripts. They are *user text*: the inference
+backend renders them through the model's own chat template (system message, ``<image>`` -> image tokens).
 """
 from __future__ import annotations
 
@@ -14,6 +13,25 @@ from typing import NamedTuple
 from foodie.tasks import IMAGE_PLACEHOLDER, LETTERS, Template, get_task
 
 DEFAULT_TEMPLATE = 0
+ANSWER_STYLES = ("name", "letter", "explain", "tutorial")
+IMAGE_OPTIONS = {"zh": [f"图{x}" for x in LETTERS], "en": [f"Option ({x})" for x in LETTERS]}  # options that are images
+# XTuner's InternVL_V1_5_Dataset takes one image a sample: multi-image questions are trained on a 2x2 collage.
+COLLAGE_INTRO = {
+    "zh": "这张图由四张图拼成：左上为图A，右上为图B，左下为图C，右下为图D。",
+    "en": "This picture is made of four pictures: top left is Option (A), top right Option (B), "
+          "bottom left Option (C), bottom right Option (D). ",
+}
+
+
+class EvalPrompt(NamedTuple):
+    user: str  # user text; one <image> per image, in the order of ``images``
+    images: list[str]  # paths relative to the data root
+    reply_prefix: str  # the start of the reply the model continues ("" for most templates)
+
+
+def _check_lang(lang: str) -> None:
+    if lang not in ("zh", "en"):
+        raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
 
 
 def get_template(task: str, lang: str, number: int = DEFAULT_TEMPLATE) -> Template:
@@ -29,52 +47,21 @@ def format_choices(choices) -> str:
     return "".join(f"（{LETTERS[i]}) {c.strip()}\n" for i, c in enumerate(choices))
 
 
-def fill(template: Template, question: str, choices=None, n_images: int = 4) -> str:
-    """A template's user text for one question (``n_images=0`` drops the image placeholders)."""
-    q = question.strip()
-    if template.swap:
-        q = q.replace(*template.swap)
-    fields = {"{q}": q, "{options}": format_choices(choices) if choices else ""}
-    text = re.sub(r"\{q\}|\{options\}", lambda m: fields[m.group()], template.user)  # one pass: text stays text
-    if n_images == 0:
-        text = text.replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "")
-    return text
-
-
 def user_text(task: str, question: str, choices=None, lang: str = "zh", template: int = DEFAULT_TEMPLATE,
               n_images: int = 4) -> str:
     """A task's prompt for a question (``n_images=0`` drops the image placeholders)."""
-    return fill(get_template(task, lang, template), question, choices, n_images)
-
-
-class EvalPrompt(NamedTuple):
-    user: str  # user text; one <image> per image, in the order of ``images``
-    images: list[str]  # paths relative to the data root
-    reply_prefix: str  # the start of the reply the model continues ("" for most templates)
+    t = get_template(task, lang, template)
+    q = question.strip().replace(*t.swap) if t.swap else question.strip()
+    fields = {"{q}": q, "{options}": format_choices(choices) if choices else ""}
+    text = re.sub(r"\{q\}|\{options\}", lambda m: fields[m.group()], t.user)  # one pass: text stays text
+    return text.replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "") if n_images == 0 else text
 
 
 def question_prompt(item, lang: str = "zh", template: int = DEFAULT_TEMPLATE) -> EvalPrompt:
     """The authors' prompt for a FoodieQA item (foodie.foodieqa) in a language and template."""
     question, choices = item_text(item, lang)
-    t = get_template(item.task, lang, template)
-    images = list(item.images)
-    return EvalPrompt(fill(t, question, choices, n_images=len(images)), images, t.reply_prefix)
-
-
-ANSWER_STYLES = ("name", "letter", "explain", "tutorial")
-# XTuner's InternVL_V1_5_Dataset takes one image per sample, so multi-image questions are trained on a
-# 2x2 collage of their four pictures (A top-left, B top-right, C bottom-left, D bottom-right): foodie.tasks.
-IMAGE_OPTIONS = {"zh": [f"图{x}" for x in LETTERS], "en": [f"Option ({x})" for x in LETTERS]}  # options that are images
-COLLAGE_INTRO = {
-    "zh": "这张图由四张图拼成：左上为图A，右上为图B，左下为图C，右下为图D。",
-    "en": "This picture is made of four pictures: top left is Option (A), top right Option (B), "
-          "bottom left Option (C), bottom right Option (D). ",
-}
-
-
-def _check_lang(lang: str) -> None:
-    if lang not in ("zh", "en"):
-        raise ValueError(f"unknown language {lang!r}: use 'zh' or 'en'")
+    text = user_text(item.task, question, choices, lang, template, n_images=len(item.images))
+    return EvalPrompt(text, list(item.images), get_template(item.task, lang, template).reply_prefix)
 
 
 def item_text(item, lang: str):
@@ -89,32 +76,19 @@ def item_text(item, lang: str):
 
 
 def has_lang(item, lang: str) -> bool:
-    try:
-        item_text(item, lang)
-        return True
-    except ValueError:
-        return False
+    return lang == "zh" or bool(item.question_en and (item.choices is None or item.choices_en))
 
 
 def training_prompt(item, lang: str = "zh", style: str = "letter") -> str:
-    """The user turn of a training sample (``<image>`` marks the one image XTuner feeds).
-
-    Same wording as evaluation asks; multi-image questions are asked about their 2x2 collage; the
-    tutorial style asks the bare question (no options), as the tutorial did.
-    """
+    """The user turn of a training sample (``<image>`` marks the one image XTuner feeds): the evaluation's wording,
+    multi-image questions asked about their collage; the tutorial style asks the bare question, as it did."""
     question, choices = item_text(item, lang)
     if style == "tutorial":
         return f"{question}\n{IMAGE_PLACEHOLDER}" if item.images else question
     task = get_task(item.task)
     text = user_text(item.task, question, choices, lang, n_images=0)
-    if task.collage:
-        return f"{IMAGE_PLACEHOLDER}\n{COLLAGE_INTRO[lang]}{text}"
-    return f"{IMAGE_PLACEHOLDER}\n{text}" if task.images else text
-
-
-def _dish_name(item, lang: str):
-    en = (item.food_meta.get("food_name_en") or item.raw.get("food_name_en")) if lang == "en" else None
-    return en or item.food_name or item.food_meta.get("food_name")
+    intro = COLLAGE_INTRO[lang] if task.collage else ""
+    return f"{IMAGE_PLACEHOLDER}\n{intro}{text}" if task.images else text
 
 
 def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
@@ -132,9 +106,10 @@ def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
         raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")
     zh = lang == "zh"
     _, choices = item_text(item, lang)
-    letter, dish = LETTERS[item.answer], _dish_name(item, lang)
-    options_are_images = not get_task(item.task).choices
-    if options_are_images:
+    letter = LETTERS[item.answer]
+    dish = (item.food_meta.get("food_name_en") or item.raw.get("food_name_en")) if not zh else None
+    dish = dish or item.food_name or item.food_meta.get("food_name")
+    if options_are_images := not get_task(item.task).choices:
         option = IMAGE_OPTIONS[lang][item.answer]
         subject = f"{option}中的菜" if zh else f"The dish in {option}"
     else:

@@ -1,14 +1,11 @@
 """The FoodieQA tasks, one entry each. A new task is one ``Task`` in ``TASKS`` (and its tests): reading
 (foodie.foodieqa), prompts (foodie.prompts), training data and split (foodie.data_conversion) and evaluation follow it.
 
-An entry says how many images a question has and where its item names them; whether its options are texts
-(``choices``) or the images themselves, A-D in file order; its collation (evaluation passes every image in order;
-XTuner's dataset takes one image a sample, so training passes the one image, a 2x2 ``collage`` of four, or none);
-its held-out rule (``"images"``: held out when all its images are, dropped when they straddle the split; ``"dish"``:
-with its dish's images, else a seeded coin); and the authors' templates (lyan62/FoodieQA ``model-eval/scripts/``),
-string for string, zh and en, by number (``--template N``). Options are written ``（A) `` -- full-width open, ASCII
-close -- as the authors' code does; a template may end with the start of the reply (``我选择（``) that the model
-continues. Every reply is read by one rule, foodie.scoring.authors_letter.
+Collation: evaluation passes every image in order; XTuner's dataset takes one image a sample, so training passes the
+one image, a 2x2 collage of four, or none. Held-out rule: ``"images"``: held out when all its images are, dropped
+when they straddle the split; ``"dish"``: with its dish's images, else a seeded coin. Templates: the authors'
+(lyan62/FoodieQA ``model-eval/scripts/``), string for string, by number (``--template N``); options are written
+``（A) `` (full-width open, ASCII close) as their code does; a reply prefix (``我选择（``) is what the model continues.
 """
 from __future__ import annotations
 
@@ -22,11 +19,9 @@ IMAGE_PLACEHOLDER = "<image>"  # where an image goes in user text (foodie.infere
 
 
 class Template(NamedTuple):
-    """One of the authors' prompts: user text, the start of the reply the model continues, and the
-    word swap they apply to a multi-image question ("以下" -> "以上" when the images come first)."""
     user: str  # {q}: the question; {options}: the option list; <image>: an image, in order A-D
     reply_prefix: str = ""
-    swap: tuple[str, str] | None = None
+    swap: tuple[str, str] | None = None  # the authors' word swap ("以下" -> "以上" when the images come first)
 
 
 @dataclass(frozen=True)
@@ -43,8 +38,7 @@ class Task:
     def collage(self) -> bool:
         return self.images > 1
 
-    def image_field(self, k: int) -> str:
-        """The item's field that names its k-th image, for error messages."""
+    def image_field(self, k: int) -> str:  # for error messages
         return self.image_key if self.images == 1 else f"{self.image_key}[{k}]"
 
 
@@ -59,8 +53,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             Template("你是一个人工智能助手，请你看图回答以下选择题：{q} 选项有: {options}, 请从中选择一个正确答案，为（"),
             Template("你是一个智能助手，现在请看图回答以下选择题：{q} 选项有: {options}", "我从所提供的选项中选择一个正确答案，为（"),
             Template("{q} 这是选项: {options} 请根据上图从所提供的选项中选择一个正确答案。", "我选择（"),
-            Template("{q} 这是选项: {options} 请根据上图从所提供的选项中选择一个正确答案。请保证你的答案清晰简洁并输出字母选项。",
-                     "我选择（"),
+            Template("{q} 这是选项: {options} 请根据上图从所提供的选项中选择一个正确答案。"
+                     "请保证你的答案清晰简洁并输出字母选项。", "我选择（"),
         ),
         "en": (
             Template("{q} Here are the options: {options} If had to select one of the options, my answer would be ("),
@@ -98,7 +92,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             Template("{q} 选项有: {options}, 请根据从所提供的选项中选择一个正确答案，为（"),
             Template("你是一个智能助手，请你回答以下选择题：{q} 选项有: {options}, 请从中选择一个正确答案，为（"),
             Template("你是一个智能助手，现在回答以下选择题：{q} 选项有: {options}\n", "我从所提供的选项中选择一个正确答案，为（"),
-            Template("{q} 这是选项: {options} 请从所提供的选项中选择一个正确答案。请保证你的答案清晰简洁并输出字母选项。\n", "我选择（"),
+            Template("{q} 这是选项: {options} 请从所提供的选项中选择一个正确答案。请保证你的答案清晰简洁并输出字母选项。\n",
+                     "我选择（"),
         ),
         "en": (
             Template("{q} Here are the options: {options} If I had to select one of the options, my answer would be ("),
@@ -119,7 +114,7 @@ def get_task(name: str) -> Task:
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
-    """``--tasks sivqa,mivqa``: a comma list of task names, checked (an argparse ``type``)."""
+    """``--tasks sivqa,mivqa`` (an argparse ``type``)."""
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
     if not tasks or any(t not in TASKS for t in tasks):
         raise argparse.ArgumentTypeError(f"tasks must be a comma list of {', '.join(TASKS)}; got {text!r}")

@@ -1,7 +1,7 @@
 """Turn your own dish photos into a data set in the FoodieQA schema, to train a food expert you may share.
 
-    python tools/photos_to_foodieqa.py PHOTOS [--out work/my-photos-dataset] [--dishes PHOTOS/dishes.csv]
-        [--questions-per-photo 2] [--mivqa-per-dish 5] [--seed 0] [--force]
+    python tools/photos_to_foodieqa.py PHOTOS [--out work/my-photos-dataset] [--questions-per-photo 2]
+        [--mivqa-per-dish 5] [--seed 0] [--force]
 
 PHOTOS holds one subfolder of photos per dish (麻婆豆腐/1.jpg, 麻婆豆腐/2.jpg, 白切鸡/1.jpg, ...) and optionally
 dishes.csv, one row per dish (columns folder, dish, cuisine, region, main_ingredient, cooking_method in Chinese,
@@ -17,17 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from foodie import cli
 from foodie.own_photos import PhotosError, build_dataset
 from foodie.paths import work_dir
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("photos", type=Path, help="folder with one subfolder of photos per dish")
-    ap.add_argument("--out", type=Path, default=work_dir() / "my-photos-dataset",
-                    help="output folder (default: %(default)s)")
-    ap.add_argument("--dishes", type=Path, help="the dishes' metadata (default: PHOTOS/dishes.csv when present)")
+    ap.add_argument("--out", type=Path, default=work_dir() / "my-photos-dataset", help="default: %(default)s")
     ap.add_argument("--questions-per-photo", type=int, default=2,
                     help="single-image questions per photo, each of another type (default: %(default)s)")
     ap.add_argument("--mivqa-per-dish", type=int, default=5,
@@ -36,16 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="replace an --out that this tool did not write")
     args = ap.parse_args(argv)
     try:
-        counts = build_dataset(args.photos, args.out, dishes_csv=args.dishes, seed=args.seed,
-                               questions_per_photo=args.questions_per_photo, mivqa_per_dish=args.mivqa_per_dish,
-                               force=args.force)
+        counts = build_dataset(args.photos, args.out, seed=args.seed, questions_per_photo=args.questions_per_photo,
+                               mivqa_per_dish=args.mivqa_per_dish, force=args.force)
     except PhotosError as e:
-        for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        print("\n".join(f"error: {problem}" for problem in e.problems), file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     print(f"wrote {args.out}: {counts['dishes']} dishes, {counts['images']} photos, {counts['sivqa']} single-image"
           f" and {counts['mivqa']} multi-image questions")
     print(f"next: python tools/process_food.py --data-root {args.out} --out {args.out}-xtuner")
@@ -53,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

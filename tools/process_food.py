@@ -6,9 +6,8 @@
 
 Writes train.json (XTuner LLaVA format), held_out.json (the evaluation manifest), summary.json and summary.md into
 --out (default work/foodieqa-xtuner, what xtuner_configs/*food*.py read), all at once; no held-out image (or dish)
-is trained on (foodie/data_conversion.py). --tokenizer MODEL counts tokens with the model's tokenizer and tiling.
-Answer styles: letter (default: "B) 粤菜", what the FoodieQA authors' parser reads), name ("图中的菜是白切鸡。答案是粤菜。":
-no letter), explain (letter + a sentence naming the dish), tutorial (the tutorial's "{choice}，图中的菜是{food_name}").
+is trained on (foodie/data_conversion.py). Answer styles: foodie/prompts.py (answer_text); the default, letter
+("B) 粤菜"), starts with the letter the FoodieQA authors' parser reads.
 
 FoodieQA's terms (foodie/terms.py) allow EVALUATION ONLY. A --data-root that is neither the synthetic set nor a data
 set of tools/photos_to_foodieqa.py counts as the real FoodieQA: its terms are printed, and training data is written
@@ -24,13 +23,12 @@ from pathlib import Path
 
 from foodie import cli
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa
-from foodie.foodieqa import FoodieQAError
-from foodie.foodieqa_download import DownloadError, locate_data_root
+from foodie.foodieqa_download import locate_data_root
 from foodie.model_spec import ModelSpec, SpecError
 from foodie.paths import demo_data_dir, work_dir
 from foodie.prompts import ANSWER_STYLES
 from foodie.tasks import TASKS, parse_tasks
-from foodie.terms import ACCEPT_FLAG, FOODIEQA, TermsNotAccepted, check_training_allowed, describe_source, terms_text
+from foodie.terms import ACCEPT_FLAG, FOODIEQA, check_training_allowed, describe_source, terms_text
 
 
 def main(argv=None) -> int:
@@ -38,8 +36,7 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--data-root", type=Path, default=demo_data_dir(), help="FoodieQA folder (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=work_dir() / "foodieqa-xtuner", help="default: %(default)s")
-    ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",), help=f"comma list of {','.join(TASKS)} to train "
-                                                                          "on (default: sivqa)")
+    ap.add_argument("--tasks", type=parse_tasks, default=("sivqa",), help=f"of {','.join(TASKS)} (default: sivqa)")
     ap.add_argument("--lang", choices=LANG_CHOICES, default="zh", help="question language (default: %(default)s)")
     ap.add_argument("--style", choices=ANSWER_STYLES, default="letter", help="answer style (default: %(default)s)")
     ap.add_argument("--eval-ratio", type=float, default=0.2, help="share held out (default: %(default)s)")
@@ -47,8 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split-by", choices=SPLIT_BY, default="image", help="unit of the split (default: %(default)s)")
     ap.add_argument("--skip-bad", action="store_true", help="drop bad items (listed in summary.md) instead of failing")
     ap.add_argument("--no-image-check", action="store_true", help="skip decoding every image (faster, less safe)")
-    ap.add_argument("--tokenizer", type=Path, help="model folder: its tokenizer and tiling (config.json) count the "
-                                                   "tokens and size the multi-image collages")
+    ap.add_argument("--tokenizer", type=Path, help="model folder: its tokenizer and tiling count the tokens")
     ap.add_argument("--eval-only", action="store_true",
                     help="evaluation manifest only: every question held out, no train.json (no terms flag needed)")
     ap.add_argument(ACCEPT_FLAG, dest="accept_terms", action="store_true",
@@ -80,24 +76,20 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         result = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer, source=source,
                                   eval_only=args.eval_only)
-    except (DownloadError, TermsNotAccepted, SpecError, FoodieQAError, ValueError, FileExistsError,
-            FileNotFoundError) as e:
+    except ValueError as e:  # every bad-input error of the data step; OSErrors: cli.run
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.EXIT_BAD_INPUT
     s, tk = result.summary, result.summary["tokens_per_sample"]
-    print(f"wrote {result.out} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {result.out} in {time.perf_counter() - start:.1f} s (see summary.md)")
     for task, c in s["items"].items():
         print(f"  {task}: {c['train']} train, {c['held_out']} held out, {c['dropped_straddling']} dropped "
               f"(images in both splits)")
     print(f"  {result.train_samples} training samples; tokens per sample median {tk['all'].get('median')}, "
           f"max {tk['all'].get('max')} -> suggested max_length {tk['suggested_max_length']}"
-          + (f"; {tk['over_max_length']} over {tk['max_length']}!" if tk["over_max_length"] else ""))
-    if s["skipped_bad_items"]:
-        print(f"  skipped {len(s['skipped_bad_items'])} problem(s) in bad items: see {result.out / 'summary.md'}")
+          + (f"; {tk['over_max_length']} over {tk['max_length']}!" if tk["over_max_length"] else "")
+          + (f"; {len(s['skipped_bad_items'])} problem(s) in skipped bad items" if s["skipped_bad_items"] else ""))
     print(f"  source: {source['name']} (licence: {source['licence']})"
           + ("; training on it was acknowledged with " + ACCEPT_FLAG if source.get("terms_accepted") else ""))
-    if not args.eval_only:
-        print(f"  train: {result.out / 'train.json'}")
     print(f"  {'evaluation' if args.eval_only else 'held-out'} manifest: {result.out / 'held_out.json'}")
     return 0
 
