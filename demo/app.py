@@ -9,7 +9,6 @@ close and exit; one public endpoint, ``ask`` (README "The demo from code").
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -61,6 +60,8 @@ SLIDERS = {  # elem_id: low, high, default, step, label; in the order of answer(
     "max-new-tokens": (8, 2048, 256, 8, "Max new tokens · 最大生成长度"),
     "repetition-penalty": (1.0, 2.0, REPETITION_PENALTY, 0.05, "Repetition penalty · 重复惩罚 (1 = off)"),
 }
+BUTTONS = {"stop": "Stop · 停止", "regenerate": "Regenerate · 重新生成", "undo": "Undo · 撤销", "clear": "Clear · 清空",
+           "export": "Export · 导出"}
 FIRST_DRAW_S = 0.15  # Send: how long the question waits to be drawn together with the first token
 CLIENT_COOKIE = "foodie_client"  # a random id per browser, set by the page: session files are served to it only
 HEAD = ("<script>if (!document.cookie.split('; ').some(c => c.startsWith('" + CLIENT_COOKIE + "='))) {"
@@ -76,9 +77,9 @@ button[title="Share"], button[aria-label="Share"], .share-button {display: none 
 """
 EMBEDDED_NOTICE = ("**This is the embedded tiny test model, not InternVL2: its answers mean nothing** · 这是内置的微型"
                    "测试模型，回答没有意义。Start the demo with `--model DIR` · 请用 `--model DIR` 指定真实模型。")
+# Chat-template and image markers: typed by a user they would pose as image slots or turn boundaries.
+CONTROL_MARKUP = re.compile(r"<\|[^|<>]{1,40}\|>|</?(?:image|img|IMG_CONTEXT|quad|ref|box)>", re.IGNORECASE)
 
-
-# -- models ------------------------------------------------------------------------------------------
 
 class ModelSlot(NamedTuple):
     key: str  # its answers in ChatState
@@ -106,15 +107,6 @@ def generation_params(temperature: float, top_p: float, max_new_tokens: int,
                             repetition_penalty=float(repetition_penalty), max_tiles=int(max_tiles) or None)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """One line naming --port when ``port`` is taken, before the slow model load."""
-    try:
-        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
-    except OSError as e:
-        raise SystemExit(f"[demo] port {port} on {host} is not free ({e.strerror}; another demo running?): "
-                         f"pass another one, e.g. --port {port + 1}") from None
-
-
 # -- session files: who may fetch what ---------------------------------------------------------------
 
 class SessionFiles:
@@ -122,8 +114,7 @@ class SessionFiles:
     it: here a session file or an upload is served only to the browser whose cookie sent it, 404 to others."""
 
     def __init__(self, cache_dir: Path | None = None):
-        self.cache_dir = cache_dir
-        self.owner: dict[str, str] = {}  # session file name (generated, unique) or upload path -> client id
+        self.cache_dir, self.owner = cache_dir, {}  # owner: session file name (unique) or upload path -> client id
 
     def claim(self, key: str, request: gr.Request | None) -> None:
         self.owner[key] = (request.cookies.get(CLIENT_COOKIE) if request is not None else None) or ""
@@ -222,10 +213,6 @@ def make_thumbnails(gallery: dict[str, list[Dish]], folder: Path, size: int = 32
 
 # -- event handlers (each takes the session's ChatState; nothing conversational is global) ------------
 
-# Chat-template and image markers: typed by a user they would pose as image slots or turn boundaries.
-CONTROL_MARKUP = re.compile(r"<\|[^|<>]{1,40}\|>|</?(?:image|img|IMG_CONTEXT|quad|ref|box)>", re.IGNORECASE)
-
-
 def save_upload(state: ChatState, path: str) -> Path:
     """Check an upload (gradio refuses one over MAX_UPLOAD_MB); copy it into the session under a generated name."""
     src = Path(path)
@@ -250,12 +237,12 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
     def chat(state: ChatState) -> tuple:
         return (state, *[state.messages(k) for k in keys])
 
-    def stream(state: ChatState, params: GenerationParams, first_draw_s: float = 0.0):
-        fns = {s.key: functools.partial(s.backend.stream, params=params) for s in slots}
-        return stream_answers(state, fns, names=names, first_draw_s=first_draw_s)
+    def unchanged(n: int) -> tuple:  # n outputs besides the chat panels
+        return tuple(gr.skip() for _ in range(n + len(keys)))
 
     def add_question(message: dict | None, state: ChatState, request: gr.Request = None):
-        """The message's uploads into the session, then its question; a refusal leaves the chat as it was."""
+        """The message's uploads into the session, then its question; a refusal (gr.Error) leaves the chat as it
+        was."""
         text = CONTROL_MARKUP.sub(" ", (message or {}).get("text") or "").strip()
         uploads, saved = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []], []
         try:
@@ -282,27 +269,25 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
         prompt = (system_prompt or "").strip()
         state.system_prompt = prompt if prompt and prompt != system_default else None
         params = generation_params(temperature, top_p, max_new_tokens, repetition_penalty, max_tiles)
-        for _ in stream(state, params, first_draw_s):
+        fns = {s.key: lambda request, s=s: s.backend.stream(request, params) for s in slots}
+        for _ in stream_answers(state, fns, names=names, first_draw_s=first_draw_s):
             yield chat(state)
 
-    def send(message: dict, state: ChatState, temperature: float, top_p: float, max_new_tokens: int,
-             repetition_penalty: float, max_tiles: int, system_prompt: str, request: gr.Request = None):
+    def send(message: dict, state: ChatState, request: gr.Request, *settings):
         """Question and answers in one event (one round trip less than two); a refusal is a toast."""
         try:
             add_question(message, state, request)
         except gr.Error as e:
             gr.Warning(e.message, duration=8)
-            yield tuple(gr.skip() for _ in range(2 + len(keys)))
+            yield unchanged(2)
             return
-        updates = answer(state, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles, system_prompt,
-                         FIRST_DRAW_S)
-        for i, update in enumerate(updates):
+        for i, update in enumerate(answer(state, *settings, FIRST_DRAW_S)):
             yield (gr.MultimodalTextbox(value=None) if i == 0 else gr.skip(), *update)
 
     def regenerate(state: ChatState, *settings):
         if not state.turns:
             gr.Info("Nothing to regenerate yet · 还没有可重新生成的回答", duration=3)
-            yield tuple(gr.skip() for _ in range(1 + len(keys)))
+            yield unchanged(1)
             return
         state.regenerate()
         yield from answer(state, *settings)
@@ -310,9 +295,8 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
     def undo(state: ChatState):
         if not state.turns:  # a toast, not an error badge on the chat panels
             gr.Info("Nothing to undo · 没有可撤销的内容", duration=3)
-            return tuple(gr.skip() for _ in range(2 + len(keys)))
-        turn = state.undo()
-        return (gr.MultimodalTextbox(value={"text": turn.question, "files": []}), *chat(state))
+            return unchanged(2)
+        return (gr.MultimodalTextbox(value={"text": state.undo().question, "files": []}), *chat(state))
 
     def stop(state: ChatState):
         state.stop()
@@ -325,8 +309,7 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
     def pick_dish(cuisine: str):
         def pick(state: ChatState, evt: gr.SelectData):
             """A click puts the dish into the chat, a second click takes it off."""
-            index = evt.index if isinstance(evt.index, int) else evt.index[0]
-            dish = gallery[cuisine][index]  # from the server's own list: a client cannot name a file
+            dish = gallery[cuisine][evt.index if isinstance(evt.index, int) else evt.index[0]]  # the server's own list
             if state.detach(dish.image):
                 gr.Info(f"{dish.name} removed · 已移除", duration=3)
             elif dish.image in state.images():
@@ -359,7 +342,7 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
         state = ChatState(tuple(keys), temp_root=temp_root)
         try:
             add_question({"text": question, "files": images}, state)
-            for _ in stream(state, generation_params(0.0, 1.0, max_new_tokens or 256, REPETITION_PENALTY)):
+            for _ in answer(state, 0.0, 1.0, max_new_tokens or 256, REPETITION_PENALTY):
                 turn = state.turns[-1]
                 answers = {k: f"⚠️ {turn.errors[k]}" if k in turn.errors else turn.answers.get(k, "") for k in keys}
                 yield {"answer": answers[keys[-1]], "answers": answers}
@@ -377,7 +360,6 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concur
     files = files or SessionFiles()
     h = make_handlers(slots, gallery, files=files, temp_root=temp_root)
     budgets = {s.label: s.spec.max_tiles for s in slots}
-    private = dict(api_visibility="private")
     with gr.Blocks(title="InternVL Foodie", analytics_enabled=False) as demo:
         gr.Markdown("# InternVL Foodie · 美食专家\nPick a dish or upload photos, then ask in 中文 or English. · "
                     "选一道菜或上传照片，然后用中文或英文提问。")
@@ -396,9 +378,7 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concur
                 with gr.Row(elem_id="controls"):
                     buttons = {name: gr.Button(label, size="sm", elem_id=name,
                                                variant="stop" if name == "stop" else "secondary")
-                               for name, label in [("stop", "Stop · 停止"), ("regenerate", "Regenerate · 重新生成"),
-                                                   ("undo", "Undo · 撤销"), ("clear", "Clear · 清空"),
-                                                   ("export", "Export · 导出")]}
+                               for name, label in BUTTONS.items()}
                 export_files = gr.File(label="Chat export (Markdown, JSON) · 对话导出", visible=False,
                                        elem_id="export-files", interactive=False)
                 examples = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[[q] for q in EXAMPLES],
@@ -406,8 +386,8 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concur
                                       type="index", elem_id="examples", samples_per_page=len(EXAMPLES))
             with gr.Column(scale=2):
                 gr.Markdown("### Dish gallery · 菜品\nClick to add a dish, again to remove it · 点击加入，再点移除")
-                galleries = []
                 with gr.Tabs(elem_id="cuisines"):
+                    galleries = []
                     for i, (cuisine, dishes) in enumerate(gallery.items()):
                         with gr.Tab(f"{cuisine} ({len(dishes)})", elem_id=f"cuisine-{i}"):
                             galleries.append((cuisine, gr.Gallery(
@@ -429,13 +409,12 @@ def build_demo(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, concur
                 gr.Markdown(f"Backend `{slots[-1].backend.name}`. Uploads (≤ {MAX_UPLOAD_MB} MB) are deleted on Clear "
                             f"and when this tab closes · 上传的图片在清空或关闭页面时删除。")
         settings, chat_out = [*sliders, max_tiles, system_prompt], [state, *chatbots]
-        quick = dict(concurrency_limit=None, show_progress="hidden", **private)
+        quick = dict(concurrency_limit=None, show_progress="hidden", api_visibility="private")
         # Answers at once: --concurrency where every backend batches (its `concurrent`), else one. A question past
         # that waits in the page's queue, which shows its place.
-        batches = all(getattr(s.backend, "concurrent", False) for s in slots)
-        at_once = dict(concurrency_limit=concurrency if batches else 1,
-                       concurrency_id="answer")
-        answering = dict(show_progress="minimal", **at_once, **private)
+        at_once = dict(concurrency_id="answer", concurrency_limit=concurrency if all(
+            getattr(s.backend, "concurrent", False) for s in slots) else 1)
+        answering = dict(show_progress="minimal", api_visibility="private", **at_once)
         asked = [box.submit(h["send"], [box, state, *settings], [box, *chat_out], **answering),
                  buttons["regenerate"].click(h["regenerate"], [state, *settings], chat_out, **answering)]
         # Stop leaves a waiting question out of the queue; a running one keeps its text and its stream is closed.
@@ -470,14 +449,19 @@ def main(argv=None):
                                                                "together (the transformers backend: one)")
     args = ap.parse_args(argv)
 
-    check_port_free(args.host, args.port)
+    try:  # one line naming --port when the port is taken, before the slow model load
+        socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET
+                             ).close()
+    except OSError as e:
+        raise SystemExit(f"[demo] port {args.port} on {args.host} is not free ({e.strerror}; another demo running?): "
+                         f"pass another one, e.g. --port {args.port + 1}") from None
     model_dir, data_dir = ensure_embedded_default(args.model, args.data_root)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[demo] WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} can use "
               f"the demo and upload images. Put it behind your own access control.", flush=True)
     t0, slots = time.perf_counter(), []
-    for key, folder in [("base", Path(args.compare).resolve()), ("tuned", model_dir)] if args.compare else \
-            [("model", model_dir)]:
+    folders = [("base", Path(args.compare).resolve()), ("tuned", model_dir)] if args.compare else [("model", model_dir)]
+    for key, folder in folders:
         try:
             spec, backend = ModelSpec.from_checkpoint(folder), load_backend(folder, backend=args.backend)
         except (RuntimeError, OSError, ValueError) as e:  # SpecError (a ValueError) names a missing config.json

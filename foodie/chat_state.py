@@ -37,8 +37,7 @@ class Turn:
 
     def finish(self, model: str, error: str | None = None) -> None:
         self.answers.setdefault(model, "")
-        if error:
-            self.errors[model] = error
+        self.errors.update({model: error} if error else {})
         self.done.add(model)
 
     def shown(self, model: str) -> str:
@@ -56,14 +55,12 @@ class Turn:
 class ChatState:
     def __init__(self, models: tuple[str, ...] = ("model",), *, temp_root: str | Path | None = None,
                  on_delete: Callable[[Path], None] | None = None):
-        self.models = tuple(models)
+        self.models, self.temp_root, self.on_delete = tuple(models), temp_root, on_delete
         self.turns: list[Turn] = []
         self.pending_images: list[Path] = []
         self.system_prompt: str | None = None  # None: the model's own
-        self.temp_root, self.on_delete = temp_root, on_delete
         self._session_dir: Path | None = None
-        self.epoch = 0
-        self.lock = threading.RLock()
+        self.epoch, self.lock = 0, threading.RLock()
 
     def __deepcopy__(self, memo):  # gr.State deep-copies its initial value for every session: each starts empty
         return ChatState(self.models, temp_root=self.temp_root, on_delete=self.on_delete)
@@ -76,10 +73,9 @@ class ChatState:
     def check_room(self, adding: int = 1) -> None:
         have = len(self.images())
         if have + adding > MAX_IMAGES:
-            what = "an image" if adding == 1 else f"{adding} images"
-            raise ValueError(f"this conversation has {have} image{'s' if have != 1 else ''}; one chat holds at most "
-                             f"{MAX_IMAGES}, so {what} more cannot join it. Send fewer, or press Clear to "
-                             f"start a new chat")
+            raise ValueError(f"this conversation has {have} image{'s' * (have != 1)}; one chat holds at most "
+                             f"{MAX_IMAGES}, so {'an image' if adding == 1 else f'{adding} images'} more cannot join "
+                             f"it. Send fewer, or press Clear to start a new chat")
 
     def attach(self, path: str | Path) -> None:
         with self.lock:
@@ -97,8 +93,7 @@ class ChatState:
 
     @property
     def session_dir(self) -> Path:
-        if self._session_dir is None:
-            self._session_dir = Path(tempfile.mkdtemp(prefix="foodie-chat-", dir=self.temp_root))
+        self._session_dir = self._session_dir or Path(tempfile.mkdtemp(prefix="foodie-chat-", dir=self.temp_root))
         return self._session_dir
 
     def new_upload_path(self, suffix: str = ".png") -> Path:
@@ -136,33 +131,32 @@ class ChatState:
     def is_answered(self, turn: Turn) -> bool:
         return all(m in turn.done for m in self.models)
 
-    def _last(self) -> Turn:
-        if not self.turns:
-            raise ValueError("there is no question yet")
-        return self.turns[-1]
-
-    def stop(self) -> None:
-        """Cancel every answer in flight; what was said so far stays as the answer."""
+    def stop(self) -> Turn | None:
+        """Cancel every answer in flight (what was said so far stays as the answer); the last turn."""
         with self.lock:
             self.epoch += 1
             for model in self.models if self.turns else ():
                 if model not in self.turns[-1].done:
                     self.turns[-1].finish(model)
                     self.turns[-1].stopped.add(model)
+            return self.turns[-1] if self.turns else None
+
+    def _stop_last(self) -> Turn:
+        if not (turn := self.stop()):
+            raise ValueError("there is no question yet")
+        return turn
 
     def regenerate(self) -> Turn:
         """Stop and drop the last turn's answers, to answer it again."""
         with self.lock:
-            turn = self._last()
-            self.stop()
+            turn = self._stop_last()
             turn.answers, turn.errors, turn.done, turn.stopped = {}, {}, set(), set()
             return turn
 
     def undo(self) -> Turn:
         """Stop and remove the last turn; its images go back to pending."""
         with self.lock:
-            turn = self._last()
-            self.stop()
+            turn = self._stop_last()
             self.turns.pop()
             self.pending_images = turn.images + self.pending_images
             return turn
@@ -178,15 +172,13 @@ class ChatState:
     # -- views -------------------------------------------------------------------------------------
 
     def request(self, model: str) -> list:
-        """The conversation as ``model`` saw it (its own earlier answers) up to the last question, for
-        ``foodie.inference``."""
+        """The conversation as ``model`` saw it (its own earlier answers) up to the last question."""
         from foodie.inference import Message
         with self.lock:
-            last = self._last()
             out = [] if self.system_prompt is None else [Message("system", self.system_prompt)]
             for t in self.turns[:-1]:
                 out += [Message("user", t.question, images=t.images), Message("assistant", t.answers.get(model, ""))]
-            return out + [Message("user", last.question, images=last.images)]
+            return out + [Message("user", self.turns[-1].question, images=self.turns[-1].images)]
 
     def messages(self, model: str) -> list[dict]:
         """One model's chat panel (gradio messages): each turn's images, its question, the answer; pending images."""
@@ -200,19 +192,17 @@ class ChatState:
 
     def export(self, fmt: str = "md", names: dict[str, str] | None = None) -> str:
         """The conversation as Markdown (``md``) or JSON (``json``): questions, image file names, answers."""
-        names = names or {}
+        name = (names or {}).get
         with self.lock:
             turns = [dict(question=t.question, images=[p.name for p in t.images],
-                          answers={names.get(m, m): t.answers.get(m, "") for m in self.models},
-                          errors={names.get(m, m): t.errors[m] for m in self.models if m in t.errors})
-                     for t in self.turns]
+                          answers={name(m, m): t.answers.get(m, "") for m in self.models},
+                          errors={name(m, m): t.errors[m] for m in self.models if m in t.errors}) for t in self.turns]
         if fmt == "json":
             return json.dumps(dict(system_prompt=self.system_prompt, turns=turns), ensure_ascii=False, indent=2) + "\n"
         md = ["# InternVL Foodie chat"] + ([f"*System prompt:* {self.system_prompt}"] if self.system_prompt else [])
         for i, t in enumerate(turns, 1):
             md.append(f"## {i}. {t['question'] or '(image only)'}")
-            if t["images"]:
-                md.append(f"*Images:* {', '.join(t['images'])}")
+            md += [f"*Images:* {', '.join(t['images'])}"] if t["images"] else []
             md += [f"**{m}:** {a}" + (f" ⚠️ {t['errors'][m]}" if m in t["errors"] else "")
                    for m, a in t["answers"].items()]
         return "\n\n".join(md) + "\n"
@@ -231,10 +221,10 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
                    names: dict[str, str] | None = None, min_interval_s: float = 0.05,
                    first_draw_s: float = 0.0) -> Iterator[None]:
     """Answer the last turn with every model at once (a thread each iterating ``answer_fns[model](request)``); yield
-    to draw, at most every ``min_interval_s`` (a browser redraws the whole message). Cancelling the turn or closing
-    this generator closes the streams. A failing model's error is its answer. ``first_draw_s``: the first draw waits
-    up to that long for a first token, to draw it with the question (one browser update less)."""
-    names = names or {}
+    to draw, at most every ``min_interval_s`` (a browser redraws the whole message), the first time after up to
+    ``first_draw_s`` waiting for a first token (to draw it with the question). A failing model's error is its answer.
+    Cancelling the turn or closing this generator closes the streams."""
+    name = (names or {}).get
     with state.lock:
         if not state.turns or state.is_answered(state.turns[-1]):
             return
@@ -261,8 +251,8 @@ def stream_answers(state: ChatState, answer_fns: dict[str, Callable[[list], Iter
             finally:
                 getattr(stream, "close", lambda: None)()  # the backend stops generating
         except Exception as e:  # noqa: BLE001 - a failing model is reported in the chat, the app goes on
-            log.exception("model %s failed", names.get(model, model))
-            error = f"Model error ({names.get(model, model)}): {type(e).__name__}: {state.redact(str(e))}"
+            log.exception("model %s failed", name(model, model))
+            error = f"Model error ({name(model, model)}): {type(e).__name__}: {state.redact(str(e))}"
         finally:
             write(lambda: turn.finish(model, error))
 

@@ -1,18 +1,13 @@
-"""One chat interface over InternVL2 checkpoints, shared by the evaluation and the demo.
-
-    backend = load_backend("work/tiny-internvl2")                  # 'auto': the first usable one of BACKENDS
-    request = [Message("user", "这是什么菜？", images=["dish.jpg"])]
-    backend.generate([request], GenerationParams())                # -> ["..."]  (a batch of requests)
-    for delta in backend.stream(request, GenerationParams()):       # text as it comes; close() stops it
-        print(delta, end="")
-    for indices, answers in answer_all(backend, requests, params):  # many requests, images prepared ahead
-
-A request is a conversation ending with a user turn (a leading system message replaces the checkpoint's; a
-trailing assistant message starts the reply). Every backend gives the model the prompt and tiles of ``chat()``.
+"""One chat interface over InternVL2 checkpoints, shared by the evaluation and the demo: ``load_backend(dir)``
+gives a backend with ``generate(requests, params)`` (a batch), ``stream(request, params)`` (text deltas; close()
+stops it) and ``answer_all`` (many requests, images prepared ahead). A request is a conversation ending with a user
+turn (a leading system message replaces the checkpoint's; a trailing assistant message starts the reply). Every
+backend gives the model the prompt and tiles of ``chat()``.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import itertools
@@ -26,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from foodie.image_tiling import ImageLike, load_image, open_image
-from foodie.model_spec import IMG_CONTEXT, ModelSpec  # noqa: F401 (IMG_CONTEXT: for docs/examples/walkthrough_shapes.py)
+from foodie.model_spec import IMG_CONTEXT, ModelSpec
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -60,13 +55,10 @@ class GenerationParams:
     max_tiles: int | None = None  # tile budget of a request (None: the backend's, i.e. the checkpoint's)
 
     def __post_init__(self):
-        for ok, rule in ((self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-                         (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
-                         (self.max_tiles is None or self.max_tiles >= 1, "max_tiles must be >= 1"),
-                         (not self.do_sample or (self.temperature > 0 and 0 < self.top_p <= 1),
-                          "sampling needs temperature > 0 and 0 < top_p <= 1")):
-            if not ok:
-                raise ValueError(f"{rule}, got {self}")
+        if not (self.max_new_tokens >= 1 and self.repetition_penalty > 0 and (self.max_tiles or 1) >= 1
+                and (not self.do_sample or (self.temperature > 0 and 0 < self.top_p <= 1))):
+            raise ValueError(f"max_new_tokens and max_tiles must be >= 1, repetition_penalty > 0 (1 = off), and "
+                             f"sampling needs temperature > 0 and 0 < top_p <= 1; got {self}")
 
 
 def _check_request(request: Request, backend=None) -> tuple[str | None, list[Message]]:
@@ -94,9 +86,13 @@ def with_image_placeholders(text: str, n_images: int) -> str:
                          f"were given: use one placeholder per image, or none to put the images first")
     if have or n_images == 0:
         return text
-    if n_images == 1:
-        return f"{IMAGE_PLACEHOLDER}\n{text}"
-    return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n_images)) + text
+    return (f"{IMAGE_PLACEHOLDER}\n" if n_images == 1 else
+            "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n_images))) + text
+
+
+def with_budget(spec: ModelSpec, max_tiles: int | None) -> ModelSpec:
+    """``spec`` with a request's tile budget (None: the checkpoint's own)."""
+    return replace(spec, max_tiles=max_tiles or spec.max_tiles)
 
 
 def tiles_per_image(max_tiles: int, n_images: int) -> int:
@@ -135,6 +131,26 @@ def answer_all(backend, requests: Sequence[Request], params: GenerationParams = 
     for i in range(0, len(requests), batch_size):
         idx = list(range(i, min(i + batch_size, len(requests))))
         yield idx, backend.generate([requests[j] for j in idx], params)
+
+
+class _Stopped(Exception):  # ends a generation whose stream was closed
+    pass
+
+
+def _stream(start, sep: str | None = None) -> Iterator[str]:
+    """The deltas that ``start(on_delta, stop)`` (which returns a future) reports, trimmed as ``generate`` trims;
+    closing this generator sets ``stop`` and cancels the future. An error of the generation is raised here."""
+    deltas, stop = queue.Queue(), threading.Event()
+    future = start(deltas.put, stop)
+    future.add_done_callback(lambda _: deltas.put(None))
+    try:
+        yield from _as_answer(iter(deltas.get, None), sep)
+        stop.set()  # (a separator in the text ends the answer early)
+        with contextlib.suppress(_Stopped):
+            future.result()
+    finally:
+        stop.set()
+        future.cancel()
 
 
 def _as_answer(deltas: Iterator[str], sep: str | None = None) -> Iterator[str]:
@@ -182,18 +198,15 @@ class TransformersBackend:
             llm.attn_implementation = "sdpa"
         self.model = AutoModel.from_pretrained(self.model_dir, config=config, trust_remote_code=True,
                                                torch_dtype=self.dtype, low_cpu_mem_usage=True).eval().to(self.device)
-        spec = ModelSpec.from_checkpoint(self.model_dir)
-        self.spec = replace(spec, max_tiles=max_tiles or spec.max_tiles)  # the tile budget of a request
-        self.image_size, self.max_tiles = spec.tile_size, self.spec.max_tiles
+        self.spec = with_budget(ModelSpec.from_checkpoint(self.model_dir), max_tiles)
+        self.image_size, self.max_tiles = self.spec.tile_size, self.spec.max_tiles
         self.image_workers = image_workers or image_workers_for("cpu")
         self._conversation = self.spec.conversation()  # the checkpoint's own template (its conversation.py)
         self.sep = self._conversation.sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
         # A reply ends with the turn (<|im_end|>) or the text (</s>), as the checkpoint's generation_config says.
-        ends = (self.eos_token_id, self.tokenizer.eos_token_id)
-        self.stop_token_ids = [i for i in dict.fromkeys(ends) if i is not None]
-        self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-        self.model.img_context_token_id = self.img_context_token_id
+        self.stop_token_ids = [i for i in dict.fromkeys((self.eos_token_id, self.tokenizer.eos_token_id)) if i]
+        self.img_context_token_id = self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         self.vocab_limit = len(self.tokenizer)  # (slow tokenizers count their vocabulary on every len())
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -218,8 +231,7 @@ class TransformersBackend:
     def _prepare(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()):
         """Tokens (left-padded), attention mask and pixel values of a batch. The images first, on every core up
         to 8, then the model on every core: overlapping them made 100 questions on 2 quiet cores 2x slower."""
-        spec = replace(self.spec, max_tiles=params.max_tiles or self.spec.max_tiles)
-        pixels = pixel_values(spec, requests, self.image_workers)
+        pixels = pixel_values(with_budget(self.spec, params.max_tiles), requests, self.image_workers)
         prompts = [self.render(request, [t.shape[0] for t in p]) for request, p in zip(requests, pixels)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -251,35 +263,27 @@ class TransformersBackend:
         return [self.decode(row) for row in out.tolist()]  # generated from embeddings: only the new tokens
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        stop, deltas, ids, sent = threading.Event(), queue.Queue(), [], [""]
+        def start(on_delta, stop):
+            ids, sent = [], [""]
 
-        class Stopped(Exception):
-            pass
+            class Streamer:  # generate() hands it the (empty: embeddings) prompt, then each new token
+                def put(_, value):
+                    if stop.is_set():
+                        raise _Stopped
+                    ids.extend(value.reshape(-1).tolist())
+                    text = self.decode(ids, strip=False)
+                    if not text.endswith("\ufffd"):  # else part of a multi-byte character: wait for the rest
+                        on_delta(text[len(sent[0]):])
+                        sent[0] = text
 
-        class Streamer:  # generate() hands it the (empty: embeddings) prompt, then each new token
-            def put(_, value):
-                if stop.is_set():
-                    raise Stopped
-                ids.extend(value.reshape(-1).tolist())
-                text = self.decode(ids, strip=False)
-                if not text.endswith("\ufffd"):  # else part of a multi-byte character: wait for the rest
-                    deltas.put(text[len(sent[0]):])
-                    sent[0] = text
+                def end(_):
+                    pass
 
-            def end(_):
-                pass
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="foodie-generate")
-        future = pool.submit(self.generate, [request], params, streamer=Streamer())
-        future.add_done_callback(lambda _: deltas.put(None))
-        try:
-            yield from _as_answer(iter(deltas.get, None), self.sep)  # trimmed as chat() trims
-            stop.set()  # (a separator in the text ends the answer early)
-            if not isinstance(future.exception(), (Stopped, type(None))):
-                raise future.exception()
-        finally:
-            stop.set()  # the consumer went away (or we are done): stop generating
-            pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="foodie-generate")
+            future = pool.submit(self.generate, [request], params, streamer=Streamer())
+            pool.shutdown(wait=False)  # its thread ends with the generation
+            return future
+        return _stream(start, self.sep)  # trimmed as chat() trims
 
     def close(self) -> None:
         self.model = None
@@ -287,8 +291,7 @@ class TransformersBackend:
             self._torch.cuda.empty_cache()
 
 
-class PreparedImage(NamedTuple):
-    """An image we decoded, tiled and normalised: what our LMDeploy requests carry in place of a PIL image."""
+class PreparedImage(NamedTuple):  # an image we tiled: what our LMDeploy requests carry in place of a PIL image
     pixel_values: object
 
 
@@ -333,8 +336,8 @@ class LMDeployBackend:
                  image_workers: int | None = None):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
-        self.model_dir, spec = Path(model_dir), ModelSpec.from_checkpoint(model_dir)
-        self.spec = replace(spec, max_tiles=max_tiles or spec.max_tiles)
+        self.model_dir = Path(model_dir)
+        self.spec = with_budget(ModelSpec.from_checkpoint(model_dir), max_tiles)
         self.max_tiles = self.spec.max_tiles
         self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
                                                  cache_max_entry_count=cache_max_entry_count,
@@ -347,7 +350,7 @@ class LMDeployBackend:
         self._pool = ThreadPoolExecutor(self.image_workers, thread_name_prefix="foodie-images")
         self.max_in_flight, self._slots = 2 * max_batch_size, None  # requests being prepared or generated
         self._dtype = self.pipe.engine.model_config.dtype
-        self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, spec.tokens_per_tile)
+        self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, self.spec.tokens_per_tile)
 
     def _messages(self, request: Request, pixels: list | None = None, max_tiles: int | None = None) -> list[dict]:
         """Our request -> LMDeploy's OpenAI-style messages, with ``PreparedImage`` of ``pixels`` (the request's
@@ -378,7 +381,7 @@ class LMDeployBackend:
         sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=0) if params.do_sample else {}
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
                                   skip_special_tokens=True, repetition_penalty=params.repetition_penalty, **sampling)
-        spec = replace(self.spec, max_tiles=params.max_tiles or self.spec.max_tiles)
+        spec = with_budget(self.spec, params.max_tiles)
         self._slots = self._slots or asyncio.Semaphore(self.max_in_flight)
         async with self._slots:  # bounds the prepared pixel values waiting in memory
             messages = self._messages(request, await self._pixels(request, spec), spec.max_tiles)
@@ -393,20 +396,18 @@ class LMDeployBackend:
                     on_delta(out.response)
             return "".join(parts)
 
-    def _submit(self, request: Request, params: GenerationParams, on_delta=None):
-        return asyncio.run_coroutine_threadsafe(self._answer(request, params, on_delta), self.loop)
-
-    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+    def _submit(self, requests: Sequence[Request], params: GenerationParams, on_delta=None) -> list:
         for r in requests:
             _check_request(r, self)  # bad requests fail here, before anything runs
-        return [f.result().strip() for f in [self._submit(r, params) for r in requests]]
+        return [asyncio.run_coroutine_threadsafe(self._answer(r, params, on_delta), self.loop) for r in requests]
+
+    def generate(self, requests: Sequence[Request], params: GenerationParams = GenerationParams()) -> list[str]:
+        return [f.result().strip() for f in self._submit(requests, params)]
 
     def answer_all(self, requests: Sequence[Request], params: GenerationParams = GenerationParams(),
                    batch_size: int = 8) -> Iterator[tuple[list[int], list[str]]]:
         """Every request goes to the engine at once (it batches them); answers in groups as they finish."""
-        for r in requests:
-            _check_request(r, self)
-        futures = {self._submit(r, params): i for i, r in enumerate(requests)}
+        futures = {f: i for i, f in enumerate(self._submit(requests, params))}
         done = ((futures[f], f.result().strip()) for f in as_completed(futures))
         try:
             while group := list(itertools.islice(done, batch_size)):
@@ -416,15 +417,7 @@ class LMDeployBackend:
                 future.cancel()  # the consumer went away or one failed: stop the rest
 
     def stream(self, request: Request, params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        _check_request(request, self)
-        deltas: queue.Queue = queue.Queue()
-        future = self._submit(request, params, deltas.put)
-        future.add_done_callback(lambda _: deltas.put(None))
-        try:
-            yield from _as_answer(iter(deltas.get, None))  # trimmed like generate()'s answers
-            future.result()  # an engine error is raised here
-        finally:
-            future.cancel()  # the consumer went away: LMDeploy cancels the session
+        return _stream(lambda on_delta, stop: self._submit([request], params, on_delta)[0])  # cancel: LMDeploy ends it
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -466,15 +459,13 @@ class Replicas:
                 for k, (pool, device) in enumerate(zip(self._pools, self.devices))]
         waiting = len(requests)
         while waiting:
-            try:
+            with contextlib.suppress(queue.Empty):
                 idx, answers = self._outbox.get(timeout=1)
-            except queue.Empty:
-                for job in jobs:
-                    if job.done():
-                        job.result()  # a replica's error is raised here
-                continue
-            waiting -= len(idx)
-            yield idx, answers
+                waiting -= len(idx)
+                yield idx, answers
+            for job in jobs:
+                if job.done():
+                    job.result()  # a replica's error is raised here
 
     def close(self) -> None:
         for pool in self._pools:
