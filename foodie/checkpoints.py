@@ -1,10 +1,8 @@
-"""Training checkpoints that are either complete or absent, and finding the last complete one.
+"""Training checkpoints that are either complete or absent, and finding the newest complete one.
 
 MMEngine's ``CheckpointHook`` writes ``iter_N.pth`` and ``last_checkpoint`` in place and deletes the oldest kept
-checkpoint before writing the new one: a kill at the wrong moment leaves a truncated checkpoint, a
-``last_checkpoint`` naming it, or nothing. ``AtomicCheckpointHook`` renames a checkpoint into place only when every
-rank has written it; ``latest_complete_checkpoint`` never reads ``last_checkpoint``: it validates each candidate
-(a file or a DeepSpeed folder of ZeRO shards), newest first.
+checkpoint first: a kill at the wrong moment leaves a truncated checkpoint that ``last_checkpoint`` names, or none.
+``latest_complete_checkpoint`` never reads ``last_checkpoint``: it validates each candidate, newest first.
 """
 from __future__ import annotations
 
@@ -24,8 +22,6 @@ CKPT_NAME = re.compile(r"^iter_(\d+)\.pth$")
 PARTIAL_SUFFIX = ".partial"
 
 
-# --------------------------------------------------------------------------- validation
-
 def _is_complete_torch_file(path: Path) -> bool:
     """A torch.save zip archive is complete when its central directory (written last) is readable."""
     try:
@@ -35,12 +31,14 @@ def _is_complete_torch_file(path: Path) -> bool:
         return False
 
 
+def _archives(path: Path) -> list[Path]:
+    return sorted(path.rglob("*.pt")) if path.is_dir() else [path]  # a DeepSpeed folder holds ZeRO shards
+
+
 def damaged_member(path: str | os.PathLike) -> str | None:
-    """The first damaged part of a checkpoint (a torch archive, or a DeepSpeed folder's shards): every byte
-    is read and checked against the archive's CRC-32s. None when all of it is intact. Slower than
-    ``is_complete_checkpoint`` (it reads everything): for checking before a checkpoint is trusted for good."""
-    path = Path(path)
-    for archive in (sorted(path.rglob("*.pt")) if path.is_dir() else [path]):
+    """The first part of a checkpoint failing its CRC-32 check, else None. Reads every byte (slower than
+    ``is_complete_checkpoint``): for checking before a checkpoint is trusted for good."""
+    for archive in _archives(Path(path)):
         try:
             with zipfile.ZipFile(archive) as zf:
                 bad = zf.testzip()
@@ -52,16 +50,11 @@ def damaged_member(path: str | os.PathLike) -> str | None:
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a whole checkpoint: a readable torch archive, or a DeepSpeed folder
-    whose model-state and optimizer shards are all readable archives."""
+    """A readable torch archive, or a DeepSpeed folder whose model-state and optimizer shards all are."""
     path = Path(path)
-    if path.is_file():
-        return _is_complete_torch_file(path)
-    if path.is_dir():
-        shards = sorted(path.rglob("*.pt"))
-        has_model = any(s.name.endswith("model_states.pt") for s in shards)
-        return has_model and all(_is_complete_torch_file(s) for s in shards)
-    return False
+    shards = _archives(path) if path.exists() else []
+    has_model = path.is_file() or any(s.name.endswith("model_states.pt") for s in shards)
+    return has_model and all(_is_complete_torch_file(s) for s in shards)
 
 
 def checkpoint_iter(path: str | os.PathLike) -> int | None:
@@ -72,82 +65,58 @@ def checkpoint_iter(path: str | os.PathLike) -> int | None:
 def list_checkpoints(work_dir: str | os.PathLike) -> list[Path]:
     """``iter_N.pth`` files/folders in ``work_dir``, oldest first (by N); partial ones excluded."""
     work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        return []
-    found = [p for p in work_dir.iterdir() if checkpoint_iter(p) is not None]
+    found = [p for p in work_dir.iterdir() if checkpoint_iter(p) is not None] if work_dir.is_dir() else []
     return sorted(found, key=checkpoint_iter)
 
 
 def latest_complete_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint in ``work_dir`` that validates, or None. Never reads ``last_checkpoint``."""
-    for path in reversed(list_checkpoints(work_dir)):
-        if is_complete_checkpoint(path):
-            return path
-    return None
+    return next((p for p in reversed(list_checkpoints(work_dir)) if is_complete_checkpoint(p)), None)
 
 
-# --------------------------------------------------------------------------- weights_only-safe content
 # torch >= 2.6 loads with weights_only=True. MMEngine's message hub holds HistoryBuffers (they pickle bound
 # methods: allow-listing `getattr` would defeat weights_only) and numpy scalars; the hook stores them as plain
 # data and restores them on load, so resume and `torch.load` need no allow-list.
-
 _BUFFER = "__history_buffer__"
 
 
-def _plain(value):
+def plain_message_hub(value):
+    """MessageHub.state_dict() (or a part of it) with HistoryBuffers and numpy values as tensors / Python scalars."""
     import numpy as np
     import torch
+    from mmengine.logging import HistoryBuffer
 
+    if isinstance(value, HistoryBuffer):
+        log, count = value.data
+        return {_BUFFER: True, "log": torch.as_tensor(log, dtype=torch.float64),
+                "count": torch.as_tensor(count, dtype=torch.float64), "max_length": int(value.max_length)}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_message_hub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(plain_message_hub(v) for v in value)
     return value
-
-
-def plain_message_hub(hub: dict) -> dict:
-    """MessageHub.state_dict() with HistoryBuffers and numpy values as tensors / Python scalars."""
-    import torch
-    from mmengine.logging import HistoryBuffer
-
-    out = dict(hub)
-    out["log_scalars"] = {}
-    for key, buf in hub.get("log_scalars", {}).items():
-        if isinstance(buf, HistoryBuffer):
-            log, count = buf.data
-            buf = {_BUFFER: True, "log": torch.as_tensor(log, dtype=torch.float64),
-                   "count": torch.as_tensor(count, dtype=torch.float64), "max_length": int(buf.max_length)}
-        out["log_scalars"][key] = buf
-    out["runtime_info"] = _plain(hub.get("runtime_info", {}))
-    return out
 
 
 def restore_message_hub(hub: dict) -> dict:
     from mmengine.logging import HistoryBuffer
 
-    out = dict(hub)
-    out["log_scalars"] = {
+    return dict(hub, log_scalars={
         key: HistoryBuffer(buf["log"].tolist(), buf["count"].tolist(), buf["max_length"])
         if isinstance(buf, dict) and buf.get(_BUFFER) else buf
-        for key, buf in hub.get("log_scalars", {}).items()}
-    return out
+        for key, buf in hub.get("log_scalars", {}).items()})
 
-
-# --------------------------------------------------------------------------- the hook
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
-    """``CheckpointHook`` whose checkpoints appear only when complete.
+    """``CheckpointHook`` whose checkpoints appear only when complete, holding only tensors and plain values.
 
-    Checkpoints hold only tensors and plain Python values (loadable with ``weights_only=True``).
-    Order per save: write ``.iter_N.pth.partial`` -> barrier -> rename to ``iter_N.pth`` -> delete
-    checkpoints beyond ``max_keep_ckpts`` -> atomically rewrite ``last_checkpoint``. At any kill point
-    the previous complete checkpoints are still on disk. Works for files and DeepSpeed folders on a
-    local file system (the out_dir must be local).
+    Per save: write ``.iter_N.pth.partial`` -> barrier -> rename to ``iter_N.pth`` -> delete checkpoints beyond
+    ``max_keep_ckpts`` -> atomically rewrite ``last_checkpoint``: at any kill point the previous complete
+    checkpoints are still on disk. Files and DeepSpeed folders, on a local file system.
     """
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -199,5 +168,5 @@ class AtomicCheckpointHook(CheckpointHook):
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    else:
+        path.unlink(missing_ok=True)

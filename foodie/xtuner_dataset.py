@@ -4,8 +4,7 @@
 assistant whose name is InternLM (书生·浦语).", while InternVL2's ``chat()`` (and ``foodie.inference``) render the
 checkpoint's own conversation template with the model's system message. ``FoodieInternVLDataset`` keeps XTuner's
 loading, tiling and label masking and takes the template and system prompt from the checkpoint, so training tokens
-equal inference tokens (tests/test_training.py checks it against ``chat()``). ``max_dynamic_patch`` (tiles per
-image) may be set from the config (inference must then use the same tile budget).
+equal inference tokens (tests/test_training.py checks it against ``chat()``).
 """
 from __future__ import annotations
 
@@ -17,17 +16,10 @@ from xtuner.dataset import InternVL_V1_5_Dataset
 _SYS, _IN, _OUT, _IN2 = "\x00SYS\x00", "\x00IN\x00", "\x00OUT\x00", "\x00IN2\x00"
 
 
-def _escape(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 def conversation_template(model_path: str) -> tuple[dict, str]:
-    """(XTuner template dict, system message) equivalent to the checkpoint's ``chat()`` prompt.
-
-    Renders marker conversations through the checkpoint's own ``conversation.get_conv_template`` and
-    cuts them into XTuner's pieces: SYSTEM (system block), INSTRUCTION (a user turn up to the
-    assistant's reply), SUFFIX (what follows a reply before the next turn).
-    """
+    """(XTuner template dict, system message) equivalent to the checkpoint's ``chat()`` prompt: marker
+    conversations rendered by the checkpoint's own ``conversation.get_conv_template``, cut into XTuner's SYSTEM
+    (system block), INSTRUCTION (a user turn up to the assistant's reply) and SUFFIX (after a reply)."""
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
     name = getattr(config, "template", None)
     if not name:
@@ -43,43 +35,34 @@ def conversation_template(model_path: str) -> tuple[dict, str]:
             conv.append_message(conv.roles[len(conv.messages) % 2], text)
         return conv.get_prompt()
 
-    one = render([_IN, None])  # system + user turn + assistant prompt
-    two = render([_IN, _OUT, _IN2, None])
-    user_role = get_conv_template(name).roles[0]
-    cut = one.index(user_role + _IN) if (user_role + _IN) in one else one.index(_IN)
-    system_part, instruction = one[:cut], one[cut:]
+    one, two = render([_IN, None]), render([_IN, _OUT, _IN2, None])
+    user = get_conv_template(name).roles[0]
+    cut = one.index(user + _IN) if (user + _IN) in one else one.index(_IN)
     suffix = two[two.index(_OUT) + len(_OUT):two.index(_IN2)]
-    suffix = suffix[:suffix.rindex(user_role)] if user_role in suffix else suffix
-    template = dict(
-        SYSTEM=_escape(system_part).replace(_SYS, "{system}"),
-        INSTRUCTION=_escape(instruction).replace(_IN, "{input}"),
-        SUFFIX=suffix,
-    )
+    escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731
+    template = dict(SYSTEM=escape(one[:cut]).replace(_SYS, "{system}"),
+                    INSTRUCTION=escape(one[cut:]).replace(_IN, "{input}"),
+                    SUFFIX=suffix[:suffix.rindex(user)] if user in suffix else suffix)
     if "{system}" not in template["SYSTEM"] or "{input}" not in template["INSTRUCTION"]:
         raise ValueError(f"conversation template {name!r} of {model_path} did not render as expected: {template}")
     return template, system
 
 
 class FoodieInternVLDataset(InternVL_V1_5_Dataset):
-    def __init__(self, model_path, data_paths, template=None, system: str | None = None,
-                 image_folders=None, repeat_times=1, max_length=8192, max_dynamic_patch: int | None = None):
+    """``max_dynamic_patch`` (tiles per image) set here overrides config.json's; inference must use the same."""
+
+    def __init__(self, model_path, data_paths, image_folders=None, repeat_times=1, max_length=8192,
+                 max_dynamic_patch: int | None = None):
         if max_dynamic_patch is not None and max_dynamic_patch < 1:
             raise ValueError(f"max_dynamic_patch must be >= 1, got {max_dynamic_patch}")
         self._max_dynamic_patch_override = max_dynamic_patch
-        model_template, model_system = conversation_template(model_path)
-        template = ConfigDict(dict(template) if template is not None else model_template)
-        for key in ("SYSTEM", "INSTRUCTION", "SUFFIX"):
-            if key not in template:
-                raise ValueError(f"FoodieInternVLDataset: template lacks {key!r} (got {sorted(template)}); "
-                                 f"leave template=None to use the checkpoint's conversation template")
-        # The parent overwrites the template it gets: hand it a copy, then put ours and the system back.
-        super().__init__(model_path, ConfigDict(dict(template)), data_paths, image_folders=image_folders,
+        template, system = conversation_template(model_path)
+        # The parent overwrites the template it gets with InternLM's: hand it a copy, then put ours back.
+        super().__init__(model_path, ConfigDict(template), data_paths, image_folders=image_folders,
                          repeat_times=repeat_times, max_length=max_length)
-        self.template = template
-        self._system = model_system if system is None else system
+        self.template, self._system = ConfigDict(template), system
 
-    # The parent assigns max_dynamic_patch from config.json and uses it at once (token lengths for
-    # length grouping, tiling): a config override wins over that assignment.
+    # The parent assigns max_dynamic_patch from config.json and uses it at once (token lengths, tiling).
     @property
     def max_dynamic_patch(self) -> int:
         return self._max_dynamic_patch

@@ -354,7 +354,7 @@ def _trainer_group(work: Path, launcher: subprocess.Popen, marker: str, timeout:
             pgid = int((work / TRAINER_PID_FILE).read_text())
         except (OSError, ValueError):
             pgid = None
-        if pgid and any(marker in c for c in group_commands(pgid)):
+        if pgid and any(marker in c for c in group_commands(pgid).values()):
             return pgid
         time.sleep(0.3)
     raise AssertionError("the trainer did not start")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train with XTuner and fail loudly: `make train [CONFIG=...] [RESUME=1] [TRAIN_ARGS=...]`.
 
-Prints the exact `xtuner train ...` command, runs it, and exits non-zero with the reason when
-training failed (xtuner itself exits 0 on a crash). --resume continues from the newest *complete*
-checkpoint in the work dir. Without --config it trains the embedded tiny model on the synthetic
-FoodieQA (built on first use). Arguments after `--` go to `xtuner train` unchanged.
+Prints the exact `xtuner train ...` command, runs it, and exits non-zero with the reason when training failed
+(xtuner itself exits 0 on a crash). --resume continues from the newest *complete* checkpoint in the work dir.
+Without --config it trains the embedded tiny model on the synthetic FoodieQA (built on first use). Arguments
+after `--` go to `xtuner train` unchanged.
 
 Examples:
   python tools/train.py                                   # embedded default, CPU
@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-from foodie import cli  # noqa: E402
-from foodie.training import DEFAULT_CONFIG, TrainingFailed, describe_checkpoint, plan_training, run_training  # noqa: E402
+from foodie import cli
+from foodie.training import DEFAULT_CONFIG, TrainingFailed, describe_checkpoint, plan_training, run_training
 
 
 def main(argv=None) -> int:

@@ -1,17 +1,10 @@
-# InternVL2-2B + LoRA on FoodieQA (single-image VQA), XTuner 0.2.0.
-#
-#   make train CONFIG=xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py \
-#       TRAIN_ARGS="--deepspeed deepspeed_zero2"
-# or directly, from the repository root:
+# InternVL2-2B + LoRA on FoodieQA (single-image VQA), XTuner 0.2.0. From the repository root:
 #   FOODIE_MODEL=/path/InternVL2-2B FOODIE_DATA=work/foodieqa-xtuner \
 #       xtuner train xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py --deepspeed deepspeed_zero2
-#
-# Paths come from environment variables (no editing, no copying into the xtuner tree):
-#   FOODIE_MODEL     InternVL2-2B checkpoint folder or hub id    (default: OpenGVLab/InternVL2-2B)
-#   FOODIE_DATA      output folder of `tools/process_food.py`   (default: work/foodieqa-xtuner)
-#   FOODIE_WORK_DIR  logs + checkpoints                          (default: work/train/<this file's name>)
-#   FOODIE_WORK      root of work/ (as in foodie/paths.py)
-# Resume: `make train RESUME=1` (picks the newest *complete* checkpoint itself; see tools/train.py).
+# or `make train CONFIG=<this file> TRAIN_ARGS="--deepspeed deepspeed_zero2"` (resume: add RESUME=1).
+# Paths come from the environment: FOODIE_MODEL (checkpoint folder or hub id; default OpenGVLab/InternVL2-2B),
+# FOODIE_DATA (a tools/process_food.py output folder; default work/foodieqa-xtuner), FOODIE_WORK_DIR (logs and
+# checkpoints; default work/train/<this file's name>), FOODIE_WORK (root of work/).
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from peft import LoraConfig
@@ -31,9 +24,7 @@ from xtuner.engine.runner import TrainLoop
 _os = __import__("os")
 _paths = __import__("foodie.paths", fromlist=["work_dir"])  # work/ (or $FOODIE_WORK)
 
-#######################################################################
-#                          PART 1  Settings                           #
-#######################################################################
+# ------------------------------------------------------------ PART 1  Settings
 # Model
 path = _os.environ.get("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")
 torch_dtype = "auto"  # bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU
@@ -59,11 +50,8 @@ max_length = 8192
 max_dynamic_patch = None  # None: the model's config.json (12 for InternVL2-2B)
 repeat_times = 1
 
-# Scheduler & Optimizer
-# FoodieQA SIVQA has 256 questions; with a held-out split about 200 remain for training. The
-# tutorial's 10 epochs at 3e-5 were judged on the training images; on held-out dishes more epochs
-# only memorise the training photos, so: 3 epochs, peak lr 4e-5 (InternVL's own LoRA recipe),
-# cosine decay. With batch 4 x accumulation 2 that is ~150 iterations (~75 optimizer steps).
+# Scheduler & Optimizer: 3 epochs at peak lr 4e-5 (InternVL's own LoRA recipe), cosine; on ~200 training
+# questions more epochs only memorise the photos (docs/TRAINING.md). Batch 4 x 2: ~150 iterations.
 batch_size = 4  # per device
 accumulative_counts = 2
 dataloader_num_workers = 8  # image decoding + tiling of ~3 MP photos; 4 starved the GPU at times
@@ -85,9 +73,7 @@ seed = 42  # fixed so a resumed run sees the same data order
 work_dir = _os.environ.get("FOODIE_WORK_DIR",
                           str(_paths.work_dir() / "train" / "internvl_v2_internlm2_2b_lora_finetune_food"))
 
-#######################################################################
-#            PART 2  Model & Tokenizer & Image Processor              #
-#######################################################################
+# ------------------------------------------------------------ PART 2  Model
 model = dict(
     type=FoodieInternVL,
     model_path=path,
@@ -98,19 +84,12 @@ model = dict(
     compile_elementwise=compile_elementwise,
     freeze_llm=True,  # the LLM learns through LoRA only
     freeze_visual_encoder=True,  # InternViT frozen; the MLP projector (mlp1) is trained
-    llm_lora=dict(
-        type=LoraConfig,
-        r=128,
-        lora_alpha=256,
-        lora_dropout=0.05,
-        target_modules=None,  # None: every linear layer of the LLM (wqkv, wo, w1, w2, w3, output)
-        task_type="CAUSAL_LM",
-    ),
+    # target_modules None: every linear layer of the LLM (wqkv, wo, w1, w2, w3, output)
+    llm_lora=dict(type=LoraConfig, r=128, lora_alpha=256, lora_dropout=0.05, target_modules=None,
+                  task_type="CAUSAL_LM"),
 )
 
-#######################################################################
-#                      PART 3  Dataset & Dataloader                   #
-#######################################################################
+# ------------------------------------------------------------ PART 3  Dataset & Dataloader
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
@@ -121,58 +100,34 @@ train_dataloader = dict(
         model_path=path,
         data_paths=data_path,
         image_folders=image_folder,
-        repeat_times=repeat_times,
-        # None: the checkpoint's own conversation template and system message, i.e. exactly the prompt
-        # its chat() and foodie.inference build (XTuner's dataset would use InternLM's system prompt).
-        template=None,
-        system=None,
+        repeat_times=repeat_times,  # the prompt is the checkpoint's own chat template and system message
         max_length=max_length,
         max_dynamic_patch=max_dynamic_patch,
     ),
-    sampler=dict(
-        type=LengthGroupedSampler,
-        length_property="modality_length",
-        per_device_batch_size=batch_size * accumulative_counts,
-    ),
+    sampler=dict(type=LengthGroupedSampler, length_property="modality_length",
+                 per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=default_collate_fn),
 )
 
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
+# ------------------------------------------------------------ PART 4  Scheduler & Optimizer
 optim_wrapper = dict(
     type=AmpOptimWrapper,  # replaced by DeepSpeedOptimWrapper under --deepspeed (bf16 when supported)
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale="dynamic",
-    dtype=amp_dtype,
+    accumulative_counts=accumulative_counts, loss_scale="dynamic", dtype=amp_dtype,
 )
 
 # Linear warm-up over the first `warmup_iters` iterations, cosine decay over the whole run
 # (the two overlap: MMEngine chains scheduler factors, and cosine is ~1 during warm-up).
 param_scheduler = [
     dict(type=LinearLR, start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
-    dict(
-        type=CosineAnnealingLR,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=0,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 
 train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
-    pretrained_model_name_or_path=path,
-    trust_remote_code=True,
-)
+# ------------------------------------------------------------ PART 5  Runtime
+tokenizer = dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=path, trust_remote_code=True)
 
 custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
 
@@ -180,24 +135,14 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
-    # Checkpoints appear only when complete (written under a temporary name, then renamed);
-    # optimizer state is saved so that a resumed run continues exactly.
-    checkpoint=dict(
-        type=AtomicCheckpointHook,
-        save_optimizer=True,
-        by_epoch=False,
-        interval=save_steps,
-        max_keep_ckpts=save_total_limit,
-        save_last=True,
-    ),
+    # Checkpoints appear only when complete; the optimizer state lets a resumed run continue exactly.
+    checkpoint=dict(type=AtomicCheckpointHook, save_optimizer=True, by_epoch=False, interval=save_steps,
+                    max_keep_ckpts=save_total_limit, save_last=True),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+               dist_cfg=dict(backend="nccl"))
 
 visualizer = None
 log_level = "INFO"

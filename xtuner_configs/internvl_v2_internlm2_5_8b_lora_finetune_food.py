@@ -1,6 +1,5 @@
 # InternVL2-8B (InternViT-300M + InternLM2.5-7B-chat) + LoRA on FoodieQA: the 2B recipe on the larger checkpoint.
 # Only what differs is here; the chat template, tile budget and special tokens come from the checkpoint.
-#
 #   FOODIE_MODEL=/path/InternVL2-8B FOODIE_DATA=work/foodieqa-xtuner \
 #       xtuner train xtuner_configs/internvl_v2_internlm2_5_8b_lora_finetune_food.py --deepspeed deepspeed_zero2
 from mmengine.config import read_base
@@ -18,6 +17,7 @@ work_dir = _os.environ.get("FOODIE_WORK_DIR",
 # 7B layer keeps twice the activations; not measured at 8B.
 llm_checkpoint_layers = 32
 
+# MMEngine's inherited dicts are copies: a changed setting is written into each dict that uses it.
 model.update(model_path=path, activation_checkpointing=llm_checkpoint_layers)
 tokenizer.update(pretrained_model_name_or_path=path)
 custom_hooks[0].tokenizer.update(pretrained_model_name_or_path=path)

@@ -1,12 +1,7 @@
 # The 2B config on a CPU, for the embedded default: the tiny random-weight InternVL2 (tools/make_tiny_model.py)
 # on the synthetic FoodieQA (tools/make_demo_data.py -> tools/process_food.py). Only what differs is here.
-#
-#   make train                     # builds the embedded model/data on first use, then trains
-#   make train RESUME=1            # continue after a kill from the newest complete checkpoint
-#
-# MMEngine inherits a config with imports ("lazy import" style) through `read_base()`; the inherited dicts
-# are copies, so a changed setting is written into each dict that uses it. The top-level names are what the
-# merged model's card reports (foodie/merge.py).
+#   make train            # builds the embedded model/data on first use, then trains (RESUME=1: continue after a kill)
+# The top-level names are what the merged model's card reports (foodie/merge.py).
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, OptimWrapper
@@ -33,16 +28,15 @@ lr = 1e-3  # a random-weight model far from any optimum; LoRA + projector take l
 warmup_iters = 100
 save_steps = 100
 
+# MMEngine's inherited dicts are copies: a changed setting is written into each dict that uses it.
 model.update(model_path=path, torch_dtype=torch_dtype, activation_checkpointing=False)
 tokenizer.update(pretrained_model_name_or_path=path)
 custom_hooks[0].tokenizer.update(pretrained_model_name_or_path=path)
-# Plain shuffled batches. LengthGroupedSampler (the real run's) sorts big shuffled chunks by length to
-# save padding on a GPU; with one tile per photo the length is the question's, so its batches would
-# each hold one question type, and the model would never see types side by side in a step (measured:
-# held-out accuracy 0.60 instead of 0.70 after the same 1,000 iterations, with 448-px tiles; docs/TRAINING.md).
-train_dataloader.sampler = dict(type=DefaultSampler, shuffle=True)
 train_dataloader.update(num_workers=dataloader_num_workers, persistent_workers=False)
 train_dataloader.dataset.update(model_path=path, max_length=max_length, max_dynamic_patch=max_dynamic_patch)
+# Plain shuffled batches: with one tile per photo LengthGroupedSampler's batches would each hold one question
+# type (measured: held-out accuracy 0.60 instead of 0.70 after the same 1,000 iterations; docs/TRAINING.md).
+train_dataloader.sampler = dict(type=DefaultSampler, shuffle=True)
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(optim_wrapper.optimizer, lr=lr),
                      clip_grad=optim_wrapper.clip_grad, accumulative_counts=accumulative_counts)
 param_scheduler[0].end = warmup_iters
