@@ -13,15 +13,13 @@ def read_held_out(path: str | os.PathLike, tasks: Sequence[str] | None = None) -
     """Question ids per task from a held-out manifest written by ``foodie.data_conversion.convert_foodieqa``."""
     from foodie.tasks import TASKS
 
-    path = Path(path)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise ValueError(f"{path}: cannot read the held-out manifest ({e}); re-run tools/process_food.py") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a held-out manifest of tools/process_food.py (held_out.json)")
-    ids = manifest.get("question_ids", {})
-    return {t: set(ids.get(t, [])) for t in (tasks or TASKS)}
+    return {t: set(manifest.get("question_ids", {}).get(t, [])) for t in (tasks or TASKS)}
 
 
 def select(items: list, ids: set[str], manifest: str | os.PathLike, data_root, task: str) -> list:

@@ -31,15 +31,13 @@ _TEXTQA_ZH = [  # (model, best accuracy %, prompt)
 
 
 def _rows() -> dict:
-    out: dict = {}
+    out = {"textqa": {"zh": [dict(model=name, accuracy=acc, mark="", note=f"prompt {prompt}")
+                             for name, acc, prompt in _TEXTQA_ZH]}}
     for name, *cells in _VQA:
-        for column, cell in ((c, v) for c, v in zip(VQA_COLUMNS, cells) if v != "-"):
-            task, lang = column.split("/")
-            number = cell.rstrip("†")
-            out.setdefault(task, {}).setdefault(lang, []).append(
-                dict(model=name, accuracy=float(number), mark=cell[len(number):], note=""))
-    out["textqa"] = {"zh": [dict(model=name, accuracy=acc, mark="", note=f"prompt {prompt}")
-                            for name, acc, prompt in _TEXTQA_ZH]}
+        for (task, lang), cell in zip((c.split("/") for c in VQA_COLUMNS), cells):
+            if cell != "-":
+                out.setdefault(task, {}).setdefault(lang, []).append(
+                    dict(model=name, accuracy=float(cell.rstrip("†")), mark="†" * cell.endswith("†"), note=""))
     return out
 
 

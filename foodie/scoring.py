@@ -49,19 +49,23 @@ def read_response(response: str, answer: int, question_key: str, choices: Sequen
                 option_text=None if reading is None else LETTERS[reading])
 
 
+def guessed_right(row: dict) -> bool:
+    """Right by the letter, or by the seeded guess where there is none (whole right answers)."""
+    return (row["letter"] or row["guess"]) == row["answer"]
+
+
 def accuracy(rows: Sequence[dict]) -> dict:
     """The headline ``accuracy`` (mean score) of read rows, with seeded-guess, strict and option-text figures."""
     from foodie.stats import wilson_interval
 
-    n = len(rows)
+    n, per = len(rows), max(len(rows), 1)  # no rows: every figure 0
     score = sum(r["score"] for r in rows)
     letter_right = sum(r["letter"] == r["answer"] for r in rows)
-    guessed_right = sum((r["letter"] or r["guess"]) == r["answer"] for r in rows)
+    guessed = sum(map(guessed_right, rows))
     read_right = sum(r["option_text"] == r["answer"] for r in rows)
-    per = max(n, 1)  # no rows: every figure 0
     return dict(n=n, accuracy=score / per, score=score, ci95=list(wilson_interval(score, n)),
                 letter_right=letter_right, no_letter=sum(r["letter"] is None for r in rows),
-                seeded_guess=dict(accuracy=guessed_right / per, correct=guessed_right, seed=GUESS_SEED),
+                seeded_guess=dict(accuracy=guessed / per, correct=guessed, seed=GUESS_SEED),
                 strict=dict(accuracy=letter_right / per, correct=letter_right,
                             ci95=list(wilson_interval(letter_right, n))),
                 option_text=dict(accuracy=read_right / per, correct=read_right,
@@ -90,15 +94,13 @@ def option_text_reading(response, choices: Sequence[str] | None = None) -> int |
     if m:
         return LETTERS.index(m.group(1).upper())
     marked = [m.end() for m in _ANSWER_MARKER.finditer(text)]
-    for haystack in ([text[marked[-1]:]] if marked else []) + [text]:
-        found = _choice_in_text(_normalise(haystack), choices or [])
-        if found is not None:
-            return found
-    return None
+    after = _choice_in_text(text[marked[-1]:], choices) if marked else None
+    return after if after is not None else _choice_in_text(text, choices)
 
 
-def _choice_in_text(haystack: str, choices: Sequence[str]) -> int | None:
-    hits = {i: _normalise(c).strip() for i, c in enumerate(choices) if isinstance(c, str)}
+def _choice_in_text(text: str, choices: Sequence[str] | None) -> int | None:
+    haystack = _normalise(text)
+    hits = {i: _normalise(c).strip() for i, c in enumerate(choices or []) if isinstance(c, str)}
     hits = {i: c for i, c in hits.items() if c and c in haystack}
     # Drop a hit that is only part of a longer hit ("鸭" inside "北京烤鸭").
     hits = {i: c for i, c in hits.items() if not any(c != d and c in d for d in hits.values())}

@@ -26,8 +26,7 @@ def binomial_test(k: int, n: int, p: float = CHANCE) -> float:
 
 def chance_range(n: int, p: float = CHANCE) -> tuple[int, int]:
     """Central range of right answers (of n) that a model guessing uniformly reaches with probability 95%."""
-    lo, hi = stats.binom.interval(0.95, n, p)
-    return (int(lo), int(hi))
+    return tuple(int(x) for x in stats.binom.interval(0.95, n, p))
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -40,7 +39,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0) -> t
     if len(a) != len(b):
         raise ValueError("paired bootstrap needs results on the same items")
     d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    if len(d) < 2 or not d.any():
+    if len(d) < 2 or not d.any():  # no spread to resample
         return (float(d.mean()) if len(d) else 0.0,) * 3
     ci = stats.bootstrap((d,), np.mean, method="percentile", n_resamples=10000, random_state=seed).confidence_interval
     return (float(d.mean()), float(ci.low), float(ci.high))

@@ -216,10 +216,15 @@ def test_saved_predictions_rescore_to_the_reported_numbers(small_foodieqa_dir, t
 
 @pytest.fixture(scope="module")
 def tiny_eval(tiny_model_dir, small_foodieqa_dir, tmp_path_factory):
+    """One run of the command line on the untrained tiny model: English, the authors' template 1."""
     out = tmp_path_factory.mktemp("eval") / "out"
-    cfg = EvalConfig(models=[str(tiny_model_dir)], data_root=str(small_foodieqa_dir), out=str(out),
-                     backend="transformers", limit=16, batch_size=8, max_new_tokens=16)
-    return evaluate(cfg, console=QUIET), out
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tiny_model_dir),
+                          "--label", "tiny", "--data-root", str(small_foodieqa_dir), "--out", str(out),
+                          "--tasks", "sivqa,mivqa", "--limit", "16", "--lang", "en", "--backend", "transformers",
+                          "--template", "1", "--batch-size", "8", "--max-new-tokens", "16"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return json.loads((out / "metrics.json").read_text()), out, run.stderr
 
 
 def test_untrained_tiny_model_is_at_chance(tiny_eval):
@@ -228,9 +233,9 @@ def test_untrained_tiny_model_is_at_chance(tiny_eval):
     "Near chance", statistically: the one-sided exact binomial test of "better than 25%" is not
     significant (p > 0.01), on the seeded-guess outcomes and on the answers that have a letter.
     """
-    metrics, out = tiny_eval
+    metrics, out, _ = tiny_eval
     m = metrics["models"][0]
-    rows = read_predictions(out / "predictions" / "tiny-internvl2.jsonl")
+    rows = read_predictions(out / "predictions" / "tiny.jsonl")
     assert len(rows) == m["overall"]["n"] == 32
     assert all(r["response"] is not None and r["backend"] == "transformers" for r in rows)
 
@@ -250,14 +255,12 @@ def test_report_and_chart_are_well_formed(tiny_eval, tiny_model_dir):
     from PIL import Image
 
     from foodie.model_spec import ModelSpec
-    metrics, out = tiny_eval
-    saved = json.loads((out / "metrics.json").read_text())
+    saved, out, _ = tiny_eval
     # no --max-tiles: the checkpoint's own tile budget, recorded
     assert saved["runs"][0]["max_tiles"] == ModelSpec.from_checkpoint(tiny_model_dir).max_tiles
-    assert saved["models"] == json.loads(json.dumps(metrics["models"]))
     assert {"lang", "template", "protocol", "questions", "models", "comparisons", "published", "runs",
             "settings"} <= set(saved)
-    assert saved["template"] == 0 == saved["settings"]["template"]
+    assert saved["template"] == 1 == saved["settings"]["template"]
     assert saved["questions"] == {"data": "synthetic", "scope": "subset (first 16 per task, spread)"}
     m = saved["models"][0]
     assert {"overall", "tasks", "label", "fingerprint", "backend"} <= set(m)
@@ -269,7 +272,7 @@ def test_report_and_chart_are_well_formed(tiny_eval, tiny_model_dir):
     assert len(m["tasks"]["sivqa"]["by_cuisine"]) > 1  # cuisines come from the data, not "unknown"
 
     report = (out / "report.md").read_text()
-    table = [ln for ln in report.splitlines() if ln.startswith("| tiny-internvl2 |")]
+    table = [ln for ln in report.splitlines() if ln.startswith("| tiny |")]
     assert len(table) == 3  # sivqa, mivqa, all
     header = next(ln for ln in report.splitlines() if ln.startswith("| model | task | accuracy %"))
     assert all(ln.count("|") == header.count("|") for ln in table)
@@ -286,30 +289,22 @@ def test_report_and_chart_are_well_formed(tiny_eval, tiny_model_dir):
         assert im.format == "PNG" and im.width > 600 and im.height > 300
 
 
-def test_cli(tiny_model_dir, small_foodieqa_dir, tmp_path):
-    out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tiny_model_dir),
-                          "--label", "tiny", "--data-root", str(small_foodieqa_dir), "--out", str(out),
-                          "--tasks", "sivqa", "--limit", "3", "--lang", "en", "--backend", "transformers",
-                          "--template", "1", "--max-new-tokens", "8"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "FoodieQA accuracy (en, template 1" in run.stderr  # the rich table
+def test_cli(tiny_eval, tiny_model_dir, small_foodieqa_dir, tmp_path, capsys):
+    from foodie import cli
+    from foodie.evaluation import main
+    metrics, out, stderr = tiny_eval
+    assert "FoodieQA accuracy (en, template 1" in stderr  # the rich table
     rows = read_predictions(out / "predictions" / "tiny.jsonl")
-    assert [r["task"] for r in rows] == ["sivqa"] * 3
-    assert all(r["template"] == 1 and r["prompt"].startswith("You are an AI assistant.") for r in rows)
-    assert json.loads((out / "metrics.json").read_text())["settings"]["template"] == 1
+    assert [r["task"] for r in rows] == ["sivqa"] * 16 + ["mivqa"] * 16 and all(r["template"] == 1 for r in rows)
+    assert all(r["prompt"].startswith("You are an AI assistant.") for r in rows if r["task"] == "sivqa")
+    assert metrics["settings"]["template"] == 1
     assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
 
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tmp_path / "nope"),
-                          "--data-root", str(small_foodieqa_dir), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "nope" in bad.stderr and "config.json" in bad.stderr
-    bad = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(tiny_model_dir),
-                          "--data-root", str(small_foodieqa_dir), "--out", str(out), "--template", "5"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--template 5" in bad.stderr and "0-4" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    for args, words in ((["--model", str(tmp_path / "nope")], ["nope", "config.json"]),
+                        (["--model", str(tiny_model_dir), "--template", "5"], ["--template 5", "0-4"])):
+        assert cli.run(main, [*args, "--data-root", str(small_foodieqa_dir), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and len(err.strip().splitlines()) == 1, err
 
 
 def test_held_out_manifest_selects_items(small_foodieqa_dir, tmp_path):

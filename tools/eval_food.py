@@ -3,7 +3,6 @@
 
     python tools/eval_food.py --model BASE --model TUNED --label base --label tuned \\
         --data-root /path/FoodieQA --items work/held_out.json --out work/eval
-    python tools/eval_food.py --model BASE --data-root /path/FoodieQA --out work/eval-full --template 1
 
 Scored as FoodieQA's authors score (foodie/scoring.py); without --items every question of every task the folder
 has (sivqa, mivqa, textqa): the full test set the published numbers use.
