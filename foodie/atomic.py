@@ -1,5 +1,5 @@
-"""Write files and folders so that a failure never leaves half an output behind: every output is written under a
-temporary name beside its destination and renamed into place only when complete."""
+"""Every output is written under a temporary name beside its destination and renamed into place only when complete,
+so a failure never leaves half an output behind."""
 from __future__ import annotations
 
 import contextlib
@@ -34,15 +34,24 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         if is_dir and dest.exists():
             os.replace(dest, old)
         if not is_dir:
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide the output from other users
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def remove_stale_staging(dest: str | os.PathLike) -> list[Path]:
+    """Delete the staging copies (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) of ``dest`` that a killed run left
+    behind: those whose process is gone. A live writer's staging copy is left alone."""
+    dest = Path(dest)
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
+    stale = [p for p in (dest.parent.iterdir() if dest.parent.is_dir() else ())
+             if (m := pattern.fullmatch(p.name)) and not _alive(int(m[1]))]
+    for p in stale:
+        _remove(p)
+    return stale
 
 
 def _alive(pid: int) -> bool:
@@ -55,34 +64,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(dest: str | os.PathLike) -> list[Path]:
-    """Delete the staging copies (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) of ``dest`` that a killed run left
-    behind: those whose process is gone. A live writer's staging copy is left alone."""
-    dest = Path(dest)
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
-    removed = []
-    try:
-        siblings = list(dest.parent.iterdir())
-    except OSError:
-        return removed
-    for p in siblings:
-        m = pattern.fullmatch(p.name)
-        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
-def write_text(dest: str | os.PathLike, text: str) -> Path:
+def write_text(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return Path(dest)
 
 
-def write_json(dest: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
-    return write_text(dest, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
-
+def write_json(dest: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+    write_text(dest, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")

@@ -1,14 +1,6 @@
-"""What every ``tools/*.py`` main shares: an OS error (read-only or full disk, a file where a folder belongs,
-no permission) becomes one line naming the path and the fix, exit 2, instead of a traceback; and argument
-errors never echo a secret (a mistyped ``--token hf_...`` is shown as ``--token ***``).
-
-    from foodie import cli
-    ap = cli.ArgumentParser(...)
-    ...
-    if __name__ == "__main__":
-        sys.exit(cli.run(main))
-
-``foodie STAGE ARGS`` (the console script, ``main`` below) runs ``python tools/<stage's file>.py ARGS``.
+"""What every tool's main shares (``sys.exit(cli.run(main))``, ``cli.ArgumentParser``): an OS error becomes one line
+naming the path and the fix (exit 2), and argument errors never echo a secret (``--token hf_...`` shows as ``***``).
+``foodie STAGE ARGS`` (the console script, ``main`` below) runs ``python <the stage's file> ARGS``.
 """
 from __future__ import annotations
 
@@ -33,16 +25,13 @@ STAGES = {  # `foodie STAGE`: the checkout's entry point it runs, in the order o
 SECRET_FLAG = re.compile(r"^--?[\w-]*(token|secret|password|passwd|api[-_]?key|auth)[\w-]*$", re.IGNORECASE)
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|ms-[A-Za-z0-9-]{16,})\b")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN")
-
 FIXES = {  # what to do, after the system's own words (e.g. "Read-only file system")
     errno.EROFS: "choose an output folder on a writable disk",
-    errno.ENOSPC: "free space there or choose an output folder on another disk",
-    errno.EDQUOT: "free space or choose an output folder on another disk",
+    **dict.fromkeys((errno.ENOSPC, errno.EDQUOT), "free space there or choose an output folder on another disk"),
     errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path or move that file",
     errno.EISDIR: "a folder is where a file belongs: choose a file name",
     errno.EEXIST: "choose another path or remove it",
-    errno.EACCES: "choose a path you may use, or fix its permissions",
-    errno.EPERM: "choose a path you may use, or fix its permissions",
+    **dict.fromkeys((errno.EACCES, errno.EPERM), "choose a path you may use, or fix its permissions"),
     errno.ENOENT: "check the path",
     errno.ENAMETOOLONG: "choose a shorter path",
     errno.ELOOP: "fix the symbolic link",
@@ -50,24 +39,17 @@ FIXES = {  # what to do, after the system's own words (e.g. "Read-only file syst
 }
 
 
-def secrets_in(argv: Sequence[str]) -> list[str]:
-    """Values on a command line that must never be echoed: those of --token-like options, hub-token-shaped
-    strings, and the hub tokens in the environment."""
-    found = [v for v in (os.environ.get(k, "").strip() for k in SECRET_ENV) if len(v) >= 8]
-    argv = list(argv)
+def redact(text: str, argv: Sequence[str] | None = None) -> str:
+    """``text`` without the secrets of a command line: values of --token-like options, hub-token-shaped strings
+    and the hub tokens in the environment."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    secrets = [v for v in (os.environ.get(k, "").strip() for k in SECRET_ENV) if len(v) >= 8]
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
         if SECRET_FLAG.match(flag):
-            if eq and value:
-                found.append(value)
-            elif i + 1 < len(argv):
-                found.append(argv[i + 1])
-        found += SECRET_VALUE.findall(arg)
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def redact(text: str, argv: Sequence[str] | None = None) -> str:
-    for secret in secrets_in(sys.argv[1:] if argv is None else argv):
+            secrets += [value] if eq else argv[i + 1:i + 2]  # --token=VALUE or --token VALUE
+        secrets += SECRET_VALUE.findall(arg)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "***")
     return SECRET_VALUE.sub("***", text)
 
@@ -80,15 +62,14 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        super().error(redact(message, getattr(self, "_argv_seen", sys.argv[1:])))
+        super().error(redact(message, getattr(self, "_argv_seen", None)))
 
 
 def os_error_line(e: OSError) -> str:
-    """``PATH: what is wrong; the fix`` for an OS error, on one line."""
+    """``PATH: what is wrong (the fix)`` for an OS error, on one line."""
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
     if e.errno is None or not paths:  # raised by a library with its own message (e.g. "Can't load tokenizer")
-        text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-        return text or type(e).__name__
+        return " ".join(str(e).split()) or type(e).__name__
     fix = FIXES.get(e.errno)
     return f"{' -> '.join(paths)}: {e.strerror or e}" + (f" ({fix})" if fix else "")
 
@@ -103,7 +84,6 @@ def run(main: Callable[..., int], argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``foodie STAGE ARGS``: the stage's ``main(ARGS)``, as ``python tools/<file>.py ARGS`` runs it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         asked = argv[:1] in (["-h"], ["--help"])
@@ -111,17 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(foodie STAGE --help: its options)\nstages: " + ", ".join(STAGES),
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else EXIT_BAD_INPUT
-    stage, path = argv[0], REPO_ROOT / STAGES[argv[0]]
+    path = REPO_ROOT / STAGES[argv[0]]
     if not path.is_file():
-        print(f"error: {path}: not found; `foodie {stage}` runs the tools of a source checkout installed with "
+        print(f"error: {path}: not found; `foodie {argv[0]}` runs the tools of a source checkout installed with "
               f"`pip install -e .`", file=sys.stderr)
         return EXIT_BAD_INPUT
-    spec = importlib.util.spec_from_file_location(f"foodie_stage_{stage.replace('-', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    sys.argv = [f"foodie {stage}", *argv[1:]]  # usage lines say `foodie train ...`
-    return run(module.main, argv[1:])
+    spec = importlib.util.spec_from_file_location(f"foodie_stage_{argv[0].replace('-', '_')}", path)
+    tool = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up there
+    spec.loader.exec_module(tool)
+    sys.argv = [f"foodie {argv[0]}", *argv[1:]]  # usage lines say `foodie train ...`
+    return run(tool.main, argv[1:])
 
 
 if __name__ == "__main__":

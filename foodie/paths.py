@@ -1,7 +1,5 @@
 """Where the embedded default (tiny model, synthetic data) and run outputs live: ``work/`` in the repository root,
 or ``$FOODIE_WORK``."""
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
@@ -12,11 +10,9 @@ def work_dir() -> Path:
     return Path(os.environ.get("FOODIE_WORK", REPO_ROOT / "work")).resolve()
 
 
-def tiny_model_dir() -> Path:
-    """The embedded tiny random-weight InternVL2 checkpoint (official format)."""
+def tiny_model_dir() -> Path:  # the embedded tiny random-weight InternVL2 checkpoint (official format)
     return work_dir() / "tiny-internvl2"
 
 
-def demo_data_dir() -> Path:
-    """The embedded synthetic FoodieQA folder (official schema)."""
+def demo_data_dir() -> Path:  # the embedded synthetic FoodieQA folder (official schema)
     return work_dir() / "foodieqa-synthetic"

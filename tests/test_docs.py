@@ -171,7 +171,8 @@ def test_cpu_runnable_commands_exit_0(doc, docs_work):
 # GPU-path commands (not run here): scripts, options and make targets must exist
 # ------------------------------------------------------------------------------------------------
 
-SCRIPT = re.compile(r"(?:^|\s)(?:python3?|\$PY|\.venv/bin/python)\s+((?:tools|demo|bench|docs/examples)/[\w/]+\.py)((?:\s+(?![|;&])\S+)*)")
+SCRIPT = re.compile(r"(?:^|\s)(?:python3?|\$PY|\.venv/bin/python)\s+((?:tools|demo|bench|docs/examples)/[\w/]+\.py)"
+                    r"((?:\s+(?![|;&])\S+)*)")
 
 
 def all_commands():
@@ -244,9 +245,10 @@ def test_documented_commands_use_real_scripts_options_and_targets():
 
 def test_command_checker_sees_options_and_continuations():
     """The checker itself: continuation lines are joined, comments dropped, options read from the tool."""
-    body = "# build\npython docs/examples/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\nmake train RESUME=1\n"
-    assert [" ".join(c.split()) for c in commands(body)] == ["python docs/examples/explain_image.py x.jpg --max-tiles 4 # fewer tiles",
-                                                             "make train RESUME=1"]
+    body = ("# build\npython docs/examples/explain_image.py x.jpg \\\n    --max-tiles 4  # fewer tiles\n"
+            "make train RESUME=1\n")
+    assert [" ".join(c.split()) for c in commands(body)] == [
+        "python docs/examples/explain_image.py x.jpg --max-tiles 4 # fewer tiles", "make train RESUME=1"]
     opts = static_options("docs/examples/explain_image.py")
     assert {"--max-tiles", "--out", "--list-grids"} <= opts and "--max-tile" not in opts
     assert "train" in make_targets() and "nonexistent-target" not in make_targets()
@@ -258,11 +260,12 @@ def test_committed_contact_sheet_is_what_the_documented_command_makes(tmp_path):
     from PIL import Image
 
     text = (REPO / "docs" / "internvl2.md").read_text(encoding="utf-8")
-    cmd = "python docs/examples/explain_image.py docs/images/example_mapo_tofu.jpg --out docs/images/example_mapo_tofu_tiles.png"
+    cmd = ("python docs/examples/explain_image.py docs/images/example_mapo_tofu.jpg "
+           "--out docs/images/example_mapo_tofu_tiles.png")
     assert cmd in text
     out = tmp_path / "sheet.png"
-    r = subprocess.run([sys.executable, "docs/examples/explain_image.py", "docs/images/example_mapo_tofu.jpg", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "docs/examples/explain_image.py", "docs/images/example_mapo_tofu.jpg",
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     made = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
     committed = np.asarray(Image.open(REPO / "docs/images/example_mapo_tofu_tiles.png").convert("RGB"), dtype=np.int16)
@@ -305,7 +308,7 @@ def run_documented(command: str, work: Path) -> str:
     """stdout of a documented command; explain_image runs in this process (fast), anything else in bash."""
     words = shlex.split(command)
     if words[:2] == ["python", "docs/examples/explain_image.py"] and "$" not in command:
-        spec = importlib.util.spec_from_file_location("explain_image_for_docs", REPO / "docs" / "examples" / "explain_image.py")
+        spec = importlib.util.spec_from_file_location("explain_image_for_docs", REPO / words[1])
         tool = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tool)
         out = io.StringIO()

@@ -69,7 +69,7 @@ def noise_image(w, h, seed=0, mode="RGB"):
 
 def test_grid_choice_matches_xtuner_on_many_sizes():
     rng = np.random.default_rng(1)
-    sizes = [(int(w), int(h)) for w, h in rng.integers(1, 4000, size=(1500, 2))]
+    sizes = [(int(w), int(h)) for w, h in rng.integers(1, 4000, size=(400, 2))]
     # exact ties between two grids, on both sides of the area threshold
     sizes += [(672, 448), (150, 100), (600, 400), (1344, 896), (300, 200), (896, 448), (447, 298),
               (1, 1), (10000, 100), (100, 10000), (448, 448), (896, 896), (1000, 1500), (2240, 448)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import torch
@@ -26,23 +27,16 @@ QUERY, TEXT, IMAGE, MODULE, MASKED = "#f4a259", "#5b8e7d", "#bc4b51", "#e9ecef",
 ALLOWED = "#264653"
 
 
-def box(ax, x, y, w, h, text="", colour=MODULE, size=9, edge="#343a40", width=1, **text_style):
-    ax.add_patch(Rectangle((x, y), w, h, facecolor=colour, edgecolor=edge, linewidth=width))
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True, **text_style)
-
-
-def arrow(ax, a, b, **kw):
-    ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, linewidth=1, color="#343a40", **kw))
-
-
-def figure(height: float, rect=(0, 0, 1, 1), xmax: float = 110, ymax: float = None):
-    """An 11-inch-wide figure and its drawing area, axes off, (0, 0) at the bottom left."""
-    fig = plt.figure(figsize=(11, height), dpi=DPI)
-    ax = fig.add_axes(rect)
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(0, ymax or round(height * 10))
-    ax.axis("off")
-    return fig, ax
+def main(argv: list[str] | None = None) -> int:
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder (default: %(default)s)")
+    ap.add_argument("--only", choices=sorted(FIGURES), action="append", help="draw only this figure (repeatable)")
+    args = ap.parse_args(argv)
+    for name in args.only or FIGURES:
+        path = args.out / f"{name}.png"
+        FIGURES[name](path)
+        print(f"{path}  ({path.stat().st_size // 1024} KB)")
+    return 0
 
 
 # 1. Q-Former and its three masks (BLIP-2, section 3.2 and Figure 2)
@@ -162,8 +156,10 @@ BLOCK_COLOURS = ("#f4a259", "#5b8e7d", "#8cb369", "#bc4b51")
 
 
 def draw_pixel_shuffle(path: Path) -> None:
+    from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
+
     x = torch.arange(16).reshape(1, 4, 4, 1)
-    y = it.model_pixel_shuffle(x)
+    y = InternVLChatModel.pixel_shuffle(SimpleNamespace(ps_version="v2"), x, scale_factor=0.5)  # the model's own
     side, out = x.shape[1], y.shape[1]
     fig, ax = figure(4.0)
     ax.text(55, 37, "pixel shuffle (ratio 0.5): every 2x2 block of patches becomes one token with 4x the channels",
@@ -198,6 +194,27 @@ def draw_pixel_shuffle(path: Path) -> None:
     save(fig, path)
 
 
+# Drawing helpers
+
+def box(ax, x, y, w, h, text="", colour=MODULE, size=9, edge="#343a40", width=1, **text_style):
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=colour, edgecolor=edge, linewidth=width))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, wrap=True, **text_style)
+
+
+def arrow(ax, a, b, **kw):
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, linewidth=1, color="#343a40", **kw))
+
+
+def figure(height: float, rect=(0, 0, 1, 1), xmax: float = 110, ymax: float = None):
+    """An 11-inch-wide figure and its drawing area, axes off, (0, 0) at the bottom left."""
+    fig = plt.figure(figsize=(11, height), dpi=DPI)
+    ax = fig.add_axes(rect)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax or round(height * 10))
+    ax.axis("off")
+    return fig, ax
+
+
 def save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
@@ -206,18 +223,6 @@ def save(fig, path: Path) -> None:
 
 FIGURES = {"qformer_masks": draw_qformer, "internvl_architecture": draw_architecture,
            "pixel_shuffle": draw_pixel_shuffle}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder (default: %(default)s)")
-    ap.add_argument("--only", choices=sorted(FIGURES), action="append", help="draw only this figure (repeatable)")
-    args = ap.parse_args(argv)
-    for name in args.only or FIGURES:
-        path = args.out / f"{name}.png"
-        FIGURES[name](path)
-        print(f"{path}  ({path.stat().st_size // 1024} KB)")
-    return 0
 
 
 if __name__ == "__main__":

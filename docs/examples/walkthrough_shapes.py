@@ -21,15 +21,6 @@ DEFAULT_IMAGE = REPO / "docs" / "images" / "example_mapo_tofu.jpg"
 QUESTION = "这是什么菜？"
 
 
-def ensure_model(model: Path | None) -> Path:
-    if model is None:
-        return ensure_embedded_default(log=lambda line: print(f"[walkthrough] {line}", flush=True))[0]
-    if not (model / "config.json").is_file():
-        sys.exit(f"error: {model} is not a checkpoint folder (no config.json). Give an InternVL2 folder "
-                 f"in the official format, or leave --model out for the embedded tiny model.")
-    return model
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="InternVL2 checkpoint folder (default: the embedded tiny model)")
@@ -92,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the walk-through disagrees with the model", file=sys.stderr)
         return 1
     return 0
+
+
+def ensure_model(model: Path | None) -> Path:
+    if model is None:
+        return ensure_embedded_default(log=lambda line: print(f"[walkthrough] {line}", flush=True))[0]
+    if not (model / "config.json").is_file():
+        sys.exit(f"error: {model} is not a checkpoint folder (no config.json). Give an InternVL2 folder "
+                 f"in the official format, or leave --model out for the embedded tiny model.")
+    return model
 
 
 if __name__ == "__main__":
