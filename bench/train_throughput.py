@@ -1,14 +1,12 @@
 """Training throughput of InternVL2-2B + LoRA: the tutorial's setup against ours, on one device command.
 
-    python3 bench/train_throughput.py --work /tmp/bench --out $OUT      # tutorial, baseline, ours, ours:project
+    python3 bench/train_throughput.py --work /tmp/bench --out $OUT      # tutorial, baseline, ours, ours_eager
     python3 bench/train_throughput.py --variants tutorial,ours --iters 40
     python3 bench/train_throughput.py --nproc 2 --variants ours          # two GPUs, ZeRO-2
 
-Builds what is missing under --work: two full-size random-weight InternVL2-2B checkpoints with the same weights
-(tools/make_tiny_model.py --full-size --device cuda), one carrying OpenGVLab's modeling files, as the real
-InternVL2-2B does (`--modeling official`: the default model of every row), one carrying the project's rewrite
-(`--modeling project`: rows named `VARIANT:project`); and a synthetic FoodieQA-like training set of realistic
-photos (4:3 and 16:9, 1-4 megapixels: 13 and 9 tiles with the default max_dynamic_patch 12). Then, per row,
+Builds what is missing under --work: a full-size random-weight InternVL2-2B checkpoint carrying OpenGVLab's
+modeling files, as the real InternVL2-2B does (tools/make_tiny_model.py --full-size --device cuda); and a
+synthetic FoodieQA-like training set of realistic photos (4:3 and 16:9, 1-4 megapixels: 13 and 9 tiles with the default max_dynamic_patch 12). Then, per row,
 runs `xtuner/tools/train.py <config> --launcher pytorch --deepspeed deepspeed_zero2` under torchrun (what
 `NPROC_PER_NODE=N xtuner train` runs) with bench/throughput_hook.py logging every iteration.
 
@@ -18,12 +16,13 @@ Rows:
   max_length 8192, fp16 AmpOptimWrapper), its dataset, class and loader as they are;
 * every other row inherits xtuner_configs/internvl_v2_internlm2_2b_lora_finetune_food.py exactly as shipped and
   changes only what VARIANTS names (`ours`: nothing). `baseline` puts XTuner's stock model class back into our
-  config: the tutorial's computation on our data, order and schedule, so its loss curve is the reference for ours.
+  config: the tutorial's computation on our data, order and schedule, so its loss curve is the reference for ours;
+  `ours_eager` is ours with the SDPA swap off (the checkpoint's own eager attention): the attention lever.
 Only measurement plumbing is added (iteration count, no checkpoint saving, the hook); `--workers N` changes
 the loader's workers only when given.
 
 Reports per row: s/iteration, samples/s, tokens/s (real tokens, padding excluded), peak GPU memory (max
-allocated and max reserved), the code that ran (the checkpoint's own or foodie/remote_code, and the attention)
+allocated and max reserved), the attention that ran (the checkpoint's own code; eager, or swapped to SDPA)
 and model FLOPs utilisation: the FLOPs the LoRA fine-tune must do (frozen InternViT forward; mlp1 forward +
 weight gradients; InternLM2 forward, input gradients through every layer, LoRA weight gradients; causal
 attention counted once; output head at labelled positions only; no activation recomputation) over the dense
@@ -81,12 +80,10 @@ VARIANTS = {
     "ours_as_baseline": ("", f"model.update(attn_implementation='eager', {OURS_SLOW})\n"),
     # SDPA attention only.
     "ours_sdpa_only": ("", f"model.update(attn_implementation='sdpa', {OURS_SLOW})\n"),
-    # Speed switches on, eager attention (isolates the attention lever).
+    # Speed switches on, the SDPA swap off: the checkpoint's eager attention, so every layer checkpointed.
     "ours_eager": ("", "model.update(attn_implementation='eager')\n"),
     # Our config as shipped.
     "ours": ("", ""),
-    # Ours run by the checkpoint's own modeling files (official: eager attention, so every layer checkpointed).
-    "ours_checkpoint_code": ("", "model.update(model_code='checkpoint')\n"),
     # Ours with fewer LLM layers checkpointed (memory against speed).
     "ours_ckpt12": ("", "model.update(activation_checkpointing=12)\n"),
     "ours_ckpt13": ("", "model.update(activation_checkpointing=13)\n"),
@@ -162,15 +159,14 @@ def make_data(folder: Path, samples: int, seed: int = 0) -> None:
     print(f"[data] {samples} photos in {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
 
 
-def make_model(folder: Path, modeling: str) -> None:
-    """The full-size random-weight checkpoint carrying `modeling`'s files (same weights for both kinds)."""
+def make_model(folder: Path) -> None:
+    """The full-size random-weight checkpoint with OpenGVLab's modeling files."""
     from foodie.tiny_model import RECIPE_FILE
-    recipe = folder / RECIPE_FILE
-    if recipe.is_file() and json.loads(recipe.read_text()).get("modeling") == modeling:
+    if (folder / RECIPE_FILE).is_file():
         return
     device = "cuda" if _cuda() else "cpu"
     subprocess.run([sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--full-size", "--device", device,
-                    "--modeling", modeling, "--out", str(folder), "--force"], check=True)
+                    "--out", str(folder), "--force"], check=True)
 
 
 def _cuda() -> bool:
@@ -285,10 +281,9 @@ def write_config(variant: str, folder: Path, iters: int, jsonl: Path, workers: i
 
 
 def run_variant(row: str, args, model: Path, data: Path) -> dict:
-    """One row: `VARIANT` on the official-code checkpoint or `VARIANT:project` on the project-code one."""
+    """One row: `VARIANT` on the official-code checkpoint."""
     import xtuner
-    variant = row.split(":")[0]
-    tag = row.replace(":", "_")
+    variant = tag = row
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
     jsonl = args.work / "logs" / f"iters_{tag}.jsonl"
     cfg = write_config(variant, args.work / "configs" / tag, args.iters, jsonl, args.workers, args.cpu_smoke,
@@ -316,7 +311,7 @@ def run_variant(row: str, args, model: Path, data: Path) -> dict:
     records = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.is_file() else []
     text = log.read_text(errors="replace")
     result = dict(variant=row, rc=rc, elapsed_s=round(elapsed, 1), iters_logged=len(records), records=records,
-                  checkpoint_code=model_code_kind(model), ran=code_that_ran(text))
+                  ran=attention_that_ran(text))
     profile = jsonl.with_suffix(".profile.txt")
     with open(args.out / "logs_tail.txt", "a") as f:  # few files come back from a device: one for all logs
         f.write(f"===== {row} (rc {rc}) {log}\n" + "\n".join(x[:300] for x in text.splitlines()[-40:]) + "\n")
@@ -329,25 +324,15 @@ def run_variant(row: str, args, model: Path, data: Path) -> dict:
     return dict(result, **summarise(records, args))
 
 
-def model_code_kind(model: Path) -> str:
-    """Which modeling files the checkpoint carries (the tiny-model recipe says; else 'own')."""
-    from foodie.tiny_model import RECIPE_FILE
-    try:
-        return json.loads((model / RECIPE_FILE).read_text()).get("modeling", "own")
-    except (OSError, ValueError):
-        return "own"
-
-
-def code_that_ran(log: str) -> str:
-    """From the training log: foodie's 'InternVL2 loaded: ..., attention=X, code=Y' line, or XTuner's stock
-    class (the checkpoint's code; attention as its InternVLChatModel fell back)."""
+def attention_that_ran(log: str) -> str:
+    """From the training log: foodie's 'InternVL2 loaded: ..., attention=X' line, or XTuner's stock class
+    (attention as the checkpoint's InternVLChatModel fell back)."""
     import re
-    m = re.search(r"InternVL2 loaded: dtype=\S+, attention=(\w+), code=(.+)", log)
+    m = re.search(r"InternVL2 loaded: dtype=\S+, attention=(\w+)", log)
     if m:
-        return f"{m.group(2).strip()}, {m.group(1)}"
-    return "the checkpoint's own remote code (XTuner's class), " + (
-        "eager" if "falls back" in log or "flash_attn is not installed" in log or "FlashAttention2 is not installed" in log
-        else "attention as the checkpoint chose")
+        return m.group(1) + (" (swapped in)" if m.group(1) == "sdpa" else "")
+    fell_back = "flash_attn is not installed" in log or "FlashAttention2 is not installed" in log
+    return "eager (XTuner's class)" if fell_back or "falls back" in log else "as the checkpoint chose (XTuner's class)"
 
 
 def summarise(records: list[dict], args) -> dict:
@@ -386,15 +371,15 @@ def versions() -> dict:
 
 
 def table(results: list[dict], base: dict | None) -> str:
-    rows = ["| row | checkpoint's files | code that ran, attention | samples/iter | s/iter | samples/s | tokens/s | "
+    rows = ["| row | attention (checkpoint's own code) | samples/iter | s/iter | samples/s | tokens/s | "
             f"x {base['variant'] if base else 'base'} | MFU | max alloc GiB | max reserved GiB | loss first -> last |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {r['variant']} | {r['checkpoint_code']} | {r['ran']} | | failed (rc {r['rc']}) | | | | | | | |")
+            rows.append(f"| {r['variant']} | {r['ran']} | | failed (rc {r['rc']}) | | | | | | | |")
             continue
         speed = f"{r['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
-        rows.append(f"| {r['variant']} | {r['checkpoint_code']} | {r['ran']} | {r['samples_per_iter']:.0f} | "
+        rows.append(f"| {r['variant']} | {r['ran']} | {r['samples_per_iter']:.0f} | "
                     f"{r['s_per_iter']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
                     f"{speed} | {100 * r['mfu']:.1f}% | {r['max_allocated_gib']:.1f} | {r['max_reserved_gib']:.1f} | "
                     f"{r['loss'][0]:.3f} -> {r['loss'][-1]:.3f} |")
@@ -434,12 +419,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"), help="model, data, configs, runs")
     ap.add_argument("--model", type=Path, help="InternVL2 checkpoint for the rows (default: WORK/internvl2-2b-random, "
                                                 "built with OpenGVLab's modeling files)")
-    ap.add_argument("--project-model", type=Path, help="checkpoint for VARIANT:project rows (default: "
-                                                        "WORK/internvl2-2b-random-project, built, same weights)")
     ap.add_argument("--data", type=Path, help="XTuner data folder (default: WORK/data, built)")
     ap.add_argument("--samples", type=int, default=160, help="synthetic photos/samples to build")
-    ap.add_argument("--variants", default="tutorial,baseline,ours,ours:project",
-                    help=f"comma list of {', '.join(VARIANTS)}; VARIANT:project runs it on the project-code checkpoint")
+    ap.add_argument("--variants", default="tutorial,baseline,ours,ours_eager",
+                    help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--iters", type=int, default=30, help="training iterations per variant")
     ap.add_argument("--skip", type=int, default=5, help="first iterations left out of the timing (warm-up)")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs (torchrun processes)")
@@ -452,8 +435,7 @@ def main(argv=None) -> int:
                     help="check the plumbing without a GPU (use with --model pointing at the tiny model)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "work/bench/train_throughput")))
     args = ap.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v.split(":")[0] not in VARIANTS or v.count(":") > 1
-               or (":" in v and not v.endswith(":project"))]
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -462,10 +444,7 @@ def main(argv=None) -> int:
     args.data = args.data or args.work / "data"
     if args.model is None:
         args.model = args.work / "internvl2-2b-random"
-        make_model(args.model, "official")
-    if any(r.endswith(":project") for r in rows) and args.project_model is None:
-        args.project_model = args.work / "internvl2-2b-random-project"
-        make_model(args.project_model, "project")
+        make_model(args.model)
     make_data(args.data, args.samples)
     args.peak = args.peak or (measure_bf16_peak() if _cuda() else float("nan"))
     info = dict(versions(), peak_bf16_tflops=args.peak, nproc=args.nproc, iters=args.iters, skip=args.skip,
@@ -474,8 +453,7 @@ def main(argv=None) -> int:
 
     results = []
     for row in rows:
-        model = args.project_model if row.endswith(":project") else args.model
-        results.append(run_variant(row, args, model, args.data))
+        results.append(run_variant(row, args, args.model, args.data))
         r = results[-1]
         print(f"[{row}] " + json.dumps({k: v for k, v in r.items() if k not in ("loss", "records")}), flush=True)
         from foodie.atomic import write_json

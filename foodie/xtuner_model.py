@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 
 import torch
 from mmengine import print_log
@@ -21,7 +20,7 @@ from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
 from foodie.model_spec import IMG_CONTEXT
-from foodie.train_speed import checkpoint_layers, register_fused_lora
+from foodie.train_speed import checkpoint_layers, register_fused_lora, use_sdpa
 from foodie.train_speed import compile_elementwise as compile_elementwise_fn
 
 
@@ -36,70 +35,34 @@ def resolve_dtype(torch_dtype: str | torch.dtype = "auto") -> torch.dtype:
     return torch.float32
 
 
-def supported_attn_implementations(config) -> tuple[str, ...]:
-    """What the checkpoint's InternLM2 code accepts: ours lists them (eager, sdpa, flash_attention_2);
-    the official remote code knows only eager and flash_attention_2."""
-    module = sys.modules.get(type(config.llm_config).__module__)
-    return tuple(getattr(module, "ATTN_IMPLEMENTATIONS", ("eager", "flash_attention_2")))
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 
-MODEL_CODES = ("auto", "project", "checkpoint")
-
-
-def project_code_fits(config) -> bool:
-    """True when the checkpoint is the architecture foodie/remote_code implements (InternVL chat with InternViT
-    and InternLM2: InternVL2-2B and its siblings), whatever modeling files it carries."""
-    return (getattr(config, "model_type", None) == "internvl_chat"
-            and getattr(config.vision_config, "model_type", None) == "intern_vit_6b"
-            and list(getattr(config.llm_config, "architectures", None) or []) == ["InternLM2ForCausalLM"])
-
-
-def resolve_model_code(model_code: str, config) -> str:
-    """``"auto"``: the project's implementation when it fits the checkpoint (its attention has SDPA, the
-    official files have eager and flash-attn only), else the checkpoint's own code."""
-    if model_code not in MODEL_CODES:
-        raise ValueError(f"model_code={model_code!r}: choose one of {', '.join(MODEL_CODES)}")
-    if model_code == "auto":
-        return "project" if project_code_fits(config) else "checkpoint"
-    if model_code == "project" and not project_code_fits(config):
-        raise ValueError("model_code='project': the checkpoint is not InternVL chat + InternViT + InternLM2, which "
-                         "foodie/remote_code implements; use model_code='checkpoint' (or 'auto')")
-    return model_code
-
-
-def load_internvl(model_path, dtype: torch.dtype, attn_implementation: str = "auto", model_code: str = "auto"):
-    """(model, attention, code): the InternVL2 model with the checkpoint's weights, run by the checkpoint's own
-    remote code or by the project's numerically identical implementation (foodie/remote_code; same parameter
-    names, logits equal in float32: tests/test_remote_code.py)."""
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
-    code = resolve_model_code(model_code, config)
-    model_class = AutoModel
-    if code == "project":
-        from foodie.remote_code.configuration_internvl_chat import InternVLChatConfig
-        from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
-
-        config, model_class = InternVLChatConfig.from_pretrained(model_path), InternVLChatModel
-    attn = resolve_attn_implementation(attn_implementation, supported_attn_implementations(config))
-    config.llm_config.attn_implementation = attn
-    config.vision_config.use_flash_attn = attn == "flash_attention_2"
-    kwargs = dict(trust_remote_code=True) if model_class is AutoModel else {}
-    model = model_class.from_pretrained(model_path, config=config, torch_dtype=dtype,
-                                        use_flash_attn=attn == "flash_attention_2", **kwargs)
-    return model, attn, code
-
-
-def resolve_attn_implementation(attn_implementation: str, supported: tuple[str, ...]) -> str:
-    """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else sdpa where the
-    checkpoint's code has it, else eager."""
+def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
+    """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else sdpa."""
+    has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
     if attn_implementation == "auto":
-        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-            attn_implementation = "flash_attention_2"
-        else:
-            attn_implementation = "sdpa" if "sdpa" in supported else "eager"
-    if attn_implementation not in supported:
-        raise ValueError(f"attn_implementation={attn_implementation!r} is not supported by this checkpoint's "
-                         f"InternLM2 code (supported: {', '.join(supported)}); set it in the config's model dict")
+        return "flash_attention_2" if has_flash else "sdpa"
+    if attn_implementation not in ATTN_IMPLEMENTATIONS or attn_implementation == "flash_attention_2" and not has_flash:
+        raise ValueError(f"attn_implementation={attn_implementation!r}: choose one of auto, eager, sdpa "
+                         "(flash_attention_2 needs flash-attn and a GPU); set it in the config's model dict")
     return attn_implementation
+
+
+def load_internvl(model_path, dtype: torch.dtype, attn_implementation: str = "auto"):
+    """(model, attention): the InternVL2 model run by the checkpoint's own remote code; ``"sdpa"`` swaps its eager
+    attention for SDPA on the loaded model (``foodie.train_speed.use_sdpa``: same parameters, same logits)."""
+    attn = resolve_attn_implementation(attn_implementation)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+    config.llm_config.attn_implementation = "flash_attention_2" if attn == "flash_attention_2" else "eager"
+    config.vision_config.use_flash_attn = attn == "flash_attention_2"
+    model = AutoModel.from_pretrained(model_path, config=config, torch_dtype=dtype, trust_remote_code=True,
+                                      use_flash_attn=attn == "flash_attention_2")
+    if attn == "sdpa" and not use_sdpa(model):
+        print_log("sdpa: the checkpoint's language model has no InternLM2 attention to swap; eager attention",
+                  logger="current", level=logging.WARNING)
+        attn = "eager"
+    return model, attn
 
 
 class FoodieInternVL(InternVL_V1_5):
@@ -116,16 +79,13 @@ class FoodieInternVL(InternVL_V1_5):
     * ``compile_elementwise``: RMSNorm and SwiGLU through ``torch.compile`` (``"auto"``: on CUDA only);
     * ``activation_checkpointing``: True (every LLM layer), False, or how many of the first layers; a number
       becomes every layer under eager attention (its [B, heads, T, T] scores would not fit the budget);
-    * ``model_code``: what runs the checkpoint's weights: ``"checkpoint"`` (its own remote code; OpenGVLab's is
-      eager without flash-attn), ``"project"`` (foodie/remote_code: same parameters and logits, SDPA) or
-      ``"auto"`` (project code wherever it fits). Saved weights and merged files do not depend on it.
     """
 
     def __init__(self, model_path, freeze_llm=True, freeze_visual_encoder=True, llm_lora=None,
                  visual_encoder_lora=None, pretrained_pth=None, torch_dtype="auto",
                  attn_implementation="auto", activation_checkpointing=True,
                  loss_on_labels_only=True, frozen_vit_without_grad=True, causal_mask_for_right_padding=True,
-                 fused_lora=True, compile_elementwise="auto", model_code="auto"):
+                 fused_lora=True, compile_elementwise="auto"):
         BaseModel.__init__(self)
         # Speed switches (docs/PERFORMANCE.md measures each); none changes the loss beyond rounding.
         self.fused_lora = fused_lora
@@ -140,9 +100,8 @@ class FoodieInternVL(InternVL_V1_5):
         self.quantization_vit = self.quantization_llm = False
 
         dtype = resolve_dtype(torch_dtype)
-        self.model, attn, code = load_internvl(model_path, dtype, attn_implementation, model_code)
-        ran = "foodie/remote_code" if code == "project" else "the checkpoint's own remote code"
-        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}, code={ran}", logger="current")
+        self.model, attn = load_internvl(model_path, dtype, attn_implementation)
+        print_log(f"InternVL2 loaded: dtype={dtype}, attention={attn}", logger="current")
         if attn == "eager" and not isinstance(activation_checkpointing, bool) and activation_checkpointing:
             # A partial count is sized for fast attention; eager keeps [B, heads, T, T] score tensors per layer.
             print_log(f"eager attention: activation checkpointing on all LLM layers, not {activation_checkpointing}",

@@ -56,7 +56,13 @@ def test_tutorial_row_is_xtuners_stock_config_with_the_tutorials_overrides(tmp_p
     assert [s.end for s in cfg.param_scheduler] == pytest.approx([0.3, 10])  # 3% warm-up of 10 epochs
 
 
-def test_rows_name_their_checkpoint_kind():
+def test_the_lever_row_turns_the_sdpa_swap_off_and_unknown_rows_are_refused(tmp_path, monkeypatch):
     b = bench()
+    for name in ("FOODIE_MODEL", "FOODIE_DATA", "FOODIE_WORK_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    assert load(b.BASE_CONFIG).model.attn_implementation == "auto"  # sdpa swap, or flash-attn where installed
+    assert load(b.write_config("ours_eager", tmp_path / "e", 7, tmp_path / "it.jsonl", workers=None)
+                ).model.attn_implementation == "eager"
+    assert b.attention_that_ran("InternVL2 loaded: dtype=torch.bfloat16, attention=sdpa") == "sdpa (swapped in)"
     with pytest.raises(SystemExit):
-        b.main(["--variants", "ours:other", "--work", "/nonexistent"])
+        b.main(["--variants", "ours:project", "--work", "/nonexistent"])

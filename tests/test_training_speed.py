@@ -8,6 +8,7 @@ pytest.importorskip("xtuner")
 
 from peft import LoraConfig  # noqa: E402
 
+from foodie.train_speed import _llm_attention, use_sdpa  # noqa: E402
 from foodie.xtuner_model import FoodieInternVL, is_right_padded  # noqa: E402
 
 SLOW_PATH = dict(attn_implementation="eager", loss_on_labels_only=False, frozen_vit_without_grad=False,
@@ -91,36 +92,57 @@ def test_partial_checkpointing_recomputes_only_the_chosen_layers(tiny_model_dir)
     assert not model.model.language_model.get_base_model().model.gradient_checkpointing
 
 
-def test_official_code_checkpoint_trains_with_the_project_code_and_the_same_result(tiny_model_dir):
-    """The embedded checkpoint carries OpenGVLab's files (eager attention only). model_code='auto' trains its
-    weights with foodie/remote_code (SDPA); model_code='checkpoint' runs its own code, which has no fast
-    attention, so a partial activation-checkpointing count becomes every layer. Same loss, same gradients,
-    same saved names either way."""
-    fast = _model(tiny_model_dir, **FAST_PATH)
-    own = _model(tiny_model_dir, model_code="checkpoint", attn_implementation="auto", activation_checkpointing=1)
-    assert type(fast.model.language_model.get_base_model()).__module__ == "foodie.remote_code.modeling_internlm2"
-    assert type(own.model.language_model.get_base_model()).__module__.startswith("transformers_modules.")
-    assert own.model.config.llm_config.attn_implementation == "eager"
+def test_training_an_official_code_checkpoint_reports_and_runs_sdpa(tiny_model_dir, monkeypatch):
+    """The embedded checkpoint carries OpenGVLab's files (eager or flash-attn only): on CPU, 'auto' swaps both
+    encoders' attention for SDPA and keeps the partial checkpointing; 'eager' keeps the files' own attention and
+    checkpoints every layer."""
+    logged = []
+    monkeypatch.setattr("foodie.xtuner_model.print_log", lambda msg, **kwargs: logged.append(msg))
+    fast = _model(tiny_model_dir, attn_implementation="auto", activation_checkpointing=1)
+    own = _model(tiny_model_dir, attn_implementation="eager", activation_checkpointing=1)
+    assert type(fast.model.language_model.get_base_model()).__module__.startswith("transformers_modules.")
+    log = "\n".join(logged)
+    assert "attention=sdpa" in log and "attention=eager" in log
+    assert all(m.forward.__func__ is _llm_attention for m in fast.model.modules()
+               if type(m).__name__ == "InternLM2Attention")
+    assert all("forward" not in vars(m) for m in own.model.modules() if type(m).__name__ == "InternLM2Attention")
     assert own.model.language_model.get_base_model().model.gradient_checkpointing  # all layers
-    assert "forward" not in vars(own._llm_layers()[0])  # not the partial wrapper
-    assert list(own.state_dict()) == list(fast.state_dict())
-
-    own.load_state_dict(fast.state_dict(), strict=False)
-    data = _batch(fast.model.img_context_token_id, lengths=[560, 470, 520])
-    loss_fast, grads_fast = _loss_and_grads(fast, data)
-    loss_own, grads_own = _loss_and_grads(own, data)
-    assert loss_own == pytest.approx(loss_fast, rel=1e-5)
-    for name, g in grads_own.items():
-        assert torch.linalg.norm(grads_fast[name] - g) <= 1e-4 * torch.linalg.norm(g) + 1e-8, name
+    assert "forward" in vars(fast._llm_layers()[0]) and "forward" not in vars(own._llm_layers()[0])
 
 
-def test_project_code_refuses_an_architecture_it_does_not_implement():
-    from types import SimpleNamespace
+@pytest.fixture(scope="module")
+def eager_and_sdpa(tiny_model_dir):
+    from transformers import AutoModel
 
-    from foodie.xtuner_model import resolve_model_code
+    eager = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    swapped = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    assert use_sdpa(swapped) == swapped.config.llm_config.num_hidden_layers
+    return eager, swapped
 
-    qwen = SimpleNamespace(model_type="internvl_chat", vision_config=SimpleNamespace(model_type="intern_vit_6b"),
-                           llm_config=SimpleNamespace(architectures=["Qwen2ForCausalLM"]))
-    assert resolve_model_code("auto", qwen) == "checkpoint"
-    with pytest.raises(ValueError, match="model_code='checkpoint'"):
-        resolve_model_code("project", qwen)
+
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+def test_sdpa_swap_gives_the_official_eager_logits(eager_and_sdpa, padding):
+    eager, swapped = eager_and_sdpa
+    ids = torch.randint(10, 500, (3, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    if padding == "right":
+        mask[1, 30:], mask[2, 11:] = 0, 0
+    elif padding == "left":
+        mask[1, :10] = 0
+    with torch.no_grad():
+        want = eager.language_model(input_ids=ids, attention_mask=None if padding is None else mask).logits
+        got = swapped.language_model(input_ids=ids, attention_mask=None if padding is None else mask).logits
+    real = mask.bool()
+    assert torch.allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_swap_gives_the_official_vision_features_and_generation(eager_and_sdpa):
+    eager, swapped = eager_and_sdpa
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(swapped.extract_feature(pixels), eager.extract_feature(pixels), rtol=1e-5, atol=1e-5)
+    ids = torch.randint(10, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # generation pads on the left
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert torch.equal(swapped.language_model.generate(**kwargs), eager.language_model.generate(**kwargs))

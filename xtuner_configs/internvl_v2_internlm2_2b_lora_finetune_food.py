@@ -28,17 +28,14 @@ _paths = __import__("foodie.paths", fromlist=["work_dir"])  # work/ (or $FOODIE_
 # Model
 path = _os.environ.get("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")
 torch_dtype = "auto"  # bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU
-# Which code runs the checkpoint's weights. InternVL2-2B downloads with OpenGVLab's files, whose attention is
-# eager without flash-attn; "auto" trains its weights with foodie/remote_code (same parameters, same logits,
-# SDPA attention) and falls back to the checkpoint's own code for architectures ours does not implement.
-# The saved LoRA/mlp1 weights and the merged folder (with the checkpoint's own files) are the same either way.
-model_code = "auto"  # "auto" | "project" | "checkpoint"
-attn_implementation = "auto"  # flash_attention_2 with flash-attn on a GPU, else sdpa where the code has it, else eager
+# The checkpoint's own code runs; its eager attention (OpenGVLab's files: eager or flash-attn) is swapped for
+# SDPA at load time: same parameters, same logits (foodie/train_speed.py use_sdpa).
+attn_implementation = "auto"  # flash_attention_2 with flash-attn on a GPU, else sdpa; "eager": no swap
 # Speed (docs/PERFORMANCE.md, measured on a checkpoint with OpenGVLab's files).
 # Activation checkpointing recomputes a layer's forward in backward; memory freed by computing logits only
 # at labelled positions pays for keeping 9 of the 24 LLM layers' activations (about 1.2 GB each at batch 4
 # of ~3,000-token samples). Use 24 (all) if memory is short, e.g. with longer samples or a larger batch.
-# With eager attention (model_code="checkpoint" on official files) every layer is checkpointed regardless.
+# With eager attention every layer is checkpointed regardless.
 llm_checkpoint_layers = 15
 compile_elementwise = "auto"  # torch.compile RMSNorm + SwiGLU on GPUs (CPU: off)
 
@@ -78,7 +75,6 @@ model = dict(
     type=FoodieInternVL,
     model_path=path,
     torch_dtype=torch_dtype,
-    model_code=model_code,
     attn_implementation=attn_implementation,
     activation_checkpointing=llm_checkpoint_layers,
     compile_elementwise=compile_elementwise,
