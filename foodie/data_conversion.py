@@ -1,16 +1,10 @@
-"""FoodieQA -> XTuner training data, with an honest held-out split.
-
-    convert_foodieqa("FoodieQA/", "work/foodieqa-xtuner", ConversionOptions(tasks=("sivqa",), style="letter"))
-
-writes one folder, all or nothing: ``train.json`` (XTuner's LLaVA format for ``InternVL_V1_5_Dataset``: absolute
-``image``, ``image_wh``, ``conversations``), ``held_out.json`` (the evaluation manifest, foodie.held_out),
-``summary.json``/``.md`` (counts per split, task, cuisine, question type; tokens per sample; the source),
-``collages/`` (2x2 collages of multi-image questions: XTuner takes one image a sample) and ``normalised/``
-(upright RGB copies of images XTuner's ``Image.open().convert("RGB")`` would misread: EXIF-rotated, transparent).
-
-The split is made on images (or dishes), stratified by cuisine, so no held-out image (or dish) is trained on; each
-task's held-out rule is in foodie.tasks. Part of the held-out budget first takes the whole image sets of random
-multi-image questions, so that task has held-out questions too.
+"""FoodieQA -> XTuner training data, with an honest held-out split: ``convert_foodieqa(data_root, out, opts)``
+writes one folder, all or nothing: ``train.json`` (XTuner's LLaVA format for ``InternVL_V1_5_Dataset``),
+``held_out.json`` (the evaluation manifest, foodie.held_out), ``summary.json``/``.md`` (counts per split, task,
+cuisine, question type; tokens per sample; the source), ``collages/`` (2x2 collages of multi-image questions: XTuner
+takes one image a sample) and ``normalised/`` (upright RGB copies of images XTuner's ``Image.open().convert("RGB")``
+would misread). The split is made on images (or dishes), stratified by cuisine, so no held-out image (or dish) is
+trained on (each task's rule: foodie.tasks); part of the held-out budget first takes whole multi-image questions.
 """
 from __future__ import annotations
 
@@ -82,8 +76,7 @@ class Split:
     dropped: dict[str, list[QAItem]]  # images in both splits
 
 
-def image_dishes(data: FoodieQA) -> dict[str, str]:
-    """Dish name of every image that has one (``food_names``, one per image, else the answer's dish)."""
+def image_dishes(data: FoodieQA) -> dict[str, str]:  # ``food_names`` (one per image), else the answer's dish
     out: dict[str, str] = {}
     for item in data.items():
         names = item.raw.get("food_names")
@@ -97,13 +90,11 @@ def image_dishes(data: FoodieQA) -> dict[str, str]:
     return out
 
 
-def _stable_rng(seed: int, *parts: str) -> random.Random:
-    h = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
-    return random.Random(int.from_bytes(h[:8], "big"))
+def _stable_rng(seed: int, *parts: str) -> random.Random:  # a str seed is hashed (SHA-512): stable across runs
+    return random.Random("\0".join([str(seed), *parts]))
 
 
 def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
-    """Assign images to train / held-out (by image or dish, stratified by cuisine), then items."""
     cuisine = {it.answer_image: it.cuisine for it in reversed(list(data.items()))  # the first question's wins
                if it.answer_image and it.cuisine != UNKNOWN}
     dish = image_dishes(data)
@@ -157,15 +148,14 @@ def make_split(data: FoodieQA, opts: ConversionOptions) -> Split:
     return split
 
 
-def estimate_text_tokens(text: str) -> int:
-    """Rough token count without a tokenizer: one per CJK character, one per 4 other characters."""
+def estimate_text_tokens(text: str) -> int:  # without a tokenizer: one per CJK character, one per 4 others
     cjk = sum(1 for ch in text if ord(ch) > 0x2E7F)
     return cjk + math.ceil((len(text) - cjk) / 4)
 
 
 def make_collage(data: FoodieQA, item: QAItem, cache: dict, cell_size: int = IMAGE_SIZE) -> Image.Image:
-    """The four pictures of a multi-image question on a 2x2 grid of tile-sized cells (A B / C D), stretched as
-    InternVL's thumbnail is; the model's tiling cuts it back into exactly these four tiles + a thumbnail."""
+    """A multi-image question's pictures on 2x2 tile-sized cells (A B / C D), stretched as InternVL's thumbnail is:
+    the model's tiling cuts it back into exactly these four tiles + a thumbnail."""
     canvas = Image.new("RGB", (2 * cell_size, 2 * cell_size), (255, 255, 255))
     for k, rel in enumerate(item.images):
         if rel not in cache:
@@ -175,8 +165,7 @@ def make_collage(data: FoodieQA, item: QAItem, cache: dict, cell_size: int = IMA
     return canvas
 
 
-def needs_normalising(path: Path) -> bool:
-    """True when XTuner's ``Image.open(p).convert("RGB")`` would differ from ``open_image``."""
+def needs_normalising(path: Path) -> bool:  # XTuner's Image.open(p).convert("RGB") would differ from open_image
     with Image.open(path) as img:
         return (img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "I", "F") or img.mode.startswith("I;16")
                 or (img.mode == "P" and "transparency" in img.info) or img.getexif().get(0x0112, 1) != 1)
@@ -191,9 +180,8 @@ class ConversionResult:
 
 def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts: ConversionOptions | None = None, *,
                      tokenizer=None, source: dict | None = None, eval_only: bool = False) -> ConversionResult:
-    """Convert a FoodieQA folder (module docstring). ``tokenizer`` (Hugging Face) counts text tokens exactly,
-    else they are estimated; ``source`` (foodie.terms.describe_source, else worked out from the folder) goes into
-    summary.json for training, merge and publishing; ``eval_only``: every question held out, no train.json."""
+    """``tokenizer`` counts text tokens exactly (else estimated); ``source`` (foodie.terms.describe_source) goes
+    into summary.json for training, merge and publishing; ``eval_only``: every question held out, no train.json."""
     opts = opts or ConversionOptions()
     opts.validate()
     out = Path(out).expanduser().resolve()
@@ -219,16 +207,19 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         return n + TEMPLATE_OVERHEAD_TOKENS
 
     with atomic_path(out, is_dir=True) as tmp, ThreadPoolExecutor() as pool:
+        def training_image(rel: str) -> tuple[str, tuple[int, int]]:
+            """The file XTuner reads and its size: an upright RGB copy where its own reading would differ."""
+            if opts.check_images and needs_normalising(data.path(rel)):
+                (tmp / "normalised" / rel).parent.mkdir(parents=True, exist_ok=True)
+                open_image(data.path(rel)).save(tmp / "normalised" / f"{rel}.png")
+                return str(out / "normalised" / f"{rel}.png"), data.image_sizes[rel]
+            with Image.open(data.path(rel)) as img:
+                return str(data.path(rel)), img.size
+
         trained = sorted({p for t in opts.tasks if not TASKS[t].collage for it in split.train[t] for p in it.images})
-        to_fix = [p for p, bad in zip(trained, pool.map(lambda p: opts.check_images and needs_normalising(data.path(p)),
-                                                         trained)) if bad]
-        image_for = {p: str(data.path(p)) for p in trained} | {p: str(out / "normalised" / f"{p}.png") for p in to_fix}
-
-        def normalise(rel: str) -> None:
-            (tmp / "normalised" / rel).parent.mkdir(parents=True, exist_ok=True)
-            open_image(data.path(rel)).save(tmp / "normalised" / f"{rel}.png")
-
-        list(tqdm(pool.map(normalise, to_fix), "normalising images", len(to_fix), leave=False, disable=None))
+        jobs = tqdm(pool.map(training_image, trained), "training images", len(trained), leave=False, disable=None)
+        image_for = dict(zip(trained, jobs))
+        normalised = sum(path != str(data.path(rel)) for rel, (path, _) in image_for.items())
         samples, tokens, skipped_lang, collages = [], defaultdict(list), Counter(), {}
         for task in opts.tasks:
             for item in tqdm(split.train[task], f"converting {task}", leave=False, disable=None):
@@ -242,11 +233,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
                         collages[name], sample["image"] = item, str(out / name)
                         wh = (2 * opts.tile_size, 2 * opts.tile_size)
                     elif item.images:
-                        sample["image"] = image_for[item.image]
-                        wh = data.image_sizes.get(item.image)
-                        if wh is None:  # images not checked: what XTuner reads, no EXIF turn
-                            with Image.open(data.path(item.image)) as img:
-                                wh = img.size
+                        sample["image"], wh = image_for[item.image]
                     if wh:
                         sample["image_wh"] = [list(wh)]
                     sample["conversations"] = [
@@ -264,7 +251,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
             raise ValueError(f"{data.root}: 0 training samples for tasks {', '.join(opts.tasks)} (lang {opts.lang}; "
                              f"{len(data)} items read, {len(data.skipped)} bad ones skipped); XTuner cannot train on "
                              f"nothing. Check --tasks/--lang and the data; nothing was written to {out}")
-        summary = build_summary(data, split, opts, len(samples), tokens, skipped_lang, len(to_fix),
+        summary = build_summary(data, split, opts, len(samples), tokens, skipped_lang, normalised,
                                 "tokenizer" if tokenizer else "estimate (1 per CJK character, 1 per 4 others)")
         summary.update(source=source or describe_source(data.root), eval_only=eval_only)
         present = [t for t in TASKS if t in data.files]
@@ -293,8 +280,8 @@ def _safe_name(qid: str) -> str:
 
 
 def check_out_folder(out: Path, data_root: Path) -> None:
-    """Refuse an output folder that is, holds or sits inside the data, or that is not exactly an earlier output
-    of this tool (its marker lists every file in it; an output older than the marker holds only our names)."""
+    """Refuse an output folder that is, holds or sits inside the data, or is not exactly an earlier output of this
+    tool (its marker lists every file in it; an output older than the marker holds only our names)."""
     inp = Path(data_root).expanduser().resolve()
     if out == inp or inp.is_relative_to(out) or out.is_relative_to(inp):
         where = "is" if out == inp else "contains" if inp.is_relative_to(out) else "is inside"

@@ -1,9 +1,12 @@
-"""The FoodieQA schema: read a FoodieQA folder, validate it, and hand out clean items.
+"""The FoodieQA schema: read a FoodieQA folder (``images/``, one ``{task}_tidy.json`` or JSON lines per task of
+foodie.tasks), validate it, hand out clean items. Tolerant of shape (``question_id`` or ``qid``, extra or missing
+optional fields), strict about meaning: every problem named with file, item, field and fix (``skip_bad=True``: the
+bad items are dropped and listed in ``FoodieQA.skipped``).
 
-A FoodieQA folder (lyan62/FoodieQA) holds ``images/`` and one ``{task}_tidy.json`` (or JSON lines) per task
-(foodie.tasks). The reader is tolerant of shape (``question_id`` or ``qid``, extra or missing optional fields) and
-strict about meaning: every problem is reported with the file, the item, the field and the fix, or with
-``skip_bad=True`` the bad items are dropped and listed in ``FoodieQA.skipped``.
+As users download it (``hf download lyan62/FoodieQA --repo-type dataset --local-dir data/FoodieQA``), the question
+files and images come inside ``data/FoodieQA/FoodieQA.zip``: ``locate_data_root(unpack=True)`` unpacks it safely (no
+member with an absolute name, ``..``, a link, a device or a name used twice; written to a temporary folder, moved in
+when complete).
 
     data = load_foodieqa("work/foodieqa-synthetic")
     for item in data.sivqa:
@@ -13,22 +16,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 from foodie.image_tiling import ImageError, verify_image
-from foodie.tasks import NUM_CHOICES, TASKS, Task, get_task
+from foodie.tasks import NUM_CHOICES, TASKS, get_task
 
 UNKNOWN = "unknown"
 # food_meta keys that name the cuisine/region, most specific first (FoodieQA's survey data: ``food_type``).
 CUISINE_KEYS = ("cuisine", "cuisine_type", "food_type", "cuisine_zh", "region", "food_region", "province")
+ZIP_NAME = "FoodieQA.zip"
+MAX_UNPACKED_BYTES = 20 * 1024 ** 3  # FoodieQA is well under 1 GB; a zip declaring more is refused
+SKIPPED_MEMBERS = ("__MACOSX/",)  # resource forks that macOS's zip adds
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one item (or a whole file when ``index`` is None)."""
+class Problem:  # one thing wrong with one item (or a whole file when ``index`` is None)
     file: str
     message: str
     index: int | None = None
@@ -36,17 +45,11 @@ class Problem:
     field: str | None = None
 
     def __str__(self) -> str:
-        where = self.file
-        if self.index is not None:
-            where += f": item {self.index}" + (f" (id {self.item_id})" if self.item_id is not None else "")
-        if self.field:
-            where += f": field '{self.field}'"
-        return f"{where}: {self.message}"
+        item = "" if self.index is None else f": item {self.index}" + (f" (id {self.item_id})" if self.item_id else "")
+        return self.file + item + (f": field '{self.field}'" if self.field else "") + f": {self.message}"
 
 
 class FoodieQAError(ValueError):
-    """The data cannot be used as is. ``problems`` lists every problem found."""
-
     def __init__(self, problems: list[Problem], header: str = "cannot read FoodieQA"):
         self.problems = problems
         shown = "\n".join(f"  - {p}" for p in problems[:50])
@@ -79,8 +82,7 @@ class QAItem:
         return self.images[0]
 
     @property
-    def answer_image(self) -> str | None:
-        """The image the answer is about: the chosen image, or the question's only one."""
+    def answer_image(self) -> str | None:  # the image the answer is about: the chosen one, or the only one
         if not get_task(self.task).choices:
             return self.images[self.answer] if self.images else None
         return self.images[0] if len(self.images) == 1 else None
@@ -130,7 +132,7 @@ def question_file(data_root: str | os.PathLike, task: str) -> Path | None:
 
 
 def read_json_items(path: Path) -> list:
-    """A JSON list (or JSON lines) file as a list; strict UTF-8; errors name the file and the place."""
+    """A JSON list (or JSON lines) file; strict UTF-8."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -153,7 +155,6 @@ def read_json_items(path: Path) -> list:
 
 
 def _bad_text(value: Any) -> str | None:
-    """Why a value is not usable text, or None."""
     if not isinstance(value, str):
         return f"expected text, found {type(value).__name__} {value!r:.60}"
     try:
@@ -164,9 +165,9 @@ def _bad_text(value: Any) -> str | None:
 
 
 def _bad_relpath(value: Any) -> str | None:
-    """Why a value is not a safe image path relative to the data root, or None."""
     if not isinstance(value, str) or not value.strip():
-        return f"expected an image path relative to the data root, found {value!r:.60}"
+        return (f"expected an image path relative to the data root, found {value!r:.60}" if value is not None
+                else "missing; give the image path relative to the data root (e.g. images/xxx.jpg)")
     text = value.strip().replace("\\", "/")
     if text.startswith("/") or text[1:2] == ":":
         return f"image path {value!r} is absolute; give it relative to the data root (e.g. images/xxx.jpg)"
@@ -175,110 +176,81 @@ def _bad_relpath(value: Any) -> str | None:
     return None
 
 
-class _ItemCheck:
-    """Reads the fields of one item, collecting its problems."""
-
-    def __init__(self, file: str, index: int, raw: dict):
-        self.file, self.index, self.raw = file, index, raw
-        self.item_id: str | None = None
-        self.problems: list[Problem] = []
-
-    def fail(self, field_name: str | None, message: str) -> None:
-        self.problems.append(Problem(self.file, message, self.index, self.item_id, field_name))
-
-    def text(self, key: str, required: bool = True) -> str | None:
-        value = self.raw.get(key)
-        why = ("missing; every question needs it" if required else None) if value is None else _bad_text(value)
-        if why:
-            self.fail(key, why)
-        return None if why or value is None else value.strip()
-
-    def choices(self, key: str, required: bool = True) -> list[str] | None:
-        value = self.raw.get(key)
-        if value is None:
-            if required:
-                self.fail(key, f"missing; give a list of {NUM_CHOICES} choices")
-            return None
-        if not isinstance(value, list) or len(value) != NUM_CHOICES:
-            n = len(value) if isinstance(value, list) else type(value).__name__
-            self.fail(key, f"expected a list of {NUM_CHOICES} choices, found {n}; FoodieQA questions have "
-                           f"exactly {NUM_CHOICES} options (A-D)")
-            return None
-        bad = next(((k, why) for k, c in enumerate(value) if (why := _bad_text(c))), None)
-        if bad:
-            self.fail(f"{key}[{bad[0]}]", bad[1])
-            return None
-        return [c.strip() for c in value]
-
-    def answer(self) -> int | None:
-        value = self.raw.get("answer")
-        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        if text not in [str(k) for k in range(NUM_CHOICES)]:
-            self.fail("answer", 'missing; give the index of the correct option as "0"-"3"' if value is None else
-                      f'value {value!r} is out of range; use "0"-"3" (the index of the correct option)')
-            return None
-        return int(text)
-
-    def images(self, task: Task) -> list[str]:
-        """The task's images (foodie.tasks: ``image_key``, a path or a list of ``task.images`` paths)."""
-        if not task.images:
-            return []
-        *parents, leaf = task.image_key.split(".")
-        holder = self.raw
-        for name in parents:  # food_meta.food_file: the path sits in an object
-            holder = holder.get(name)
-            if not isinstance(holder, dict):
-                self.fail(name, f"missing; {task.title} questions need {task.image_key} (the image)" if holder is None
-                          else f"expected an object with {leaf}, found {type(holder).__name__}")
-                return []
-        value = holder.get(leaf)
-        if task.images > 1 and (not isinstance(value, list) or len(value) != task.images):
-            n = len(value) if isinstance(value, list) else ("missing" if value is None else type(value).__name__)
-            self.fail(task.image_key, f"expected a list of {task.images} image paths, found {n}")
-            return []
-        paths = [value] if task.images == 1 else value
-        for k, p in enumerate(paths):
-            if why := _bad_relpath(p):
-                self.fail(task.image_field(k), why)
-        return [PurePosixPath(str(p).strip().replace("\\", "/")).as_posix() for p in paths]
-
-
 def _parse_item(task: str, file: str, index: int, raw: Any,
                 seen: dict[str, int]) -> tuple[QAItem | None, list[Problem]]:
     """Parse one item; ``seen`` maps ids met so far in the file to their index (updated here)."""
     if not isinstance(raw, dict):
         return None, [Problem(file, f"expected a JSON object, found {type(raw).__name__}", index)]
-    spec = get_task(task)
-    check = _ItemCheck(file, index, raw)
+    spec, problems = get_task(task), []
     qid = raw.get("question_id", raw.get("qid"))
-    if qid is None or (isinstance(qid, str) and not qid.strip()) or isinstance(qid, (dict, list, bool)):
-        check.fail("question_id", "missing; give every question a unique 'question_id' (or 'qid')")
-        qid = None
+    qid = None if qid is None or isinstance(qid, (dict, list, bool)) or not str(qid).strip() else str(qid).strip()
+
+    def fail(key: str, message: str) -> None:
+        problems.append(Problem(file, message, index, qid, key))
+
+    def texts(key: str, n: int | None = None, required: bool = True):
+        value = raw.get(key)
+        if value is None:
+            if required:
+                fail(key, "missing; every question needs it" if n is None else f"missing; give a list of {n} choices")
+            return None
+        if n is not None and (not isinstance(value, list) or len(value) != n):
+            found = len(value) if isinstance(value, list) else type(value).__name__
+            fail(key, f"expected a list of {n} choices, found {found}; FoodieQA questions have exactly {n} options "
+                      f"(A-D)")
+            return None
+        for k, text in enumerate([value] if n is None else value):
+            if why := _bad_text(text):
+                return fail(key if n is None else f"{key}[{k}]", why)
+        return value.strip() if n is None else [text.strip() for text in value]
+
+    def answer() -> int | None:
+        value = raw.get("answer")
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text in [str(k) for k in range(NUM_CHOICES)]:
+            return int(text)
+        fail("answer", 'missing; give the index of the correct option as "0"-"3"' if value is None else
+             f'value {value!r} is out of range; use "0"-"3" (the index of the correct option)')
+
+    def images() -> list[str]:
+        if not spec.images:
+            return []
+        value = raw
+        for name in spec.image_key.split("."):  # food_meta.food_file: the path sits in an object
+            value = value.get(name) if isinstance(value, dict) else None
+        if spec.images > 1 and (not isinstance(value, list) or len(value) != spec.images):
+            n = len(value) if isinstance(value, list) else ("missing" if value is None else type(value).__name__)
+            fail(spec.image_key, f"expected a list of {spec.images} image paths, found {n}")
+            return []
+        paths = [value] if spec.images == 1 else value
+        for k, p in enumerate(paths):
+            if why := _bad_relpath(p):
+                fail(spec.image_field(k), why)
+        return [PurePosixPath(str(p).strip().replace("\\", "/")).as_posix() for p in paths]
+
+    if qid is None:
+        fail("question_id", "missing; give every question a unique 'question_id' (or 'qid')")
+    elif qid in seen:
+        fail("question_id", f"duplicate id, also used by item {seen[qid]}; ids must be unique within a file")
     else:
-        qid = check.item_id = str(qid).strip()
-        if qid in seen:
-            check.fail("question_id", f"duplicate id, also used by item {seen[qid]}; ids must be unique within a file")
-        seen.setdefault(qid, index)
+        seen[qid] = index
     food_meta = raw.get("food_meta") if isinstance(raw.get("food_meta"), dict) else {}
     food_name = raw.get("food_name") or food_meta.get("food_name")
     item = QAItem(
-        task=task, question_id=qid, index=index, question=check.text("question"), answer=check.answer(),
-        question_en=check.text("question_en", required=False), question_type=str(raw.get("question_type") or UNKNOWN),
+        task=task, question_id=qid, index=index, question=texts("question"), answer=answer(),
+        question_en=texts("question_en", required=False), question_type=str(raw.get("question_type") or UNKNOWN),
         food_name=food_name.strip() if isinstance(food_name, str) and food_name.strip() else None,
         cuisine=cuisine_of(food_meta) if food_meta else cuisine_of(raw),
-        choices=check.choices("choices") if spec.choices else None,
-        choices_en=check.choices("choices_en", required=False) if spec.choices else None,
-        images=check.images(spec), food_meta=food_meta, raw=raw)
-    return (None if check.problems else item), check.problems
+        choices=texts("choices", NUM_CHOICES) if spec.choices else None,
+        choices_en=texts("choices_en", NUM_CHOICES, required=False) if spec.choices else None,
+        images=images(), food_meta=food_meta, raw=raw)
+    return (None if problems else item), problems
 
 
 def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = None, *, check_images: bool = True,
                   skip_bad: bool = False) -> FoodieQA:
-    """Read and validate a FoodieQA folder: ``tasks`` None reads whichever task files exist (naming tasks makes
-    their files required); ``check_images``: every image must exist and decode completely (its size is recorded).
-    Raises ``FoodieQAError`` listing every problem (file, item, field, fix)."""
-    from foodie.foodieqa_download import DownloadError, locate_data_root
-
+    """``tasks`` None reads whichever task files exist (named tasks' files are required); ``check_images``: every
+    image must exist and decode completely (its size is recorded). Raises ``FoodieQAError`` listing every problem."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FoodieQAError([Problem(str(root), "data root is not a folder; point it at the FoodieQA folder that "
@@ -287,9 +259,7 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         root = locate_data_root(root).resolve()
     except DownloadError as e:
         raise FoodieQAError([Problem(str(root), str(e))]) from None
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or ())
-    for t in tasks:
-        get_task(t)
+    tasks = tuple(get_task(t).name for t in ([tasks] if isinstance(tasks, str) else tasks or ()))  # checked
     data = FoodieQA(root=root)
     problems: list[Problem] = []
     for task in tasks or TASKS:
@@ -306,11 +276,9 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
             problems.extend(e.problems)
             continue
         seen: dict[str, int] = {}
-        data.by_task[task] = []
-        for index, raw in enumerate(raws):
-            item, item_problems = _parse_item(task, str(path), index, raw, seen)
-            data.by_task[task] += [item] if item else []
-            problems.extend(item_problems)
+        parsed = [_parse_item(task, str(path), index, raw, seen) for index, raw in enumerate(raws)]
+        data.by_task[task] = [item for item, _ in parsed if item]
+        problems += [p for _, item_problems in parsed for p in item_problems]
     if not data.files:
         raise FoodieQAError([Problem(str(root), "no question files found ("
                                      + ", ".join(f"{t}_tidy.json" for t in TASKS) + ")")])
@@ -328,9 +296,8 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         except ImageError as e:
             image_problem[rel] = str(e).replace(str(root / rel), rel)
 
-    if check_images:
-        with ThreadPoolExecutor() as pool:
-            list(pool.map(check, [p for p in paths if p not in image_problem]))
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(check, [p for p in paths if p not in image_problem] if check_images else []))
     for task, items in data.by_task.items():
         for item in items:
             problems += [Problem(str(data.files[task]), image_problem[p], item.index, item.question_id,
@@ -351,3 +318,95 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         raise FoodieQAError(problems, f"FoodieQA data in {root} has problems")
     data.skipped = problems
     return data
+
+
+class DownloadError(ValueError):  # the download cannot be used as it is; the message says what to run
+    pass
+
+
+def _has_questions(folder: Path) -> bool:
+    return any(question_file(folder, t) for t in TASKS)
+
+
+def _zips(folder: Path) -> list[Path]:  # FoodieQA.zip first
+    return sorted((p for p in folder.glob("*.zip") if p.is_file()), key=lambda p: (p.name != ZIP_NAME, p.name))
+
+
+def locate_data_root(folder: str | os.PathLike, *, unpack: bool = False) -> Path:
+    """The FoodieQA folder (with sivqa_tidy.json ...) at ``folder`` or the one below it its zip unpacked into."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir() or _has_questions(folder):
+        return folder  # load_foodieqa names what is wrong with a missing folder
+    roots = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_questions(p))
+    if len(roots) == 1:
+        return roots[0]
+    zips = _zips(folder)
+    if not roots and zips:
+        if not unpack:
+            raise DownloadError(f"{folder} holds {zips[0].name}, not yet unpacked: run python tools/process_food.py "
+                                f"--data-root {folder} (it unpacks it) or unzip {zips[0]} -d {folder}")
+        unpack_zip(zips[0], folder)
+        return locate_data_root(folder, unpack=False)
+    if len(roots) > 1:
+        raise DownloadError(f"{folder}: several folders hold FoodieQA question files "
+                            f"({', '.join(p.name for p in roots)}); point --data-root at one of them")
+    return folder
+
+
+def looks_like_photo_folder(folder: str | os.PathLike) -> bool:
+    """No question files and no zip, but subfolders: photos for tools/photos_to_foodieqa.py."""
+    folder = Path(folder)
+    return (folder.is_dir() and not _has_questions(folder) and not _zips(folder)
+            and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()))
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member may not be unpacked, or None."""
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "is not a regular file or folder"
+    if name.startswith(("/", "\\")) or name[1:2] == ":":
+        return "has an absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "climbs out of the folder ('..')"
+    return None  # (zipfile cuts a name at a NUL byte itself)
+
+
+def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Unpack ``archive`` into ``dest`` safely (module docstring); returns the top-level paths created."""
+    archive, dest = Path(archive), Path(dest).resolve()
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f"{archive}: not a readable zip ({e}); download it again "
+                            f"(hf download lyan62/FoodieQA --repo-type dataset --local-dir {dest})") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.filename.startswith(SKIPPED_MEMBERS)]
+        seen: set[str] = set()
+        for info in members:  # a second member of one name would silently replace the first
+            if why := _member_problem(info) or ("appears twice" if info.filename in seen else None):
+                raise DownloadError(f"{archive}: member {info.filename!r} {why}; refusing to unpack it. Unpack the "
+                                    f"archive by hand after checking it, or download it again")
+            seen.add(info.filename)
+        total = sum(m.file_size for m in members)
+        if total > MAX_UNPACKED_BYTES:
+            raise DownloadError(f"{archive}: declares {total / 1024 ** 3:.1f} GiB unpacked (FoodieQA is under 1 GB); "
+                                f"refusing to unpack it. Download it again")
+        tops = sorted({parts[0] for m in members if (parts := PurePosixPath(m.filename.replace("\\", "/")).parts)})
+        clash = [t for t in tops if (dest / t).exists() or (dest / t).is_symlink()]
+        if clash:
+            raise DownloadError(f"{archive}: unpacking would overwrite {', '.join(str(dest / t) for t in clash)}; "
+                                f"move it away or unpack by hand")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{archive.stem}.unpack-", dir=dest))
+        try:  # every name was checked above, so zipfile's own extraction stays inside tmp
+            zf.extractall(tmp, members)
+            for t in tops:
+                os.replace(tmp / t, dest / t)
+        except zipfile.BadZipFile as e:
+            raise DownloadError(f"{archive}: corrupt ({e}); download it again") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [dest / t for t in tops]

@@ -1,15 +1,9 @@
 """Your own dish photos -> a data set in the FoodieQA schema, which you may train on and share.
 
-    build_dataset("my-photos/", "work/my-photos-dataset")
-
-``my-photos/`` holds one subfolder of photos per dish and optionally ``dishes.csv`` (UTF-8), one row per dish, with a
-header naming any of ``folder`` (default: matched by dish, then dish_en), ``dish``, ``cuisine``, ``region``,
-``main_ingredient``, ``cooking_method`` (Chinese; ``_zh`` too) and the same with ``_en`` (English). The output has
-FoodieQA's layout (``images/``, ``sivqa_tidy.json``, ``mivqa_tidy.json`` with four dishes or more) and
-``own_photos_manifest.json`` (every photo's source and SHA-256, the dishes, the settings), which marks the folder as
-your own data (foodie.terms): it trains and publishes without FoodieQA's terms. Questions are made as in the
-synthetic set (foodie.synthetic_data); with folder names only, every question asks for the dish. Nothing is written
-unless every photo and row is usable, and then all at once.
+``build_dataset("my-photos/", out)``: one subfolder of photos per dish, optionally ``dishes.csv`` (UTF-8; columns
+``COLUMNS``, Chinese, ``_en`` English; ``folder`` defaults to the dish's name). Writes FoodieQA's layout and
+``own_photos_manifest.json`` (every photo's source and SHA-256), the marker of your own data (foodie.terms).
+Questions are made as in the synthetic set (foodie.synthetic_data); nothing is written unless all is usable.
 """
 from __future__ import annotations
 
@@ -37,9 +31,7 @@ COLUMNS = {"dish": "dish", "cuisine": "cuisine_type", "region": "region", "main_
            "cooking_method": "cooking-skills"}
 
 
-class PhotosError(ValueError):
-    """The photo folder or dishes.csv cannot be used: one line per problem, naming the file and the fix."""
-
+class PhotosError(ValueError):  # one line per problem, naming the file and the fix
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
@@ -56,7 +48,6 @@ class OwnDish:
 
 
 def _bad_name(path: Path) -> str | None:
-    """Why a file name cannot be used (not valid UTF-8), or None."""
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:
@@ -66,7 +57,6 @@ def _bad_name(path: Path) -> str | None:
 
 
 def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
-    """The dish subfolders of ``folder`` and their photos (sorted); appends every problem found."""
     if not folder.is_dir():
         problems.append(f"{folder}: not a folder; give the folder that holds one subfolder of photos per dish")
         return []
@@ -75,7 +65,7 @@ def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
         if why := _bad_name(entry):
             problems.append(why)
         elif entry.is_dir():
-            dish = OwnDish(entry.name)
+            dish = OwnDish(entry.name, values={"dish": (entry.name, entry.name)})  # its name, in either language
             for path in sorted(entry.rglob("*")):
                 parts = path.relative_to(entry).parts
                 if any(part.startswith(".") for part in parts) or any(map(_bad_name, path.parents[:len(parts) - 1])):
@@ -97,7 +87,7 @@ def scan_photos(folder: Path, problems: list[str]) -> list[OwnDish]:
 
 
 def check_photos(dishes: list[OwnDish], problems: list[str]) -> dict[Path, str]:
-    """Every photo non-empty and decodable, no two with the same bytes; returns photo -> SHA-256."""
+    """photo -> SHA-256 of every photo; empty, undecodable or twice-given ones are problems."""
     digests: dict[Path, str] = {}
     first: dict[str, Path] = {}
     for path in (p for dish in dishes for p in dish.photos):
@@ -123,7 +113,6 @@ def check_photos(dishes: list[OwnDish], problems: list[str]) -> dict[Path, str]:
 
 
 def _column(name: str) -> tuple[str, str] | None:
-    """CSV header -> (column, 'zh'|'en'), ('folder', 'zh') or None."""
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     lang = "en" if key.endswith("_en") else "zh"
     key = key[:-3] if key.endswith(("_en", "_zh")) else key
@@ -131,7 +120,7 @@ def _column(name: str) -> tuple[str, str] | None:
 
 
 def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> set[str]:
-    """Fill the dishes' metadata from dishes.csv; returns the languages it gives ('zh', 'en')."""
+    """Fill the dishes' metadata from dishes.csv; returns the languages it gives."""
     raw = path.read_bytes()
     try:
         rows = [r for r in csv.reader(io.StringIO(raw.decode("utf-8-sig"))) if any(c.strip() for c in r)]
@@ -165,7 +154,6 @@ def read_dishes_csv(path: Path, dishes: list[OwnDish], problems: list[str]) -> s
             zh, en = cells.get((column, "zh")), cells.get((column, "en"))
             if zh or en:  # a missing language takes the other's text
                 dish.values[qtype] = (zh or en, en or zh)
-        dish.values.setdefault("dish", (folder, folder))  # no name given: the folder's, in either language
     problems += [f"{path}: no row for the dish folder {d.key!r} ({path.parent / d.key}); add one "
                  f"(folder,dish,cuisine,...) or remove the folder" for d in dishes if d.key not in seen]
     return langs
@@ -182,8 +170,7 @@ def _food_meta(dish: OwnDish, rel: str, meta_id: int, langs: set[str]) -> dict:
 
 
 def _in_languages(items: list[dict], langs: set[str]) -> list[dict]:
-    """Keep only the languages the metadata gives: without English no *_en fields; without Chinese the Chinese
-    fields (which the schema requires) carry the English text."""
+    """Without English no *_en fields; without Chinese the Chinese fields (the schema needs them) carry English."""
     for item in items:
         if "zh" not in langs:
             item["question"] = item["question_en"]
@@ -197,8 +184,7 @@ def _in_languages(items: list[dict], langs: set[str]) -> list[dict]:
 
 def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0,
                   questions_per_photo: int = 2, mivqa_per_dish: int = 5, force: bool = False) -> dict:
-    """Check ``photos_dir`` and write the data set to ``out`` (all or nothing); returns counts. An ``out`` is
-    replaced only if it is an earlier output (or ``force``). Raises PhotosError listing every problem."""
+    """Returns counts; an ``out`` is replaced only if it is an earlier output (or ``force``)."""
     photos_dir, out = Path(photos_dir).expanduser().resolve(), Path(out).expanduser().resolve()
     if not 1 <= questions_per_photo <= len(COLUMNS):
         raise PhotosError([f"questions per photo must be 1..{len(COLUMNS)} (one per question type); "
@@ -213,12 +199,7 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed
     dishes = scan_photos(photos_dir, problems)
     digests = check_photos(dishes, problems)
     csv_path = photos_dir / DISHES_CSV
-    langs = {"zh", "en"}  # folder names serve both languages
-    if csv_path.is_file():
-        langs = read_dishes_csv(csv_path, dishes, problems) or {"zh"}
-    else:
-        for dish in dishes:
-            dish.values["dish"] = (dish.key, dish.key)
+    langs = (read_dishes_csv(csv_path, dishes, problems) or {"zh"}) if csv_path.is_file() else {"zh", "en"}
     if not problems and len(dishes) < MIN_DISHES:
         problems.append(f"{photos_dir}: {len(dishes)} dish folder(s); need at least {MIN_DISHES} dishes to ask "
                         f"about (and {MIN_DISHES_MULTI_IMAGE} for dish names and multi-image questions)")
@@ -241,9 +222,8 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed
         raise PhotosError([f"{photos_dir}: no 4-option question can be asked with {len(dishes)} dishes and this "
                            f"metadata; add dishes (at least {MIN_DISHES_MULTI_IMAGE}) or cuisine/region columns to "
                            f"{DISHES_CSV}"])
-    mivqa = []
-    if len(dishes) >= MIN_DISHES_MULTI_IMAGE and mivqa_per_dish > 0:
-        mivqa = _in_languages(multi_image_questions(dishes, photos, mivqa_per_dish, rng), langs)
+    enough = len(dishes) >= MIN_DISHES_MULTI_IMAGE
+    mivqa = _in_languages(multi_image_questions(dishes, photos, mivqa_per_dish, rng) if enough else [], langs)
     counts = {"dishes": len(dishes), "images": len(all_photos), "sivqa": len(sivqa), "mivqa": len(mivqa)}
     manifest = {
         "format": "foodie-own-photos", "version": 1, "generator": "tools/photos_to_foodieqa.py",

@@ -1,9 +1,6 @@
-"""Prompt wording: the user text of the authors' FoodieQA templates (foodie.tasks holds them, per task), and the
-training answers.
-
-The prompts end where the answer letter is expected ("为（", "would be ("), so a model that follows them starts its
-reply with the letter. Template 0 is the default, as in the authors' scripts. They are *user text*: the inference
-backend renders them through the model's own chat template (system message, ``<image>`` -> image tokens).
+"""Prompt wording: the user text of the authors' FoodieQA templates (foodie.tasks; template 0 is the default, as in
+their scripts), and the training answers. A prompt ends where the answer letter is expected ("为（", "would be (");
+the inference backend renders it through the model's own chat template (system message, image tokens).
 """
 from __future__ import annotations
 
@@ -80,8 +77,8 @@ def has_lang(item, lang: str) -> bool:
 
 
 def training_prompt(item, lang: str = "zh", style: str = "letter") -> str:
-    """The user turn of a training sample (``<image>`` marks the one image XTuner feeds): the evaluation's wording,
-    multi-image questions asked about their collage; the tutorial style asks the bare question, as it did."""
+    """The user turn of a training sample: the evaluation's wording about the one image XTuner feeds (a collage for
+    multi-image questions); the tutorial style asks the bare question, as it did."""
     question, choices = item_text(item, lang)
     if style == "tutorial":
         return f"{question}\n{IMAGE_PLACEHOLDER}" if item.images else question
@@ -92,16 +89,10 @@ def training_prompt(item, lang: str = "zh", style: str = "letter") -> str:
 
 
 def answer_text(item, lang: str = "zh", style: str = "letter") -> str:
-    """The assistant turn of a training sample, in one of ``ANSWER_STYLES``:
-
-    letter:   ``B) 粤菜`` (options that are images: ``B) 图B``), the default: FoodieQA's scoring (foodie.scoring)
-              reads only a letter, and this answers what was asked, letter and option text;
-    name:     the dish, then the chosen option by its text: ``图中的菜是白切鸡。答案是粤菜。`` (images: the answer
-              first, ``答案是图B。图B中的菜是白切鸡。``): no letter, so it scores 1/4;
-    explain:  the letter answer, then a sentence naming the dish (so the model does not turn terse);
-    tutorial: the tutorial's exact ``{choice}，图中的菜是{food_name}``.
-    docs/TRAINING.md compares the styles under the authors' scoring.
-    """
+    """The assistant turn of a training sample (docs/TRAINING.md compares the styles under the authors' scoring):
+    letter ``B) 粤菜`` (the default: FoodieQA's scoring reads the letter); name ``图中的菜是白切鸡。答案是粤菜。``
+    (no letter: scores 1/4); explain: the letter answer, then a sentence naming the dish; tutorial: the tutorial's
+    ``{choice}，图中的菜是{food_name}``. Options that are images are named ``图B`` / ``Option (B)``."""
     if style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer style {style!r}: choose from {', '.join(ANSWER_STYLES)}")
     zh = lang == "zh"

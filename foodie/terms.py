@@ -41,12 +41,7 @@ MANIFEST_FILE = "own_photos_manifest.json"  # the marker of tools/photos_to_food
 DATA_SOURCE_FILE = "training_data_summary.json"  # the training work dir's copy of process_food's summary.json
 
 
-class TermsNotAccepted(ValueError):
-    """Training data from FoodieQA was asked for without acknowledging its terms."""
-
-
-def json_or_empty(path: Path) -> dict:
-    """A JSON object file's content; {} when it is missing, unreadable or not an object."""
+def json_or_empty(path: Path) -> dict:  # {} when missing, unreadable or not an object
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -54,14 +49,12 @@ def json_or_empty(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def terms_text() -> str:
-    """The terms in both languages, for printing before the data is used."""
+def terms_text() -> str:  # both languages, printed before the data is used
     return "\n".join([f"FoodieQA ({FOODIEQA_ID}) 使用条款 / terms of use ({FOODIEQA_URL}):"]
                      + [f"  {k}. {zh}\n     {en}" for k, (zh, en) in enumerate(zip(TERMS_ZH, TERMS_EN), 1)])
 
 
 def dataset_kind(root: str | os.PathLike) -> str:
-    """SYNTHETIC, OWN_PHOTOS or FOODIEQA (a folder without either marker)."""
     from foodie.synthetic_data import RECIPE_FILE
 
     root = Path(root)
@@ -71,7 +64,7 @@ def dataset_kind(root: str | os.PathLike) -> str:
 
 
 def describe_source(root: str | os.PathLike, *, terms_accepted: bool = False) -> dict:
-    """Where data in the FoodieQA schema came from, and under which terms (the provenance record)."""
+    """Where data in the FoodieQA schema came from, and under which terms."""
     root = Path(root).resolve()
     kind = dataset_kind(root)
     if kind == SYNTHETIC:
@@ -88,11 +81,9 @@ def describe_source(root: str | os.PathLike, *, terms_accepted: bool = False) ->
 
 
 def check_training_allowed(root: str | os.PathLike, accepted: bool) -> dict:
-    """The source record of ``root`` if training data may be written from it; raises TermsNotAccepted for the
-    real FoodieQA without the acknowledgement."""
     source = describe_source(root, terms_accepted=accepted)
     if source["kind"] == FOODIEQA and not accepted:
-        raise TermsNotAccepted(
+        raise ValueError(
             f"{source['root']} is FoodieQA ({FOODIEQA_ID}; no marker of the synthetic set or of "
             f"tools/photos_to_foodieqa.py), whose terms allow evaluation only, not training (training needs the "
             f"authors' permission); for evaluation pass --eval-only, to train on your own photos see "
@@ -100,7 +91,6 @@ def check_training_allowed(root: str | os.PathLike, accepted: bool) -> dict:
     return source
 
 
-def trained_on_foodieqa(data: dict | None) -> bool:
-    """From a provenance ``data`` record: True unless it names synthetic data or the user's own photos."""
+def trained_on_foodieqa(data: dict | None) -> bool:  # a provenance record: unless synthetic or own photos
     return not isinstance(data, dict) or (data.get("kind") not in (SYNTHETIC, OWN_PHOTOS)
                                           and data.get("synthetic") is not True)

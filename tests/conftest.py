@@ -46,3 +46,30 @@ def small_foodieqa_dir(tmp_path_factory):
             small = im.convert('RGB').resize((160, 160), Image.Resampling.BICUBIC)
         small.save(path, quality=90)
     return out
+
+
+@pytest.fixture
+def run_tool(capsys):
+    """``run_tool("tools/x.py", *args)`` runs the tool as ``python tools/x.py ARGS`` does (its ``__main__`` block), in
+    this process: no interpreter start-up or torch import per call. Returns (returncode, stdout, stderr) like
+    subprocess.run; an exception escaping the tool (a traceback for the user) fails the test."""
+    import runpy
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    def run(tool: str, *args):
+        path = Path(__file__).resolve().parent.parent / tool
+        capsys.readouterr()
+        argv, sys.argv = sys.argv, [str(path), *map(str, args)]
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        finally:
+            sys.argv = argv
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

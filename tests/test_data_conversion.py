@@ -2,10 +2,8 @@
 (no image in both), clear refusals of bad input, atomic outputs, and data XTuner really loads."""
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from PIL import Image
 from foodie import data_conversion as dc
 from foodie.held_out import read_held_out
 from foodie import synthetic_data as sd
-from foodie.foodieqa import FoodieQAError
+from foodie.foodieqa import FoodieQAError, load_foodieqa
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +139,7 @@ def test_collage_is_four_tiles_in_answer_order(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn") / "data"
-    sd.make_demo_data(root, seed=0, photos_per_dish=8, mivqa_per_dish=6)
+    sd.make_demo_data(root, seed=0, photos_per_dish=4, mivqa_per_dish=3)
     return root
 
 
@@ -172,7 +170,7 @@ def held_out_images(out: Path) -> set[str]:
 @pytest.mark.parametrize("split_by", ["image", "dish"])
 def test_no_image_or_dish_in_both_splits(synthetic, tmp_path, split_by):
     out = tmp_path / "out"
-    r = convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), split_by=split_by, lang="both")
+    r = convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), split_by=split_by, lang="both", eval_ratio=0.2)
     train, held = used_images(out), held_out_images(out)
     assert train and held and not (train & held)
     counts = r.summary["items"]
@@ -184,11 +182,11 @@ def test_no_image_or_dish_in_both_splits(synthetic, tmp_path, split_by):
         assert not ({dish(p) for p in train} & {dish(p) for p in held})
 
 
-def test_held_out_manifest_has_untouched_items(synthetic, tmp_path):
+def test_held_out_manifest_has_untouched_items(small_foodieqa_dir, tmp_path):
     out = tmp_path / "out"
-    convert(synthetic, out, tasks=("sivqa",), eval_ratio=0.2)
+    convert(small_foodieqa_dir, out, tasks=("sivqa",), eval_ratio=0.2)
     held = json.loads((out / "held_out.json").read_text())
-    originals = {i["question_id"]: i for i in json.loads((synthetic / "sivqa_tidy.json").read_text())}
+    originals = {i["question_id"]: i for i in json.loads((small_foodieqa_dir / "sivqa_tidy.json").read_text())}
     assert held["items"]["sivqa"] and all(originals[i["question_id"]] == i for i in held["items"]["sivqa"])
     ids = read_held_out(out / "held_out.json", ["sivqa", "mivqa"])
     assert ids["sivqa"] == {i["question_id"] for i in held["items"]["sivqa"]}
@@ -198,20 +196,22 @@ def test_held_out_manifest_has_untouched_items(synthetic, tmp_path):
         read_held_out(out / "summary.json")
 
 
-def test_split_deterministic_and_seeded(synthetic, tmp_path):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    for out, seed in ((a, 1), (b, 1), (c, 2)):
-        convert(synthetic, out, tasks=("sivqa", "mivqa"), seed=seed, eval_ratio=0.2)
+def test_split_deterministic_and_seeded(small_foodieqa_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        convert(small_foodieqa_dir, out, tasks=("sivqa", "mivqa"), seed=1, eval_ratio=0.2, check_images=False)
     for name in ("train.json", "held_out.json"):
         assert (a / name).read_text().replace(str(a), "") == (b / name).read_text().replace(str(b), "")
-    assert json.loads((a / "held_out.json").read_text())["images"] != json.loads((c / "held_out.json").read_text())["images"]
+    data = load_foodieqa(small_foodieqa_dir, check_images=False)
+    other_seed = dc.make_split(data, dc.ConversionOptions(tasks=("sivqa", "mivqa"), seed=2, eval_ratio=0.2))
+    assert json.loads((a / "held_out.json").read_text())["images"] != sorted(other_seed.eval_images)
 
 
-def test_split_stratified_by_cuisine(synthetic, tmp_path):
+def test_split_stratified_by_cuisine(small_foodieqa_dir, tmp_path):
     out = tmp_path / "out"
-    convert(synthetic, out, tasks=("sivqa",), eval_ratio=0.25, mivqa_eval_share=0.0)
+    convert(small_foodieqa_dir, out, tasks=("sivqa",), eval_ratio=0.25, mivqa_eval_share=0.0, check_images=False)
     held = json.loads((out / "held_out.json").read_text())
-    total = Counter(i["food_meta"]["cuisine"] for i in json.loads((synthetic / "sivqa_tidy.json").read_text()))
+    total = Counter(i["food_meta"]["cuisine"] for i in json.loads((small_foodieqa_dir / "sivqa_tidy.json").read_text()))
     held_counts = Counter(i["food_meta"]["cuisine"] for i in held["items"]["sivqa"])
     for cuisine, n in total.items():
         assert held_counts[cuisine] == round(0.25 * n), cuisine  # every cuisine held out in proportion
@@ -329,12 +329,8 @@ def test_failed_run_keeps_earlier_output(tmp_path, monkeypatch):
 
 # --- command line and XTuner --------------------------------------------------------------------
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, str(REPO / "tools/process_food.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def test_cli(tmp_path):
+def test_cli(tmp_path, run_tool):
+    run_cli = functools.partial(run_tool, "tools/process_food.py")
     src = write_small(tmp_path / "src")
     r = run_cli("--data-root", src, "--out", tmp_path / "out", "--tasks", "sivqa,textqa",
                 "--eval-ratio", "0.1", "--accept-foodieqa-terms")  # a hand-written folder counts as FoodieQA
@@ -354,16 +350,16 @@ def test_cli(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "out4").exists()
 
 
-def test_token_budget_is_the_models_own(tmp_path, tiny_model_dir):
+def test_token_budget_is_the_models_own(tmp_path, tiny_model_dir, run_tool):
     """process_food --tokenizer MODEL sizes image tokens with the model's tile side, tokens per tile and tile
     budget (a tuned tiny model: 224 px, 64 tokens, 2 tiles), and summary.md says so."""
     import shutil
-    model = tmp_path / "model"
+    model = tmp_path / "tuned-tiny-for-tokens"  # remote code is cached by folder name: one of its own
     shutil.copytree(tiny_model_dir, model)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(dict(config, max_dynamic_patch=2)))
-    r = run_cli("--data-root", write_small(tmp_path / "src"), "--out", tmp_path / "out", "--tokenizer", model,
-                "--accept-foodieqa-terms")
+    r = run_tool("tools/process_food.py", "--data-root", write_small(tmp_path / "src"), "--out", tmp_path / "out",
+                 "--tokenizer", model, "--accept-foodieqa-terms")
     assert r.returncode == 0, r.stderr
     options = json.loads((tmp_path / "out/summary.json").read_text())["options"]
     assert (options["tile_size"], options["image_tokens_per_tile"], options["max_tiles"]) == (224, 64, 2)

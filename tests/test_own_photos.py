@@ -4,6 +4,7 @@ evaluation on another data set -> publish (without FoodieQA's terms)."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -39,12 +40,13 @@ def photo_folder_from(synthetic: Path, dest: Path, *, csv_rows: bool = True, dis
     return dest
 
 
-def tool(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "photos_to_foodieqa.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def tool(run_tool):
+    """``python tools/photos_to_foodieqa.py ARGS``, run in this process."""
+    return functools.partial(run_tool, "tools/photos_to_foodieqa.py")
 
 
-def test_photos_become_foodieqa_questions_with_a_manifest_of_sources(small_foodieqa_dir, tmp_path):
+def test_photos_become_foodieqa_questions_with_a_manifest_of_sources(small_foodieqa_dir, tmp_path, tool):
     photos = photo_folder_from(small_foodieqa_dir, tmp_path / "photos")
     done = tool(photos, "--out", tmp_path / "ds")
     assert done.returncode == 0, done.stderr
@@ -136,7 +138,7 @@ def _break(photos: Path, how: str) -> str:
 
 @pytest.mark.parametrize("how", ["empty folder", "empty dish folder", "0-byte photo", "unreadable photo",
                                  "duplicate photo", "dish without metadata", "non-UTF-8 name"])
-def test_bad_photo_folders_are_refused_naming_the_file_and_nothing_is_half_written(tmp_path, how):
+def test_bad_photo_folders_are_refused_naming_the_file_and_nothing_is_half_written(tmp_path, how, tool):
     photos = _good_photos(tmp_path / "photos")
     out = tmp_path / "ds"
     assert tool(photos, "--out", out).returncode == 0  # an earlier, good output
@@ -151,7 +153,7 @@ def test_bad_photo_folders_are_refused_naming_the_file_and_nothing_is_half_writt
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
-def test_out_that_is_not_ours_is_kept(tmp_path):
+def test_out_that_is_not_ours_is_kept(tmp_path, tool):
     photos = _good_photos(tmp_path / "photos")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("keep me")

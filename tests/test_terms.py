@@ -3,12 +3,11 @@ without the acknowledgement (evaluation needs none), unpacks the download (Foodi
 provenance travels from process_food through the training work dir to the merged model."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,14 +15,13 @@ from types import SimpleNamespace
 import pytest
 
 from foodie import terms
-from foodie.foodieqa_download import ZIP_NAME, DownloadError, locate_data_root, unpack_zip
-
-REPO = Path(__file__).resolve().parent.parent
+from foodie.foodieqa import ZIP_NAME, DownloadError, locate_data_root, unpack_zip
 
 
-def process_food(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "process_food.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def process_food(run_tool):
+    """``python tools/process_food.py ARGS``, run in this process."""
+    return functools.partial(run_tool, "tools/process_food.py")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def real_like(tmp_path_factory, small_foodieqa_dir) -> Path:
     return root
 
 
-def test_real_foodieqa_training_data_needs_the_terms_flag_evaluation_does_not(real_like, tmp_path):
+def test_real_foodieqa_training_data_needs_the_terms_flag_evaluation_does_not(real_like, tmp_path, process_food):
     refused = process_food("--data-root", real_like, "--out", tmp_path / "train")
     assert refused.returncode == 2
     assert "仅限评测" in refused.stdout and "evaluation only" in refused.stdout  # the terms, in both languages
@@ -66,7 +64,7 @@ def test_real_foodieqa_training_data_needs_the_terms_flag_evaluation_does_not(re
     assert "evaluation only" in (tmp_path / "train" / "summary.md").read_text(encoding="utf-8")
 
 
-def test_synthetic_set_needs_no_flag_and_says_what_it_is(small_foodieqa_dir, tmp_path):
+def test_synthetic_set_needs_no_flag_and_says_what_it_is(small_foodieqa_dir, tmp_path, process_food):
     done = process_food("--data-root", small_foodieqa_dir, "--out", tmp_path / "out", "--no-image-check")
     assert done.returncode == 0, done.stderr
     assert "仅限评测" not in done.stdout
@@ -83,7 +81,7 @@ def zip_folder(root: Path, archive: Path, prefix: str = "FoodieQA/") -> None:
                 zf.write(path, prefix + path.relative_to(root).as_posix())
 
 
-def test_download_folder_with_the_zip_is_unpacked_and_used(real_like, tmp_path):
+def test_download_folder_with_the_zip_is_unpacked_and_used(real_like, tmp_path, process_food):
     download = tmp_path / "download"
     download.mkdir()
     (download / "README.md").write_text("dataset card")
@@ -117,7 +115,7 @@ def _evil_zip(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["parent", "absolute", "symlink", "duplicate"])
-def test_unsafe_zip_members_are_refused_and_nothing_is_unpacked(tmp_path, how):
+def test_unsafe_zip_members_are_refused_and_nothing_is_unpacked(tmp_path, how, process_food):
     download = tmp_path / "download"
     download.mkdir()
     _evil_zip(download / ZIP_NAME, how)
@@ -132,7 +130,7 @@ def test_unsafe_zip_members_are_refused_and_nothing_is_unpacked(tmp_path, how):
 
 # --------------------------------------------------------------------------- provenance: data -> work dir -> merge
 
-def test_training_work_dir_keeps_the_data_source_the_merge_reports(real_like, tmp_path):
+def test_training_work_dir_keeps_the_data_source_the_merge_reports(real_like, tmp_path, process_food):
     from foodie.merge import describe_data
     from foodie.training import record_data_source
 

@@ -1,8 +1,5 @@
 """Turn your own dish photos into a data set in the FoodieQA schema, to train a food expert you may share.
 
-    python tools/photos_to_foodieqa.py PHOTOS [--out work/my-photos-dataset] [--questions-per-photo 2]
-        [--mivqa-per-dish 5] [--seed 0] [--force]
-
 PHOTOS holds one subfolder of photos per dish (麻婆豆腐/1.jpg, 麻婆豆腐/2.jpg, 白切鸡/1.jpg, ...) and optionally
 dishes.csv, one row per dish (columns folder, dish, cuisine, region, main_ingredient, cooking_method in Chinese,
 the same with _en in English; see foodie/own_photos.py). Writes images/, sivqa_tidy.json, mivqa_tidy.json

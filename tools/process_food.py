@@ -1,18 +1,14 @@
 """Turn a FoodieQA folder into XTuner training data with an honest held-out split.
 
-    python tools/process_food.py [--data-root DIR] [--out DIR] [--tasks sivqa,mivqa,textqa] [--lang zh|en|both]
-        [--style letter|name|explain|tutorial] [--eval-ratio 0.2] [--seed 0] [--split-by image|dish] [--skip-bad]
-        [--tokenizer MODEL_DIR] [--eval-only] [--accept-foodieqa-terms]
-
 Writes train.json (XTuner LLaVA format), held_out.json (the evaluation manifest), summary.json and summary.md into
 --out (default work/foodieqa-xtuner, what xtuner_configs/*food*.py read), all at once; no held-out image (or dish)
 is trained on (foodie/data_conversion.py). Answer styles: foodie/prompts.py (answer_text); the default, letter
 ("B) 粤菜"), starts with the letter the FoodieQA authors' parser reads.
 
-FoodieQA's terms (foodie/terms.py) allow EVALUATION ONLY. A --data-root that is neither the synthetic set nor a data
-set of tools/photos_to_foodieqa.py counts as the real FoodieQA: its terms are printed, and training data is written
-only with --accept-foodieqa-terms (training needs the authors' permission); --eval-only writes the evaluation
-manifest alone. Pointed at the folder `hf download` wrote, the step unpacks FoodieQA.zip there first (safely).
+FoodieQA's terms (foodie/terms.py) allow EVALUATION ONLY: a --data-root that is neither the synthetic set nor from
+tools/photos_to_foodieqa.py is the real FoodieQA: its terms are printed, and training data is written only with
+--accept-foodieqa-terms (the authors' permission); --eval-only writes the evaluation manifest alone. The folder
+`hf download` wrote is unpacked first (FoodieQA.zip, safely).
 """
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ from pathlib import Path
 
 from foodie import cli
 from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa
-from foodie.foodieqa_download import locate_data_root
+from foodie.foodieqa import locate_data_root
 from foodie.model_spec import ModelSpec, SpecError
 from foodie.paths import demo_data_dir, work_dir
 from foodie.prompts import ANSWER_STYLES

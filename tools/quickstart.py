@@ -125,7 +125,7 @@ class Pipeline:
         if not self.train_root.is_dir():
             raise StageFailed(f"TRAIN_DATA={self.train_root}: not a folder. Point it at a data set in the FoodieQA "
                               "schema or at a folder of dish photos (one subfolder per dish).")
-        from foodie.foodieqa_download import DownloadError, locate_data_root, looks_like_photo_folder
+        from foodie.foodieqa import DownloadError, locate_data_root, looks_like_photo_folder
 
         separate = self.separate
         try:  # the folder `hf download` wrote holds FoodieQA.zip: unpack it, use the folder inside
