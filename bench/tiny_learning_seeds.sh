@@ -5,7 +5,9 @@
 # (bench/checkpoint_accuracy.py). Variables (all optional) change one thing from the shipped defaults:
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
 #   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=224 (tile side, px)  ITERS=2500  WARMUP=100
-#   STYLE=letter (process_food --style)
+#   STYLE=letter (process_food --style)  BIAS=False (attention biases, InternLM2Config bias)
+#   PRETRAIN=0 (steps of bench/tiny_pretraining.py's text-only reading before saving)  DRILL=0.5 (its drill share)
+#   PT_LR=2e-3  PT_DEV=cpu (where the pre-training runs)  DATA=DIR (an existing make_demo_data folder to copy)
 # Training and evaluation run on the CPU (CUDA hidden), as the CPU config does, also on a GPU machine.
 # Accuracy is reported by the FoodieQA authors' rule (first capital A-D in the reply; none: 1/4) and, beside it,
 # two diagnostics of bench/checkpoint_accuracy.py: option text (a letter, else the option named) and
@@ -27,15 +29,31 @@ run_one() {
   local w="$out/$name-s$seed"
   mkdir -p "$w"
   (
-    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter
+    STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter BIAS=False
+    PRETRAIN=0 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA=
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
-    $PY -c "import foodie.tiny_model as t
-t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH)
+    $PY -c "import sys, torch
+sys.path.insert(0, 'bench')
+import foodie.tiny_model as t
+t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH,
+                  bias=$BIAS)
 t.TINY_VISION.update(image_size=$IMG)
+if $PRETRAIN:
+    import tiny_pretraining as tp
+    build = t.build_model
+    def pretrained(seed, device='cpu', dtype=torch.bfloat16, vocab_size=t.TINY_VOCAB_SIZE, **_):
+        m = build(seed, device='$PT_DEV', dtype=torch.float32, vocab_size=vocab_size)
+        enc = tp.ChatEncoder(t.build_tokenizer(), tp.conversation_factory(t.REMOTE_CODE_DIR, m.config.template))
+        pools = tp.word_pools(t._WORDS_ZH.split() + t._DISHES_ZH.split(), t._WORDS_EN.split())
+        recipe = tp.ReadingRecipe(steps=$PRETRAIN, drill_share=$DRILL, lr=$PT_LR)
+        tp.pretrain_reading(m.language_model, enc, pools, recipe, seed, eval_every=250)
+        return m.to('cpu', dtype)
+    t.build_model = pretrained
 t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 2>&1
+    if [ -n "$DATA" ]; then cp -r "$DATA" "$w/foodieqa"; else
     $PY tools/make_demo_data.py --out "$w/foodieqa" --seed "$seed" --force --photos-per-dish "$PHOTOS" \
-      --questions-per-photo "$QPP" >> "$w/log.txt" 2>&1
+      --questions-per-photo "$QPP" >> "$w/log.txt" 2>&1; fi
     $PY tools/process_food.py --data-root "$w/foodieqa" --out "$w/xtuner" --seed "$seed" --style "$STYLE" \
       >> "$w/log.txt" 2>&1
     local t0=$SECONDS

@@ -35,6 +35,9 @@ ap.add_argument('--width', type=int)
 ap.add_argument('--layers', type=int)
 ap.add_argument('--heads', type=int)
 ap.add_argument('--kv-heads', type=int)
+ap.add_argument('--bias', action='store_true', help='attention biases (InternLM2Config bias=True)')
+ap.add_argument('--bias-std', type=float, help='draw the attention biases N(0, std) instead of zeros')
+ap.add_argument('--emb-mean', type=float, help='add this times one random unit vector to every token embedding')
 ap.add_argument('--every', type=int, default=250)
 ap.add_argument('--device', default='cpu')
 ap.add_argument('--threads', type=int, default=1)
@@ -43,7 +46,7 @@ a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 for key, value in dict(rope_theta=a.rope, initializer_range=a.std, num_hidden_layers=a.layers,
-                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads).items():
+                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, bias=a.bias or None).items():
     if value is not None:
         tm.TINY_LLM[key] = value
 if a.width:
@@ -101,6 +104,13 @@ else:
     forward = lambda ids: net(input_ids=ids).logits  # noqa: E731
     if a.emb_std:
         torch.nn.init.normal_(net.model.tok_embeddings.weight, std=a.emb_std)
+    with torch.no_grad():
+        if a.emb_mean:
+            u = torch.randn(net.config.hidden_size)
+            net.model.tok_embeddings.weight += a.emb_mean * u / u.norm()
+        for name, p in net.named_parameters():
+            if a.bias_std and name.endswith('bias'):
+                p.normal_(std=a.bias_std)
 opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, a.warmup)))
 g, held_g = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)

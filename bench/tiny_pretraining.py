@@ -274,6 +274,7 @@ def main():
     ap.add_argument('--layers', type=int, help='tiny LLM layers')
     ap.add_argument('--rope-theta', type=float, help='tiny LLM rope_theta (InternLM2-1.8B: 1e6)')
     ap.add_argument('--std', type=float, help='tiny LLM init std (TINY_LLM initializer_range)')
+    ap.add_argument('--bias', action='store_true', help='attention biases (InternLM2Config bias=True)')
     args = ap.parse_args()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReadingRecipe)
                if getattr(args, f.name, None) is not None}
@@ -286,6 +287,7 @@ def main():
         tm.TINY_LLM.update(rope_theta=args.rope_theta)
     if args.std:
         tm.TINY_LLM.update(initializer_range=args.std)
+    tm.TINY_LLM.update(bias=args.bias)
     tokenizer = tm.build_tokenizer()
     model = tm.build_model(args.seed, vocab_size=len(tokenizer), dtype=torch.float32, device=args.device)
     encoder = ChatEncoder(tokenizer, conversation_factory(tm.REMOTE_CODE_DIR, model.config.template))

@@ -68,7 +68,7 @@ FULL_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=1
                    layer_norm_eps=1e-6, initializer_factor=1.0)
 FULL_LLM = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
                 intermediate_size=8192, vocab_size=92553, rope_theta=1000000, max_position_embeddings=32768,
-                rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5, initializer_range=0.02)
+                rope_scaling={'type': 'dynamic', 'factor': 2.0}, rms_norm_eps=1e-5, initializer_range=0.02, bias=False)
 # 224-pixel tiles: 64 image tokens a tile instead of 256, which the random 2-layer LLM reads far better
 # (docs/TRAINING.md, "What the embedded tiny model learns"); every tool reads force_image_size.
 TINY_VISION = dict(FULL_VISION, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -195,7 +195,7 @@ def make_config(vocab_size: int = TINY_VOCAB_SIZE, full_size: bool = False):
     vision.update(architectures=['InternVisionModel'], use_flash_attn=True, drop_path_rate=0.0,
                   torch_dtype='bfloat16', auto_map={'AutoConfig': 'configuration_intern_vit.InternVisionConfig',
                                                     'AutoModel': 'modeling_intern_vit.InternVisionModel'})
-    llm.update(architectures=['InternLM2ForCausalLM'], attn_implementation='eager', bias=False,
+    llm.update(architectures=['InternLM2ForCausalLM'], attn_implementation='eager',
                bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype='bfloat16',
                auto_map={'AutoConfig': 'configuration_internlm2.InternLM2Config',
                          'AutoModel': 'modeling_internlm2.InternLM2ForCausalLM',
