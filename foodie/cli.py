@@ -75,7 +75,6 @@ def os_error_line(e: OSError) -> str:
 
 
 def run(main: Callable[..., int], argv: Sequence[str] | None = None) -> int:
-    """Call a tool's ``main``; an OS error becomes one clear line on stderr and exit 2."""
     try:
         return main(argv) if argv is not None else main()
     except OSError as e:

@@ -59,7 +59,6 @@ def image_size_of(source: str | os.PathLike, *, max_pixels: int | None = MAX_IMA
 
 
 def verify_image(source: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """Check that an image file decodes completely; its (width, height) as the model sees it."""
     return image_size_of(source, max_pixels=max_pixels, decode=True)
 
 
