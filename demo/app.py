@@ -182,8 +182,7 @@ def load_gallery(data_root: Path | None, max_per_cuisine: int = 60) -> dict[str,
         print(f"[demo] WARNING: no dish gallery, {data_root} could not be read:\n{e}", flush=True)
         return {}
     if data.skipped:
-        print(f"[demo] gallery: skipped {len(data.skipped)} bad items of {data_root} (first: {data.skipped[0]})",
-              flush=True)
+        print(f"[demo] gallery: skipped {len(data.skipped)} bad items (first: {data.skipped[0]})", flush=True)
     groups: dict[str, list[Dish]] = {}  # cuisine -> dishes
     for item in data.sivqa:
         dishes, name = groups.setdefault(item.cuisine, []), item.food_name or Path(item.image).stem
@@ -213,6 +212,10 @@ def make_thumbnails(gallery: dict[str, list[Dish]], folder: Path, size: int = 32
 
 # -- event handlers (each takes the session's ChatState; nothing conversational is global) ------------
 
+def files_of(message: dict | None) -> list[str]:
+    return [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []]
+
+
 def save_upload(state: ChatState, path: str) -> Path:
     """Check an upload (gradio refuses one over MAX_UPLOAD_MB); copy it into the session under a generated name."""
     src = Path(path)
@@ -241,10 +244,8 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
         return tuple(gr.skip() for _ in range(n + len(keys)))
 
     def add_question(message: dict | None, state: ChatState, request: gr.Request = None):
-        """The message's uploads into the session, then its question; a refusal (gr.Error) leaves the chat as it
-        was."""
-        text = CONTROL_MARKUP.sub(" ", (message or {}).get("text") or "").strip()
-        uploads, saved = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []], []
+        """The message's uploads into the session, then its question; a refusal (gr.Error) changes nothing."""
+        text, uploads, saved = CONTROL_MARKUP.sub(" ", (message or {}).get("text") or "").strip(), files_of(message), []
         try:
             if len(text) > MAX_QUESTION_CHARS:
                 raise ValueError(f"the question has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
@@ -325,8 +326,7 @@ def make_handlers(slots: list[ModelSlot], gallery: dict[str, list[Dish]], *, fil
         return pick
 
     def fill_example(index: int, message: dict | None):  # photos already attached stay
-        kept = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files") or []]
-        return gr.MultimodalTextbox(value={"text": EXAMPLES[index], "files": kept})
+        return gr.MultimodalTextbox(value={"text": EXAMPLES[index], "files": files_of(message)})
 
     def export(state: ChatState, request: gr.Request = None):
         """Markdown and JSON files in the session folder: private, gone with the session."""

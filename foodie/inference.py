@@ -90,14 +90,13 @@ def with_image_placeholders(text: str, n_images: int) -> str:
             "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n_images))) + text
 
 
-def with_budget(spec: ModelSpec, max_tiles: int | None) -> ModelSpec:
-    """``spec`` with a request's tile budget (None: the checkpoint's own)."""
+def with_budget(spec: ModelSpec, max_tiles: int | None) -> ModelSpec:  # None: the checkpoint's own
     return replace(spec, max_tiles=max_tiles or spec.max_tiles)
 
 
 def tiles_per_image(max_tiles: int, n_images: int) -> int:
-    """Several images share a request's budget (at least one tile each), as InternVL's own multi-image
-    evaluation does: four photos at 12 tiles each would be 13,000 tokens."""
+    """Images share a request's budget, one tile at least (InternVL's multi-image evaluation: 4 x 12 tiles is 13k
+    tokens)."""
     return max(1, max_tiles // max(1, n_images))
 
 
@@ -126,11 +125,9 @@ def answer_all(backend, requests: Sequence[Request], params: GenerationParams = 
     """``(indices, answers)`` of at most ``batch_size`` requests at a time, in any order: the backend's own
     ``answer_all`` (images prepared ahead of the model) where it has one, else ``generate``."""
     if hasattr(backend, "answer_all"):
-        yield from backend.answer_all(requests, params, batch_size)
-        return
-    for i in range(0, len(requests), batch_size):
-        idx = list(range(i, min(i + batch_size, len(requests))))
-        yield idx, backend.generate([requests[j] for j in idx], params)
+        return backend.answer_all(requests, params, batch_size)
+    batches = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
+    return ((idx, backend.generate([requests[i] for i in idx], params)) for idx in batches)
 
 
 class _Stopped(Exception):  # ends a generation whose stream was closed
@@ -287,8 +284,7 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
-        if self._torch.cuda.is_available():
-            self._torch.cuda.empty_cache()
+        self._torch.cuda.empty_cache()  # (a no-op without CUDA)
 
 
 class PreparedImage(NamedTuple):  # an image we tiled: what our LMDeploy requests carry in place of a PIL image
@@ -317,10 +313,9 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
 
 
 class LMDeployBackend:
-    """LMDeploy's pipeline (PyTorch engine), driven on its own event loop thread (calls from any thread are safe).
-    Our ``image_workers`` tile images at most ``2 * max_batch_size`` requests ahead and hand the engine pixel values
-    (LMDeploy 0.9 tiles every image in one thread: ~5 questions/s on an H200 at 13 tiles); LMDeploy's 4,096
-    ``max_prefill_tokens`` would prefill one 3,400-token question at a time."""
+    """LMDeploy's pipeline (PyTorch engine) on its own event loop thread (calls from any thread are safe). Our
+    ``image_workers`` tile images up to ``2 * max_batch_size`` requests ahead (LMDeploy 0.9 tiles in one thread: ~5
+    questions/s on an H200 at 13 tiles); its default 4,096 ``max_prefill_tokens`` prefills one question at a time."""
 
     name, continues_reply, concurrent = "lmdeploy", False, True
     needs = ("the lmdeploy package and a CUDA GPU (no LMDeploy release runs on CPU); install the gpu profile "

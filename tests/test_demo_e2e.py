@@ -119,16 +119,14 @@ def browser():
         b.close()
 
 
-def long_follow_up(first_question: str, first_max_new_tokens: int) -> str:
+def long_follow_up(backend, first_question: str, first_max_new_tokens: int) -> str:
     """A follow-up question the served model (the embedded default, greedy) answers at length.
 
     Random weights decide when a greedy answer ends: one question runs for hundreds of tokens, another
-    ends after a few. The Stop test needs a long one, so it asks the same backend the page uses (same
-    conversation) instead of assuming the draw of the tiny model."""
-    from foodie.inference import GenerationParams, Message, load_backend
-    from foodie.paths import tiny_model_dir
+    ends after a few. The Stop test needs a long one, so it asks ``backend`` (the embedded default, as the page
+    serves it; same conversation) instead of assuming the draw of the tiny model."""
+    from foodie.inference import GenerationParams, Message
 
-    backend = load_backend(tiny_model_dir(), backend="transformers")
     first = [Message("user", first_question)]
     first_answer = backend.generate([first], GenerationParams(max_new_tokens=first_max_new_tokens))[0]
     history = first + [Message("assistant", first_answer)]
@@ -341,7 +339,7 @@ def test_an_upload_is_gone_when_its_tab_closes(server, browser, tmp_path):
 
 
 @pytest.mark.e2e
-def test_regenerate_stop_and_a_waiting_tab_in_the_browser(server, browser):
+def test_regenerate_stop_and_a_waiting_tab_in_the_browser(server, browser, demo_app):
     ctx, page = open_page(browser, server, max_new_tokens=24)
     ctx_b, other = open_page(browser, server, max_new_tokens=8)
     try:
@@ -363,7 +361,7 @@ def test_regenerate_stop_and_a_waiting_tab_in_the_browser(server, browser):
         tokens = page.locator("#max-new-tokens input[type='number']")
         tokens.fill("2048")
         tokens.press("Enter")
-        ask(page, long_follow_up("What is Peking duck?", 24))
+        ask(page, long_follow_up(demo_app[1], "What is Peking duck?", 24))
         page.wait_for_function(f"() => {{ const b = document.querySelectorAll('#chat-model {BOT}'); "
                                f"return b.length === 2 && b[1].innerText.length > 20; }}", timeout=30_000)
         # Another tab asks meanwhile: the transformers backend answers one at a time; the waiting tab shows its
@@ -491,18 +489,19 @@ print(json.dumps(dict(named=sorted(api["named_endpoints"]), unnamed=len(api["unn
     assert demo_files(photo.name) == [], "the API's upload is kept after the answer"
 
 
-def test_a_busy_port_gets_one_line_naming_port(tmp_path):
+def test_a_busy_port_gets_one_line_naming_port(app_module, monkeypatch):
+    """The command stops with one line (SystemExit's message: no traceback) before any model is loaded."""
+    monkeypatch.setattr(app_module, "ensure_embedded_default", lambda *_: pytest.fail("a model was loaded first"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        # GRADIO_SERVER_PORT is the default of --port: one run checks both, before any model is loaded.
-        done = subprocess.run([sys.executable, str(REPO / "demo/app.py")], cwd=REPO, capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "GRADIO_SERVER_PORT": str(port)})
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr + done.stdout and "loading" not in done.stdout
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
+        # GRADIO_SERVER_PORT is the default of --port: one run checks both.
+        monkeypatch.setenv("GRADIO_SERVER_PORT", str(port))
+        with pytest.raises(SystemExit) as stopped:
+            app_module.main([])
+    line = stopped.value.code
+    assert isinstance(line, str) and "\n" not in line and f"port {port}" in line and "--port" in line, line
 
 
 def test_make_test_stops_with_the_one_command_when_it_cannot_install(tmp_path):
@@ -525,12 +524,19 @@ def test_make_test_stops_with_the_one_command_when_it_cannot_install(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_app():
+def app_module():
     import importlib.util
     spec = importlib.util.spec_from_file_location("foodie_demo_app", REPO / "demo/app.py")
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app
     spec.loader.exec_module(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def demo_app(app_module):
+    """(the app module, the embedded default on the transformers backend, its data folder, its spec)."""
+    app = app_module
     model_dir, data_dir = app.ensure_embedded_default(None, None)
     from foodie.inference import load_backend
     from foodie.model_spec import ModelSpec
