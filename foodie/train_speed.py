@@ -22,6 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class FusedLoraLinear(LoraLinear):
@@ -95,6 +96,10 @@ def compile_elementwise(language_model) -> int:
     return count
 
 
+# Not cuDNN: it builds an execution plan per new sequence length (~0.2 s each on an H200, docs/PERFORMANCE.md).
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def _vit_attention(self, x):
     """InternAttention._naive_attn through SDPA: softmax(q k^T / sqrt(d)) v per head (SDPA's default scale)."""
     B, N, C = x.shape
@@ -103,7 +108,8 @@ def _vit_attention(self, x):
     if self.qk_normalization:  # RMSNorm over all heads together
         q = self.q_norm(q.transpose(1, 2).flatten(-2, -1)).view(B, N, H, -1).transpose(1, 2)
         k = self.k_norm(k.transpose(1, 2).flatten(-2, -1)).view(B, N, H, -1).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+    with sdpa_kernel(SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
     return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -120,8 +126,10 @@ def _llm_attention(self, hidden_states, attention_mask=None, position_ids=None, 
     q = qkv[..., :G, :].reshape(B, T, self.num_heads, D).transpose(1, 2)  # [B, heads, T, D]
     k, v = qkv[..., -2, :].transpose(1, 2), qkv[..., -1, :].transpose(1, 2)  # [B, kv_heads, T, D]
     rope = inspect.getmodule(type(self)).apply_rotary_pos_emb
-    if self._rotary_by_positions:
-        cos, sin = self.rotary_emb(v, position_ids)
+    if self._rotary_by_positions:  # InternLM2.5's dynamic NTK reads max(position_ids) on the host, in every layer:
+        past_len = past_key_value.get_seq_length(self.layer_idx) if past_key_value is not None else 0
+        rotary = self._rotary_unscaled if past_len + T <= self.rotary_emb.max_position_embeddings else self.rotary_emb
+        cos, sin = rotary(v, position_ids)  # positions < past_len + T: within the unscaled range, no host sync
     else:
         past_len = past_key_value[0].shape[-2] if past_key_value is not None else 0
         cos, sin = self.rotary_emb(v, seq_len=past_len + T)
@@ -135,7 +143,8 @@ def _llm_attention(self, hidden_states, attention_mask=None, position_ids=None, 
         present = past_key_value
     mask = attention_mask[..., :k.shape[-2]] if attention_mask is not None else None
     k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # each KV head serves G query heads
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+    with sdpa_kernel(SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
     return self.wo(out.transpose(1, 2).reshape(B, T, self.num_heads * D)), None, present
 
 
@@ -175,6 +184,9 @@ def use_sdpa(model) -> int:
             module._naive_attn = types.MethodType(_vit_attention, module)
         elif kind == "InternLM2Attention":
             module._rotary_by_positions = "position_ids" in inspect.signature(module.rotary_emb.forward).parameters
+            rotary, parents = module.rotary_emb, type(module.rotary_emb).__mro__
+            dynamic = "Dynamic" in parents[0].__name__ and parents[1].__name__ == "InternLM2RotaryEmbedding"
+            module._rotary_unscaled = functools.partial(parents[1].forward, rotary) if dynamic else rotary
             module.forward = types.MethodType(_llm_attention, module)
             swapped += 1
         elif kind == "InternLM2Model":
