@@ -67,29 +67,6 @@ def finish(proc, timeout=600) -> str:
 
 # --------------------------------------------------------------------------- end to end
 
-def test_cpu_training_end_to_end(tiny_model_dir, food_data, tmp_path):
-    """make train's launcher: prints the xtuner command, trains, reports the final checkpoint, which
-    holds the LoRA weights and the projector (what the convert step merges) and no frozen weights."""
-    work = tmp_path / "run"
-    proc = launch(train_env(tiny_model_dir, food_data, work), iters=4, interval=2)
-    out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
-    assert "xtuner train " in out and str(CPU_CONFIG) in out  # the exact command is shown
-    final = work / "iter_4.pth"
-    assert f"checkpoint: {final}" in out
-    assert is_complete_checkpoint(final)
-    assert (work / "last_checkpoint").read_text().strip() == str(final)
-
-    # torch >= 2.6 default weights_only=True loads it: the checkpoint holds only tensors and plain values.
-    state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
-    lora = [k for k in state if "lora_A" in k or "lora_B" in k]
-    assert lora and all(k.startswith("model.language_model.base_model.model.") for k in lora)
-    assert any(".output.lora_A." in k for k in lora)  # every linear layer of the LLM, the head included
-    assert any(k.startswith("model.mlp1.") for k in state)  # the projector is trained
-    assert not any("vision_model" in k for k in state)  # the ViT is frozen and not saved
-    assert not any(k.endswith(".base_layer.weight") for k in state)  # nor the frozen LLM weights
-
-
 def test_failed_training_is_reported(tiny_model_dir, food_data, tmp_path):
     """xtuner exits 0 when training crashes; the launcher must not: non-zero exit, the reason, the log."""
     work = tmp_path / "broken"
@@ -125,7 +102,9 @@ def _wait_for(path_fn, proc, timeout):
 def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, food_data, tmp_path):
     """SIGKILL mid-run, leave behind what an interrupted save leaves (a truncated newer checkpoint that
     last_checkpoint names, a partial temp folder), then --resume: it must pick the newest *complete*
-    checkpoint, continue from its iteration and end at the planned final iteration."""
+    checkpoint, continue from its iteration and end at the planned final iteration. The launcher shows the
+    exact xtuner command and the final checkpoint, which holds the LoRA weights and the projector (what the
+    convert step merges) and no frozen weights. (One run serves both: each tiny training costs a start-up.)"""
     work = tmp_path / "killed"
     env = train_env(tiny_model_dir, food_data, work)
     proc = launch(env, iters=12, interval=2)
@@ -151,9 +130,21 @@ def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, f
     assert f"resuming from {newest}" in out
     assert f"resume=True load_from={newest}" in out  # passed explicitly, last_checkpoint is not trusted
     assert f"resumed epoch: 0, iter: {checkpoint_iter(newest)}" in out  # MMEngine restored the loop state
-    assert is_complete_checkpoint(work / "iter_12.pth")
-    assert f"checkpoint: {work / 'iter_12.pth'}" in out
+    final = work / "iter_12.pth"
+    assert is_complete_checkpoint(final)
+    assert f"checkpoint: {final}" in out
     assert not (work / ".iter_99.pth.partial").exists()  # stale temp folders are cleared
+    assert "xtuner train " in out and str(CPU_CONFIG) in out  # the exact command is shown
+    assert (work / "last_checkpoint").read_text().strip() == str(final)
+
+    # torch >= 2.6 default weights_only=True loads it: the checkpoint holds only tensors and plain values.
+    state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
+    lora = [k for k in state if "lora_A" in k or "lora_B" in k]
+    assert lora and all(k.startswith("model.language_model.base_model.model.") for k in lora)
+    assert any(".output.lora_A." in k for k in lora)  # every linear layer of the LLM, the head included
+    assert any(k.startswith("model.mlp1.") for k in state)  # the projector is trained
+    assert not any("vision_model" in k for k in state)  # the ViT is frozen and not saved
+    assert not any(k.endswith(".base_layer.weight") for k in state)  # nor the frozen LLM weights
 
 
 def test_atomic_checkpoint_hook_keeps_the_previous_checkpoint_until_the_new_one_is_whole(tmp_path):
