@@ -54,13 +54,13 @@ def timed_evaluation(a: argparse.Namespace, tasks: tuple[str, ...]) -> tuple[int
     """One real evaluation into a fresh folder: (questions answered, wall s, CPU s of this process)."""
     from rich.console import Console
 
-    from foodie.evaluation import EvalConfig, evaluate
+    from foodie.evaluation import eval_settings, evaluate
 
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as out:
         cpu0, t0 = time.process_time(), time.perf_counter()
-        metrics = evaluate(EvalConfig(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
-                                      limit=-(-a.questions // len(tasks)), batch_size=a.batch_size,
-                                      backend=a.backend, max_new_tokens=a.max_new_tokens),
+        metrics = evaluate(eval_settings(models=[str(a.model)], data_root=str(a.data_root), out=out, tasks=tasks,
+                                         limit=-(-a.questions // len(tasks)), batch_size=a.batch_size,
+                                         backend=a.backend, max_new_tokens=a.max_new_tokens),
                            console=Console(file=open(os.devnull, "w")))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return metrics["models"][0]["overall"]["n"], wall, cpu

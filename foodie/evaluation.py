@@ -11,6 +11,7 @@ it; rows are fsynced after every batch, so a killed run loses at most one batch.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -18,13 +19,13 @@ import os
 import re
 import sys
 import time
-from collections import defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from foodie import held_out, published, report, scoring, stats
-from foodie.atomic import atomic_path, write_json, write_text
+from foodie.atomic import write_json, write_text
 from foodie.model_spec import PROVENANCE_FILE, ModelSpec
 
 DEFAULT_MAX_NEW_TOKENS = 512  # the authors generate 500-512 new tokens (1024 for Yi-VL); generation ends with the turn
@@ -50,40 +51,6 @@ class Question:
     @property
     def item_id(self) -> str:
         return f"{self.task}:{self.question_id}"
-
-
-@dataclass
-class EvalConfig:
-    models: list[str]
-    data_root: str
-    out: str
-    labels: list[str] = field(default_factory=list)
-    items: str | None = None  # held-out manifest
-    tasks: tuple[str, ...] | None = None  # None: every task the data folder has
-    lang: str = "zh"
-    template: int = 0  # the number of the authors' prompt template (foodie.tasks: each task's templates)
-    backend: str = "auto"
-    batch_size: int = 8
-    limit: int | None = None
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    dtype: str = "auto"
-    skip_bad: bool = False
-    max_tiles: int | None = None
-
-
-@dataclass
-class ModelRun:
-    """One model's predictions on the questions, in question order."""
-    label: str
-    model_dir: str
-    backend: str
-    fingerprint: str
-    rows: list[dict]
-    max_tiles: int = 0  # tile budget per question: --max-tiles, else the checkpoint's own
-    reused: int = 0
-    computed: int = 0
-    seconds: float = 0.0  # model load + answering
-    questions_per_s: float | None = None  # answering only
 
 
 def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = None, lang: str = "zh",
@@ -144,16 +111,15 @@ def read_predictions(path: Path) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and "key" in r]
 
 
-def write_rows(path: Path, rows: list[dict], mode: str = "a") -> None:
-    """Append (or write) rows and force them to disk: a kill afterwards loses nothing of them."""
-    with open(path, mode, encoding="utf-8") as f:
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows and force them to disk: a kill afterwards loses nothing of them."""
+    with open(path, "a", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         f.flush()
         os.fsync(f.fileno())
 
 
-def score_row(row: dict, q: Question) -> dict:
-    """The row with today's reading of its response (foodie.scoring)."""
+def score_row(row: dict, q: Question) -> dict:  # today's reading of the response (foodie.scoring)
     return dict(row, **scoring.read_response(row["response"], q.answer, q.item_id, q.choices))
 
 
@@ -168,9 +134,10 @@ def safe_label(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
 
 
-def run_model(cfg: EvalConfig, model_dir: str, label: str, questions: Sequence[Question], data_root: Path,
-              load: Callable | None = None, on_batch: Callable[[int], None] = lambda n: None) -> ModelRun:
-    """Ask one model every question, reusing finished predictions; returns all rows in order."""
+def run_model(cfg: argparse.Namespace, model_dir: str, label: str, questions: Sequence[Question], data_root: Path,
+              load: Callable | None = None, on_batch: Callable[[int], None] = lambda n: None) -> dict:
+    """Ask one model every question, reusing finished predictions: metrics.json's ``runs`` entry, with ``rows``
+    (every question's, in order), ``model_dir`` and ``fingerprint``."""
     from foodie.inference import GenerationParams, Message, answer_all, load_backend, resolve_backend
 
     backend, spec, fingerprint = resolve_backend(cfg.backend), ModelSpec.from_checkpoint(model_dir), \
@@ -180,14 +147,15 @@ def run_model(cfg: EvalConfig, model_dir: str, label: str, questions: Sequence[Q
     keys = [prediction_key(fingerprint, backend, settings, q) for q in questions]
     path = Path(cfg.out) / "predictions" / f"{safe_label(label)}.jsonl"
     done = {r["key"]: r for r in read_predictions(path) if r["key"] in set(keys)}
-    with atomic_path(path) as tmp:  # only the reusable rows stay (drops stale rows and a torn last line)
-        write_rows(tmp, [done[k] for k in keys if k in done], mode="w")
+    # Only the reusable rows stay (drops stale rows and a torn last line).
+    write_text(path, "".join(json.dumps(done[k], ensure_ascii=False) + "\n" for k in keys if k in done))
     # Similar lengths share a batch (less padding); the order of the rows does not matter (keys).
     todo = sorted(((k, q) for k, q in zip(keys, questions) if k not in done),
                   key=lambda kq: (len(kq[1].images), estimated_tiles(kq[1], spec, cfg.max_tiles)))
-    run = ModelRun(label, str(model_dir), backend, fingerprint, [], cfg.max_tiles or spec.max_tiles,
-                   reused=len(questions) - len(todo), computed=len(todo))
-    on_batch(run.reused)
+    reused = len(questions) - len(todo)
+    run = dict(label=label, model_dir=str(model_dir), backend=backend, fingerprint=fingerprint, reused=reused,
+               computed=len(todo), max_tiles=cfg.max_tiles or spec.max_tiles, questions_per_s=None)
+    on_batch(reused)
     start = time.perf_counter()
     if todo:
         chat = (load or load_backend)(model_dir, backend=backend, dtype=cfg.dtype, max_tiles=cfg.max_tiles,
@@ -201,31 +169,19 @@ def run_model(cfg: EvalConfig, model_dir: str, label: str, questions: Sequence[Q
                                       backend=backend, fingerprint=fingerprint), q)
                        for (k, q), response in zip((todo[i] for i in idx), answers)]
                 done.update((row["key"], row) for row in new)
-                write_rows(path, new)
+                append_rows(path, new)
                 on_batch(len(idx))
         finally:
             chat.close()
-        run.questions_per_s = round(len(todo) / max(time.perf_counter() - loaded, 1e-9), 3)
-    run.seconds = round(time.perf_counter() - start, 2)
-    run.rows = [score_row(done[k], q) for k, q in zip(keys, questions)]
-    return run
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics (metrics.json)
-# ---------------------------------------------------------------------------------------------
-
-def _groups(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for r in rows:
-        groups[r[key]].append(r)
-    return groups
+        run["questions_per_s"] = round(len(todo) / max(time.perf_counter() - loaded, 1e-9), 3)
+    run["seconds"] = round(time.perf_counter() - start, 2)  # model load + answering
+    return run | dict(rows=[score_row(done[k], q) for k, q in zip(keys, questions)])
 
 
 def _grouped(rows: Sequence[dict], key: str) -> dict:
     """Accuracy per value of ``key``, the largest group first."""
-    by_size = sorted(_groups(rows, key).items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    return {g: scoring.accuracy(rs) for g, rs in by_size}
+    sizes = Counter(r[key] for r in rows)
+    return {g: scoring.accuracy([r for r in rows if r[key] == g]) for g in sorted(sizes, key=lambda g: (-sizes[g], g))}
 
 
 def trained_on(model_dir: str | os.PathLike) -> dict | None:
@@ -237,25 +193,26 @@ def trained_on(model_dir: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) and data.get("name") else None
 
 
-def model_metrics(run: ModelRun) -> dict:
+def model_metrics(run: dict) -> dict:
     tasks = {}
-    for task, rs in _groups(run.rows, "task").items():
+    for task in dict.fromkeys(r["task"] for r in run["rows"]):
+        rs = [r for r in run["rows"] if r["task"] == task]
         m = tasks[task] = scoring.accuracy(rs)
         m.update(by_question_type=_grouped(rs, "question_type"), by_cuisine=_grouped(rs, "cuisine"),
                  chance=dict(accuracy=stats.CHANCE, range95=list(stats.chance_range(len(rs))),
                              binomial_p=stats.binomial_test(m["seeded_guess"]["correct"], len(rs))),
                  no_letter_examples=[dict(item_id=r["item_id"], response=r["response"])
                                      for r in rs if r["letter"] is None][:10])
-    return dict(label=run.label, model_dir=run.model_dir, backend=run.backend, fingerprint=run.fingerprint,
-                trained_on=trained_on(run.model_dir), overall=scoring.accuracy(run.rows), tasks=tasks)
+    return {k: run[k] for k in ("label", "model_dir", "backend", "fingerprint")} | dict(
+        trained_on=trained_on(run["model_dir"]), overall=scoring.accuracy(run["rows"]), tasks=tasks)
 
 
-def compare(base: ModelRun, other: ModelRun) -> dict:
+def compare(base: dict, other: dict) -> dict:
     """other against base on the questions both answered, overall and per task: the headline difference with
     a paired-bootstrap interval; McNemar's test on the seeded-guess outcomes (right or wrong per question)."""
-    a, b = ({r["item_id"]: r for r in run.rows} for run in (base, other))
-    out = dict(base=base.label, other=other.label)
-    for scope in ["overall", *sorted({r["task"] for r in base.rows})]:
+    a, b = ({r["item_id"]: r for r in run["rows"]} for run in (base, other))
+    out = dict(base=base["label"], other=other["label"])
+    for scope in ["overall", *sorted({r["task"] for r in base["rows"]})]:
         ids = [i for i in a if i in b and scope in ("overall", a[i]["task"])]
         diff, lo, hi = stats.paired_bootstrap([a[i]["score"] for i in ids], [b[i]["score"] for i in ids])
         only_a, only_b = (sum(scoring.guessed_right(x[i]) and not scoring.guessed_right(y[i]) for i in ids)
@@ -265,7 +222,7 @@ def compare(base: ModelRun, other: ModelRun) -> dict:
     return out
 
 
-def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: str | None,
+def build_metrics(runs: Sequence[dict], lang: str, data_root: Path, items: str | None,
                   limit: int | None = None, template: int = 0) -> dict:
     """metrics.json without the run settings. The questions: FoodieQA, the synthetic stand-in or own photos
     (foodie.terms' markers); held-out split, a subset, or every question (of FoodieQA: the full test set)."""
@@ -275,7 +232,7 @@ def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: s
     data = {FOODIEQA: "FoodieQA", OWN_PHOTOS: "own photos"}.get(kind, "synthetic")
     scope = ("held-out split" if items else f"subset (first {limit} per task, spread)" if limit
              else "full test set" if kind == FOODIEQA else f"every question of the {data} set")
-    pub = {t: rows for t in dict.fromkeys(r["task"] for run in runs for r in run.rows)  # only beside real FoodieQA
+    pub = {t: rows for t in dict.fromkeys(r["task"] for run in runs for r in run["rows"])  # only beside real FoodieQA
            if kind == FOODIEQA and (rows := published.published(t, lang))}
     why_not = None if pub else "the authors published none for these tasks" if kind == FOODIEQA else (
         f"these questions are {data} data, and published FoodieQA results are shown only beside the real FoodieQA")
@@ -286,10 +243,6 @@ def build_metrics(runs: Sequence[ModelRun], lang: str, data_root: Path, items: s
                 published=dict(source=published.SOURCE, scope=published.SCOPE, marks=published.DAGGER_NOTE,
                                textqa_note=published.TEXTQA_NOTE, results=pub, why_not=why_not))
 
-
-# ---------------------------------------------------------------------------------------------
-# The whole evaluation
-# ---------------------------------------------------------------------------------------------
 
 def default_labels(models: Sequence[str], labels: Sequence[str]) -> list[str]:
     """One label per model (default: folder names), unique also as file names (they name the predictions)."""
@@ -305,19 +258,21 @@ def default_labels(models: Sequence[str], labels: Sequence[str]) -> list[str]:
     return out
 
 
-def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dict:
-    """Run the evaluation described by cfg; writes predictions, metrics.json, report.md, accuracy.png."""
+def evaluate(cfg: argparse.Namespace, console=None, load: Callable | None = None) -> dict:
+    """Run the evaluation of ``cfg`` (eval_settings); writes predictions, metrics.json, report.md, accuracy.png."""
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from foodie.inference import BACKENDS, resolve_backend
+    from foodie.paths import tiny_model_dir
 
     console, out, backend = console or Console(stderr=True), Path(cfg.out), resolve_backend(cfg.backend)
-    for m in cfg.models:  # an unreadable checkpoint fails before any data is read
+    models = cfg.models or [str(tiny_model_dir())]
+    for m in models:  # an unreadable checkpoint fails before any data is read
         ModelSpec.from_checkpoint(m)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    labels = default_labels(cfg.models, cfg.labels)
+    labels = default_labels(models, cfg.labels)
     questions, data_root = build_questions(cfg.data_root, cfg.tasks, cfg.lang, cfg.items, cfg.limit, cfg.skip_bad,
                                            cfg.template)
     if any(q.reply_prefix for q in questions) and not BACKENDS[backend].continues_reply:
@@ -330,15 +285,14 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bars:
-        for model_dir, label in zip(cfg.models, labels):
+        for model_dir, label in zip(models, labels):
             bar = bars.add_task(label, total=len(questions))
             runs.append(run := run_model(cfg, model_dir, label, questions, data_root, load,
                                          lambda n, bar=bar: bars.advance(bar, n)))
-            speed = f", {run.backend} {run.questions_per_s:.2f} questions/s" if run.questions_per_s else ""
-            bars.update(bar, description=f"{label} ({run.reused} reused, {run.computed} asked{speed})")
+            speed = f", {run['backend']} {run['questions_per_s']:.2f} questions/s" if run["questions_per_s"] else ""
+            bars.update(bar, description=f"{label} ({run['reused']} reused, {run['computed']} asked{speed})")
     metrics = build_metrics(runs, cfg.lang, data_root, cfg.items, cfg.limit, cfg.template)
-    metrics["runs"] = [{k: v for k, v in vars(r).items() if k not in ("rows", "model_dir", "fingerprint")}
-                       for r in runs]
+    metrics["runs"] = [{k: v for k, v in r.items() if k not in ("rows", "model_dir", "fingerprint")} for r in runs]
     metrics["settings"] = {k: v for k, v in vars(cfg).items() if k not in ("models", "labels", "data_root", "out")} \
         | dict(tasks=tasks, decoding="greedy, stops at the end of the turn",
                max_tiles=cfg.max_tiles or "checkpoint's max_dynamic_patch")
@@ -350,7 +304,8 @@ def evaluate(cfg: EvalConfig, console=None, load: Callable | None = None) -> dic
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """tools/eval_food.py's options; their defaults are every evaluation's (eval_settings)."""
     from foodie import cli, inference, paths, tasks
 
     p = cli.ArgumentParser(prog="tools/eval_food.py", description="FoodieQA accuracy of InternVL2 checkpoints, "
@@ -373,9 +328,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
     p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's own)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
-    a = p.parse_args(argv)
+    return p
+
+
+def eval_settings(out: str | os.PathLike, **given) -> argparse.Namespace:
+    """An evaluation's settings: the command line's defaults, then ``given`` (named as parsed: data_root, models)."""
+    return argparse.Namespace(**vars(parser().parse_args(["--out", str(out)])) | given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parser().parse_args(argv)
     try:
-        evaluate(EvalConfig(**vars(a) | {"models": a.models or [str(paths.tiny_model_dir())]}))
+        evaluate(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,9 +11,8 @@ DAGGER_NOTE = "† as marked by the authors (human accuracy on the English quest
 TEXTQA_NOTE = ("TextQA: each model's best accuracy over the authors' text prompts 0-3 (the prompt is named), "
                "Chinese questions")
 
-# (model, accuracy %, mark, note); "-": not evaluated by the authors (left out).
 VQA_COLUMNS = ("mivqa/zh", "mivqa/en", "sivqa/zh", "sivqa/en")
-_VQA = [
+_VQA = [  # accuracy % ("-": not evaluated by the authors), marks as theirs
     ("Human", "91.69", "77.22†", "74.41", "46.53†"),
     ("Phi-3-vision-4.2B", "29.03", "33.75", "42.58", "44.53"),
     ("Idefics2-8B", "50.87", "41.69", "46.87", "52.73"),

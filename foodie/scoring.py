@@ -1,11 +1,10 @@
 """How a FoodieQA answer is scored: the authors' rule, in one place (``authors_letter``).
 
-The FoodieQA authors (lyan62/FoodieQA, ``model-eval/scripts/get_accuracy.py``) read a response by the **first
-ASCII capital A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``): "Based on..." reads as B, a lower-case
-"b" or a full-width "Ｂ" is no letter; a response without one gets a random guess, expected credit 1/4. (Their
-script crashes on its image paths, so the rule is re-implemented, not called.) Beside the headline: the seeded
-guess (that guess made repeatable), strict (no letter = wrong) and ``option_text_reading``, a diagnostic of what
-the model meant; never the headline: the authors do not read option text.
+The authors (lyan62/FoodieQA, ``model-eval/scripts/get_accuracy.py``) read a response by the **first ASCII capital
+A-D anywhere in it** (``re.findall(r'[A-D]', response)[0]``: "Based on..." reads as B; "b" or a full-width "Ｂ" is no
+letter); a response without one gets a random guess, expected credit 1/4. Their script crashes on its image paths, so
+the rule is re-implemented. Beside the headline: the seeded guess (that guess made repeatable), strict (no letter =
+wrong) and ``option_text_reading``, a diagnostic of what the model meant (the authors do not read option text).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from foodie.evaluation import EvalConfig, build_questions, evaluate, read_predictions
+from foodie.evaluation import build_questions, eval_settings, evaluate, read_predictions
 from foodie.tasks import LETTERS
 from foodie.scoring import authors_letter, option_text_reading
 from foodie.stats import binomial_test
@@ -85,7 +85,7 @@ def loader(backends):
 def test_a_guessing_model_scores_chance(small_foodieqa_dir, tmp_path):
     """Scoring has no bias: a guesser lands inside the range chance allows (99.9%, 144 questions)."""
     fake = FakeBackend(guesser)
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "guess"))], data_root=str(small_foodieqa_dir),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "guess"))], data_root=str(small_foodieqa_dir),
                             out=str(tmp_path / "out")), console=QUIET, load=loader({"guess": fake}))
     overall = m["models"][0]["overall"]
     assert overall["n"] == 144 and overall["no_letter"] == 0
@@ -98,7 +98,7 @@ def test_comparison_of_two_models(small_foodieqa_dir, tmp_path):
     truth = {(q.prompt, str([Path(p).name for p in q.images])): LETTERS[q.answer] for q in questions}
     backends = {"guess": FakeBackend(guesser), "oracle": FakeBackend(lambda t, i: f"{truth[t, str(i)]}) 对")}
     out = tmp_path / "out"
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "guess")), str(fake_model(tmp_path, "oracle"))],
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "guess")), str(fake_model(tmp_path, "oracle"))],
                             labels=["base", "tuned"], data_root=str(small_foodieqa_dir), out=str(out)),
                  console=QUIET, load=loader(backends))
     base, tuned = m["models"]
@@ -119,7 +119,7 @@ def test_comparison_of_two_models(small_foodieqa_dir, tmp_path):
 def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
     """A killed run keeps its finished batches; a torn last line is asked again; nothing else is."""
     model = fake_model(tmp_path, "m")
-    cfg = EvalConfig(models=[str(model)], data_root=str(small_foodieqa_dir), out=str(tmp_path / "out"),
+    cfg = eval_settings(models=[str(model)], data_root=str(small_foodieqa_dir), out=str(tmp_path / "out"),
                      batch_size=8, limit=20)  # 20 + 20 questions
     killed = FakeBackend(guesser, fail_after=3)
     with pytest.raises(KeyboardInterrupt):
@@ -146,12 +146,12 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
 
     # Another language changes every prompt; other weights change the model: all asked again.
     en = FakeBackend(guesser)
-    evaluate(EvalConfig(**{**cfg.__dict__, "lang": "en"}), console=QUIET, load=loader({"m": en}))
+    evaluate(eval_settings(**{**cfg.__dict__, "lang": "en"}), console=QUIET, load=loader({"m": en}))
     assert len(en.asked) == 40
     # A different tile budget changes what the model sees: asked again, and the backend gets it.
     seen = {}
     tiles = FakeBackend(guesser)
-    evaluate(EvalConfig(**{**cfg.__dict__, "max_tiles": 2}), console=QUIET,
+    evaluate(eval_settings(**{**cfg.__dict__, "max_tiles": 2}), console=QUIET,
              load=lambda model_dir, **kw: seen.update(kw) or tiles)
     assert len(tiles.asked) == 40 and seen["max_tiles"] == 2
     (model / "model.safetensors").write_bytes(b"other weights")
@@ -165,7 +165,7 @@ def test_answers_without_a_letter_count_a_quarter(small_foodieqa_dir, tmp_path):
     strict counts it wrong; the seeded guess makes it right about a quarter of the time."""
     fake = FakeBackend(lambda t, i: "这个我不确定" if int(i[0][:2]) % 2 else "（A）")
     out = tmp_path / "out"
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
                             out=str(out), tasks=("sivqa",)), console=QUIET, load=loader({"m": fake}))
     rows = read_predictions(out / "predictions" / "m.jsonl")
     t = m["models"][0]["tasks"]["sivqa"]
@@ -190,7 +190,7 @@ def test_saved_predictions_rescore_to_the_reported_numbers(small_foodieqa_dir, t
     styles = ["Based on the image: C", "c", "（Ｄ）", "答案是麻婆豆腐。", "D) 川菜", "A, not B", ""]
     fake = FakeBackend(lambda t, i: styles[hashlib.sha256((t + str(i)).encode()).digest()[0] % len(styles)])
     out = tmp_path / "out"
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
                             out=str(out)), console=QUIET, load=loader({"m": fake}))
 
     def rescore(path):
@@ -377,7 +377,7 @@ def test_multi_image_questions_keep_the_images_in_the_files_order(small_foodieqa
                         for r in requests)
             return ["A"] * len(requests)
 
-    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
+    evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
                         out=str(tmp_path / "out"), tasks=("mivqa",), template=1), console=QUIET,
              load=loader({"m": Recorder(None)}))
     qs = build_questions(small_foodieqa_dir, ("mivqa",), "zh", template=1)[0]
@@ -395,7 +395,7 @@ def test_reply_prefix_reaches_the_model_as_the_start_of_its_turn(small_foodieqa_
             return ["B"] * len(requests)
 
     out = tmp_path / "out"
-    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
+    evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
                         tasks=("sivqa",), template=4, limit=3), console=QUIET, load=loader({"m": Recorder(None)}))
     assert [[m.role for m in r] for r in asked] == [["user", "assistant"]] * 3
     assert all(r[-1].text == "我选择（" for r in asked)
@@ -405,7 +405,7 @@ def test_reply_prefix_reaches_the_model_as_the_start_of_its_turn(small_foodieqa_
     # Multi-image zh template 3 starts the reply with "...选项ABCD中...": only what the model wrote is
     # scored, so its "B" reads as B, not as the A of the prefix.
     asked.clear()
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir),
                             out=str(out), tasks=("mivqa",), template=3), console=QUIET,
                  load=loader({"n": Recorder(None)}))
     assert "ABCD" in asked[0][-1].text and authors_letter(asked[0][-1].text) == 0
@@ -428,7 +428,7 @@ def test_published_rows_only_beside_real_foodieqa(small_foodieqa_dir, tmp_path):
     (real / "README.md").unlink()
     fake = FakeBackend(guesser)
     out = tmp_path / "out"
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(real), out=str(out)),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(real), out=str(out)),
                  console=QUIET, load=loader({"m": fake}))
     assert m["questions"] == {"data": "FoodieQA", "scope": "full test set"}
     assert [r["model"] for r in m["published"]["results"]["sivqa"]] == \
@@ -441,7 +441,7 @@ def test_published_rows_only_beside_real_foodieqa(small_foodieqa_dir, tmp_path):
     with Image.open(out / "accuracy.png") as im:
         assert im.width > 1000  # the second panel
 
-    en = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "e"))], data_root=str(real), out=str(tmp_path / "en"),
+    en = evaluate(eval_settings(models=[str(fake_model(tmp_path, "e"))], data_root=str(real), out=str(tmp_path / "en"),
                              lang="en", tasks=("sivqa",), limit=5), console=QUIET, load=loader({"e": FakeBackend(guesser)}))
     assert {r["model"]: r["mark"] for r in en["published"]["results"]["sivqa"]}["Human"] == "†"
     report = (tmp_path / "en" / "report.md").read_text()
@@ -459,7 +459,7 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
     questions, _ = build_questions(small_foodieqa_dir, ("sivqa",), "zh")
     truth = {q.prompt: LETTERS[q.answer] for q in questions}
     out = tmp_path / "out"
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "o"))], data_root=str(small_foodieqa_dir), out=str(out),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "o"))], data_root=str(small_foodieqa_dir), out=str(out),
                             tasks=("sivqa",)), console=QUIET, load=loader({"o": FakeBackend(lambda t, i: truth[t])}))
     assert m["models"][0]["tasks"]["sivqa"]["accuracy"] == 1.0
     captured = {}
@@ -501,7 +501,7 @@ def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
     questions = build_questions(data, None, "zh")[0]
     truth = {(q.prompt, str([Path(p).name for p in q.images])): LETTERS[q.answer] for q in questions}
     oracle = FakeBackend(lambda t, i: truth[t, str(i)])
-    m = evaluate(EvalConfig(models=[str(fake_model(tmp_path, "o"))], data_root=str(data), out=str(tmp_path / "out")),
+    m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "o"))], data_root=str(data), out=str(tmp_path / "out")),
                  console=QUIET, load=loader({"o": oracle}))
     assert list(m["models"][0]["tasks"]) == ["sivqa", "mivqa", "textqa"]
     assert m["models"][0]["tasks"]["textqa"]["accuracy"] == 1.0 and m["settings"]["tasks"] == ["sivqa", "mivqa", "textqa"]
@@ -512,7 +512,7 @@ def test_a_template_that_starts_the_reply_is_refused_on_lmdeploy_before_loading(
                                                                                 monkeypatch):
     from foodie import inference
     monkeypatch.setattr(inference, "resolve_backend", lambda backend="auto": "lmdeploy")
-    cfg = EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(tmp_path / "o"),
+    cfg = eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(tmp_path / "o"),
                      tasks=("sivqa",), template=3)
     with pytest.raises(ValueError, match="--template 3 .*--backend transformers"):
         evaluate(cfg, console=QUIET, load=lambda *a, **k: pytest.fail("model loaded"))
@@ -520,10 +520,10 @@ def test_a_template_that_starts_the_reply_is_refused_on_lmdeploy_before_loading(
 
 def test_report_says_when_answers_were_cut_below_the_authors_length(small_foodieqa_dir, tmp_path):
     out = tmp_path / "out"
-    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
+    evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir), out=str(out),
                         tasks=("sivqa",), limit=4, max_new_tokens=64), console=QUIET, load=loader({"m": FakeBackend(guesser)}))
     assert "answers up to 64 new tokens, greedy (**below the authors' 500**" in (out / "report.md").read_text()
-    evaluate(EvalConfig(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir), out=str(out),
+    evaluate(eval_settings(models=[str(fake_model(tmp_path, "n"))], data_root=str(small_foodieqa_dir), out=str(out),
                         tasks=("sivqa",), limit=4), console=QUIET, load=loader({"n": FakeBackend(guesser)}))
     report = (out / "report.md").read_text()
     assert "answers up to 512 new tokens, greedy;" in report and "below the authors'" not in report

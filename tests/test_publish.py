@@ -214,7 +214,7 @@ def test_eval_food_metrics_json_is_rendered_by_its_own_report_writer(tmp_path):
     rows = [dict(item_id=f"sivqa:{i}", task="sivqa", question_type="main-ingredient", cuisine="Sichuan",
                  answer="A" if i < 5 else "B", letter="A", score=float(i < 5), guess=None, option_text="A",
                  response="A") for i in range(8)]
-    run = evaluation.ModelRun(label="fine-tuned", model_dir="m", backend="transformers", fingerprint="f", rows=rows)
+    run = dict(label="fine-tuned", model_dir="m", backend="transformers", fingerprint="f", rows=rows)
     metrics = evaluation.build_metrics([run], "zh", tmp_path, None)
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "report.md").write_text(render_report(metrics, "accuracy.png"))

@@ -1,11 +1,9 @@
 #!/usr/bin/env python
-"""Measure FoodieQA accuracy of InternVL2 checkpoints before/after fine-tuning (see foodie/evaluation.py).
+"""Measure FoodieQA accuracy of InternVL2 checkpoints before/after fine-tuning, scored as its authors score
+(foodie/evaluation.py, foodie/scoring.py); without --items: every question of every task, the full test set.
 
     python tools/eval_food.py --model BASE --model TUNED --label base --label tuned \\
         --data-root /path/FoodieQA --items work/held_out.json --out work/eval
-
-Scored as FoodieQA's authors score (foodie/scoring.py); without --items every question of every task the folder
-has (sivqa, mivqa, textqa): the full test set the published numbers use.
 """
 import sys
 
