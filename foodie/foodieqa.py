@@ -103,8 +103,7 @@ class FoodieQA:
         raise AttributeError(name)
 
     def items(self) -> Iterator[QAItem]:
-        for task in TASKS:
-            yield from getattr(self, task)
+        return (item for task in TASKS for item in getattr(self, task))
 
     def __len__(self) -> int:
         return sum(map(len, self.by_task.values()))

@@ -24,7 +24,6 @@ from foodie.terms import MANIFEST_FILE
 
 DISHES_CSV = "dishes.csv"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MIN_DISHES = 2  # something to tell apart
 MIN_DISHES_MULTI_IMAGE = 4  # four photos of four dishes per multi-image question
 # CSV column (Chinese name; English adds "_en") -> FoodieQA question type
 COLUMNS = {"dish": "dish", "cuisine": "cuisine_type", "region": "region", "main_ingredient": "main-ingredient",
@@ -200,9 +199,6 @@ def build_dataset(photos_dir: str | os.PathLike, out: str | os.PathLike, *, seed
     digests = check_photos(dishes, problems)
     csv_path = photos_dir / DISHES_CSV
     langs = (read_dishes_csv(csv_path, dishes, problems) or {"zh"}) if csv_path.is_file() else {"zh", "en"}
-    if not problems and len(dishes) < MIN_DISHES:
-        problems.append(f"{photos_dir}: {len(dishes)} dish folder(s); need at least {MIN_DISHES} dishes to ask "
-                        f"about (and {MIN_DISHES_MULTI_IMAGE} for dish names and multi-image questions)")
     if problems:
         raise PhotosError(problems)
 

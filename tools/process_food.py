@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from foodie import cli
@@ -69,14 +68,13 @@ def main(argv=None) -> int:
                 raise SpecError(f"--tokenizer {args.tokenizer}: its tokenizer files cannot be loaded "
                                 f"({' '.join(str(e).split())[:300] or type(e).__name__}); point it at an intact "
                                 f"InternVL2 checkpoint folder (tokenizer_config.json, tokenizer.model)") from None
-        start = time.perf_counter()
         result = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer, source=source,
                                   eval_only=args.eval_only)
     except ValueError as e:  # every bad-input error of the data step; OSErrors: cli.run
         print(f"error: {e}", file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     s, tk = result.summary, result.summary["tokens_per_sample"]
-    print(f"wrote {result.out} in {time.perf_counter() - start:.1f} s (see summary.md)")
+    print(f"wrote {result.out} (see summary.md)")
     for task, c in s["items"].items():
         print(f"  {task}: {c['train']} train, {c['held_out']} held out, {c['dropped_straddling']} dropped "
               f"(images in both splits)")
