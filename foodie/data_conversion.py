@@ -171,17 +171,10 @@ def needs_normalising(path: Path) -> bool:  # XTuner's Image.open(p).convert("RG
                 or (img.mode == "P" and "transparency" in img.info) or img.getexif().get(0x0112, 1) != 1)
 
 
-@dataclass
-class ConversionResult:
-    out: Path
-    summary: dict
-    train_samples: int
-
-
 def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts: ConversionOptions | None = None, *,
-                     tokenizer=None, source: dict | None = None, eval_only: bool = False) -> ConversionResult:
-    """``tokenizer`` counts text tokens exactly (else estimated); ``source`` (foodie.terms.describe_source) goes
-    into summary.json for training, merge and publishing; ``eval_only``: every question held out, no train.json."""
+                     tokenizer=None, source: dict | None = None, eval_only: bool = False) -> dict:
+    """Returns summary.json's content. ``tokenizer`` counts text tokens exactly (else estimated); ``source``
+    (foodie.terms.describe_source) goes into the summary; ``eval_only``: every question held out, no train.json."""
     opts = opts or ConversionOptions()
     opts.validate()
     out = Path(out).expanduser().resolve()
@@ -267,7 +260,7 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         (tmp / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
         marker = {"format": "foodie-process-food-output", "version": FORMAT_VERSION, "files": _files_under(tmp)}
         (tmp / OUTPUT_MARKER).write_text(json.dumps(marker), encoding="utf-8")
-    return ConversionResult(out, summary, len(samples))
+    return summary
 
 
 def _files_under(folder: Path) -> list[str]:

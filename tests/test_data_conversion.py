@@ -90,7 +90,7 @@ def test_golden_conversion_per_style_and_task(tmp_path, style):
     out = tmp_path / "out"
     result = convert(src, out, tasks=("sivqa", "mivqa", "textqa"), style=style)
     samples = train_by_id(out)
-    assert not any(c["held_out"] for c in result.summary["items"].values()) and len(samples) == 6  # 4 sivqa + 1 mivqa + 1 textqa
+    assert not any(c["held_out"] for c in result["items"].values()) and len(samples) == 6  # 4 sivqa + 1 mivqa + 1 textqa
     for sid, (human, gpt) in GOLDEN[style].items():
         conv = samples[sid]["conversations"]
         assert conv == [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}], sid
@@ -113,7 +113,7 @@ def test_english_and_both_languages(tmp_path):
         {"from": "gpt", "value": "B) Cantonese"}]
     assert samples["mivqa:m-1:en"]["conversations"][1]["value"] == "B) Option (B)"
     assert "textqa:t-1:en" not in samples  # no English text: skipped and counted
-    assert result.summary["skipped_no_translation"] == {"textqa:en": 1}
+    assert result["skipped_no_translation"] == {"textqa:en": 1}
     assert len(samples) == 11
 
 
@@ -173,7 +173,7 @@ def test_no_image_or_dish_in_both_splits(synthetic, tmp_path, split_by):
     r = convert(synthetic, out, tasks=("sivqa", "mivqa", "textqa"), split_by=split_by, lang="both", eval_ratio=0.2)
     train, held = used_images(out), held_out_images(out)
     assert train and held and not (train & held)
-    counts = r.summary["items"]
+    counts = r["items"]
     assert counts["sivqa"]["held_out"] > 0 and counts["mivqa"]["train"] > 0
     if split_by == "image":  # whole multi-image questions are packed into the held-out images
         assert counts["mivqa"]["held_out"] > 0
@@ -220,8 +220,7 @@ def test_split_stratified_by_cuisine(small_foodieqa_dir, tmp_path):
 def test_summary_counts_and_token_budget(tmp_path):
     src = write_small(tmp_path / "src")
     Image.new("RGB", (1600, 1200)).save(src / "images/d.jpg")  # 4x3 grid + thumbnail = 13 tiles
-    r = convert(src, tmp_path / "out", tasks=("sivqa", "mivqa", "textqa"))
-    s = r.summary
+    s = convert(src, tmp_path / "out", tasks=("sivqa", "mivqa", "textqa"))
     assert s["items"]["sivqa"] == {"train": 4, "held_out": 0, "dropped_straddling": 0}
     assert s["images"] == {"total": 4, "held_out": 0, "train": 4, "normalised_copies": 0}
     assert s["by_cuisine"]["粤菜"]["sivqa:train"] == 1 and s["by_question_type"]["sivqa:cuisine_type"] == {"train": 4}
@@ -232,7 +231,7 @@ def test_summary_counts_and_token_budget(tmp_path):
     md = (tmp_path / "out/summary.md").read_text()
     assert "| sivqa | 4 | 0 | 0 |" in md and "Suggested max_length" in md
     r = convert(src, tmp_path / "out", tasks=("sivqa",), max_length=3000)  # only the 13-tile photo is over
-    assert r.summary["tokens_per_sample"]["over_max_length"] == 1
+    assert r["tokens_per_sample"]["over_max_length"] == 1
 
 
 def test_rotated_and_transparent_images_get_upright_copies(tmp_path):
@@ -248,7 +247,7 @@ def test_rotated_and_transparent_images_get_upright_copies(tmp_path):
     out = tmp_path / "out"
     r = convert(src, out, tasks=("sivqa",))
     samples = train_by_id(out)
-    assert r.summary["images"]["normalised_copies"] == 2
+    assert r["images"]["normalised_copies"] == 2
     a = samples["sivqa:s-a:zh"]
     assert a["image"] == str(out / "normalised/images/a.jpg.png") and a["image_wh"] == [[300, 600]]
     assert Image.open(a["image"]).size == (300, 600)  # what XTuner reads is upright now
@@ -283,7 +282,7 @@ def test_bad_inputs_rejected_with_file_item_field(tmp_path):
         assert needle in msg, needle
     assert not out.exists()
     r = convert(src, out, tasks=("sivqa",), skip_bad=True)
-    assert len(train_by_id(out)) == 1 and len(r.summary["skipped_bad_items"]) == 7  # s-c is the only good one
+    assert len(train_by_id(out)) == 1 and len(r["skipped_bad_items"]) == 7  # s-c is the only good one
     assert "Skipped bad items (7)" in (out / "summary.md").read_text()
 
 
@@ -415,7 +414,7 @@ def test_token_budget_with_tokenizer_bounds_real_lengths(tmp_path, tiny_model_di
     opts = dc.ConversionOptions(tasks=("sivqa", "mivqa", "textqa"), eval_ratio=0.1, tile_size=spec.tile_size,
                                 image_tokens_per_tile=spec.tokens_per_tile)
     r = dc.convert_foodieqa(src, out, opts, tokenizer=tok)
-    tk = r.summary["tokens_per_sample"]
+    tk = r["tokens_per_sample"]
     assert tk["counted_with"] == "tokenizer"
     ds = InternVL_V1_5_Dataset(str(tiny_model_dir), PROMPT_TEMPLATE.internlm2_chat, str(out / "train.json"),
                                image_folders=str(out), max_length=100000)

@@ -56,7 +56,7 @@ def test_a_new_task_is_one_entry(monkeypatch, tmp_path):
                                                                          skip_bad=True))
     samples = json.loads((tmp_path / "out/train.json").read_text(encoding="utf-8"))
     held = json.loads((tmp_path / "out/held_out.json").read_text(encoding="utf-8"))
-    assert result.summary["items"]["dishqa"] == {"train": 6, "held_out": 3, "dropped_straddling": 0}
+    assert result["items"]["dishqa"] == {"train": 6, "held_out": 3, "dropped_straddling": 0}
     assert len(samples) == 6 and len(held["question_ids"]["dishqa"]) == 3
     trained = {s["image"].rsplit("/", 1)[-1] for s in samples}
     assert not trained & {p.rsplit("/", 1)[-1] for p in held["images"]}  # no held-out photo is trained on

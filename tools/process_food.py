@@ -68,23 +68,23 @@ def main(argv=None) -> int:
                 raise SpecError(f"--tokenizer {args.tokenizer}: its tokenizer files cannot be loaded "
                                 f"({' '.join(str(e).split())[:300] or type(e).__name__}); point it at an intact "
                                 f"InternVL2 checkpoint folder (tokenizer_config.json, tokenizer.model)") from None
-        result = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer, source=source,
-                                  eval_only=args.eval_only)
+        s = convert_foodieqa(args.data_root, args.out, opts, tokenizer=tokenizer, source=source,
+                             eval_only=args.eval_only)
     except ValueError as e:  # every bad-input error of the data step; OSErrors: cli.run
         print(f"error: {e}", file=sys.stderr)
         return cli.EXIT_BAD_INPUT
-    s, tk = result.summary, result.summary["tokens_per_sample"]
-    print(f"wrote {result.out} (see summary.md)")
+    out, tk = args.out.expanduser().resolve(), s["tokens_per_sample"]
+    print(f"wrote {out} (see summary.md)")
     for task, c in s["items"].items():
         print(f"  {task}: {c['train']} train, {c['held_out']} held out, {c['dropped_straddling']} dropped "
               f"(images in both splits)")
-    print(f"  {result.train_samples} training samples; tokens per sample median {tk['all'].get('median')}, "
+    print(f"  {s['train_samples']} training samples; tokens per sample median {tk['all'].get('median')}, "
           f"max {tk['all'].get('max')} -> suggested max_length {tk['suggested_max_length']}"
           + (f"; {tk['over_max_length']} over {tk['max_length']}!" if tk["over_max_length"] else "")
           + (f"; {len(s['skipped_bad_items'])} problem(s) in skipped bad items" if s["skipped_bad_items"] else ""))
     print(f"  source: {source['name']} (licence: {source['licence']})"
           + ("; training on it was acknowledged with " + ACCEPT_FLAG if source.get("terms_accepted") else ""))
-    print(f"  {'evaluation' if args.eval_only else 'held-out'} manifest: {result.out / 'held_out.json'}")
+    print(f"  {'evaluation' if args.eval_only else 'held-out'} manifest: {out / 'held_out.json'}")
     return 0
 
 
