@@ -36,6 +36,7 @@ _HASHED = (".json", ".py", ".safetensors", ".bin", ".model", ".txt", ".tiktoken"
 @dataclass
 class Question:
     """One multiple-choice question as the model is asked it."""
+    item_id: str  # task:question_id
     task: str
     question_id: str
     question_type: str
@@ -47,10 +48,6 @@ class Question:
     template: int = 0  # the authors' template number the prompt was made with
     reply_prefix: str = ""  # start of the reply the model continues ("" for most templates)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # upright (width, height) of each image
-
-    @property
-    def item_id(self) -> str:
-        return f"{self.task}:{self.question_id}"
 
 
 def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = None, lang: str = "zh",
@@ -75,8 +72,9 @@ def build_questions(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
         for it in chosen:
             text, images, prefix = prompts.question_prompt(it, lang, template)
             choices = prompts.item_text(it, lang)[1]  # None when the options are the images
-            questions.append(Question(task, it.question_id, it.question_type, it.cuisine, it.answer, text, images,
-                                      choices, template, prefix, [data.image_sizes[p] for p in images]))
+            questions.append(Question(f"{task}:{it.question_id}", task, it.question_id, it.question_type, it.cuisine,
+                                      it.answer, text, images, choices, template, prefix,
+                                      [data.image_sizes[p] for p in images]))
     if not questions:
         raise ValueError(f"no questions to ask in {data_root} for tasks {', '.join(tasks or data.files)}"
                          + (f" and the manifest {items}" if items else ""))
@@ -165,7 +163,7 @@ def run_model(cfg: argparse.Namespace, model_dir: str, label: str, questions: Se
             requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
                         + ([Message("assistant", q.reply_prefix)] if q.reply_prefix else []) for _, q in todo]
             for idx, answers in answer_all(chat, requests, params, cfg.batch_size):  # a batch at a time, any order
-                new = [score_row(dict(key=k, item_id=q.item_id, **asdict(q), response=response, model=label,
+                new = [score_row(dict(key=k, **asdict(q), response=response, model=label,
                                       backend=backend, fingerprint=fingerprint), q)
                        for (k, q), response in zip((todo[i] for i in idx), answers)]
                 done.update((row["key"], row) for row in new)
@@ -233,7 +231,7 @@ def build_metrics(runs: Sequence[dict], lang: str, data_root: Path, items: str |
     scope = ("held-out split" if items else f"subset (first {limit} per task, spread)" if limit
              else "full test set" if kind == FOODIEQA else f"every question of the {data} set")
     pub = {t: rows for t in dict.fromkeys(r["task"] for run in runs for r in run["rows"])  # only beside real FoodieQA
-           if kind == FOODIEQA and (rows := published.published(t, lang))}
+           if kind == FOODIEQA and (rows := published.PUBLISHED.get(t, {}).get(lang))}
     why_not = None if pub else "the authors published none for these tasks" if kind == FOODIEQA else (
         f"these questions are {data} data, and published FoodieQA results are shown only beside the real FoodieQA")
     return dict(lang=lang, template=template, protocol=scoring.PROTOCOL, no_letter_credit=scoring.NO_LETTER_CREDIT,

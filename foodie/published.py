@@ -29,7 +29,7 @@ _TEXTQA_ZH = [  # (model, best accuracy %, prompt)
 ]
 
 
-def _rows() -> dict:
+def _rows() -> dict:  # task -> lang -> [{model, accuracy, mark, note}], best first
     out = {"textqa": {"zh": [dict(model=name, accuracy=acc, mark="", note=f"prompt {prompt}")
                              for name, acc, prompt in _TEXTQA_ZH]}}
     for name, *cells in _VQA:
@@ -37,12 +37,8 @@ def _rows() -> dict:
             if cell != "-":
                 out.setdefault(task, {}).setdefault(lang, []).append(
                     dict(model=name, accuracy=float(cell.rstrip("†")), mark="†" * cell.endswith("†"), note=""))
-    return out
+    return {task: {lang: sorted(rows, key=lambda r: -r["accuracy"]) for lang, rows in by_lang.items()}
+            for task, by_lang in out.items()}
 
 
-PUBLISHED = _rows()  # task -> lang -> [{model, accuracy, mark, note}]
-
-
-def published(task: str, lang: str) -> list[dict]:
-    """The authors' rows for a task and language, best first (empty when they published none)."""
-    return sorted(PUBLISHED.get(task, {}).get(lang, []), key=lambda r: -r["accuracy"])
+PUBLISHED = _rows()
