@@ -359,21 +359,6 @@ def looks_like_photo_folder(folder: str | os.PathLike) -> bool:
             and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()))
 
 
-def _member_problem(info: zipfile.ZipInfo) -> str | None:
-    """Why a member may not be unpacked, or None."""
-    name = info.filename
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return "is not a regular file or folder"
-    if name.startswith(("/", "\\")) or name[1:2] == ":":
-        return "has an absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "climbs out of the folder ('..')"
-    return None  # (zipfile cuts a name at a NUL byte itself)
-
-
 def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Unpack ``archive`` into ``dest`` safely (module docstring); returns the top-level paths created."""
     archive, dest = Path(archive), Path(dest).resolve()
@@ -385,11 +370,17 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path
     with zf:
         members = [m for m in zf.infolist() if not m.filename.startswith(SKIPPED_MEMBERS)]
         seen: set[str] = set()
-        for info in members:  # a second member of one name would silently replace the first
-            if why := _member_problem(info) or ("appears twice" if info.filename in seen else None):
-                raise DownloadError(f"{archive}: member {info.filename!r} {why}; refusing to unpack it. Unpack the "
-                                    f"archive by hand after checking it, or download it again")
-            seen.add(info.filename)
+        for info in members:  # (zipfile itself cuts a name at a NUL byte)
+            name, mode = info.filename, info.external_attr >> 16
+            why = ("is a symbolic link" if stat.S_ISLNK(mode) else
+                   "is not a regular file or folder" if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) else
+                   "has an absolute path" if name.startswith(("/", "\\")) or name[1:2] == ":" else
+                   "climbs out of the folder ('..')" if ".." in PurePosixPath(name.replace("\\", "/")).parts else
+                   "appears twice" if name in seen else None)  # a second one would silently replace the first
+            if why:
+                raise DownloadError(f"{archive}: member {name!r} {why}; refusing to unpack it. Unpack the archive by "
+                                    f"hand after checking it, or download it again")
+            seen.add(name)
         total = sum(m.file_size for m in members)
         if total > MAX_UNPACKED_BYTES:
             raise DownloadError(f"{archive}: declares {total / 1024 ** 3:.1f} GiB unpacked (FoodieQA is under 1 GB); "
