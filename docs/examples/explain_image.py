@@ -1,12 +1,9 @@
 """Show what InternVL2 sees of one image: the grid it is cut into, the tiles, the thumbnail.
 
-    python docs/examples/explain_image.py IMAGE [--max-tiles N] [--no-thumbnail] [--out PNG]
-    python docs/examples/explain_image.py --size WxH [--size WxH ...] [--max-tiles N] [--tile-size 448]
-    python docs/examples/explain_image.py --list-grids | --pixel-shuffle | --connectors
-    python docs/examples/explain_image.py --compare anyres [--size WxH ...]
+    python docs/examples/explain_image.py IMAGE | --size WxH   # tiles, image tokens, stretch (+ a contact sheet)
+    python docs/examples/explain_image.py --list-grids | --compare anyres | --pixel-shuffle | --connectors
 
-IMAGE: a contact sheet (default work/explain/<name>_tiles.png) and the tile count, image tokens and stretch
-(--size: the same without an image). The other modes print the answers of the docs' exercises.
+The last modes print the answers of the docs' exercises; --help lists the options.
 """
 from __future__ import annotations
 

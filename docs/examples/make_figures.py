@@ -83,8 +83,7 @@ def draw_qformer(path: Path) -> None:
         for i in range(n):
             for j in range(n):
                 box(mx, j, n - 1 - i, 1, 1, colour=ALLOWED if allowed[i][j] else MASKED, edge="white")
-        mx.set_xlim(0, n)
-        mx.set_ylim(0, n)
+        mx.set(xlim=(0, n), ylim=(0, n))
         mx.set_xticks([i + 0.5 for i in range(n)], labels, fontsize=7)
         mx.set_yticks([n - 1 - i + 0.5 for i in range(n)], labels, fontsize=7)
         for t, lab in zip(mx.get_xticklabels() + mx.get_yticklabels(), labels + labels):
@@ -164,8 +163,7 @@ def draw_pixel_shuffle(path: Path) -> None:
     fig, ax = figure(4.0)
     ax.text(55, 37, "pixel shuffle (ratio 0.5): every 2x2 block of patches becomes one token with 4x the channels",
             ha="center", fontsize=11, weight="bold")
-    cell = 6.0
-    gx, gy = 4.0, 4.0
+    cell, gx, gy = 6.0, 4.0, 4.0
     for r in range(side):
         for c in range(side):
             box(ax, gx + c * cell, gy + (side - 1 - r) * cell, cell, cell, f"{int(x[0, r, c, 0])}",
@@ -209,8 +207,7 @@ def figure(height: float, rect=(0, 0, 1, 1), xmax: float = 110, ymax: float = No
     """An 11-inch-wide figure and its drawing area, axes off, (0, 0) at the bottom left."""
     fig = plt.figure(figsize=(11, height), dpi=DPI)
     ax = fig.add_axes(rect)
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(0, ymax or round(height * 10))
+    ax.set(xlim=(0, xmax), ylim=(0, ymax or round(height * 10)))
     ax.axis("off")
     return fig, ax
 
