@@ -18,10 +18,9 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
-GRACE_SECONDS = 10.0
 
 
-def end_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
+def end_group(pgid: int, grace: float = 10.0) -> None:
     """SIGTERM every process of the group but the caller, then SIGKILL what is left after ``grace`` s."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the guard outlives its own killpg
     with contextlib.suppress(ProcessLookupError):

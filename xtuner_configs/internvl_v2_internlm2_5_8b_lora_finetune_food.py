@@ -1,5 +1,5 @@
-# InternVL2-8B (InternViT-300M + InternLM2.5-7B-chat) + LoRA on FoodieQA: the 2B recipe on the larger checkpoint.
-# Only what differs is here; the chat template, tile budget and special tokens come from the checkpoint.
+# InternVL2-8B (InternViT-300M + InternLM2.5-7B-chat) + LoRA on FoodieQA: only what differs from the 2B recipe is
+# here; the chat template, tile budget and special tokens come from the checkpoint.
 #   FOODIE_MODEL=/path/InternVL2-8B FOODIE_DATA=work/foodieqa-xtuner \
 #       xtuner train xtuner_configs/internvl_v2_internlm2_5_8b_lora_finetune_food.py --deepspeed deepspeed_zero2
 from mmengine.config import read_base
