@@ -34,10 +34,9 @@ class Message:
     images: list[ImageLike] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.role not in ("system", "user", "assistant"):
-            raise ValueError(f"Message role must be 'system', 'user' or 'assistant', got {self.role!r}")
-        if self.images and self.role != "user":
-            raise ValueError(f"only user messages can carry images, got {len(self.images)} on a {self.role} message")
+        if self.role not in ("system", "user", "assistant") or (self.images and self.role != "user"):
+            raise ValueError(f"a message is a 'system', 'user' or 'assistant' turn and only user messages can carry "
+                             f"images, got {len(self.images)} image(s) on a {self.role!r} message")
         self.images = list(self.images)
 
 
