@@ -278,8 +278,7 @@ def evaluate(cfg: argparse.Namespace, console=None, load: Callable | None = None
                          "continue: add --backend transformers")
     tasks = list(cfg.tasks or dict.fromkeys(q.task for q in questions))
     for task in [t for t in tasks if t not in {q.task for q in questions}]:
-        console.print(f"[yellow]warning: no {task} questions to ask" + (f" (the manifest {cfg.items} holds none)"
-                                                                        if cfg.items else "") + "[/yellow]")
+        console.print(f"[yellow]warning: no {task} questions to ask (none left in {cfg.items or data_root})[/yellow]")
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bars:

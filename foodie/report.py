@@ -153,21 +153,19 @@ def print_summary(metrics: dict, console) -> None:
 def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
     """Bars of the headline per task and model, 95% intervals, the chance line; beside them, only for a run on
     the real FoodieQA, the published numbers of one task (grey, full test set) with ours labelled by scope."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib import font_manager
+    from matplotlib import font_manager, rc_context
+    from matplotlib.figure import Figure
 
     cjk = [f.name for f in font_manager.fontManager.ttflist if any(
         k in f.name for k in ("Noto Sans CJK", "WenQuanYi", "SimHei", "Source Han Sans"))]
     models, lang, q, results = metrics["models"], metrics["lang"], metrics["questions"], metrics["published"]["results"]
     tasks = list(dict.fromkeys(t for m in models for t in m["tasks"]))
     pub_task = next((t for t in tasks if results.get(t)), None)
-    with plt.rc_context({"font.sans-serif": cjk[:1] + ["DejaVu Sans"]}):
-        fig, axes = plt.subplots(1, 1 + bool(pub_task), figsize=(6 + 5 * bool(pub_task) + 0.6 * len(models), 4.8),
-                                 squeeze=False)
-        ax, width = axes[0][0], 0.8 / len(models)
+    with rc_context({"font.sans-serif": cjk[:1] + ["DejaVu Sans"], "axes.titlesize": 9.5, "legend.fontsize": 8}):
+        fig = Figure(figsize=(6 + 5 * bool(pub_task) + 0.6 * len(models), 4.8))
+        axes = fig.subplots(1, 1 + bool(pub_task), squeeze=False)[0]
+        ax, width = axes[0], 0.8 / len(models)
         for j, m in enumerate(models):
             shown = [(i, m["tasks"][t]) for i, t in enumerate(tasks) if t in m["tasks"]]
             ys = np.array([100 * t["accuracy"] for _, t in shown])
@@ -179,24 +177,22 @@ def render_chart(metrics: dict, dest: str | os.PathLike) -> Path:
         ax.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label=f"chance ({CHANCE:.0%})")
         ax.set_xticks(range(len(tasks)), [f"{TASK_NAMES[t]}\n(n={models[0]['tasks'].get(t, {}).get('n', 0)})"
                                           for t in tasks])
-        ax.set(ylim=(0, 130), yticks=range(0, 101, 20), ylabel="accuracy (%), authors' rule")  # room for the labels
-        ax.set_title(f"FoodieQA accuracy ({lang}, template {metrics['template']}), 95% CI\n"
-                     f"{q['scope']}, {q['data']} data", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left", ncol=len(models) + 1, frameon=False)
+        ax.set(ylim=(0, 130), yticks=range(0, 101, 20), ylabel="accuracy (%), authors' rule",  # room for the labels
+               title=f"FoodieQA accuracy ({lang}, template {metrics['template']}), 95% CI\n"
+                     f"{q['scope']}, {q['data']} data")
+        ax.legend(loc="upper left", ncol=len(models) + 1, frameon=False)
         if pub_task:  # best at the top: ours (in the models' colours, labelled by scope) among the authors' (grey)
-            rows = sorted([(f"{m['label']} (ours, {q['scope']}, n={m['tasks'][pub_task]['n']})",
-                            100 * m["tasks"][pub_task]["accuracy"], f"C{j}") for j, m in enumerate(models)
-                           if pub_task in m["tasks"]] + [(f"{r['model']}{r['mark']}", r["accuracy"], "0.75")
-                                                         for r in results[pub_task]], key=lambda row: row[1])
-            names, values, colours = zip(*rows)
-            axes[0][1].bar_label(axes[0][1].barh(names, values, color=colours), fmt="%.1f", fontsize=8, padding=2)
-            axes[0][1].axvline(100 * CHANCE, color="grey", linestyle="--", linewidth=1)
-            axes[0][1].set(xlim=(0, 110), xlabel="accuracy (%)")
-            axes[0][1].tick_params(axis="y", labelsize=8)
-            axes[0][1].set_title(f"{TASK_NAMES[pub_task]} ({lang}): grey = published by the authors,\nfull test set",
-                                 fontsize=9)
+            rows = [(f"{r['model']}{r['mark']}", r["accuracy"], "0.75") for r in results[pub_task]] + [
+                (f"{m['label']} (ours, {q['scope']}, n={m['tasks'][pub_task]['n']})",
+                 100 * m["tasks"][pub_task]["accuracy"], f"C{j}") for j, m in enumerate(models)
+                if pub_task in m["tasks"]]
+            names, values, colours = zip(*sorted(rows, key=lambda row: row[1]))
+            axes[1].bar_label(axes[1].barh(names, values, color=colours), fmt="%.1f", fontsize=8, padding=2)
+            axes[1].axvline(100 * CHANCE, color="grey", linestyle="--", linewidth=1)
+            axes[1].set(xlim=(0, 110), xlabel="accuracy (%)",
+                        title=f"{TASK_NAMES[pub_task]} ({lang}): grey = published by the authors,\nfull test set")
+            axes[1].tick_params(axis="y", labelsize=8)
         fig.tight_layout()
         with atomic_path(Path(dest)) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
     return Path(dest)

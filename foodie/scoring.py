@@ -73,8 +73,7 @@ def accuracy(rows: Sequence[dict]) -> dict:
 
 # Diagnostic only: the option-text reading.
 _UPPER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
-# A lone lower-case letter counts only at the very start, followed by punctuation or the end ("b.", "(c) ..."):
-# "a dish of noodles" must not read as A.
+# A lone lower-case letter only at the start, before punctuation or the end ("b.", "(c) ..."; not "a dish").
 _LOWER_START = re.compile(r"^[\s(\[{（【<「『\"'“‘]*([a-d])\s*(?:$|[)\]}）】>」』.:,;!?。．、:：，；！？\"'”’])")
 # Where a reply states its conclusion ("...。答案是粤菜。"): option text after it is searched first.
 _ANSWER_MARKER = re.compile(r"答案[是为：:]|the answer is", re.IGNORECASE)

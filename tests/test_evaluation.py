@@ -451,9 +451,8 @@ def test_published_rows_only_beside_real_foodieqa(small_foodieqa_dir, tmp_path):
 
 def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
     """A model at 100% puts its value label above the bar: it must stay inside the axes, under the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from foodie import report
     questions, _ = build_questions(small_foodieqa_dir, ("sivqa",), "zh")
@@ -462,22 +461,19 @@ def test_chart_value_labels_stay_below_the_title(small_foodieqa_dir, tmp_path):
     m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "o"))], data_root=str(small_foodieqa_dir), out=str(out),
                             tasks=("sivqa",)), console=QUIET, load=loader({"o": FakeBackend(lambda t, i: truth[t])}))
     assert m["models"][0]["tasks"]["sivqa"]["accuracy"] == 1.0
-    captured = {}
-    real_close = plt.close
-    plt.close = lambda fig=None: captured.setdefault("fig", fig)
-    try:
+    saved = []
+    save = Figure.savefig
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or save(fig, *a, **k))
         report.render_chart(m, tmp_path / "c.png")
-    finally:
-        plt.close = real_close
-    fig = captured["fig"]
-    fig.canvas.draw()
+    fig = saved[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
     ax = fig.axes[0]
-    renderer = fig.canvas.get_renderer()
     title = ax.title.get_window_extent(renderer)
     for text in ax.texts:
         box = text.get_window_extent(renderer)
         assert box.y1 <= ax.get_window_extent(renderer).y1 and not box.overlaps(title), text.get_text()
-    real_close(fig)
 
 
 def test_textqa_is_evaluated_with_the_authors_text_templates(tmp_path):
