@@ -7,7 +7,8 @@ The cleanest form of the skill a letter answer needs: an option list in the auth
 
 Single-token words of the tiny tokenizer, built from ids (no tokenizer call per item, so a GPU is not starved).
 `gpt` is torch.nn.TransformerEncoder with a causal mask and learned positions; `tiny` is the embedded model's
-InternLM2 (foodie/remote_code) with TINY_LLM's settings, changed by --rope/--std/--width/--layers.
+InternLM2 (OpenGVLab's file from the installed XTuner, as tiny_model.build_model builds it) with TINY_LLM's
+settings, changed by --rope/--std/--width/--layers.
 
     python bench/tiny_lookup_drill.py tiny --steps 3000 --lr 1e-3
     python bench/tiny_lookup_drill.py gpt --device cuda --steps 20000 --seconds 150

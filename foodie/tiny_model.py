@@ -1,7 +1,6 @@
 """The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format, loading like
-OpenGVLab/InternVL2-2B; a pure function of the seed. Remote code: 'official' = OpenGVLab's InternViT and InternLM2
-files as the installed XTuner 0.2.0 ships them (read at build time) beside the project's InternVL chat files;
-'project' = foodie/remote_code for all seven."""
+OpenGVLab/InternVL2-2B; a pure function of the seed. Remote code: OpenGVLab's InternViT and InternLM2 files as the
+installed XTuner 0.2.0 ships them (read at build time) beside the project's InternVL chat files (foodie/remote_code)."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +17,6 @@ from foodie.atomic import atomic_path
 REMOTE_CODE_DIR = Path(__file__).resolve().parent / 'remote_code'
 REMOTE_CODE_FILES = ('configuration_intern_vit.py', 'configuration_internlm2.py', 'configuration_internvl_chat.py',
                      'conversation.py', 'modeling_intern_vit.py', 'modeling_internlm2.py', 'modeling_internvl_chat.py')
-MODELING_KINDS = ('official', 'project')
-DEFAULT_MODELING = 'official'  # what users of InternVL2-2B run, so tests and the quickstart exercise it
 # Checkpoint file -> the installed XTuner 0.2.0's copy of OpenGVLab's file (pyproject.toml pins xtuner).
 OFFICIAL_FILES = {name: f'_lite/modelings/{"internvl2" if "intern_vit" in name else "internlm2"}/{name}'
                   for name in REMOTE_CODE_FILES if 'intern_vit' in name or 'internlm2' in name}
@@ -38,27 +35,24 @@ def xtuner_package_dir() -> Path:
     spec = importlib.util.find_spec('xtuner')
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError('the official InternVL2 modeling files are read from the installed XTuner 0.2.0, which '
-                           'is not installed: pip install -e . (pyproject.toml pins xtuner==0.2.0), or pass '
-                           "modeling='project' (--modeling project)")
+                           'is not installed: pip install -e . (pyproject.toml pins xtuner==0.2.0)')
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def modeling_files(modeling: str = DEFAULT_MODELING) -> dict[str, bytes]:
-    if modeling not in MODELING_KINDS:
-        raise ValueError(f'modeling must be one of {MODELING_KINDS}, got {modeling!r}')
-    files = {name: (REMOTE_CODE_DIR / name).read_bytes() for name in REMOTE_CODE_FILES}
-    if modeling == 'official':
-        root = xtuner_package_dir()
-        for name, relative in OFFICIAL_FILES.items():
-            if not (root / relative).is_file():
-                raise RuntimeError(f'{root / relative} is missing: the official files come from XTuner 0.2.0 '
-                                   f'(pip install xtuner==0.2.0), or pass --modeling project')
-            files[name] = (root / relative).read_bytes()
-        vit = files['modeling_intern_vit.py'].decode('utf-8')
-        if _XTUNER_DROP_PATH not in vit:
-            raise RuntimeError(f'{root / OFFICIAL_FILES["modeling_intern_vit.py"]} is not the XTuner 0.2.0 file '
-                               f'this code knows (its drop-path lines differ): install xtuner==0.2.0')
-        files['modeling_intern_vit.py'] = vit.replace(_XTUNER_DROP_PATH, _RELEASED_DROP_PATH).encode('utf-8')
+def modeling_files() -> dict[str, bytes]:
+    """The checkpoint's seven remote-code files: OpenGVLab's four from the installed XTuner, the chat glue ours."""
+    files = {name: (REMOTE_CODE_DIR / name).read_bytes() for name in REMOTE_CODE_FILES if name not in OFFICIAL_FILES}
+    root = xtuner_package_dir()
+    for name, relative in OFFICIAL_FILES.items():
+        if not (root / relative).is_file():
+            raise RuntimeError(f'{root / relative} is missing: the official files come from XTuner 0.2.0 '
+                               f'(pip install xtuner==0.2.0)')
+        files[name] = (root / relative).read_bytes()
+    vit = files['modeling_intern_vit.py'].decode('utf-8')
+    if _XTUNER_DROP_PATH not in vit:
+        raise RuntimeError(f'{root / OFFICIAL_FILES["modeling_intern_vit.py"]} is not the XTuner 0.2.0 file '
+                           f'this code knows (its drop-path lines differ): install xtuner==0.2.0')
+    files['modeling_intern_vit.py'] = vit.replace(_XTUNER_DROP_PATH, _RELEASED_DROP_PATH).encode('utf-8')
     return files
 
 
@@ -274,16 +268,15 @@ RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file
 GENERATOR_VERSION = 3  # 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range); 3: 224-pixel tiles
 
 
-def recipe(seed: int = 0, full_size: bool = False, modeling: str = DEFAULT_MODELING) -> dict:
+def recipe(seed: int = 0, full_size: bool = False) -> dict:
     return {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size,
-            'modeling': modeling}
+            'modeling': 'official'}
 
 
-def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
-                     modeling: str = DEFAULT_MODELING) -> Path:
+def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False) -> Path:
     """Write the checkpoint folder to `out` atomically; an existing non-empty `out` only with force=True."""
     out = Path(out)
-    code = modeling_files(modeling)  # fails early, before any weights are drawn
+    code = modeling_files()  # fails early, before any weights are drawn
     if str(device) == 'meta':
         raise ValueError("device='meta' builds no weights; use parameter_shapes() to list them")
     if out.exists() and not out.is_dir():
@@ -303,17 +296,17 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
             _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
         # model.safetensors, or shards of SHARD_BYTES plus model.safetensors.index.json
         save_torch_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, tmp, max_shard_size=SHARD_BYTES)
-        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, modeling))
+        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size))
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
     return out
 
 
-def tiny_model_is_current(folder, seed: int = 0, modeling: str = DEFAULT_MODELING) -> bool:
+def tiny_model_is_current(folder, seed: int = 0) -> bool:
     """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
     try:
-        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed, modeling=modeling)
+        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed)
     except (OSError, ValueError):
         return False
 

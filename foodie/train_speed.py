@@ -148,10 +148,6 @@ def _llm_attention(self, hidden_states, attention_mask=None, position_ids=None, 
     return self.wo(out.transpose(1, 2).reshape(B, T, self.num_heads * D)), None, present
 
 
-def _no_mask_needed(attention_mask, past_len: int) -> bool:
-    return past_len == 0 and (attention_mask is None or bool(attention_mask.all()))
-
-
 def _skip_causal_mask(model) -> None:
     """Make InternLM2Model pass no mask (SDPA's fused causal kernel, no O(T^2) tensor) when no token is padding and
     nothing is cached; else the model's own additive 4D mask."""
@@ -160,7 +156,7 @@ def _skip_causal_mask(model) -> None:
 
         def update(attention_mask, input_tensor, cache_position, past_key_values, output_attentions):
             past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-            if _no_mask_needed(attention_mask, past_len) and not output_attentions:
+            if past_len == 0 and (attention_mask is None or bool(attention_mask.all())) and not output_attentions:
                 return None
             return build(attention_mask, input_tensor, cache_position, past_key_values, output_attentions)
         model._update_causal_mask = update
@@ -168,7 +164,7 @@ def _skip_causal_mask(model) -> None:
         build = model._prepare_decoder_attention_mask
 
         def prepare(attention_mask, input_shape, inputs_embeds, past_key_values_length):
-            if _no_mask_needed(attention_mask, past_key_values_length):
+            if past_key_values_length == 0 and (attention_mask is None or bool(attention_mask.all())):
                 return None
             return build(attention_mask, input_shape, inputs_embeds, past_key_values_length)
         model._prepare_decoder_attention_mask = prepare

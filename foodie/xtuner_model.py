@@ -35,15 +35,12 @@ def resolve_dtype(torch_dtype: str | torch.dtype = "auto") -> torch.dtype:
     return torch.float32
 
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-
-
 def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
     """``"auto"``: flash_attention_2 on a GPU with flash-attn installed, else sdpa."""
     has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
     if attn_implementation == "auto":
         return "flash_attention_2" if has_flash else "sdpa"
-    if attn_implementation not in ATTN_IMPLEMENTATIONS or attn_implementation == "flash_attention_2" and not has_flash:
+    if attn_implementation not in ("eager", "sdpa") and not (attn_implementation == "flash_attention_2" and has_flash):
         raise ValueError(f"attn_implementation={attn_implementation!r}: choose one of auto, eager, sdpa "
                          "(flash_attention_2 needs flash-attn and a GPU); set it in the config's model dict")
     return attn_implementation
@@ -58,9 +55,7 @@ def load_internvl(model_path, dtype: torch.dtype, attn_implementation: str = "au
     config.vision_config.use_flash_attn = attn == "flash_attention_2"
     model = AutoModel.from_pretrained(model_path, config=config, torch_dtype=dtype, trust_remote_code=True,
                                       use_flash_attn=attn == "flash_attention_2")
-    if attn == "sdpa" and not use_sdpa(model):
-        print_log("sdpa: the checkpoint's language model has no InternLM2 attention to swap; eager attention",
-                  logger="current", level=logging.WARNING)
+    if attn == "sdpa" and not use_sdpa(model):  # no InternLM2 attention to swap
         attn = "eager"
     return model, attn
 

@@ -11,21 +11,7 @@ def tiny_model_dir(tmp_path_factory):
     """
     from foodie.tiny_model import write_checkpoint
 
-    return write_checkpoint(tmp_path_factory.mktemp('tiny-model') / 'tiny-internvl2', seed=0, modeling='official')
-
-
-@pytest.fixture(scope='session')
-def project_tiny_model_dir(tmp_path_factory):
-    """The same tiny checkpoint (same weights) carrying the project's own remote code (foodie/remote_code).
-    Its folder name differs from tiny_model_dir's: transformers caches remote code by folder name, so two
-    folders of one name in one process would run the first one's code.
-
-    Read-only for tests: copy it first if a test must change files in it.
-    """
-    from foodie.tiny_model import write_checkpoint
-
-    return write_checkpoint(tmp_path_factory.mktemp('tiny-model-project') / 'tiny-internvl2-project', seed=0,
-                            modeling='project')
+    return write_checkpoint(tmp_path_factory.mktemp('tiny-model') / 'tiny-internvl2', seed=0)
 
 
 @pytest.fixture(scope='session')

@@ -4,7 +4,6 @@
     python tools/make_tiny_model.py --out DIR --seed 1 --force
     python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
     python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
-    python tools/make_tiny_model.py --modeling project --out DIR          # the project's remote code instead
 """
 import argparse
 import math
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 from foodie import cli, paths
-from foodie.tiny_model import DEFAULT_MODELING, MODELING_KINDS, parameter_shapes, write_checkpoint
+from foodie.tiny_model import parameter_shapes, write_checkpoint
 
 
 def main(argv=None):
@@ -23,9 +22,6 @@ def main(argv=None):
     parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
     parser.add_argument('--device', default='cpu', help="cpu | cuda | meta (meta: list names and shapes only)")
     parser.add_argument('--force', action='store_true', help='replace an existing non-empty --out')
-    parser.add_argument('--modeling', choices=MODELING_KINDS, default=DEFAULT_MODELING,
-                        help="remote code: 'official' (OpenGVLab's, read from the installed XTuner 0.2.0) or "
-                             "'project' (foodie/remote_code); the weights are the same (default %(default)s)")
     args = parser.parse_args(argv)
     shapes = parameter_shapes(full_size=args.full_size)
     params = sum(math.prod(s) for s in shapes.values())
@@ -36,13 +32,12 @@ def main(argv=None):
         return 0
     start = time.perf_counter()
     try:
-        write_checkpoint(args.out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force,
-                         modeling=args.modeling)
+        write_checkpoint(args.out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force)
     except (FileExistsError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
-    print(f'wrote {args.out}: {params:,} parameters, {args.modeling} modeling files, '
+    print(f'wrote {args.out}: {params:,} parameters, official modeling files, '
           f'{size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s')
     return 0
 

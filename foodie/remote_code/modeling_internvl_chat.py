@@ -19,16 +19,6 @@ from .conversation import get_conv_template
 from .modeling_intern_vit import InternVisionModel
 from .modeling_internlm2 import InternLM2ForCausalLM
 
-try:  # this project's InternLM2 code: eager | sdpa | flash_attention_2 (falls back to eager without flash_attn)
-    from .modeling_internlm2 import resolve_attn_implementation
-    PROJECT_LLM_CODE = True
-except ImportError:  # OpenGVLab's InternLM2 code (eager and flash only): what the official chat model picks
-    PROJECT_LLM_CODE = False
-
-    def resolve_attn_implementation(requested):
-        has_flash_attn = importlib.util.find_spec('flash_attn') is not None
-        return 'flash_attention_2' if requested == 'flash_attention_2' and has_flash_attn else 'eager'
-
 IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CONTEXT>'
 
 
@@ -51,19 +41,18 @@ class InternVLChatModel(PreTrainedModel):
         self.ps_version = config.ps_version
         self.llm_arch_name = config.llm_config.architectures[0]
 
-        # One attention setting for the whole model: llm_config.attn_implementation, also used by the ViT.
-        requested = config.llm_config.attn_implementation
-        if requested == 'flash_attention_2' and not use_flash_attn:
-            requested = 'eager'
-        self._apply_attn_implementation(config, resolve_attn_implementation(requested))
+        # OpenGVLab's InternViT and InternLM2 files: flash-attn when asked for (llm_config) and installed, else eager.
+        flash = (use_flash_attn and config.llm_config.attn_implementation == 'flash_attention_2'
+                 and importlib.util.find_spec('flash_attn') is not None)
+        config.llm_config.attn_implementation = 'flash_attention_2' if flash else 'eager'
+        config.vision_config.use_flash_attn = flash
 
         self.vision_model = vision_model if vision_model is not None else InternVisionModel(config.vision_config)
         # InternVLChatConfig accepts only InternLM2ForCausalLM as llm_config.architectures[0]
         self.language_model = language_model if language_model is not None else InternLM2ForCausalLM(config.llm_config)
-        if not PROJECT_LLM_CODE and getattr(self.language_model, '_supports_cache_class', False):
-            # XTuner 0.2.0's InternLM2 file (InternLM2.5's) declares Cache support, so transformers 4.48 gives its
-            # first generation step an empty DynamicCache and it then drops inputs_embeds (the image features).
-            # Without the flag it starts from the embeddings and builds a tuple cache itself, as InternVL2's does.
+        if getattr(self.language_model, '_supports_cache_class', False):
+            # XTuner 0.2.0's InternLM2 file (InternLM2.5's) declares Cache support, so transformers 4.48 starts it
+            # on an empty DynamicCache and it drops inputs_embeds (the images); without, it starts as InternVL2's.
             self.language_model._supports_cache_class = False
 
         shuffled = config.vision_config.hidden_size * int(1 / self.downsample_ratio) ** 2  # channels, pixel-shuffled
@@ -77,21 +66,6 @@ class InternVLChatModel(PreTrainedModel):
         if config.use_backbone_lora or config.use_llm_lora:  # InternVL's own LoRA training, not merged
             raise NotImplementedError('use_backbone_lora / use_llm_lora: this code loads merged checkpoints only; '
                                       "merge the LoRA first (or load with the checkpoint's own remote code)")
-
-    # ----- attention implementation -----
-
-    @staticmethod
-    def _apply_attn_implementation(config, implementation):
-        config.llm_config.attn_implementation = implementation
-        config.vision_config.attn_implementation = implementation
-        config.vision_config.use_flash_attn = implementation == 'flash_attention_2'
-
-    def set_attn_implementation(self, implementation: str):
-        """Switch ViT and LLM attention between 'eager' (the official fallback) and 'sdpa' on a built model."""
-        implementation = resolve_attn_implementation(implementation)
-        self._apply_attn_implementation(self.config, implementation)
-        self.vision_model.config.attn_implementation = implementation
-        self.language_model.config.attn_implementation = implementation
 
     # ----- embeddings -----
 
