@@ -131,25 +131,23 @@ def question_file(data_root: str | os.PathLike, task: str) -> Path | None:
 
 
 def read_json_items(path: Path) -> list:
-    """A JSON list (or JSON lines) file; strict UTF-8."""
+    """A JSON list (or JSON lines) file; strict UTF-8; ValueError saying what is wrong where."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise FoodieQAError([Problem(str(path), f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}, "
-                                                f"line {line}); re-save the file as UTF-8 (e.g. iconv -f GB18030 -t "
-                                                f"UTF-8)")]) from None
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}, line {line}); re-save the "
+                         f"file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as first:
         try:  # JSON lines
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError:
-            raise FoodieQAError([Problem(str(path), f"invalid JSON at line {first.lineno}, column {first.colno}: "
-                                                    f"{first.msg}")]) from None
+            raise ValueError(f"invalid JSON at line {first.lineno}, column {first.colno}: {first.msg}") from None
     if not isinstance(data, list):
-        raise FoodieQAError([Problem(str(path), f"expected a JSON list of questions, found {type(data).__name__}")])
+        raise ValueError(f"expected a JSON list of questions, found {type(data).__name__}")
     return data
 
 
@@ -271,8 +269,8 @@ def load_foodieqa(data_root: str | os.PathLike, tasks: Iterable[str] | None = No
         data.files[task] = path
         try:
             raws = read_json_items(path)
-        except FoodieQAError as e:
-            problems.extend(e.problems)
+        except ValueError as e:
+            problems.append(Problem(str(path), str(e)))
             continue
         seen: dict[str, int] = {}
         parsed = [_parse_item(task, str(path), index, raw, seen) for index, raw in enumerate(raws)]

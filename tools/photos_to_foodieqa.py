@@ -24,10 +24,8 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("photos", type=Path, help="folder with one subfolder of photos per dish")
     ap.add_argument("--out", type=Path, default=work_dir() / "my-photos-dataset", help="default: %(default)s")
-    ap.add_argument("--questions-per-photo", type=int, default=2,
-                    help="single-image questions per photo, each of another type (default: %(default)s)")
-    ap.add_argument("--mivqa-per-dish", type=int, default=5,
-                    help="multi-image questions per dish, with four dishes or more (default: %(default)s)")
+    ap.add_argument("--questions-per-photo", type=int, default=2, help="each of another type (default: %(default)s)")
+    ap.add_argument("--mivqa-per-dish", type=int, default=5, help="multi-image questions (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="question and option order (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an --out that this tool did not write")
     args = ap.parse_args(argv)

@@ -40,11 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="drop bad items (listed in summary.md) instead of failing")
     ap.add_argument("--no-image-check", action="store_true", help="skip decoding every image (faster, less safe)")
     ap.add_argument("--tokenizer", type=Path, help="model folder: its tokenizer and tiling count the tokens")
-    ap.add_argument("--eval-only", action="store_true",
-                    help="evaluation manifest only: every question held out, no train.json (no terms flag needed)")
+    ap.add_argument("--eval-only", action="store_true", help="every question held out, no train.json (no terms flag)")
     ap.add_argument(ACCEPT_FLAG, dest="accept_terms", action="store_true",
-                    help="write training data from the real FoodieQA (evaluation only by its terms): only with the "
-                         "authors' permission")
+                    help="write training data from the real FoodieQA (its terms: evaluation only): authors' permission")
     args = ap.parse_args(argv)
     opts = ConversionOptions(tasks=args.tasks, lang=args.lang, style=args.style, eval_ratio=args.eval_ratio,
                              seed=args.seed, split_by=args.split_by, skip_bad=args.skip_bad,
