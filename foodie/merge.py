@@ -1,8 +1,6 @@
-"""Merge a trained XTuner run (LoRA + projector) into a standard InternVL2 checkpoint folder.
-
-As XTuner's own converter does it (xtuner/configs/internvl/v1_5/convert_to_official.py): the base model with the
-run's LoRA through PEFT, the checkpoint's tensors loaded, ``merge_and_unload``, ``save_pretrained``; plus the
-checks users rely on (docs/guide_gpu.md section 6; docs/PERFORMANCE.md measures it at 2B and 8B).
+"""Merge a trained XTuner run into a standard InternVL2 checkpoint folder (tools/convert_to_official.py), as XTuner's
+converter does (xtuner/configs/internvl/v1_5/convert_to_official.py: PEFT ``merge_and_unload``, ``save_pretrained``),
+plus the checks users rely on (docs/guide_gpu.md section 6; docs/PERFORMANCE.md measures it at 2B and 8B).
 """
 from __future__ import annotations
 
@@ -21,9 +19,10 @@ import torch
 
 from foodie import paths
 from foodie.atomic import atomic_path, write_json
-from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, damaged_member, is_complete_checkpoint,
-                                latest_complete_checkpoint, list_checkpoints)
+from foodie.checkpoints import (PARTIAL_SUFFIX, checkpoint_iter, damaged_member, latest_complete_checkpoint,
+                                list_checkpoints)
 from foodie.model_spec import IMG_CONTEXT, PROVENANCE_FILE, ModelSpec, SpecError, hub_id
+
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Files copied from the base checkpoint besides its code (*.py); config.json is rewritten.
@@ -35,14 +34,13 @@ PARTS = {"language_model": "llm_lora", "vision_model": "visual_encoder_lora"}  #
 RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
 SUMMARY_KEYS = ("lr", "max_epochs", "max_iters", "batch_size", "accumulative_counts", "max_length", "warmup_iters",
                 "warmup_ratio", "weight_decay", "max_norm", "max_dynamic_patch", "torch_dtype", "seed")
+BASE_FIX = ("Point the config at a local InternVL2 checkpoint folder: the project's configs read FOODIE_MODEL "
+            "(e.g. FOODIE_MODEL=/models/InternVL2-2B), or pass --base-model DIR. The embedded tiny model is built "
+            "with `python tools/make_tiny_model.py`.")
 
 
 class ConvertError(Exception):
     """Conversion refused or failed; the message names the file, the item and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the run (XTuner config), the base model, the checkpoint
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Run:
     work_dir: Path
     model_path: str  # as the config names it: a folder or a hub id
     lora: dict[str, dict]  # model part -> LoraConfig kwargs (only the parts with LoRA)
-    frozen: dict[str, bool]  # model part -> freeze_llm / freeze_visual_encoder
+    trained: dict[str, str]  # model part -> "LoRA", "frozen" or "full" (freeze_llm / freeze_visual_encoder)
     quantized: list[str]  # what a QLoRA config quantizes (empty: none)
     data_path: str | None
     summary: dict
@@ -67,7 +65,7 @@ def _plain(value):
 
 
 def read_run(config: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> Run:
-    """Read what the merge needs from an XTuner config (an InternVL_V1_5-style model dict)."""
+    """What the merge needs from an XTuner config (an InternVL_V1_5-style model dict)."""
     config = Path(config)
     if not config.is_file():
         raise ConvertError(f"config not found: {config}. Pass the XTuner config the run was trained with "
@@ -83,29 +81,25 @@ def read_run(config: str | os.PathLike, work_dir: str | os.PathLike | None = Non
     if not isinstance(model, dict) or "model_path" not in model:
         raise ConvertError(f"{config}: its `model` dict has no model_path; expected an InternVL model "
                            "(type=FoodieInternVL or XTuner's InternVL_V1_5, model_path=..., llm_lora=...).")
+    summary = {k: cfg[k] for k in SUMMARY_KEYS if isinstance(cfg.get(k), (int, float, str))}
+    loop = {k: v for k, v in (cfg.get("train_cfg") or {}).items() if k in ("max_iters", "max_epochs")}
+    if loop:  # what the loop really ran, not leftovers of a base config
+        summary = {k: v for k, v in summary.items() if k not in ("max_iters", "max_epochs")} | loop
     lora = {part: {k: _plain(v) for k, v in _plain(model[key]).items() if k != "type"}
             for part, key in PARTS.items() if model.get(key)}
-    train_cfg = cfg.get("train_cfg") or {}
-    summary = {k: cfg[k] for k in SUMMARY_KEYS if isinstance(cfg.get(k), (int, float, str))}
-    for k in ("max_iters", "max_epochs"):  # what the loop really ran, not leftovers of a base config
-        if k in train_cfg:
-            summary.pop("max_iters", None), summary.pop("max_epochs", None)
-            summary[k] = train_cfg[k]
+    frozen = {"vision_model": model.get("freeze_visual_encoder"), "mlp1": False,
+              "language_model": model.get("freeze_llm")}
     return Run(config_path=config.resolve(),
                work_dir=Path(work_dir or cfg.get("work_dir") or paths.work_dir() / "train" / config.stem).resolve(),
                model_path=str(model["model_path"]), lora=lora,
-               frozen={"language_model": bool(model.get("freeze_llm")),
-                       "vision_model": bool(model.get("freeze_visual_encoder"))},
+               trained={p: "LoRA" if p in lora else "frozen" if frozen[p] else "full" for p in frozen},
                quantized=[f"model.{k}={model[k]}" for k in ("quantization_llm", "quantization_vit") if model.get(k)],
                data_path=cfg["data_path"] if isinstance(cfg.get("data_path"), str) else None, summary=summary)
 
 
 def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
-    """The local folder of the base checkpoint: the path itself, or a hub id already in the HF cache."""
+    """The local folder of the base checkpoint (the path itself, or a hub id already in the HF cache), checked."""
     where = f" (model_path in {run.config_path})" if run else ""
-    fix = ("Point the config at a local InternVL2 checkpoint folder: the project's configs read FOODIE_MODEL "
-           "(e.g. FOODIE_MODEL=/models/InternVL2-2B), or pass --base-model DIR. The embedded tiny model is "
-           "built with `python tools/make_tiny_model.py`.")
     folder = Path(model_path).expanduser()
     if not folder.exists() and model_path.count("/") == 1:
         from huggingface_hub import snapshot_download
@@ -114,59 +108,54 @@ def resolve_base_model(model_path: str, run: Run | None = None) -> Path:
             folder = Path(snapshot_download(model_path, local_files_only=True))
         except Exception:
             raise ConvertError(f"base model {model_path!r}{where} is not a local folder and is not in the Hugging "
-                               f"Face cache (nothing is downloaded). {fix}") from None
+                               f"Face cache (nothing is downloaded). {BASE_FIX}") from None
     if not folder.is_dir():
-        raise ConvertError(f"base model folder not found: {folder}{where}. {fix}")
+        raise ConvertError(f"base model folder not found: {folder}{where}. {BASE_FIX}")
     try:
         ModelSpec.from_checkpoint(folder)
     except SpecError as e:
-        raise ConvertError(f"{e}: the base checkpoint{where} is damaged or not an InternVL2 folder. {fix}") from None
+        raise ConvertError(f"{e}: the base checkpoint{where} is damaged or not an InternVL2 folder. {BASE_FIX}") \
+            from None
     from safetensors import safe_open
 
-    if not any(folder.glob("*.safetensors")):
-        raise ConvertError(f"base model folder {folder}{where} has no safetensors weights. {fix}")
-    for weights in folder.glob("*.safetensors"):
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ConvertError(f"base model folder {folder}{where} has no safetensors weights. {BASE_FIX}")
+    for file in weights:
         try:
-            with safe_open(str(weights), framework="pt"):
-                pass  # opening checks the header against the file size
+            safe_open(str(file), framework="pt")  # checks the header against the file size
         except Exception as e:  # noqa: BLE001 - safetensors' own error type
-            raise ConvertError(f"{weights}: unreadable safetensors file ({e}): the base checkpoint is damaged "
+            raise ConvertError(f"{file}: unreadable safetensors file ({e}): the base checkpoint is damaged "
                                "(a truncated copy?); copy it again.") from None
     return folder.resolve()
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike, run: Run) -> Path:
-    """``latest``: the newest complete ``iter_N.pth`` of the run's work dir. Otherwise the given path, which
-    must be a complete checkpoint (a torch archive, or a DeepSpeed folder whose shards are all readable)."""
+    """``latest``: the newest complete ``iter_N.pth`` of the run's work dir; else the given path. Either must be
+    whole (a torch archive, or a DeepSpeed folder of shards) with every byte passing its CRC check."""
+    path = Path(checkpoint)
     if str(checkpoint) == "latest":
-        found = latest_complete_checkpoint(run.work_dir)
-        if found is None:
+        path = latest_complete_checkpoint(run.work_dir)
+        if path is None:
             present = list_checkpoints(run.work_dir)
             detail = (f"it holds only incomplete ones ({', '.join(p.name for p in present)})" if present
                       else "it holds no iter_N.pth" if run.work_dir.is_dir() else "it does not exist")
             raise ConvertError(f"CHECKPOINT=latest: no complete checkpoint in the work dir {run.work_dir} of "
                                f"{run.config_path} ({detail}). Train first (make train), pass --work-dir if the "
                                "run used another one, or name the checkpoint file.")
-        return found.resolve()
-    path = Path(checkpoint)
-    if path.name.endswith(PARTIAL_SUFFIX) or not is_complete_checkpoint(path):
-        what = ("a DeepSpeed folder with missing or unreadable shards" if path.is_dir()
-                else "a truncated or unreadable torch archive")
+    damaged = "a partial save" if path.name.endswith(PARTIAL_SUFFIX) else damaged_member(path)
+    if damaged:
         complete = latest_complete_checkpoint(path.parent)
-        hint = (f" The newest complete checkpoint there is {complete} (or pass `latest`)." if complete
-                else " Resume the run to write a complete one (make train RESUME=1).")
-        raise ConvertError(f"checkpoint {path} is half-written ({what}): training was probably stopped while "
-                           f"saving it.{hint}")
+        hint = (f" The newest complete checkpoint there is {complete} (or pass `latest`)." if complete not in
+                (None, path) else " Resume the run to write a complete one (make train RESUME=1).")
+        raise ConvertError(f"checkpoint {path} is half-written or damaged ({damaged}): training was stopped while "
+                           f"saving it, or the copy is corrupt; merging it would publish corrupt weights.{hint}")
     return path.resolve()
 
 
 def load_trained_state(ckpt: Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The trained tensors of an XTuner checkpoint, by training-time name, after its CRC check; ``weights_only``
-    unless ``trust`` (MMEngine's stock CheckpointHook pickles logging objects; unpickling can run code)."""
-    damaged = damaged_member(ckpt)
-    if damaged:
-        raise ConvertError(f"checkpoint {ckpt} is damaged ({damaged}); merging it would publish corrupt weights. "
-                           "Use another checkpoint (or `latest`), or resume training to write a new one.")
+    """The trained tensors of an XTuner checkpoint, by training-time name; ``weights_only`` unless ``trust``
+    (MMEngine's stock CheckpointHook pickles logging objects; unpickling can run code)."""
     if ckpt.is_dir():  # DeepSpeed: fp32 master weights from the optimizer shards, frozen weights skipped
         try:
             from xtuner.utils.zero_to_any_dtype import get_state_dict_from_zero_checkpoint
@@ -177,30 +166,19 @@ def load_trained_state(ckpt: Path, trust: bool = False) -> dict[str, torch.Tenso
             raise ConvertError(f"DeepSpeed checkpoint {ckpt} cannot be read ({e}): a rank's shard is missing or "
                                "the folder was half-written (reading it needs deepspeed). Use another checkpoint "
                                "(or `latest`).") from e
-    else:
-        state = _load_torch_file(ckpt, trust)
-    return {k.removeprefix("model."): v for k, v in state.items()}  # InternVL_V1_5 keeps the HF model as .model
-
-
-def _load_torch_file(ckpt: Path, trust: bool) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("model."): v for k, v in state.items()}
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=not trust, mmap=True)
     except Exception as e:
         first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e)[:300])
-        if "nsupported global" in str(e) or "eights only" in str(e):
-            raise ConvertError(f"checkpoint {ckpt} holds Python objects besides tensors ({first}); MMEngine's stock "
-                               "CheckpointHook pickles its logging state this way. If this file is from your own "
-                               "training run, pass --trust-checkpoint to load it in full (never for files from "
-                               "others: unpickling can run code).") from None
-        raise ConvertError(f"cannot read checkpoint {ckpt}: {type(e).__name__}: {first}") from e
+        raise ConvertError(f"cannot read checkpoint {ckpt}: {type(e).__name__}: {first}. If it holds Python objects "
+                           "besides tensors (MMEngine's stock CheckpointHook pickles its logging state) and is from "
+                           "your own training run, pass --trust-checkpoint to load it in full (never for files from "
+                           "others: unpickling can run code).") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConvertError(f"checkpoint {ckpt} holds no state_dict of tensors: not an XTuner training checkpoint.")
-    return state
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the model as XTuner trains it: base + PEFT LoRA on its parts
+    return {k.removeprefix("model."): v for k, v in state.items()}  # InternVL_V1_5 keeps the HF model as .model
 
 
 def build_model(base_dir: Path, run: Run, dtype: torch.dtype):
@@ -215,8 +193,7 @@ def build_model(base_dir: Path, run: Run, dtype: torch.dtype):
     for part, kwargs in run.lora.items():
         module = getattr(model, part)
         targets = kwargs.get("target_modules") or sorted(find_all_linear_names(module))
-        config = LoraConfig(**{**kwargs, "target_modules": targets})
-        setattr(model, part, get_peft_model(module, config))
+        setattr(model, part, get_peft_model(module, LoraConfig(**{**kwargs, "target_modules": targets})))
     return model.eval()
 
 
@@ -224,40 +201,36 @@ def load_trained(model, state: dict, run: Run, ckpt: Path) -> None:
     """Put the checkpoint's tensors into ``model``; raise ConvertError naming every key where checkpoint and
     config (+ base model) disagree."""
     own = model.state_dict()
-    trained_full = [p for p in PARTS if p not in run.lora and not run.frozen[p]] + ["mlp1"]
-    expected = [k for k in own if "lora_" in k or k.split(".")[0] in trained_full]
-    missing = [k for k in expected if k not in state]
+    trained_full = [p for p, how in run.trained.items() if how == "full"]
+    missing = [k for k in own if ("lora_" in k or k.split(".")[0] in trained_full) and k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} expected"
               for k, v in state.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or shapes:
         saved = sorted(ckpt.parent.glob("*.py"))
-        problems = [f"the config expects {len(missing)} tensors the checkpoint lacks: {', '.join(missing[:8])}",
-                    f"the checkpoint has {len(unexpected)} tensors the config does not train: "
-                    f"{', '.join(unexpected[:8])}", f"{len(shapes)} shapes differ: {'; '.join(shapes[:5])}"]
+        problems = [(missing, f"the config expects {len(missing)} tensors the checkpoint lacks: "
+                              f"{', '.join(missing[:8])}"),
+                    (unexpected, f"the checkpoint has {len(unexpected)} tensors the config does not train: "
+                                 f"{', '.join(unexpected[:8])}"),
+                    (shapes, f"{len(shapes)} shapes differ: {'; '.join(shapes[:5])}")]
         raise ConvertError("\n  ".join(
-            [f"checkpoint {ckpt} does not match config {run.config_path}:"]
-            + [p for p, n in zip(problems, (missing, unexpected, shapes)) if n]
-            + [f"Fix: pass the config this checkpoint was trained with"
-               f"{f' (the work dir keeps a copy: {saved[0]})' if saved else ''}, with the same base model "
-               "(FOODIE_MODEL / --base-model) and the same LoRA settings (r, target_modules)."]))
+            [f"checkpoint {ckpt} does not match config {run.config_path}:", *(t for found, t in problems if found),
+             f"Fix: pass the config this checkpoint was trained with"
+             f"{f' (the work dir keeps a copy: {saved[0]})' if saved else ''}, with the same base model "
+             "(FOODIE_MODEL / --base-model) and the same LoRA settings (r, target_modules)."]))
     model.load_state_dict(state, strict=False)
 
 
 def write_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, max_dynamic_patch: int | None) -> None:
-    """The base config.json with the saved dtype and, when the training config set one, the tile budget it
-    trained with: the demo and evaluation read it from the checkpoint, so the model is served as trained."""
+    """The base config.json with the saved dtype and the tile budget the run trained with (when its config set
+    one): the demo and evaluation read it from the checkpoint, so the model is served as trained."""
     config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     if max_dynamic_patch is not None:
         config["max_dynamic_patch"] = int(max_dynamic_patch)
     for section in (config, config.get("vision_config"), config.get("llm_config")):
         if isinstance(section, dict):
             section["torch_dtype"] = str(dtype).removeprefix("torch.")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# verification: the merged folder, reloaded, against the unmerged model
+    write_json(out_dir / "config.json", config)
 
 
 def probe_image():
@@ -312,10 +285,6 @@ def compare(got: torch.Tensor, ref: torch.Tensor, without_lora: torch.Tensor, dt
             "top1_agreement": top1, "probe_tokens": int(ref.shape[1])}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# provenance: data -> train -> merge, for the card
-
-
 def describe_data(run) -> dict:
     """What the run trained on: process_food's summary.json as tools/train.py kept it in the work dir
     (foodie.terms.DATA_SOURCE_FILE), else the one beside the training data now."""
@@ -323,7 +292,7 @@ def describe_data(run) -> dict:
 
     if not run.data_path:
         return {}
-    data: dict = {"path": _display(Path(run.data_path))}
+    data: dict = {"path": _display(run.data_path)}
     for summary_path in (run.work_dir / DATA_SOURCE_FILE, Path(run.data_path).parent / "summary.json"):
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -334,15 +303,15 @@ def describe_data(run) -> dict:
         return data
     # summaries written before the source was recorded: work it out from the folder (FoodieQA unless marked)
     source = summary.get("source") or describe_source(summary.get("data_root", ""))
-    tasks = summary.get("options", {}).get("tasks") or list(summary.get("items", {}))
     items = summary.get("items", {})
+    tasks = summary.get("options", {}).get("tasks") or list(items)
     data.update(source, train_questions=summary.get("train_samples"),
                 held_out=sum(int(items.get(t, {}).get("held_out", 0)) for t in tasks))
     data["source"] = data.pop("root")
     return data
 
 
-def _display(path: Path) -> str:
+def _display(path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(paths.REPO_ROOT)) if path.is_relative_to(paths.REPO_ROOT) else str(path)
 
@@ -355,27 +324,20 @@ def provenance(run: Run, base_dir: Path, ckpt: Path, dtype: torch.dtype, targets
                   "base_model_path": _display(base_dir), "config": _display(run.config_path),
                   "config_summary": run.summary, "checkpoint": _display(ckpt), "iteration": checkpoint_iter(ckpt),
                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    for part, key in (("language_model", "lora"), ("vision_model", "vision_lora")):
+    for part, key, what in (("language_model", "lora", "LLM"), ("vision_model", "vision_lora", "ViT")):
         if part in run.lora:
-            kwargs = run.lora[part]
-            listed = ", ".join(targets[part])
+            kwargs, listed = run.lora[part], ", ".join(targets[part])
             note[key] = {"r": kwargs.get("r", 8), "alpha": kwargs.get("lora_alpha", 8),
                          "dropout": kwargs.get("lora_dropout", 0.0),
-                         "targets": listed if kwargs.get("target_modules") else
-                         f"all {'LLM' if part == 'language_model' else 'ViT'} linear layers ({listed})"}
+                         "targets": listed if kwargs.get("target_modules") else f"all {what} linear layers ({listed})"}
     note["data"] = describe_data(run)
-    note["trained"] = {p: "LoRA" if p in run.lora else "frozen" if run.frozen.get(p) else "full"
-                       for p in ("vision_model", "mlp1", "language_model")}
+    note["trained"] = run.trained
     note["dtype"] = str(dtype).removeprefix("torch.")
     if run.quantized and allow_qlora:
         note["qlora"] = "trained against 4-bit base weights; LoRA merged into the original bf16 base weights"
     note["verification"] = verification or "skipped (--no-verify)"
     note["tool"] = "internvl-foodie tools/convert_to_official.py"
     return note
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the whole conversion
 
 
 def check_save_dir(save_dir: Path, ckpt: Path, base_dir: Path, force: bool) -> None:
@@ -413,6 +375,8 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
             work_dir: str | os.PathLike | None = None, allow_qlora: bool = False, trust_checkpoint: bool = False,
             log=print) -> ConvertResult:
     """Merge the run's checkpoint into an official-format InternVL2 folder at ``save_dir`` (atomically)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModel
     from transformers.utils.hub import convert_file_size_to_int
 
     t0 = time.time()
@@ -453,8 +417,6 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
             for part in run.lora:
                 stack.enter_context(getattr(model, part).disable_adapter())
             without_lora = probe_logits(model, *probe)
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     counts = {"merged": sum(isinstance(m, BaseTunerLayer) for m in model.modules()),
               "replaced": sum("lora_" not in k for k in state)}
     log(f"[convert] merging LoRA into {counts['merged']} weights, {counts['replaced']} trained tensors in place; "
@@ -478,8 +440,6 @@ def convert(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir: 
         if verify:
             t2 = time.time()
             log("[verify] merged folder through AutoModel (trust_remote_code, float32): loading, probing")
-            from transformers import AutoModel
-
             merged = AutoModel.from_pretrained(str(out), torch_dtype=torch.float32, trust_remote_code=True,
                                                low_cpu_mem_usage=True).eval()
             verification = compare(probe_logits(merged, *probe), ref, without_lora, out_dtype, tolerance, log)

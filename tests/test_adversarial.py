@@ -691,12 +691,12 @@ def test_mistyped_token_flag_never_echoes_the_secret(model, argv):
 
 def test_upload_errors_never_show_the_token():
     """Mutation: the token scrubbing of upload errors removed."""
-    from foodie.publish import _hf_error
+    from foodie.publish import upload_error
 
     class Boom(Exception):
         pass
 
-    message = str(_hf_error(Boom(f"POST https://hub/api?token={SECRET} failed: 500"), SECRET, "HF_TOKEN", "upload"))
+    message = str(upload_error(Boom(f"POST https://hub/api?token={SECRET} failed: 500"), SECRET, "HF_TOKEN", "upload"))
     assert SECRET not in message and "***" in message
 
 

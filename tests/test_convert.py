@@ -62,21 +62,26 @@ def run_env(monkeypatch, tiny_model_dir, food_data, trained_run):
     return trained_run
 
 
+@pytest.fixture(scope="module")
+def merged_by_command(tiny_model_dir, food_data, trained_run, tmp_path_factory):
+    """The tool's command line run once on the trained run: (SAVE_DIR, its output)."""
+    out = tmp_path_factory.mktemp("cli") / "InternVL2-tiny-foodie"
+    env = dict(os.environ, **_env(tiny_model_dir, food_data, trained_run))
+    done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), "latest", str(out), "--no-progress"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temporary folders/files the atomic writer would leave if it failed to clean up."""
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
-    """`python demo/app.py --model DIR` serves DIR at `tiles` tiles, no flag: the command says so once the model is
-    loaded (stopped there), and the page built on that backend starts its tile control at it."""
-    import importlib.util
+def demo_line(model_dir: Path) -> str:
+    """What `python demo/app.py --model DIR` (no other flag) says once the model is loaded (stopped there)."""
     import socket
 
-    import gradio as gr
-
-    from foodie.inference import load_backend
-    from foodie.model_spec import ModelSpec
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -90,34 +95,22 @@ def assert_demo_serves_tile_budget(model_dir: Path, tiles: int) -> None:
     finally:
         demo.kill()
         demo.wait(timeout=60)
-    assert line.startswith("[demo] loaded") and line.rstrip().endswith(f"tile budget {tiles})"), line
-    spec = importlib.util.spec_from_file_location("foodie_demo_app_for_convert", REPO / "demo/app.py")
-    app = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = app
-    spec.loader.exec_module(app)
-    backend = load_backend(model_dir, backend="auto")  # as the command loads it: no --max-tiles anywhere
-    assert backend.max_tiles == tiles
-    page = app.build_demo([app.ModelSlot("model", model_dir.name, backend, ModelSpec.from_checkpoint(model_dir))], {})
-    assert next(b.value for b in page.blocks.values() if isinstance(b, gr.Slider) and b.elem_id == "max-tiles") == tiles
+    return line
 
 
 # --------------------------------------------------------------------------- the trained tiny model
 
-def test_command_converts_latest_and_verifies(run_env, tmp_path):
+def test_command_converts_latest_and_verifies(run_env, merged_by_command):
     """The tool's command line: `latest` picks iter_2, the merged folder is complete, verified (max
-    difference printed), loads with AutoModel, chats, and passes the publish tool's checks."""
-    from transformers import AutoModel, AutoTokenizer
+    difference printed), served by the demo at the tile budget it trained with, and passes the publish checks."""
+    from mmengine.config import Config
 
-    from foodie.image_tiling import load_image
     from foodie.publish import check_checkpoint
 
-    out = tmp_path / "InternVL2-tiny-foodie"
-    done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), "latest", str(out), "--no-progress"],
-                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"checkpoint {run_env / 'iter_2.pth'}" in done.stdout
-    assert "max |logits(merged) - logits(base+LoRA, unmerged)| = " in done.stdout
-    assert leftovers(tmp_path) == []
+    out, stdout = merged_by_command
+    assert f"checkpoint {run_env / 'iter_2.pth'}" in stdout
+    assert "max |logits(merged) - logits(base+LoRA, unmerged)| = " in stdout
+    assert leftovers(out.parent) == []
 
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json",
@@ -125,16 +118,14 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
             "configuration_internvl_chat.py", "conversation.py", PROVENANCE_FILE} <= names
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "internvl_chat" and config["torch_dtype"] == "bfloat16"
-    # The tile budget the run trained with (the CPU config: 1; the base says 12) is the merged model's own,
-    # so the demo and evaluation serve it as trained without a flag.
-    from mmengine.config import Config
-
-    from foodie.inference import load_backend
+    # The tile budget the run trained with (the CPU config: 1; the base says 12) is the merged model's own, so
+    # `python demo/app.py --model <merged>` serves it as trained without a flag (the page's control starts at the
+    # checkpoint's budget: tests/test_demo_e2e.py; evaluation's backend: the pipeline test below).
     trained_tiles = Config.fromfile(str(CPU_CONFIG)).max_dynamic_patch
     base_tiles = json.loads((Path(os.environ["FOODIE_MODEL"]) / "config.json").read_text())["max_dynamic_patch"]
     assert config["max_dynamic_patch"] == trained_tiles != base_tiles
-    assert load_backend(out, backend="transformers").max_tiles == trained_tiles  # what evaluation loads
-    assert_demo_serves_tile_budget(out, trained_tiles)
+    line = demo_line(out)
+    assert line.startswith("[demo] loaded") and line.rstrip().endswith(f"tile budget {trained_tiles})"), line
     base = Path(os.environ["FOODIE_MODEL"])
     for code in base.glob("*.py"):  # the checkpoint's own remote code (the embedded model's: OpenGVLab's)
         assert (out / code.name).read_bytes() == code.read_bytes(), code.name
@@ -150,13 +141,6 @@ def test_command_converts_latest_and_verifies(run_env, tmp_path):
     assert note["data"]["synthetic"] is True and note["data"]["train_questions"] > 0 and note["data"]["held_out"] > 0
     v = note["verification"]
     assert v["max_abs_logit_diff"] <= v["tolerance"] < v["lora_effect"]  # the check could have failed
-
-    model = AutoModel.from_pretrained(out, torch_dtype=torch.float32, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-    pixel_values = load_image(probe_image(), input_size=model.config.force_image_size, max_num=1)
-    answer = model.chat(tokenizer, pixel_values, "<image>\n这是什么菜？",
-                        dict(max_new_tokens=6, do_sample=False))
-    assert isinstance(answer, str) and answer
 
 
 def test_merged_float32_sharded_equals_xtuner_model_with_lora(run_env, tmp_path):
@@ -291,21 +275,22 @@ def test_half_written_checkpoints(run_env, tmp_path, monkeypatch):
     """A truncated iter_N.pth is refused by name; `latest` skips it for the newest complete one."""
     import shutil
 
+    from foodie.merge import read_run, resolve_checkpoint
+
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(run_env / "iter_1.pth", work / "iter_1.pth")
     data = (run_env / "iter_2.pth").read_bytes()
     (work / "iter_2.pth").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    with pytest.raises(ConvertError, match=r"iter_2.pth is half-written .*newest complete checkpoint there is "
-                                           r".*iter_1.pth"):
+    with pytest.raises(ConvertError, match=r"iter_2.pth is half-written or damaged .*newest complete checkpoint "
+                                           r"there is .*iter_1.pth"):
         convert(CPU_CONFIG, work / "iter_2.pth", out)
     assert not out.exists()
 
-    monkeypatch.setenv("FOODIE_WORK_DIR", str(work))
-    result = convert(CPU_CONFIG, "latest", out, verify=False)
-    assert result.checkpoint == work / "iter_1.pth"
+    assert resolve_checkpoint("latest", read_run(CPU_CONFIG, work)) == work / "iter_1.pth"
 
+    monkeypatch.setenv("FOODIE_WORK_DIR", str(work))
     (work / "iter_1.pth").unlink()
     with pytest.raises(ConvertError, match=r"CHECKPOINT=latest: no complete checkpoint .*only incomplete ones \(iter_2.pth\)"):
         convert(CPU_CONFIG, "latest", tmp_path / "out2")
@@ -363,13 +348,14 @@ def test_save_dir_rules_and_failed_verification_leave_everything_as_it_was(run_e
     assert leftovers(tmp_path) == []
 
 
-def test_command_line_error_exit_code(run_env, tmp_path):
-    done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), str(tmp_path / "iter_9.pth"),
-                           str(tmp_path / "out")], cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 1
-    assert f"ERROR: checkpoint not found: {tmp_path / 'iter_9.pth'}" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_command_line_error_exit_code(run_env, tmp_path, capsys, monkeypatch):
+    """Bad input: one clear line (exit 1, no traceback) from the tool's main (as `foodie convert ARGS` runs it)."""
+    from foodie import cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the stage runner renames the program
+    assert cli.main(["convert", str(CPU_CONFIG), str(tmp_path / "iter_9.pth"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"ERROR: checkpoint not found: {tmp_path / 'iter_9.pth'}" in err and "Traceback" not in err
     with pytest.raises(ConvertError, match=r"--max-shard-size '2 gigs': expected a size like 2GB"):
         convert(CPU_CONFIG, "latest", tmp_path / "out", max_shard_size="2 gigs")  # before any loading
 
@@ -435,11 +421,14 @@ def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, t
     assert json.loads((out / PROVENANCE_FILE).read_text())["checkpoint"].endswith("iter_2.pth")
 
 
-def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run_env, tmp_path):
+def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run_env, merged_by_command, tmp_path):
     """The whole course on the embedded checkpoint, which carries OpenGVLab's modeling files: the run trained
-    above (data converted as tools/process_food.py does, tools/train.py) merges with verification, keeps the official files, is scored by
-    tools/eval_food.py, answers through the demo's backend (streamed and batched alike) and passes the publish
-    dry run."""
+    above (data converted as tools/process_food.py does, tools/train.py), merged by the command line, is scored by
+    tools/eval_food.py, answers through the demo's backend (streamed and batched alike, at the trained tile budget)
+    and passes the publish dry run."""
+    import shutil
+
+    from mmengine.config import Config
     from rich.console import Console
 
     from foodie.inference import GenerationParams, Message, load_backend
@@ -447,11 +436,7 @@ def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run
 
     base = Path(os.environ["FOODIE_MODEL"])
     assert "resolve_attn_implementation" not in (base / "modeling_internlm2.py").read_text()  # not ours
-    out = tmp_path / "InternVL2-tiny-foodie"
-    result = convert(CPU_CONFIG, "latest", out)
-    assert result.verification["max_abs_logit_diff"] <= result.verification["tolerance"]
-    assert (out / "modeling_intern_vit.py").read_bytes() == (base / "modeling_intern_vit.py").read_bytes()
-
+    out = merged_by_command[0]
     foodieqa = Path(os.environ["FOODIE_DATA"]).parent / "foodieqa"
     evaluated = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(out),
                                 "--label", "tuned", "--data-root", str(foodieqa), "--out", str(tmp_path / "eval"),
@@ -460,12 +445,14 @@ def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"]
 
-    backend = load_backend(out, backend="transformers")  # what demo/app.py serves on a CPU
+    backend = load_backend(out, backend="transformers")  # what demo/app.py serves on a CPU, and evaluation loads
+    assert backend.max_tiles == Config.fromfile(str(CPU_CONFIG)).max_dynamic_patch
     assert type(backend.model.vision_model).__module__.endswith(f"{out.name}.modeling_intern_vit")
     request = [Message("user", "这是什么菜？", images=[probe_image()])]
     params = GenerationParams(max_new_tokens=6)
     assert "".join(backend.stream(request, params)) == backend.generate([request], params)[0]
 
-    published = publish(out, "me/InternVL2-tiny-foodie", "hf", dry_run=True,
+    mine = Path(shutil.copytree(out, tmp_path / out.name))  # the dry run writes the card into the folder
+    published = publish(mine, "me/InternVL2-tiny-foodie", "hf", dry_run=True,
                         eval_report=tmp_path / "eval" / "report.md", console=Console(file=open(os.devnull, "w")))
     assert published.url is None and "modeling_internlm2.py" in {f.path for f in published.files}

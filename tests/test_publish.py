@@ -128,8 +128,24 @@ def run_cli(*args: str, env_extra: dict | None = None, cwd: Path = REPO_ROOT) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "MODELSCOPE"))}
     env.update({"COLUMNS": "200", "HF_HUB_DISABLE_TELEMETRY": "1"})
     env.update(env_extra or {})
+    # a test's own PYTHONPATH (a stand-in package) first, then this checkout's foodie
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO_ROOT)]))
     return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "publish.py"), *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def publish_cmd(capsys, monkeypatch):
+    """tools/publish.py's main run in this process (as `foodie publish ARGS`): exit code, stdout, stderr."""
+    from foodie import cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the stage runner renames the program
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = cli.main(["publish", *map(str, args)])
+        return subprocess.CompletedProcess(args, code, *capsys.readouterr())
+    return run
 
 
 def quiet() -> Console:
@@ -307,26 +323,26 @@ def test_card_names_the_base_the_weights_came_from_never_a_2b_guess(tmp_path):
 
 
 @pytest.mark.parametrize("repo_id", ["tester/foodie-2b", "tester/internvl2-foodie"])
-def test_name_without_InternVL_is_refused(tmp_path, repo_id):
+def test_name_without_InternVL_is_refused(publish_cmd, tmp_path, repo_id):
     model = make_checkpoint(tmp_path / "merged")
-    proc = run_cli("--model", str(model), "--repo-id", repo_id, "--hub", "hf", "--dry-run", ACK_FLAG)
+    proc = publish_cmd("--model", str(model), "--repo-id", repo_id, "--hub", "hf", "--dry-run", ACK_FLAG)
     assert proc.returncode == 2
     assert '"InternVL"' in proc.stderr and "course requires" in proc.stderr
     assert not (model / CARD_FILE).exists()
 
 
-def test_foodieqa_model_needs_the_licence_acknowledgement(tmp_path):
+def test_foodieqa_model_needs_the_licence_acknowledgement(publish_cmd, tmp_path):
     model = make_checkpoint(tmp_path / "merged")
-    proc = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    proc = publish_cmd("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
     assert proc.returncode == 2
     assert "CC BY-NC-ND 4.0" in proc.stderr and ACK_FLAG in proc.stderr and "NonCommercial" in proc.stderr
     assert not (model / CARD_FILE).exists()
-    ok = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run", ACK_FLAG)
+    ok = publish_cmd("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run", ACK_FLAG)
     assert ok.returncode == 0, ok.stderr
     assert (model / CARD_FILE).exists()
 
 
-def test_foodieqa_trained_model_card_states_the_terms_and_own_photos_need_no_flag(tmp_path):
+def test_foodieqa_trained_model_card_states_the_terms_and_own_photos_need_no_flag(publish_cmd, tmp_path):
     """The provenance process_food -> train -> merge records (foodie.terms.describe_source) decides: a model
     trained on FoodieQA is refused without the acknowledgement and its card lists the terms it inherits; a model
     trained on the publisher's own photos publishes without it."""
@@ -336,7 +352,7 @@ def test_foodieqa_trained_model_card_states_the_terms_and_own_photos_need_no_fla
     data.mkdir()
     foodie_data = {**describe_source(data, terms_accepted=True), "train_questions": 200, "held_out": 56}
     model = make_checkpoint(tmp_path / "foodie", provenance={**PROVENANCE, "data": foodie_data})
-    refused = run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    refused = publish_cmd("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
     assert refused.returncode == 2 and ACK_FLAG == "--accept-foodieqa-terms" and ACK_FLAG in refused.stderr
     assert "EVALUATION ONLY" in refused.stderr and "authors' permission" in refused.stderr
     assert not (model / CARD_FILE).exists()
@@ -346,13 +362,13 @@ def test_foodieqa_trained_model_card_states_the_terms_and_own_photos_need_no_fla
     assert meta["license"] == "cc-by-nc-nd-4.0" and meta["datasets"] == ["lyan62/FoodieQA"]
     assert "Training data: FoodieQA" in card and "inherits the non-commercial terms" in card
     assert all(t in card for t in TERMS_EN + TERMS_ZH)
-    assert run_cli("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run",
-                   "--i-accept-foodieqa-license").returncode == 0  # the earlier flag still works
+    assert publish_cmd("--model", str(model), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run",
+                       "--i-accept-foodieqa-license").returncode == 0  # the earlier flag still works
 
     own = {"kind": "own-photos", "name": "own photos (tools/photos_to_foodieqa.py)", "synthetic": False,
            "source": "/home/me/photos", "photos": 120, "dishes": 12}
     mine = make_checkpoint(tmp_path / "mine", provenance={**PROVENANCE, "data": own})
-    ok = run_cli("--model", str(mine), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
+    ok = publish_cmd("--model", str(mine), "--repo-id", REPO_ID, "--hub", "hf", "--dry-run")
     assert ok.returncode == 0, ok.stderr
     card = (mine / CARD_FILE).read_text(encoding="utf-8")
     meta = yaml.safe_load(card.split("---\n")[1])
