@@ -187,9 +187,11 @@ def run_training(plan: TrainPlan, *, build_inputs: bool = True) -> Path:
                 if ERROR_LINE.match(line):
                     errors = (errors + [line.rstrip()])[-200:]
             rc = proc.wait()
-        except BaseException:  # Ctrl-C, SIGTERM: the guard ends the trainer's whole group
+        except BaseException:  # Ctrl-C, SIGTERM: the guard ends the trainer's whole group; wait for it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
             raise
     (plan.work_dir / TRAINER_PID_FILE).unlink(missing_ok=True)
 

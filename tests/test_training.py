@@ -19,6 +19,8 @@ import pytest
 import torch
 
 from foodie.checkpoints import AtomicCheckpointHook, checkpoint_iter, is_complete_checkpoint, latest_complete_checkpoint
+from foodie.process_guard import group_commands
+from foodie.training import TRAINER_PID_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO / "xtuner_configs" / "internvl_v2_tiny_lora_cpu.py"
@@ -46,18 +48,15 @@ def train_env(tiny_model_dir, food_data, work_dir) -> dict:
     return env
 
 
-def launch(env, *args, config=CPU_CONFIG, iters=None, interval=None, **popen):
-    """tools/train.py with optional iteration overrides; returns (Popen, command)."""
-    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(config), *args]
-    opts = []
-    if iters is not None:
-        opts += [f"train_cfg.max_iters={iters}", f"param_scheduler.1.end={iters}"]
-    if interval is not None:
-        opts += [f"default_hooks.checkpoint.interval={interval}"]
-    if opts:
-        cmd += ["--", "--cfg-options", *opts]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **popen)
+SHORT_RUN = ["--", "--cfg-options", "train_cfg.max_iters=12", "param_scheduler.1.end=12",
+             "default_hooks.checkpoint.interval=2"]
+
+
+def launch(env, *args):
+    """tools/train.py in its own process (for a run that is killed)."""
+    return subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), "--config", str(CPU_CONFIG), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(proc, timeout=600) -> str:
@@ -65,16 +64,24 @@ def finish(proc, timeout=600) -> str:
     return out
 
 
+def train_here(run_tool, monkeypatch, env, *args, config=CPU_CONFIG):
+    """tools/train.py run in this process (no interpreter start-up); returns (exit code, stdout + stderr)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = run_tool("tools/train.py", "--config", config, *args)
+    return r.returncode, r.stdout + r.stderr
+
+
 # --------------------------------------------------------------------------- end to end
 
-def test_failed_training_is_reported(tiny_model_dir, food_data, tmp_path):
+def test_failed_training_is_reported(tiny_model_dir, food_data, tmp_path, run_tool, monkeypatch):
     """xtuner exits 0 when training crashes; the launcher must not: non-zero exit, the reason, the log."""
     work = tmp_path / "broken"
     env = train_env(tiny_model_dir, food_data, work)
     # A crash inside `xtuner train` (the LoRA config is rejected while the model is built).
-    proc = launch(env, "--", "--cfg-options", "model.llm_lora.target_modules=[no_such_layer]")
-    out = finish(proc)
-    assert proc.returncode == 1, out[-3000:]
+    code, out = train_here(run_tool, monkeypatch, env, "--", "--cfg-options",
+                           "model.llm_lora.target_modules=[no_such_layer]")
+    assert code == 1, out[-3000:]
     assert "training failed" in out and "traceback" in out and "no new complete checkpoint" in out
     assert "full log: " + str(work) in out
     log = next(work.glob("train-*.log"))
@@ -83,9 +90,8 @@ def test_failed_training_is_reported(tiny_model_dir, food_data, tmp_path):
     # A config that cannot be read: clear error naming the file, before anything runs.
     bad = tmp_path / "bad_config.py"
     bad.write_text("model = dict(type=\n")
-    proc = launch(env, config=bad)
-    out = finish(proc)
-    assert proc.returncode == 1 and f"cannot read config {bad}" in out
+    code, out = train_here(run_tool, monkeypatch, env, config=bad)
+    assert code == 1 and f"cannot read config {bad}" in out
 
 
 def _wait_for(path_fn, proc, timeout):
@@ -99,7 +105,8 @@ def _wait_for(path_fn, proc, timeout):
     return False
 
 
-def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, food_data, tmp_path):
+def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, food_data, tmp_path, run_tool,
+                                                               monkeypatch):
     """SIGKILL mid-run, leave behind what an interrupted save leaves (a truncated newer checkpoint that
     last_checkpoint names, a partial temp folder), then --resume: it must pick the newest *complete*
     checkpoint, continue from its iteration and end at the planned final iteration. The launcher shows the
@@ -107,11 +114,16 @@ def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, f
     convert step merges) and no frozen weights. (One run serves both: each tiny training costs a start-up.)"""
     work = tmp_path / "killed"
     env = train_env(tiny_model_dir, food_data, work)
-    proc = launch(env, iters=12, interval=2)
+    proc = launch(env, *SHORT_RUN)
     assert _wait_for(lambda: (work / "iter_2.pth").exists(), proc, timeout=300), finish(proc)[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (work / "iter_12.pth").exists()
+    trainer = int((work / TRAINER_PID_FILE).read_text())
+    deadline = time.time() + 60
+    while group_commands(trainer) and time.time() < deadline:  # the guard ends the trainer (10 s grace at most)
+        time.sleep(0.2)
+    assert not group_commands(trainer)
 
     newest = latest_complete_checkpoint(work)
     assert newest is not None and checkpoint_iter(newest) < 12
@@ -123,9 +135,8 @@ def test_resume_after_sigkill_reaches_the_same_final_iteration(tiny_model_dir, f
     (work / ".iter_99.pth.partial").mkdir()
     assert not is_complete_checkpoint(truncated)
 
-    proc = launch(env, "--resume", iters=12, interval=2)
-    out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = train_here(run_tool, monkeypatch, env, "--resume", *SHORT_RUN)
+    assert code == 0, out[-3000:]
     assert f"skipping incomplete checkpoint {truncated}" in out
     assert f"resuming from {newest}" in out
     assert f"resume=True load_from={newest}" in out  # passed explicitly, last_checkpoint is not trusted

@@ -137,13 +137,9 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-               dist_cfg=dict(backend="nccl"))
-
-visualizer = None
-log_level = "INFO"
-load_from = None
-resume = False
+# MMEngine's defaults otherwise: fork workers, INFO log, scalars in <work_dir>/<time>/vis_data, no resume
+# (tools/train.py passes resume=True load_from=<the newest complete checkpoint>).
+env_cfg = dict(dist_cfg=dict(backend="nccl"))
 randomness = dict(seed=seed, deterministic=False)
 log_processor = dict(by_epoch=False)
 
