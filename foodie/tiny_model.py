@@ -303,14 +303,6 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
     return out
 
 
-def tiny_model_is_current(folder, seed: int = 0) -> bool:
-    """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
-    try:
-        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == recipe(seed)
-    except (OSError, ValueError):
-        return False
-
-
 def _outdated(folder: Path, recipe_file: str, generator: str, version: int) -> bool:
     """Missing, or written by an older version of `generator`; a folder of another seed or settings (the user's
     choice) and any folder not written by it are kept."""

@@ -10,7 +10,15 @@ import pytest
 
 from foodie import tiny_model
 from foodie.tiny_model import (OFFICIAL_FILES, RECIPE_FILE, REMOTE_CODE_DIR, REMOTE_CODE_FILES, parameter_shapes,
-                               tiny_model_is_current, write_checkpoint, xtuner_package_dir)
+                               write_checkpoint, xtuner_package_dir)
+
+
+def tiny_model_is_current(folder, seed: int = 0) -> bool:
+    """True when `folder` holds the tiny model this code would write for `seed` (its recipe file matches)."""
+    try:
+        return json.loads((Path(folder) / RECIPE_FILE).read_text(encoding='utf-8')) == tiny_model.recipe(seed)
+    except (OSError, ValueError):
+        return False
 
 
 def file_hashes(folder: Path) -> dict:
