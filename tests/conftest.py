@@ -34,6 +34,39 @@ def small_foodieqa_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='session')
+def xtuner_data(small_foodieqa_dir, tmp_path_factory):
+    """small_foodieqa_dir converted for XTuner (foodie.data_conversion, images not checked). Read-only."""
+    from foodie.data_conversion import ConversionOptions, convert_foodieqa
+
+    out = tmp_path_factory.mktemp('xtuner') / 'xtuner'
+    convert_foodieqa(small_foodieqa_dir, out, ConversionOptions(check_images=False))
+    return out
+
+
+@pytest.fixture(scope='session')
+def finished_run(tiny_model_dir, xtuner_data, tmp_path_factory):
+    """The work dir of a real 2-iteration CPU training run (tools/train.py on xtuner_data, no warm-up: two steps at
+    the full lr change the model) that finished: iter_1.pth, iter_2.pth. Shared by the merge and hostile-user
+    tests (one training per session). Read-only for tests: copy what a test must change."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    work = tmp_path_factory.mktemp('run') / 'work'
+    env = dict(os.environ, FOODIE_MODEL=str(tiny_model_dir), FOODIE_DATA=str(xtuner_data), FOODIE_WORK_DIR=str(work),
+               OMP_NUM_THREADS='1', PYTHONPATH=str(repo))
+    config = repo / 'xtuner_configs/internvl_v2_tiny_lora_cpu.py'
+    cmd = [sys.executable, str(repo / 'tools/train.py'), '--config', str(config), '--', '--cfg-options',
+           'train_cfg.max_iters=2', 'param_scheduler.0.start_factor=1.0', 'param_scheduler.1.end=2',
+           'default_hooks.checkpoint.interval=1']
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work
+
+
 @pytest.fixture
 def run_tool(capsys):
     """``run_tool("tools/x.py", *args)`` runs the tool as ``python tools/x.py ARGS`` does (its ``__main__`` block), in

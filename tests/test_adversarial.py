@@ -319,28 +319,6 @@ def _env_for(tiny_model_dir, xtuner_data, work) -> dict:
                 FOODIE_WORK_DIR=str(work), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
-@pytest.fixture(scope="module")
-def xtuner_data(small_foodieqa_dir, tmp_path_factory):
-    from foodie.data_conversion import ConversionOptions, convert_foodieqa
-
-    out = tmp_path_factory.mktemp("xtuner") / "xtuner"
-    convert_foodieqa(small_foodieqa_dir, out, ConversionOptions(check_images=False))
-    return out
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_dir, xtuner_data, tmp_path_factory):
-    """A real 2-iteration CPU training run that finished (iter_1.pth, iter_2.pth)."""
-    work = tmp_path_factory.mktemp("run") / "work"
-    cmd = [sys.executable, str(REPO / "tools/train.py"), "--config", str(CPU_CONFIG), "--", "--cfg-options",
-           "train_cfg.max_iters=2", "param_scheduler.0.start_factor=1.0", "param_scheduler.1.end=2",
-           "default_hooks.checkpoint.interval=1"]
-    done = subprocess.run(cmd, cwd=REPO, env=_env_for(tiny_model_dir, xtuner_data, work), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return work
-
-
 def _trainer_group(work: Path, launcher: subprocess.Popen, marker: str, timeout: float = 300) -> int:
     """The process group of the trainer the launcher started, once a process whose command line holds
     ``marker`` (XTuner's own train.py, started by the xtuner CLI) runs in it."""

@@ -1,7 +1,8 @@
 """tools/convert_to_official.py / foodie.merge: a trained run becomes a verified official InternVL2 folder.
 
-One real CPU training run of the embedded tiny model (tools/train.py, 2 iterations, a checkpoint after
-each) is shared by the module; conversions run in-process except one through the command line.
+One real CPU training run of the embedded tiny model (conftest's finished_run: tools/train.py, 2 iterations, a
+checkpoint after each) is shared with tests/test_adversarial.py; one conversion runs through the command line
+(shared by the module), the others in-process.
 """
 from __future__ import annotations
 
@@ -25,48 +26,24 @@ PUBLISH_KEYS = {"base_model", "base_model_path", "config", "config_summary", "ch
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def food_data(tmp_path_factory):
-    from foodie.data_conversion import ConversionOptions, convert_foodieqa
-    from foodie.synthetic_data import make_demo_data
-
-    root = tmp_path_factory.mktemp("food")
-    make_demo_data(root / "foodieqa")
-    convert_foodieqa(root / "foodieqa", root / "xtuner", ConversionOptions(check_images=False))
-    return root / "xtuner"
-
-
-def _env(tiny_model_dir, food_data, work_dir) -> dict:
-    return {"FOODIE_MODEL": str(tiny_model_dir), "FOODIE_DATA": str(food_data), "FOODIE_WORK_DIR": str(work_dir)}
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, food_data, tmp_path_factory):
-    """The work dir of a real 2-iteration CPU training run (iter_1.pth, iter_2.pth)."""
-    work = tmp_path_factory.mktemp("run") / "work"
-    env = dict(os.environ, OMP_NUM_THREADS="1", **_env(tiny_model_dir, food_data, work))
-    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(CPU_CONFIG), "--", "--cfg-options",
-           "train_cfg.max_iters=2", "param_scheduler.0.start_factor=1.0", "param_scheduler.1.end=2",
-           "default_hooks.checkpoint.interval=1"]  # no warm-up: two steps at the full lr change the model
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (work / "iter_2.pth").is_file() and (work / "iter_1.pth").is_file()
-    return work
+def _env(tiny_model_dir, xtuner_data, work_dir) -> dict:
+    return {"FOODIE_MODEL": str(tiny_model_dir), "FOODIE_DATA": str(xtuner_data), "FOODIE_WORK_DIR": str(work_dir)}
 
 
 @pytest.fixture
-def run_env(monkeypatch, tiny_model_dir, food_data, trained_run):
-    """The environment the configs read (FOODIE_MODEL, FOODIE_DATA, FOODIE_WORK_DIR) set for the run."""
-    for k, v in _env(tiny_model_dir, food_data, trained_run).items():
+def run_env(monkeypatch, tiny_model_dir, xtuner_data, finished_run):
+    """The environment the configs read (FOODIE_MODEL, FOODIE_DATA, FOODIE_WORK_DIR) set for conftest's shared
+    training run (2 iterations, a checkpoint after each)."""
+    for k, v in _env(tiny_model_dir, xtuner_data, finished_run).items():
         monkeypatch.setenv(k, v)
-    return trained_run
+    return finished_run
 
 
 @pytest.fixture(scope="module")
-def merged_by_command(tiny_model_dir, food_data, trained_run, tmp_path_factory):
+def merged_by_command(tiny_model_dir, xtuner_data, finished_run, tmp_path_factory):
     """The tool's command line run once on the trained run: (SAVE_DIR, its output)."""
     out = tmp_path_factory.mktemp("cli") / "InternVL2-tiny-foodie"
-    env = dict(os.environ, **_env(tiny_model_dir, food_data, trained_run))
+    env = dict(os.environ, **_env(tiny_model_dir, xtuner_data, finished_run))
     done = subprocess.run([sys.executable, str(TOOL), str(CPU_CONFIG), "latest", str(out), "--no-progress"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -389,7 +366,7 @@ DS_ZERO2_CPU = {  # XTuner's deepspeed_zero2 without the "auto" dtypes it resolv
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, tmp_path, monkeypatch):
+def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, xtuner_data, tmp_path, monkeypatch):
     """A real DeepSpeed ZeRO-2 run on CPU (one gloo process) saves iter_N.pth as a folder of shards; the
     converter reads its fp32 master weights and the result verifies against the unmerged model."""
     import socket
@@ -402,7 +379,7 @@ def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, t
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-               **_env(tiny_model_dir, food_data, work))
+               **_env(tiny_model_dir, xtuner_data, work))
     cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--config", str(CPU_CONFIG), "--deepspeed",
            str(ds_config), "--", "--cfg-options", "train_cfg.max_iters=2", "param_scheduler.0.start_factor=1.0",
            "param_scheduler.1.end=2", "default_hooks.checkpoint.interval=2"]
@@ -411,7 +388,7 @@ def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, t
     folder = work / "iter_2.pth"
     assert folder.is_dir() and (folder / "mp_rank_00_model_states.pt").is_file()
 
-    for k, v in _env(tiny_model_dir, food_data, work).items():
+    for k, v in _env(tiny_model_dir, xtuner_data, work).items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "merged"
     result = convert(CPU_CONFIG, "latest", out)
@@ -421,7 +398,8 @@ def test_deepspeed_zero2_checkpoint_folder_converts(tiny_model_dir, food_data, t
     assert json.loads((out / PROVENANCE_FILE).read_text())["checkpoint"].endswith("iter_2.pth")
 
 
-def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run_env, merged_by_command, tmp_path):
+def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run_env, merged_by_command,
+                                                                            small_foodieqa_dir, tmp_path):
     """The whole course on the embedded checkpoint, which carries OpenGVLab's modeling files: the run trained
     above (data converted as tools/process_food.py does, tools/train.py), merged by the command line, is scored by
     tools/eval_food.py, answers through the demo's backend (streamed and batched alike, at the trained tile budget)
@@ -437,9 +415,8 @@ def test_official_code_pipeline_merged_folder_evaluates_serves_and_publishes(run
     base = Path(os.environ["FOODIE_MODEL"])
     assert "resolve_attn_implementation" not in (base / "modeling_internlm2.py").read_text()  # not ours
     out = merged_by_command[0]
-    foodieqa = Path(os.environ["FOODIE_DATA"]).parent / "foodieqa"
-    evaluated = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(out),
-                                "--label", "tuned", "--data-root", str(foodieqa), "--out", str(tmp_path / "eval"),
+    evaluated = subprocess.run([sys.executable, str(REPO / "tools" / "eval_food.py"), "--model", str(out), "--label",
+                                "tuned", "--data-root", str(small_foodieqa_dir), "--out", str(tmp_path / "eval"),
                                 "--tasks", "sivqa", "--limit", "2", "--backend", "transformers",
                                 "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
