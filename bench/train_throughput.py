@@ -89,7 +89,7 @@ VARIANTS = {
     "ours_ckpt13": ("", "model.update(activation_checkpointing=13)\n"),
     "ours_ckpt14": ("", "model.update(activation_checkpointing=14)\n"),
     "ours_ckpt15": ("", "model.update(activation_checkpointing=15)\n"),
-    # Ours with SDPA kept off cuDNN (PyTorch's flash kernel): cuDNN builds an execution plan per new shape.
+    # Ours with SDPA kept off cuDNN globally: since the swap chooses flash/efficient/math itself, the same as ours.
     "ours_flash_sdpa": ("", "__import__('torch').backends.cuda.enable_cudnn_sdp(False)  # parsed in the trainer\n"),
     # Ours without activation checkpointing in the LLM (memory check).
     "ours_no_ckpt": ("", "model.update(activation_checkpointing=False)\n"),

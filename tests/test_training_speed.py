@@ -136,6 +136,19 @@ def test_sdpa_swap_gives_the_official_eager_logits(eager_and_sdpa, padding):
     assert torch.allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
 
 
+def test_sdpa_swap_builds_no_square_mask_without_padding(eager_and_sdpa):
+    """The fused causal kernel needs no mask: none is built unless a token is padding (XTuner's InternLM2 file;
+    InternVL2-2B's own builds it in _prepare_decoder_attention_mask, swapped the same way)."""
+    eager, swapped = eager_and_sdpa
+    embeds, positions = torch.zeros(2, 7, 8), torch.arange(7)
+    padded = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    build = swapped.language_model.model._update_causal_mask
+    assert build(torch.ones(2, 7), embeds, positions, None, False) is None
+    assert build(None, embeds, positions, None, False) is None
+    assert build(padded, embeds, positions, None, False).shape == (2, 1, 7, 7)
+    assert eager.language_model.model._update_causal_mask(None, embeds, positions, None, False) is not None
+
+
 def test_sdpa_swap_gives_the_official_vision_features_and_generation(eager_and_sdpa):
     eager, swapped = eager_and_sdpa
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
