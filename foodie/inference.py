@@ -178,7 +178,9 @@ class TransformersBackend:
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, device: str = "auto",
                  dtype: str = "auto", image_workers: int | None = None):
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
+
+        from foodie.sdpa_attention import use_sdpa
 
         self.model_dir, self._torch = Path(model_dir), torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -187,13 +189,9 @@ class TransformersBackend:
         if not isinstance(self.dtype, torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True, use_fast=False)
-        config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
-        llm = getattr(config, "llm_config", None)
-        if llm is not None and not (getattr(llm, "attn_implementation", None) == "flash_attention_2"
-                                    and importlib.util.find_spec("flash_attn") is not None):
-            llm.attn_implementation = "sdpa"
-        self.model = AutoModel.from_pretrained(self.model_dir, config=config, trust_remote_code=True,
-                                               torch_dtype=self.dtype, low_cpu_mem_usage=True).eval().to(self.device)
+        self.model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=True, torch_dtype=self.dtype,
+                                               low_cpu_mem_usage=True).eval().to(self.device)
+        use_sdpa(self.model)  # its eager attention through SDPA: same logits (foodie/sdpa_attention.py)
         self.spec = with_budget(ModelSpec.from_checkpoint(self.model_dir), max_tiles)
         self.image_size, self.max_tiles = self.spec.tile_size, self.spec.max_tiles
         self.image_workers = image_workers or image_workers_for("cpu")

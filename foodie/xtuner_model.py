@@ -20,7 +20,8 @@ from xtuner.model import InternVL_V1_5
 from xtuner.model.utils import guess_load_checkpoint
 
 from foodie.model_spec import IMG_CONTEXT
-from foodie.train_speed import checkpoint_layers, register_fused_lora, use_sdpa
+from foodie.sdpa_attention import use_sdpa
+from foodie.train_speed import checkpoint_layers, register_fused_lora
 from foodie.train_speed import compile_elementwise as compile_elementwise_fn
 
 
@@ -48,7 +49,7 @@ def resolve_attn_implementation(attn_implementation: str = "auto") -> str:
 
 def load_internvl(model_path, dtype: torch.dtype, attn_implementation: str = "auto"):
     """(model, attention): the InternVL2 model run by the checkpoint's own remote code; ``"sdpa"`` swaps its eager
-    attention for SDPA on the loaded model (``foodie.train_speed.use_sdpa``: same parameters, same logits)."""
+    attention for SDPA on the loaded model (``foodie.sdpa_attention.use_sdpa``: same parameters, same logits)."""
     attn = resolve_attn_implementation(attn_implementation)
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
     config.llm_config.attn_implementation = "flash_attention_2" if attn == "flash_attention_2" else "eager"

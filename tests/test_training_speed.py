@@ -8,7 +8,7 @@ pytest.importorskip("xtuner")
 
 from peft import LoraConfig  # noqa: E402
 
-from foodie.train_speed import _llm_attention, use_sdpa  # noqa: E402
+from foodie.sdpa_attention import _llm_attention, use_sdpa  # noqa: E402
 from foodie.xtuner_model import FoodieInternVL, is_right_padded  # noqa: E402
 
 SLOW_PATH = dict(attn_implementation="eager", loss_on_labels_only=False, frozen_vit_without_grad=False,

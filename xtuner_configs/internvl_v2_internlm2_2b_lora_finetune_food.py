@@ -29,7 +29,7 @@ _paths = __import__("foodie.paths", fromlist=["work_dir"])  # work/ (or $FOODIE_
 path = _os.environ.get("FOODIE_MODEL", "OpenGVLab/InternVL2-2B")
 torch_dtype = "auto"  # bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU
 # The checkpoint's own code runs; its eager attention (OpenGVLab's files: eager or flash-attn) is swapped for
-# SDPA at load time: same parameters, same logits (foodie/train_speed.py use_sdpa).
+# SDPA at load time: same parameters, same logits (foodie/sdpa_attention.py).
 attn_implementation = "auto"  # flash_attention_2 with flash-attn on a GPU, else sdpa; "eager": no swap
 # Speed (docs/PERFORMANCE.md, measured on a checkpoint with OpenGVLab's files).
 # Activation checkpointing recomputes a layer's forward in backward; memory freed by computing logits only
