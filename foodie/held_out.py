@@ -26,7 +26,6 @@ def select(items: list, ids: set[str], manifest: str | os.PathLike, data_root, t
     """The items the manifest names, in file order; an id missing from the data is an error naming the fix."""
     missing = sorted(ids - {it.question_id for it in items})
     if missing:
-        raise ValueError(f"{manifest}: {len(missing)} {task} question id(s) not found in {data_root} "
-                         f"(e.g. {', '.join(missing[:5])}); was the manifest made from this data folder? "
-                         f"Re-run tools/process_food.py on it.")
+        raise ValueError(f"{manifest}: {len(missing)} {task} question id(s) not found in {data_root} (e.g. "
+                         f"{', '.join(missing[:5])}): re-run tools/process_food.py on this data folder.")
     return [it for it in items if it.question_id in ids]
