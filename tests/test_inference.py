@@ -17,7 +17,9 @@ GREEDY = GenerationParams(max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir):
-    return load_backend(tiny_model_dir, backend="transformers")
+    # float32 also on a GPU: the exact-equality checks below (batched = one at a time, = chat()) would see bf16
+    # flip near-tie tokens of the random-weight model (an H200 run in bf16 differed at the second answer).
+    return load_backend(tiny_model_dir, backend="transformers", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def chat_reference(backend, question, image=None, history=None):
         pixel_values = None
         if image is not None:
             pixel_values = load_image(image, input_size=backend.image_size,
-                                      max_num=model.config.max_dynamic_patch).to(backend.dtype)
+                                      max_num=model.config.max_dynamic_patch).to(model.device, backend.dtype)
         response = model.chat(backend.tokenizer, pixel_values, question, dict(max_new_tokens=GREEDY.max_new_tokens,
                                                                              do_sample=False), history=history)
     finally:
