@@ -54,7 +54,8 @@ class GenerationParams:
     max_tiles: int | None = None  # tile budget of a request (None: the backend's, i.e. the checkpoint's)
 
     def __post_init__(self):
-        if not (self.max_new_tokens >= 1 and self.repetition_penalty > 0 and (self.max_tiles or 1) >= 1
+        if not (self.max_new_tokens >= 1 and self.repetition_penalty > 0
+                and (self.max_tiles is None or self.max_tiles >= 1)
                 and (not self.do_sample or (self.temperature > 0 and 0 < self.top_p <= 1))):
             raise ValueError(f"max_new_tokens and max_tiles must be >= 1, repetition_penalty > 0 (1 = off), and "
                              f"sampling needs temperature > 0 and 0 < top_p <= 1; got {self}")
@@ -199,7 +200,8 @@ class TransformersBackend:
         self.sep = self._conversation.sep.strip()
         self.eos_token_id = self.tokenizer.convert_tokens_to_ids(self.sep)
         # A reply ends with the turn (<|im_end|>) or the text (</s>), as the checkpoint's generation_config says.
-        self.stop_token_ids = [i for i in dict.fromkeys((self.eos_token_id, self.tokenizer.eos_token_id)) if i]
+        ends = (self.eos_token_id, self.tokenizer.eos_token_id)
+        self.stop_token_ids = [i for i in dict.fromkeys(ends) if i is not None]
         self.img_context_token_id = self.model.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         self.vocab_limit = len(self.tokenizer)  # (slow tokenizers count their vocabulary on every len())
         if self.tokenizer.pad_token_id is None:
