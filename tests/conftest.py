@@ -72,6 +72,7 @@ def run_tool(capsys):
     """``run_tool("tools/x.py", *args)`` runs the tool as ``python tools/x.py ARGS`` does (its ``__main__`` block), in
     this process: no interpreter start-up or torch import per call. Returns (returncode, stdout, stderr) like
     subprocess.run; an exception escaping the tool (a traceback for the user) fails the test."""
+    import os
     import runpy
     import sys
     from pathlib import Path
@@ -81,6 +82,7 @@ def run_tool(capsys):
         path = Path(__file__).resolve().parent.parent / tool
         capsys.readouterr()
         argv, sys.argv = sys.argv, [str(path), *map(str, args)]
+        environ = dict(os.environ)  # a tool's environment changes end with it, as in its own process
         try:
             runpy.run_path(str(path), run_name="__main__")
             code = 0
@@ -88,6 +90,8 @@ def run_tool(capsys):
             code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         finally:
             sys.argv = argv
+            os.environ.clear()
+            os.environ.update(environ)
         out, err = capsys.readouterr()
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
