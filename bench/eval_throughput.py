@@ -18,7 +18,9 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
   pixel values ahead of the engine, large engine batches; ``:batch=N``, ``:prefill=TOKENS`` and
   ``:workers=N`` override its settings, ``:cache=PCT`` its KV-cache share of GPU memory, ``:gpus=N`` one
   replica per GPU (data parallel, ``foodie.inference.Replicas``), ``:replicas=N`` N replicas on the first
-  GPU (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips the engine-only rerun);
+  GPU, with ``:gpus=N`` on each (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips the engine-only
+  rerun, ``:dtype=16`` runs float16 instead of bfloat16, ``:cudnn=0`` keeps torch's SDPA off cuDNN in the variant's
+  process, ``:profile=N`` adds a kernel profile of the engine alone on N questions);
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -191,7 +193,8 @@ class GpuBusy:
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
-    keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine")
+    keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine", "dtype", "cudnn",
+            "profile")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
         raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
                          f"options: {', '.join(keys)}")
@@ -205,15 +208,20 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 
 
 def load_variant(args, name: str, settings: dict):
+    import torch
+
     from foodie.inference import LMDeployBackend, load_backend
+    dtype = {16: "float16"}.get(settings.get("dtype"), "bfloat16")
+    if not settings.get("cudnn", 1):  # this process only (an engine in a replica process keeps torch's choice)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if name == "transformers":
-        return load_backend(args.model, backend="transformers")
+        return load_backend(args.model, backend="transformers", dtype=dtype)
     if name == "lmdeploy-stock":  # LMDeploy's own image preprocessing, engine settings of 2026-11-26
         backend = LMDeployBackend(args.model, max_batch_size=16, max_prefill_tokens=4096)
         backend.prepares_images = False
         return backend
-    devices = list(range(settings["gpus"])) if "gpus" in settings else [0] * settings.get("replicas", 1)
-    return load_backend(args.model, backend="lmdeploy", devices=devices, max_batch_size=settings.get("batch"),
+    return load_backend(args.model, backend="lmdeploy", devices=list(range(settings.get("gpus", 1))), dtype=dtype,
+                        per_gpu=settings.get("replicas", 1), max_batch_size=settings.get("batch"),
                         max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"),
                         cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None)
 
@@ -282,6 +290,10 @@ def run_variant(args) -> dict:
         _, engine_s, engine_busy = timed_answers(backend, requests, params, batch)
         del backend._pixels
         result.update(engine_only_questions_per_s=round(len(requests) / engine_s, 3), engine_only_gpu_busy_pct=engine_busy)
+        if settings.get("profile"):  # the engine alone once more, on the first N questions, under torch.profiler
+            backend._pixels = prepared
+            result["kernel_profile"] = kernel_profile(backend, requests[: settings["profile"]], params)
+            del backend._pixels
         del ready
 
     ttft, full = [], []
@@ -308,6 +320,38 @@ def run_variant(args) -> dict:
     backend.close()
     gc.collect()
     return result
+
+
+KERNEL_KINDS = (  # by kernel name: torch's SDPA (the vision encoder), LMDeploy's Triton kernels (the LLM), ...
+    ("vision attention (torch SDPA: flash / cuDNN / efficient)", ("pytorch_flash", "flash_fwd", "cudnn", "fmha",
+                                                                  "efficient_attention", "sdpa")),
+    ("LLM attention and cache (LMDeploy Triton)", ("_fwd_kernel", "paged", "flash_prefill", "fill_kv", "decode")),
+    ("matrix products (cuBLAS / CUTLASS)", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
+    ("copies", ("memcpy", "copy")),
+)
+
+
+def kernel_profile(backend, requests, params) -> dict:
+    """GPU time by kernel over one pass of `requests` (every kernel of the process, all threads)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from foodie.inference import answer_all
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in answer_all(backend, requests, params, len(requests)):
+            pass
+    wall_ms = 1e3 * (time.perf_counter() - t0)
+    events = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+              if e.self_device_time_total > 0]
+    total = sum(ms for _, ms, _ in events)
+    kinds = dict.fromkeys([k for k, _ in KERNEL_KINDS] + ["other (norms, activations, elementwise)"], 0.0)
+    for key, ms, _ in events:
+        kind = next((k for k, marks in KERNEL_KINDS if any(m in key.lower() for m in marks)), None)
+        kinds[kind or "other (norms, activations, elementwise)"] += ms
+    top = sorted(events, key=lambda e: -e[1])[:25]
+    return dict(questions=len(requests), wall_ms=round(wall_ms, 1), kernel_ms=round(total, 1),
+                kinds_ms={k: round(v, 1) for k, v in kinds.items()},
+                top=[dict(kernel=k[:160], ms=round(ms, 2), calls=n) for k, ms, n in top])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +522,9 @@ def main() -> int:
             continue
         r = json.loads(lines[-1][len("RESULT "):])
         if env.get("bf16_peak_tflops"):
-            r["share_of_bf16_peak_pct"] = round(100 * r["questions_per_s"] * flops / 1e12 / env["bf16_peak_tflops"], 1)
+            gpus = parse_variant(spec)[1].get("gpus", 1)  # the share of the peak of the GPUs it ran on
+            r["share_of_bf16_peak_pct"] = round(100 * r["questions_per_s"] * flops / 1e12 / env["bf16_peak_tflops"]
+                                                / gpus, 1)
         results.append(r)
         print(f"## {spec}: {r['questions_per_s']:.2f} questions/s, done in {time.perf_counter() - t0:.0f} s "
               f"({time.perf_counter() - t_start:.0f} s in all)", flush=True)

@@ -157,7 +157,7 @@ def run_model(cfg: argparse.Namespace, model_dir: str, label: str, questions: Se
     start = time.perf_counter()
     if todo:
         chat = (load or load_backend)(model_dir, backend=backend, dtype=cfg.dtype, max_tiles=cfg.max_tiles,
-                                      devices="all")  # several GPUs: one replica each, questions dealt out
+                                      devices="all", per_gpu=cfg.replicas_per_gpu)  # questions dealt out
         loaded = time.perf_counter()
         try:
             requests = [[Message("user", q.prompt, images=[data_root / p for p in q.images])]
@@ -322,7 +322,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only N questions of each task, spread over its file (smoke runs)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help="answer length cap (default %(default)s, as the authors'; generation stops with the turn)")
-    p.add_argument("--dtype", default="auto", help="transformers backend: float32, bfloat16, float16 (default auto)")
+    p.add_argument("--dtype", default="auto", help="float32 (transformers only), bfloat16, float16 (default auto: "
+                   "bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--replicas-per-gpu", type=int, metavar="N", help="backends per GPU, each in its own process "
+                   "(default: 2 LMDeploy engines on a card of 48 GiB or more, else 1)")
     p.add_argument("--max-tiles", type=int, help="tile budget per question (default: the checkpoint's own)")
     p.add_argument("--skip-bad", action="store_true", help="drop FoodieQA items with problems instead of stopping")
     return p

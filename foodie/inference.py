@@ -327,15 +327,18 @@ class LMDeployBackend:
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
-                 image_workers: int | None = None):
+                 image_workers: int | None = None, dtype: str = "auto"):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
+        if dtype not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"dtype {dtype!r}: LMDeploy runs bfloat16 or float16 (auto: the checkpoint's); for "
+                             f"float32 use --backend transformers")
         self.model_dir = Path(model_dir)
         self.spec = with_budget(ModelSpec.from_checkpoint(model_dir), max_tiles)
         self.max_tiles = self.spec.max_tiles
         self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
                                                  cache_max_entry_count=cache_max_entry_count,
-                                                 max_prefill_token_num=max_prefill_tokens)
+                                                 max_prefill_token_num=max_prefill_tokens, dtype=dtype)
         self.pipe = pipeline(str(self.model_dir), backend_config=self.engine_config, log_level="ERROR",
                              chat_template_config=ChatTemplateConfig(self.spec.lmdeploy_template))
         self.loop = self.pipe.internal_thread.loop  # the PyTorch engine binds to the loop that first uses it
@@ -477,10 +480,21 @@ def resolve_backend(backend: str = "auto") -> str:
     return next(name for name, cls in BACKENDS.items() if cls.usable()) if backend == "auto" else backend
 
 
+def replicas_per_gpu(name: str) -> int:
+    """Backends per GPU for the evaluation: two LMDeploy engines on a card of 48 GiB or more (they fill each other's
+    gaps: on one H200 16.4 questions/s against 10.0 for one, docs/PERFORMANCE.md), else one."""
+    import torch
+    if name != "lmdeploy" or not torch.cuda.is_available():
+        return 1
+    smallest = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    return 2 if smallest >= 48 * 2 ** 30 else 1
+
+
 def load_backend(model_dir: str | os.PathLike, backend: str = "auto", devices: Sequence[int] | str | None = None,
-                 **options):
+                 per_gpu: int | None = None, **options):
     """An InternVL2 checkpoint behind the chat interface; ``options`` go to the backend where its ``__init__`` takes
-    them. ``devices``: GPU indices or 'all' (every visible GPU): two or more run one backend per entry."""
+    them. ``devices``: GPU indices or 'all' (every visible GPU), each running ``per_gpu`` backends (default 1;
+    with 'all': ``replicas_per_gpu``); two or more in all run as ``Replicas``."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json, not a model checkpoint folder. Pass the folder of an "
@@ -492,8 +506,11 @@ def load_backend(model_dir: str | os.PathLike, backend: str = "auto", devices: S
         raise RuntimeError(f"backend {name!r} needs {cls.needs}")
     if devices == "all":
         import torch
-        devices = list(range(torch.cuda.device_count()))
-    if devices is not None and len(devices) > 1:
+        devices, per_gpu = list(range(torch.cuda.device_count())), per_gpu or replicas_per_gpu(name)
+    devices = [d for d in devices or () for _ in range(per_gpu or 1)]
+    if len(devices) > 1:
+        if name == "lmdeploy" and options.get("cache_max_entry_count") is None:  # the KV cache share, split
+            options["cache_max_entry_count"] = 0.5 / (per_gpu or 1)
         return Replicas(model_dir, name, devices, **options)
     takes = inspect.signature(cls).parameters
     return cls(model_dir, **{k: v for k, v in options.items() if k in takes and v is not None})

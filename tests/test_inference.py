@@ -477,3 +477,29 @@ def test_a_third_backend_is_one_registry_entry(tiny_model_dir, monkeypatch):
     assert isinstance(echo, Echo) and echo.max_tiles == 3
     requests = [[Message("user", "a")], [Message("user", "b")]]
     assert list(inference.answer_all(echo, requests, GREEDY, batch_size=1)) == [([0], ["a"]), ([1], ["b"])]
+
+
+def test_per_gpu_replicas_split_the_lmdeploy_cache(tiny_model_dir, monkeypatch):
+    """``per_gpu`` backends on each listed GPU, each in a process of its own (Replicas); LMDeploy engines that share
+    a card split the KV-cache share one engine takes (half the free memory), unless it is given."""
+    from foodie import inference
+
+    class Engine:
+        name = "lmdeploy"
+        usable = staticmethod(lambda: True)
+
+        def __init__(self, model_dir, cache_max_entry_count=0.5):
+            self.cache_max_entry_count = cache_max_entry_count
+
+    monkeypatch.setattr(inference, "BACKENDS", {"lmdeploy": Engine})
+    replicas = load_backend(tiny_model_dir, backend="lmdeploy", devices=[0, 1], per_gpu=2)
+    given = load_backend(tiny_model_dir, backend="lmdeploy", devices=[0], per_gpu=3, cache_max_entry_count=0.3)
+    try:
+        assert replicas.devices == ["0", "0", "1", "1"] and replicas._options["cache_max_entry_count"] == 0.25
+        assert given.devices == ["0"] * 3 and given._options["cache_max_entry_count"] == 0.3
+    finally:
+        replicas.close()
+        given.close()
+    one = load_backend(tiny_model_dir, backend="lmdeploy", devices=[0])
+    assert isinstance(one, Engine) and one.cache_max_entry_count == 0.5
+    assert inference.replicas_per_gpu("transformers") == 1  # one process per GPU where engines do not overlap
