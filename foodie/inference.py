@@ -22,8 +22,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 from foodie.image_tiling import ImageLike, load_image, open_image
 from foodie.model_spec import IMG_CONTEXT, ModelSpec
-
-IMAGE_PLACEHOLDER = "<image>"
+from foodie.tasks import IMAGE_PLACEHOLDER
 
 
 @dataclass
@@ -54,11 +53,14 @@ class GenerationParams:
     max_tiles: int | None = None  # tile budget of a request (None: the backend's, i.e. the checkpoint's)
 
     def __post_init__(self):
-        if not (self.max_new_tokens >= 1 and self.repetition_penalty > 0
-                and (self.max_tiles is None or self.max_tiles >= 1)
-                and (not self.do_sample or (self.temperature > 0 and 0 < self.top_p <= 1))):
-            raise ValueError(f"max_new_tokens and max_tiles must be >= 1, repetition_penalty > 0 (1 = off), and "
-                             f"sampling needs temperature > 0 and 0 < top_p <= 1; got {self}")
+        broken = [rule for rule, holds in (
+            ("max_new_tokens must be >= 1", self.max_new_tokens >= 1),
+            ("max_tiles must be >= 1 (None: the backend's)", self.max_tiles is None or self.max_tiles >= 1),
+            ("repetition_penalty must be > 0 (1 = off)", self.repetition_penalty > 0),
+            ("sampling needs temperature > 0", not self.do_sample or self.temperature > 0),
+            ("sampling needs 0 < top_p <= 1", not self.do_sample or 0 < self.top_p <= 1)) if not holds]
+        if broken:
+            raise ValueError(f"{'; '.join(broken)}; got {self}")
 
 
 def _check_request(request: Request, backend=None) -> tuple[str | None, list[Message]]:

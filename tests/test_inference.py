@@ -201,8 +201,11 @@ def test_bad_requests_are_refused_clearly(backend, tmp_path):
         backend.generate([[Message("user", "a"), Message("assistant", "")]])
     with pytest.raises(ValueError, match="only user messages"):
         Message("assistant", "a", images=["x.jpg"])
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        GenerationParams(max_new_tokens=0)
+    for bad, rule in ((dict(max_new_tokens=0), "max_new_tokens must"), (dict(max_tiles=0), "max_tiles must"),
+                      (dict(do_sample=True, top_p=0), "top_p"), (dict(repetition_penalty=0), "repetition_penalty")):
+        with pytest.raises(ValueError, match=rule) as refused:  # names the rule broken, only that one
+            GenerationParams(**bad)
+        assert str(refused.value).count(" must ") + str(refused.value).count(" needs ") == 1
     with pytest.raises(Exception, match="missing.jpg"):
         backend.generate([[Message("user", "a", images=[tmp_path / "missing.jpg"])]])
     # A system message replaces the checkpoint's system prompt.
