@@ -534,16 +534,19 @@ def main() -> int:
     # answers we compare the first generated token (it follows the whole prompt, image tokens and prefill: a
     # different prompt or different pixels would change it), and we measure the floor: the first LMDeploy
     # variant against every other LMDeploy variant (same engine and weights, other batch compositions).
-    reference = next((r for r in results if r["backend"] == "transformers"), None)
+    def dtype(r):
+        return parse_variant(r["variant"])[1].get("dtype")
     first_lmdeploy = next((r for r in results if r["backend"] == "lmdeploy"), None)
-    for r in results:
+    for r in results:  # the reference: the transformers row of the same dtype
+        reference = next((t for t in results if t["backend"] == "transformers" and dtype(t) == dtype(r)), None)
         for other, key in ((reference, "transformers"), (first_lmdeploy, "first_lmdeploy")):
             if other is not None and r is not other:
                 r[f"vs_{key}"] = agreement(r["answers"], other["answers"])
 
     print()
     print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "
-          "| load s | max alloc GiB | vs transformers: same answer / first token | vs first LMDeploy row |")
+          "| load s | max alloc GiB | vs transformers (same dtype): same answer / first token "
+          "| vs first LMDeploy row |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def agree(a):
