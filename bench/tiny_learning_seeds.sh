@@ -6,6 +6,7 @@
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
 #   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=224 (tile side, px)  ITERS=2500  WARMUP=100
 #   STYLE=letter (process_food --style)  BIAS=False (attention biases, InternLM2Config bias)
+#   ROPE=1000000 (rope_theta)  HEADS=4 KV=2 (attention and key/value heads)  ACT=silu (hidden_act)
 #   PRETRAIN=0 (steps of bench/tiny_pretraining.py's text-only reading before saving)  DRILL=0.5 (its drill share)
 #   PT_LR=2e-3  PT_DEV=cpu (where the pre-training runs)  DATA=DIR (an existing make_demo_data folder to copy)
 # Training and evaluation run on the CPU (CUDA hidden), as the CPU config does, also on a GPU machine.
@@ -30,14 +31,14 @@ run_one() {
   mkdir -p "$w"
   (
     STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter BIAS=False
-    PRETRAIN=0 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA=
+    PRETRAIN=0 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA= ROPE=1000000 HEADS=4 KV=2 ACT=silu
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
     $PY -c "import sys, torch
 sys.path.insert(0, 'bench')
 import foodie.tiny_model as t
 t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH,
-                  bias=$BIAS)
+                  bias=$BIAS, rope_theta=$ROPE, num_attention_heads=$HEADS, num_key_value_heads=$KV, hidden_act='$ACT')
 t.TINY_VISION.update(image_size=$IMG)
 if $PRETRAIN:
     import tiny_pretraining as tp

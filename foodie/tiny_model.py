@@ -215,12 +215,22 @@ def config_json(config) -> dict:
 
 
 def build_empty_model(config, device='meta'):
-    """The model with parameters allocated on `device`, not initialised."""
+    """The model with parameters allocated on `device`, not initialised. Buffers are computed as the modeling code
+    computes them: the rotary frequencies (`inv_freq`) are not in a checkpoint, and left uninitialised (all but
+    zero: no positions at all) they made every model built here position-blind until 2026-11-30."""
+    from accelerate import init_empty_weights
+
     from foodie.remote_code.modeling_internvl_chat import InternVLChatModel
 
-    with torch.device('meta'):
+    with init_empty_weights(include_buffers=False):
         model = InternVLChatModel(config)
-    return model if str(device) == 'meta' else model.to_empty(device=device)
+    if str(device) == 'meta':
+        return model
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model = model.to_empty(device=device)
+    for name, b in buffers.items():
+        model.get_buffer(name).copy_(b)
+    return model
 
 
 def parameter_shapes(full_size: bool = True, vocab_size: int = TINY_VOCAB_SIZE) -> dict[str, tuple[int, ...]]:

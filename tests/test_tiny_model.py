@@ -186,6 +186,23 @@ def expected_internvl2_2b_shapes():
     return shapes
 
 
+def test_built_model_computes_what_the_saved_checkpoint_computes(tiny_model_dir):
+    """build_model (used by the benches and pre-training) must match the folder loaded the official way, buffers
+    such as the rotary frequencies included: they are not in the checkpoint (an uninitialised one once made every
+    in-memory model position-blind)."""
+    import torch
+    from transformers import AutoModel
+
+    built = tiny_model.build_model(0, dtype=torch.float32).language_model
+    for p in built.parameters():  # the checkpoint holds them in bfloat16
+        p.data = p.data.bfloat16().float()
+    loaded = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True,
+                                       torch_dtype=torch.float32).language_model
+    ids = torch.arange(3, 43)[None]
+    with torch.no_grad():
+        assert torch.allclose(built(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-5)
+
+
 def test_full_size_meta_model_matches_internvl2_2b():
     shapes = parameter_shapes(full_size=True)
     expected = expected_internvl2_2b_shapes()
