@@ -151,9 +151,10 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
     # A different tile budget changes what the model sees: asked again, and the backend gets it.
     seen = {}
     tiles = FakeBackend(guesser)
-    evaluate(eval_settings(**{**cfg.__dict__, "max_tiles": 2}), console=QUIET,
+    evaluate(eval_settings(**{**cfg.__dict__, "max_tiles": 2, "replicas_per_gpu": 3}), console=QUIET,
              load=lambda model_dir, **kw: seen.update(kw) or tiles)
     assert len(tiles.asked) == 40 and seen["max_tiles"] == 2
+    assert seen["devices"] == "all" and seen["per_gpu"] == 3  # every GPU, --replicas-per-gpu backends on each
     (model / "model.safetensors").write_bytes(b"other weights")
     changed = FakeBackend(guesser)
     evaluate(cfg, console=QUIET, load=loader({"m": changed}))
