@@ -510,9 +510,10 @@ def load_backend(model_dir: str | os.PathLike, backend: str = "auto", devices: S
         import torch
         devices, per_gpu = list(range(torch.cuda.device_count())), per_gpu or replicas_per_gpu(name)
     devices = [d for d in devices or () for _ in range(per_gpu or 1)]
-    if len(devices) > 1:
-        if name == "lmdeploy" and options.get("cache_max_entry_count") is None:  # the KV cache share, split
-            options["cache_max_entry_count"] = 0.5 / (per_gpu or 1)
-        return Replicas(model_dir, name, devices, **options)
     takes = inspect.signature(cls).parameters
+    if len(devices) > 1:
+        cache = takes.get("cache_max_entry_count")  # an engine's KV-cache share: engines sharing a card split it
+        if cache is not None and options.get("cache_max_entry_count") is None:
+            options["cache_max_entry_count"] = cache.default / (per_gpu or 1)
+        return Replicas(model_dir, name, devices, **options)
     return cls(model_dir, **{k: v for k, v in options.items() if k in takes and v is not None})
