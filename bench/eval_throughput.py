@@ -20,7 +20,9 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
   replica per GPU (data parallel, ``foodie.inference.Replicas``), ``:replicas=N`` N replicas on the first
   GPU, with ``:gpus=N`` on each (any variant: ``:questions=N`` asks fewer, ``:engine=0`` skips the engine-only
   rerun, ``:dtype=16`` runs float16 instead of bfloat16, ``:cudnn=0`` keeps torch's SDPA off cuDNN in the variant's
-  process, ``:profile=N`` adds a kernel profile of the engine alone on N questions);
+  process, ``:profile=N`` adds a kernel profile of the engine alone on N questions, ``:compile=1`` switches on
+  LMDeploy's own compiled vision encoder, ``:pin=1`` hands the engine pinned pixel values, ``:cudnnbench=1`` lets
+  cuDNN pick its fastest convolution);
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -194,7 +196,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
     keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine", "dtype", "cudnn",
-            "profile")
+            "profile", "compile", "pin", "cudnnbench")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
         raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
                          f"options: {', '.join(keys)}")
@@ -204,6 +206,10 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         if k not in keys or not v.isdigit():
             raise SystemExit(f"variant {spec!r}: options are {', '.join(k + '=N' for k in keys)}")
         settings[k] = int(v)
+    if settings.get("dtype", 16) != 16:
+        raise SystemExit(f"variant {spec!r}: dtype=16 runs float16; leave it out for bfloat16")
+    if settings.get("profile") and not settings.get("engine", 1):
+        raise SystemExit(f"variant {spec!r}: profile=N profiles the engine-only rerun, which engine=0 skips")
     return name, settings
 
 
@@ -223,7 +229,9 @@ def load_variant(args, name: str, settings: dict):
     return load_backend(args.model, backend="lmdeploy", devices=list(range(settings.get("gpus", 1))), dtype=dtype,
                         per_gpu=settings.get("replicas", 1), max_batch_size=settings.get("batch"),
                         max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"),
-                        cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None)
+                        cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None,
+                        compile_vision=bool(settings.get("compile")), pin_memory=bool(settings.get("pin")),
+                        cudnn_benchmark=bool(settings.get("cudnnbench")))
 
 
 def timed_answers(backend, requests, params, batch_size, gpus=1) -> tuple[list[str], float, float | None]:
@@ -404,7 +412,11 @@ def agreement(ours: list[str], theirs: list[str]) -> dict:
     ids = [(PADDED.findall(a), PADDED.findall(b)) for a, b in pairs]
     prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in ids]
     k = max(1, len(pairs))
+    from foodie.scoring import authors_letter  # what the evaluation scores: the first A-D, or none
+    letters = [(authors_letter(a), authors_letter(b)) for a, b in pairs]
     return dict(questions=len(pairs), same_answer_pct=round(100 * sum(a == b for a, b in pairs) / k, 1),
+                same_scored_letter_pct=round(100 * sum(a == b for a, b in letters) / k, 1),
+                with_letter_pct=round(100 * sum(a is not None for a, _ in letters) / k, 1),
                 same_first_token_pct=round(100 * sum(a[:1] == b[:1] for a, b in ids) / k, 1),
                 mean_common_prefix_tokens=round(statistics.mean(prefix), 1) if prefix else None)
 
@@ -545,12 +557,13 @@ def main() -> int:
 
     print()
     print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "
-          "| load s | max alloc GiB | vs transformers (same dtype): same answer / first token "
+          "| load s | max alloc GiB | vs transformers (same dtype): same answer / first token / scored letter "
           "| vs first LMDeploy row |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def agree(a):
-        return f"{a['same_answer_pct']}% / {a['same_first_token_pct']}% of {a['questions']}" if a else "-"
+        return (f"{a['same_answer_pct']}% / {a['same_first_token_pct']}% / {a['same_scored_letter_pct']}% "
+                f"({a['with_letter_pct']}% with a letter) of {a['questions']}") if a else "-"
     for r in results:
         same = f"{agree(r.get('vs_transformers'))} | {agree(r.get('vs_first_lmdeploy'))}"
         ttft = f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f}" if r.get("ttft_median_s") is not None else "-"

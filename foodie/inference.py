@@ -313,6 +313,19 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
     return True
 
 
+def compile_engine_vision(pipe) -> bool:
+    """Switch on the vision encoder's ``torch.compile`` that LMDeploy's InternVL model carries (``compile_model``)
+    but LMDeploy 0.9 never calls (``graph_runner.py``: "recovery it when torch.compile is stable"). The engine must
+    run in this process (one GPU, no tensor parallel). False where there is no such model or method."""
+    agent = getattr(getattr(getattr(pipe, "engine", None), "executor", None), "model_agent", None)
+    runner = getattr(agent, "patched_model", None)
+    model = runner.get_model() if hasattr(runner, "get_model") else runner
+    if not hasattr(model, "compile_model"):
+        return False
+    model.compile_model()
+    return bool(getattr(model, "compile_vit", False))
+
+
 class LMDeployBackend:
     """LMDeploy's pipeline (PyTorch engine) on its own event loop thread (calls from any thread are safe). Our
     ``image_workers`` tile images up to ``2 * max_batch_size`` requests ahead (LMDeploy 0.9 tiles in one thread: ~5
@@ -329,7 +342,8 @@ class LMDeployBackend:
 
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
-                 image_workers: int | None = None, dtype: str = "auto"):
+                 image_workers: int | None = None, dtype: str = "auto", compile_vision: bool = False,
+                 pin_memory: bool = False, cudnn_benchmark: bool = False):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
         if dtype not in ("auto", "bfloat16", "float16"):
@@ -350,6 +364,14 @@ class LMDeployBackend:
         self.max_in_flight, self._slots = 2 * max_batch_size, None  # requests being prepared or generated
         self._dtype = self.pipe.engine.model_config.dtype
         self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, self.spec.tokens_per_tile)
+        self.pin_memory = pin_memory and self.prepares_images  # pixel values the engine copies without waiting
+        if cudnn_benchmark:  # the patch-embedding convolution: cuDNN picks its fastest algorithm per shape
+            import torch
+            torch.backends.cudnn.benchmark = True
+        if compile_vision and not compile_engine_vision(self.pipe):
+            raise RuntimeError(f"compile_vision: LMDeploy's engine for {self.model_dir} has no vision encoder it can "
+                               f"compile here (needs the engine in this process: one GPU, no tensor parallel)")
+
 
     def _messages(self, request: Request, pixels: list | None = None, max_tiles: int | None = None) -> list[dict]:
         """Our request -> LMDeploy's OpenAI-style messages, with ``PreparedImage`` of ``pixels`` (the request's
@@ -373,7 +395,8 @@ class LMDeployBackend:
         """The request's pixel values from an image worker (None: no images, or LMDeploy's own image path)."""
         if not (self.prepares_images and any(m.images for m in request)):
             return None
-        return (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype)))[0]
+        pixels = (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype)))[0]
+        return [x.pin_memory() for x in pixels] if self.pin_memory else pixels
 
     async def _answer(self, request: Request, params: GenerationParams, on_delta=None) -> str:
         from lmdeploy import GenerationConfig

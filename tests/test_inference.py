@@ -408,7 +408,7 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(tiny_mo
     b = object.__new__(LMDeployBackend)
     b.pipe, b.loop, b._session_ids = Pipe(), loop, itertools.count()
     b._pool, b.max_in_flight, b._slots = ThreadPoolExecutor(2), 3, None
-    b.prepares_images, b._dtype, b.max_tiles = True, None, 12
+    b.prepares_images, b._dtype, b.max_tiles, b.pin_memory = True, None, 12, False
     b.spec = replace(ModelSpec.from_checkpoint(tiny_model_dir), max_tiles=12)
     prepare = b._pixels
 
@@ -506,3 +506,26 @@ def test_per_gpu_replicas_split_the_lmdeploy_cache(tiny_model_dir, monkeypatch):
     one = load_backend(tiny_model_dir, backend="lmdeploy", devices=[0])
     assert isinstance(one, Engine) and one.cache_max_entry_count == 0.5
     assert inference.replicas_per_gpu("transformers") == 1  # one process per GPU where engines do not overlap
+
+
+def test_compile_vision_reaches_lmdeploys_own_switch_or_says_it_cannot():
+    """compile_vision calls the compile_model of the engine's InternVL model (LMDeploy 0.9 leaves it uncalled);
+    with no such model in this process (tensor parallel: the model lives in workers) it reports False, which
+    LMDeployBackend turns into an error instead of a silently uncompiled run."""
+    import types
+
+    from foodie.inference import compile_engine_vision
+
+    class Model:
+        compile_vit = False
+
+        def compile_model(self):
+            self.compile_vit = True
+
+    model = Model()
+    runner = types.SimpleNamespace(get_model=lambda: model)
+    pipe = types.SimpleNamespace(engine=types.SimpleNamespace(executor=types.SimpleNamespace(
+        model_agent=types.SimpleNamespace(patched_model=runner))))
+    assert compile_engine_vision(pipe) and model.compile_vit
+    remote = types.SimpleNamespace(engine=types.SimpleNamespace(executor=types.SimpleNamespace()))  # no model_agent
+    assert not compile_engine_vision(remote)
