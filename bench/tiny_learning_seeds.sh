@@ -8,6 +8,7 @@
 #   STYLE=letter (process_food --style)  BIAS=False (attention biases, InternLM2Config bias)
 #   ROPE=1000000 (rope_theta)  HEADS=4 KV=2 (attention and key/value heads)  ACT=silu (hidden_act)
 #   PRETRAIN=0 (steps of bench/tiny_pretraining.py's text-only reading before saving)  DRILL=0.5 (its drill share)
+#   LOOKUP=0 (steps of bench/tiny_lookup_drill.py's look-up drill, batch 64, lr 1e-3, before saving) LOOKUP_WORDS=16 (0: all)
 #   PT_LR=2e-3  PT_DEV=cpu (where the pre-training runs)  DATA=DIR (an existing make_demo_data folder to copy)
 # Training and evaluation run on the CPU (CUDA hidden), as the CPU config does, also on a GPU machine.
 # Accuracy is reported by the FoodieQA authors' rule (first capital A-D in the reply; none: 1/4) and, beside it,
@@ -31,15 +32,27 @@ run_one() {
   mkdir -p "$w"
   (
     STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter BIAS=False
-    PRETRAIN=0 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA= ROPE=1000000 HEADS=4 KV=2 ACT=silu
+    PRETRAIN=0 LOOKUP=0 LOOKUP_WORDS=16 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA= ROPE=1000000 HEADS=4 KV=2 ACT=silu
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
+    if [ "$LOOKUP" != 0 ]; then
+      $PY bench/tiny_lookup_drill.py tiny --seed "$seed" --words "$LOOKUP_WORDS" --bs 64 --lr 1e-3 --every 250 --steps "$LOOKUP" \
+        --layers "$LAYERS" --width "$WIDTH" --heads "$HEADS" --kv-heads "$KV" --rope "$ROPE" --std "$STD" --act "$ACT" \
+        $([ "$BIAS" = True ] && echo --bias) --device "$PT_DEV" --save "$w/lookup.pt" > "$w/lookup.log" 2>&1
+    fi
     $PY -c "import sys, torch
 sys.path.insert(0, 'bench')
 import foodie.tiny_model as t
 t.TINY_LLM.update(initializer_range=$STD, num_hidden_layers=$LAYERS, hidden_size=$WIDTH, intermediate_size=2 * $WIDTH,
                   bias=$BIAS, rope_theta=$ROPE, num_attention_heads=$HEADS, num_key_value_heads=$KV, hidden_act='$ACT')
 t.TINY_VISION.update(image_size=$IMG)
+if $LOOKUP:
+    build = t.build_model
+    def pretrained(seed, device='cpu', dtype=torch.bfloat16, vocab_size=t.TINY_VOCAB_SIZE, **_):
+        m = build(seed, device='cpu', dtype=torch.float32, vocab_size=vocab_size)
+        m.language_model.load_state_dict(torch.load('$w/lookup.pt'))
+        return m.to('cpu', dtype)
+    t.build_model = pretrained
 if $PRETRAIN:
     import tiny_pretraining as tp
     build = t.build_model

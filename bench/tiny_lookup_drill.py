@@ -54,9 +54,11 @@ ap.add_argument('--every', type=int, default=250)
 ap.add_argument('--device', default='cpu')
 ap.add_argument('--threads', type=int, default=1)
 ap.add_argument('--tag', default='')
+ap.add_argument('--save', help='tiny: save the trained LLM state_dict here (a pre-training for bench/tiny_learning_seeds.sh LOOKUP=)')
+ap.add_argument('--seed', type=int, default=0, help='seed of the model and of the training batches (held-out set fixed)')
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
-torch.manual_seed(0)
+torch.manual_seed(a.seed)
 for key, value in dict(rope_theta=a.rope, initializer_range=a.std, num_hidden_layers=a.layers,
                        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, bias=a.bias or None,
                        hidden_act=a.act).items():
@@ -188,7 +190,7 @@ if a.which == 'gpt':
     net = (GPTVariant if variant else GPT)(a.width or 128, a.layers or 2, a.heads or 4).to(dev)
     forward = net
 else:
-    net = tm.build_model(0, vocab_size=V, dtype=torch.float32, device=dev).language_model
+    net = tm.build_model(a.seed, vocab_size=V, dtype=torch.float32, device=dev).language_model
     forward = lambda ids: net(input_ids=ids).logits  # noqa: E731
     if a.emb_std:
         torch.nn.init.normal_(net.model.tok_embeddings.weight, std=a.emb_std)
@@ -202,7 +204,7 @@ else:
 opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, a.warmup)))
 print(f'{a.which}{a.tag}: {sum(p.numel() for p in net.parameters()):,} parameters, {vars(a)}', flush=True)
-g, held_g = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+g, held_g = torch.Generator().manual_seed(1000 + a.seed if a.seed else 0), torch.Generator().manual_seed(1)
 held = [t.to(dev) for t in batch(held_g, 256)]
 t0 = time.time()
 for step in range(a.steps):
@@ -223,3 +225,5 @@ for step in range(a.steps):
               flush=True)
         if time.time() - t0 > a.seconds:
             break
+if a.save and a.which == 'tiny':
+    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, a.save)

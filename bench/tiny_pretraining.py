@@ -272,6 +272,8 @@ def main():
             ap.add_argument(f'--{f.name.replace("_", "-")}', type=int if f.type == 'int' else float)
     ap.add_argument('--width', type=int, help='tiny LLM hidden size (intermediate = 2x)')
     ap.add_argument('--layers', type=int, help='tiny LLM layers')
+    ap.add_argument('--heads', type=int, help='tiny LLM attention heads')
+    ap.add_argument('--kv-heads', type=int, help='tiny LLM key/value heads')
     ap.add_argument('--rope-theta', type=float, help='tiny LLM rope_theta (InternLM2-1.8B: 1e6)')
     ap.add_argument('--std', type=float, help='tiny LLM init std (TINY_LLM initializer_range)')
     ap.add_argument('--bias', action='store_true', help='attention biases (InternLM2Config bias=True)')
@@ -283,6 +285,10 @@ def main():
         tm.TINY_LLM.update(hidden_size=args.width, intermediate_size=2 * args.width)
     if args.layers:
         tm.TINY_LLM.update(num_hidden_layers=args.layers)
+    if args.heads:
+        tm.TINY_LLM.update(num_attention_heads=args.heads)
+    if args.kv_heads:
+        tm.TINY_LLM.update(num_key_value_heads=args.kv_heads)
     if args.rope_theta:
         tm.TINY_LLM.update(rope_theta=args.rope_theta)
     if args.std:
