@@ -21,6 +21,9 @@ steps. Measured (docs/TRAINING.md): without the drill, 3,000 steps at batch 32 o
 
     python bench/tiny_pretraining.py --steps 1500 --eval-every 250 --device cuda
     python bench/tiny_pretraining.py --steps 3000 --drill-share 0.5 --seed 1
+    python bench/tiny_lookup_drill.py tiny --heads 8 --kv-heads 4 --words 16 --bs 64 --steps 1250 --save lookup.pt
+    python bench/tiny_pretraining.py --heads 8 --kv-heads 4 --init lookup.pt --steps 0      # measure it only
+    python bench/tiny_pretraining.py --heads 8 --kv-heads 4 --init lookup.pt --steps 2500 --lr 1e-3 --drill-share 0.5
 """
 from __future__ import annotations
 
@@ -277,6 +280,9 @@ def main():
     ap.add_argument('--rope-theta', type=float, help='tiny LLM rope_theta (InternLM2-1.8B: 1e6)')
     ap.add_argument('--std', type=float, help='tiny LLM init std (TINY_LLM initializer_range)')
     ap.add_argument('--bias', action='store_true', help='attention biases (InternLM2Config bias=True)')
+    ap.add_argument('--init', help='start from these LLM weights (a bench/tiny_lookup_drill.py --save file, same '
+                                   'settings); with --steps 0 only measure them')
+    ap.add_argument('--save', help='save the trained LLM weights here (for --init)')
     args = ap.parse_args()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(ReadingRecipe)
                if getattr(args, f.name, None) is not None}
@@ -299,10 +305,20 @@ def main():
     encoder = ChatEncoder(tokenizer, conversation_factory(tm.REMOTE_CODE_DIR, model.config.template))
     pools = word_pools(tm._WORDS_ZH.split() + tm._DISHES_ZH.split(), tm._WORDS_EN.split())
     print(f'recipe {recipe}; pools zh {len(pools["zh"])} en {len(pools["en"])}', flush=True)
+    if args.init:
+        model.language_model.load_state_dict(torch.load(args.init))
+    if recipe.steps == 0:
+        held = [make_item(random.Random(f'reading-held-{args.seed}-{k}'), pools, recipe) for k in range(256)]
+        drills = [drill_ids(random.Random(f'drill-held-{args.seed}-{k}'), pools, recipe, tokenizer) for k in range(64)]
+        print(json.dumps(dict(step=0, held_out=letter_accuracy(model.language_model, encoder, held),
+                              drill=round(drill_accuracy(model.language_model, tokenizer, drills), 3))))
+        return
     t0 = time.time()
     pretrain_reading(model.language_model, encoder, pools, recipe, args.seed,
                      eval_every=args.eval_every, log=lambda s: print(f'{time.time() - t0:7.1f} s {s}', flush=True))
     print(f'done in {time.time() - t0:.1f} s')
+    if args.save:
+        torch.save({k: v.cpu() for k, v in model.language_model.state_dict().items()}, args.save)
 
 
 if __name__ == '__main__':
