@@ -5,7 +5,8 @@
 # (bench/checkpoint_accuracy.py). Variables (all optional) change one thing from the shipped defaults:
 #   STD=0.1 (tiny LLM init std)  LAYERS=2 (tiny LLM layers)  WIDTH=128 (tiny LLM width)
 #   QPP=2 (questions per photo)  PHOTOS=40 (photos per dish)  LR=1e-3  IMG=224 (tile side, px)  ITERS=2500  WARMUP=100
-#   STYLE=letter (process_food --style)  BIAS=False (attention biases, InternLM2Config bias)
+#   STYLE=letter (process_food --style)  ORDERS=1 (process_food --option-orders)
+#   BIAS=False (attention biases, InternLM2Config bias)
 #   ROPE=1000000 (rope_theta)  HEADS=4 KV=2 (attention and key/value heads)  ACT=silu (hidden_act)
 #   PRETRAIN=0 (steps of bench/tiny_pretraining.py's text-only reading before saving)  DRILL=0.5 (its drill share)
 #   LOOKUP=0 (steps of bench/tiny_lookup_drill.py's look-up drill, batch 64, lr 1e-3, before saving) LOOKUP_WORDS=16 (0: all)
@@ -32,7 +33,7 @@ run_one() {
   mkdir -p "$w"
   (
     STD=0.1 LAYERS=2 WIDTH=128 QPP=2 PHOTOS=40 LR=1e-3 IMG=224 ITERS=2500 WARMUP=100 STYLE=letter BIAS=False
-    PRETRAIN=0 LOOKUP=0 LOOKUP_WORDS=16 DRILL=0.5 PT_LR=2e-3 PT_DEV=cpu DATA= ROPE=1000000 HEADS=4 KV=2 ACT=silu
+    PRETRAIN=0 LOOKUP=0 LOOKUP_WORDS=16 DRILL=0.5 ORDERS=1 PT_LR=2e-3 PT_DEV=cpu DATA= ROPE=1000000 HEADS=4 KV=2 ACT=silu
     [ -n "$vars" ] && eval "${vars//,/ }"
     export FOODIE_WORK="$w" FOODIE_MODEL="$w/tiny-internvl2" FOODIE_DATA="$w/xtuner" FOODIE_WORK_DIR="$w/train"
     if [ "$LOOKUP" != 0 ]; then
@@ -69,7 +70,7 @@ t.write_checkpoint('$w/tiny-internvl2', seed=$seed, force=True)" > "$w/log.txt" 
     $PY tools/make_demo_data.py --out "$w/foodieqa" --seed "$seed" --force --photos-per-dish "$PHOTOS" \
       --questions-per-photo "$QPP" >> "$w/log.txt" 2>&1; fi
     $PY tools/process_food.py --data-root "$w/foodieqa" --out "$w/xtuner" --seed "$seed" --style "$STYLE" \
-      >> "$w/log.txt" 2>&1
+      --option-orders "$ORDERS" >> "$w/log.txt" 2>&1
     local t0=$SECONDS
     CUDA_VISIBLE_DEVICES= $PY tools/train.py --config xtuner_configs/internvl_v2_tiny_lora_cpu.py --work-dir "$w/train" -- \
       --cfg-options optim_wrapper.optimizer.lr="$LR" train_cfg.max_iters="$ITERS" param_scheduler.1.end="$ITERS" \

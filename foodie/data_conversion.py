@@ -9,6 +9,7 @@ trained on (each task's rule: foodie.tasks); part of the held-out budget first t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -50,6 +51,7 @@ class ConversionOptions:
     skip_bad: bool = False
     check_images: bool = True
     max_length: int = 8192  # longer samples are counted in the summary (XTuner truncates them)
+    option_orders: int = 1  # each training question written in this many option orders (option_orders())
     # The model's tiling (foodie.model_spec; process_food --tokenizer MODEL): collage cells and token counts.
     min_tiles: int = MIN_TILES
     max_tiles: int = MAX_TILES
@@ -62,10 +64,31 @@ class ConversionOptions:
                   (self.style in prompts.ANSWER_STYLES, "style", f"one of {', '.join(prompts.ANSWER_STYLES)}"),
                   (0.0 < self.eval_ratio < 1.0, "eval_ratio", "between 0 and 1 (exclusive)"),
                   (self.split_by in SPLIT_BY, "split_by", "'image' or 'dish'"),
-                  (0.0 <= self.mivqa_eval_share <= 1.0, "mivqa_eval_share", "between 0 and 1")]
+                  (0.0 <= self.mivqa_eval_share <= 1.0, "mivqa_eval_share", "between 0 and 1"),
+                  (isinstance(self.option_orders, int) and 1 <= self.option_orders <= MAX_OPTION_ORDERS,
+                   "option_orders", f"a whole number from 1 to {MAX_OPTION_ORDERS} (4 options have 4! orders)")]
         for ok, name, want in checks:
             if not ok:
                 raise ValueError(f"{name} must be {want}; got {getattr(self, name)!r}")
+
+
+MAX_OPTION_ORDERS = math.factorial(4)
+
+
+def option_orders(item: QAItem, n: int, seed: int = 0) -> list[QAItem]:
+    """The item in ``n`` distinct orders of its text options, the first its own; the answer moves with its option.
+    A model trained on one fixed order per question can tie a letter to the question or photo; over several it can
+    only find where the answer stands in the list. Options that are images (a collage) keep their order."""
+    if n <= 1 or not item.choices:
+        return [item]
+    identity = tuple(range(len(item.choices)))
+    others = [p for p in itertools.permutations(identity) if p != identity]
+    drawn = _stable_rng(seed, "option-orders", item.task, item.question_id).sample(others, min(n, len(others) + 1) - 1)
+
+    def reorder(options, order):
+        return [options[i] for i in order] if options and len(options) == len(order) else options
+    return [item] + [replace(item, choices=reorder(item.choices, p), choices_en=reorder(item.choices_en, p),
+                             answer=p.index(item.answer)) for p in drawn]
 
 
 @dataclass
@@ -215,12 +238,15 @@ def convert_foodieqa(data_root: str | os.PathLike, out: str | os.PathLike, opts:
         normalised = sum(path != str(data.path(rel)) for rel, (path, _) in image_for.items())
         samples, tokens, skipped_lang, collages = [], defaultdict(list), Counter(), {}
         for task in opts.tasks:
-            for item in tqdm(split.train[task], f"converting {task}", leave=False, disable=None):
+            questions = tqdm(split.train[task], f"converting {task}", leave=False, disable=None)
+            for order, item in ((k, v) for q in questions
+                                for k, v in enumerate(option_orders(q, opts.option_orders, opts.seed))):
                 for lang in langs:
                     if not prompts.has_lang(item, lang):
-                        skipped_lang[f"{task}:{lang}"] += 1
+                        skipped_lang[f"{task}:{lang}"] += 1 if order == 0 else 0  # counted once a question
                         continue
-                    sample, wh = {"id": f"{task}:{item.question_id}:{lang}"}, None
+                    suffix = f":order{order}" if order else ""
+                    sample, wh = {"id": f"{task}:{item.question_id}:{lang}{suffix}"}, None
                     if TASKS[task].collage:
                         name = f"collages/{_safe_name(item.question_id)}.jpg"
                         collages[name], sample["image"] = item, str(out / name)
@@ -351,7 +377,9 @@ def summary_markdown(s: dict) -> str:
              f"Source: {src['name']}; licence: {src['licence']}{terms}"
              + ("; evaluation only: no training data written" if s["eval_only"] else "") + "  ",
              f"Options: tasks {', '.join(o['tasks'])}, lang {o['lang']}, style {o['style']}, split by {o['split_by']} "
-             f"(held out {o['eval_ratio']:.0%}, seed {o['seed']}, stratified by cuisine)", "",
+             f"(held out {o['eval_ratio']:.0%}, seed {o['seed']}, stratified by cuisine)"
+             + (f"; each training question in {o['option_orders']} option orders" if o.get("option_orders", 1) > 1
+                else ""), "",
              f"Images: {im['total']} total, {im['train']} train, {im['held_out']} held out (no image in both); "
              f"{im['normalised_copies']} upright/RGB copies written for training.",
              *_table(["task", "train", "held out", "dropped (images in both splits)"],

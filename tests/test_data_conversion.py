@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -303,6 +304,43 @@ def test_options_validated_and_missing_task_file(tmp_path):
             convert(src, tmp_path / "out", **bad)
 
 
+def test_option_orders_move_the_letter_with_its_option_in_training_only(tmp_path):
+    src = write_small(tmp_path / "src")
+    one, three = tmp_path / "one", tmp_path / "three"
+    convert(src, one, tasks=("sivqa", "mivqa", "textqa"), lang="both")
+    s = convert(src, three, tasks=("sivqa", "mivqa", "textqa"), lang="both", option_orders=3)
+    train = train_by_id(three)
+    assert s["train_samples"] == len(train) == 3 * 4 * 2 + 2 + 3  # sivqa x 4 in zh, en; mivqa (images) once a lang
+    assert not s["skipped_no_translation"].get("textqa:zh") and s["skipped_no_translation"]["textqa:en"] == 1
+    assert "in 3 option orders" in (three / "summary.md").read_text()
+    for lang, answer in (("zh", "粤菜"), ("en", "Cantonese")):
+        orders = [train[f"sivqa:s-a:{lang}{suffix}"] for suffix in ("", ":order1", ":order2")]
+        assert orders[0] == train_by_id(one)[f"sivqa:s-a:{lang}"]  # the first order is the question's own
+        lists = [re.findall(r"[（(]([A-D])\) ([^\n]+)\n", o["conversations"][0]["value"]) for o in orders]
+        assert len({tuple(text for _, text in ls) for ls in lists}) == 3  # three different orders
+        for o, ls in zip(orders, lists):
+            letter = dict((text, letter) for letter, text in ls)[answer]
+            assert o["conversations"][1]["value"] == f"{letter}) {answer}"  # the letter moved with its option
+            assert o["image"] == orders[0]["image"]
+    zh = [s for s in train if s.startswith("sivqa:s-a:zh")]
+    en_orders = [re.findall(r"\) (\w+)\n", train[i.replace(":zh", ":en")]["conversations"][0]["value"]) for i in zh]
+    zh_orders = [re.findall(r"\) (\w+)\n", train[i]["conversations"][0]["value"]) for i in zh]
+    english = dict(zip(["川菜", "粤菜", "鲁菜", "苏菜"], ["Sichuan", "Cantonese", "Shandong", "Jiangsu"]))
+    assert all([english[w] for w in z] == e for z, e in zip(zh_orders, en_orders))  # both languages in one order
+    # Held-out questions are never reordered, and the orders are a function of the seed.
+    a, b = tmp_path / "a", tmp_path / "b"
+    convert(src, a, tasks=("sivqa",), eval_ratio=0.25, check_images=False)
+    convert(src, b, tasks=("sivqa",), eval_ratio=0.25, check_images=False, option_orders=24)
+    assert (a / "held_out.json").read_text().replace(str(a), "") == (b / "held_out.json").read_text().replace(str(b), "")
+    assert len(train_by_id(b)) == 24 * 3  # every order of the 3 training questions
+    c = tmp_path / "c"
+    convert(src, c, tasks=("sivqa",), eval_ratio=0.25, check_images=False, option_orders=24)
+    assert (b / "train.json").read_text().replace(str(b), "") == (c / "train.json").read_text().replace(str(c), "")
+    for bad in (0, 25, 2.5):
+        with pytest.raises(ValueError, match="option_orders must be a whole number from 1 to 24"):
+            convert(src, tmp_path / "bad", option_orders=bad)
+
+
 # --- atomic outputs -----------------------------------------------------------------------------
 
 def test_failed_run_keeps_earlier_output(tmp_path, monkeypatch):
@@ -343,6 +381,8 @@ def test_cli(tmp_path, run_tool):
     assert r.returncode == 2 and "not a folder" in r.stderr and not (tmp_path / "out2").exists()
     r = run_cli("--data-root", src, "--out", tmp_path / "out3", "--tasks", "sivqa,pictures")
     assert r.returncode == 2 and "tasks must be" in r.stderr
+    r = run_cli("--data-root", src, "--out", tmp_path / "out5", "--option-orders", "25", "--accept-foodieqa-terms")
+    assert r.returncode == 2 and "option_orders must be" in r.stderr and not (tmp_path / "out5").exists()
     r = run_cli("--data-root", src, "--out", tmp_path / "out4", "--tokenizer", tmp_path / "src",  # not a model
                 "--accept-foodieqa-terms")
     assert r.returncode == 2 and "config.json" in r.stderr and "InternVL2 checkpoint folder" in r.stderr

@@ -3,7 +3,8 @@
 Writes train.json (XTuner LLaVA format), held_out.json (the evaluation manifest), summary.json and summary.md into
 --out (default work/foodieqa-xtuner, what xtuner_configs/*food*.py read), all at once; no held-out image (or dish)
 is trained on (foodie/data_conversion.py). Answer styles: foodie/prompts.py (answer_text); the default, letter
-("B) 粤菜"), starts with the letter the FoodieQA authors' parser reads.
+("B) 粤菜"), starts with the letter the FoodieQA authors' parser reads; --option-orders N writes each training
+question in N orders of its options.
 
 FoodieQA's terms (foodie/terms.py) allow EVALUATION ONLY: a --data-root that is neither the synthetic set nor from
 tools/photos_to_foodieqa.py is the real FoodieQA: its terms are printed, and training data is written only with
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from foodie import cli
-from foodie.data_conversion import LANG_CHOICES, SPLIT_BY, ConversionOptions, convert_foodieqa
+from foodie.data_conversion import LANG_CHOICES, MAX_OPTION_ORDERS, SPLIT_BY, ConversionOptions, convert_foodieqa
 from foodie.foodieqa import locate_data_root
 from foodie.model_spec import ModelSpec, SpecError
 from foodie.paths import demo_data_dir, work_dir
@@ -36,6 +37,11 @@ def main(argv=None) -> int:
     ap.add_argument("--style", choices=ANSWER_STYLES, default="letter", help="answer style (default: %(default)s)")
     ap.add_argument("--eval-ratio", type=float, default=0.2, help="share held out (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    ap.add_argument("--option-orders", type=int, default=1, metavar="N",
+                    help=f"write each training question N times, its options in N different orders (the first its "
+                         f"own; the answer letter moves with its option; 1-{MAX_OPTION_ORDERS}): the letter can then "
+                         f"only be learned from where the answer stands. Held-out questions are never changed. "
+                         f"(default: %(default)s; docs/TRAINING.md)")
     ap.add_argument("--split-by", choices=SPLIT_BY, default="image", help="unit of the split (default: %(default)s)")
     ap.add_argument("--skip-bad", action="store_true", help="drop bad items (listed in summary.md) instead of failing")
     ap.add_argument("--no-image-check", action="store_true", help="skip decoding every image (faster, less safe)")
@@ -46,6 +52,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     opts = ConversionOptions(tasks=args.tasks, lang=args.lang, style=args.style, eval_ratio=args.eval_ratio,
                              seed=args.seed, split_by=args.split_by, skip_bad=args.skip_bad,
+                             option_orders=args.option_orders,
                              check_images=not args.no_image_check)
     tokenizer = None
     try:
