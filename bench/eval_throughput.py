@@ -22,7 +22,7 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
   rerun, ``:dtype=16`` runs float16 instead of bfloat16, ``:cudnn=0`` keeps torch's SDPA off cuDNN in the variant's
   process, ``:profile=N`` adds a kernel profile of the engine alone on N questions, ``:compile=1`` switches on
   LMDeploy's own compiled vision encoder, ``:pin=1`` hands the engine pinned pixel values, ``:cudnnbench=1`` lets
-  cuDNN pick its fastest convolution);
+  cuDNN pick its fastest convolution, ``:gpunorm=1`` normalises the tiles on the GPU: the workers only tile);
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -196,7 +196,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
     keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine", "dtype", "cudnn",
-            "profile", "compile", "pin", "cudnnbench")
+            "profile", "compile", "pin", "cudnnbench", "gpunorm")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
         raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
                          f"options: {', '.join(keys)}")
@@ -231,7 +231,8 @@ def load_variant(args, name: str, settings: dict):
                         max_prefill_tokens=settings.get("prefill"), image_workers=settings.get("workers"),
                         cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None,
                         compile_vision=bool(settings.get("compile")), pin_memory=bool(settings.get("pin")),
-                        cudnn_benchmark=bool(settings.get("cudnnbench")))
+                        cudnn_benchmark=bool(settings.get("cudnnbench")),
+                        gpu_normalise=bool(settings.get("gpunorm")))
 
 
 def timed_answers(backend, requests, params, batch_size, gpus=1) -> tuple[list[str], float, float | None]:

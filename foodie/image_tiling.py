@@ -214,3 +214,26 @@ def load_image(image: ImageLike, input_size: int = IMAGE_SIZE, max_num: int = MA
     tiles = dynamic_preprocess(open_image(image, max_pixels=max_pixels), min_num, max_num, input_size, use_thumbnail)
     return torch.stack([to_tensor(t, input_size) for t in tiles])
 
+
+def load_tiles(image: ImageLike, input_size: int = IMAGE_SIZE, max_num: int = MAX_TILES, min_num: int = MIN_TILES,
+               use_thumbnail: bool = True, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """``load_image`` before its normalising: uint8 tensor [tiles, input_size, input_size, 3] (RGB), a quarter
+    of the bytes, for ``normalise`` on the device that runs the model."""
+    import torch
+
+    tiles = dynamic_preprocess(open_image(image, max_pixels=max_pixels), min_num, max_num, input_size, use_thumbnail)
+    return torch.from_numpy(np.stack([np.asarray(_to_rgb(t)) for t in tiles]))
+
+
+def normalise(tiles: torch.Tensor, dtype=None, device=None) -> torch.Tensor:
+    """uint8 [tiles, H, W, 3] -> [tiles, 3, H, W] by the official ``build_transform``'s arithmetic (ToTensor's
+    /255, then Normalize's -mean, /std, in float32), on ``device``: bitwise ``load_image`` wherever float32
+    division rounds correctly (CPUs; CUDA without fast-math, as PyTorch builds it), then cast to ``dtype``."""
+    import torch
+
+    x = tiles.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div(255)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    x = x.sub(mean).div(std)
+    return x if dtype is None else x.to(dtype)
+

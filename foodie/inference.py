@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-from foodie.image_tiling import ImageLike, load_image, open_image
+from foodie.image_tiling import ImageLike, load_image, load_tiles, normalise, open_image
 from foodie.model_spec import IMG_CONTEXT, ModelSpec
 from foodie.tasks import IMAGE_PLACEHOLDER
 
@@ -102,18 +102,45 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
     return max(1, max_tiles // max(1, n_images))
 
 
-def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None) -> list[list]:
+def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None,
+                 device=None) -> list[list]:
     """[request][image] -> [tiles, 3, size, size], bitwise the official ``load_image`` (a request's images share
-    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads."""
+    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads. With ``device`` the threads only
+    tile (uint8) and the normalising runs there, each thread on a CUDA stream of its own, finished on return."""
     def one(image, budget):
-        x = load_image(image, input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
-                       use_thumbnail=spec.use_thumbnail)
-        return x if dtype is None else x.to(dtype)
+        grid = dict(input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
+                    use_thumbnail=spec.use_thumbnail)
+        if device is None:
+            x = load_image(image, **grid)
+            return x if dtype is None else x.to(dtype)
+        tiles = load_tiles(image, **grid)
+        with _thread_stream(device) as finish:
+            return finish(normalise(tiles, dtype, device))
 
     images = [[image for m in request for image in m.images] for request in requests]
     with ThreadPoolExecutor(workers, thread_name_prefix="foodie-images") as pool:
         done = [[pool.submit(one, x, tiles_per_image(spec.max_tiles, len(xs))) for x in xs] for xs in images]
     return [[x.result() for x in request] for request in done]
+
+
+_streams = threading.local()
+
+
+@contextlib.contextmanager
+def _thread_stream(device):
+    """On a CUDA device: this thread's own stream (the engine's streams never wait on it); ``finish(x)`` waits
+    for the stream's work, so ``x`` is ready for any stream. Elsewhere nothing."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield lambda x: x
+        return
+    key = f"s{device.index}"
+    stream = getattr(_streams, key, None) or torch.cuda.Stream(device)
+    setattr(_streams, key, stream)
+    with torch.cuda.stream(stream):
+        yield lambda x: (stream.synchronize(), x)[1]
 
 
 def image_workers_for(device: str = "cpu") -> int:
@@ -343,7 +370,7 @@ class LMDeployBackend:
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
                  image_workers: int | None = None, dtype: str = "auto", compile_vision: bool = False,
-                 pin_memory: bool = False, cudnn_benchmark: bool = False):
+                 pin_memory: bool = False, cudnn_benchmark: bool = False, gpu_normalise: bool = False):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
         if dtype not in ("auto", "bfloat16", "float16"):
@@ -365,6 +392,9 @@ class LMDeployBackend:
         self._dtype = self.pipe.engine.model_config.dtype
         self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, self.spec.tokens_per_tile)
         self.pin_memory = pin_memory and self.prepares_images  # pixel values the engine copies without waiting
+        # Our image workers only tile; the normalising (bitwise the CPU's) runs on the engine's GPU: a quarter of
+        # the bytes to copy and about two thirds less CPU time a question (docs/PERFORMANCE.md, session 9).
+        self.normalise_on = "cuda" if gpu_normalise and self.prepares_images else None
         if cudnn_benchmark:  # the patch-embedding convolution: cuDNN picks its fastest algorithm per shape
             import torch
             torch.backends.cudnn.benchmark = True
@@ -395,8 +425,9 @@ class LMDeployBackend:
         """The request's pixel values from an image worker (None: no images, or LMDeploy's own image path)."""
         if not (self.prepares_images and any(m.images for m in request)):
             return None
-        pixels = (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype)))[0]
-        return [x.pin_memory() for x in pixels] if self.pin_memory else pixels
+        pixels = (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype,
+                                                              self.normalise_on)))[0]
+        return [x.pin_memory() for x in pixels] if self.pin_memory and self.normalise_on is None else pixels
 
     async def _answer(self, request: Request, params: GenerationParams, on_delta=None) -> str:
         from lmdeploy import GenerationConfig

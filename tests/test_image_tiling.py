@@ -158,6 +158,20 @@ def test_normalisation_values():
         assert torch.allclose(x[ch], torch.full((448, 448), value), atol=1e-6)
 
 
+
+@pytest.mark.parametrize("size", [(448, 448), (1000, 700), (333, 1201)])
+def test_tiles_normalised_elsewhere_equal_load_image_bitwise(tmp_path, size):
+    """The GPU image path (uint8 tiles, normalised where the model runs) gives the official tensors: here
+    normalised on the CPU, float32 and after the cast to bfloat16, every value equal; a quarter of the bytes."""
+    path = tmp_path / "photo.png"
+    noise_image(*size, seed=size[1]).save(path)
+    tiles = it.load_tiles(path)
+    ref = it.load_image(path)
+    assert tiles.dtype == torch.uint8 and tiles.shape == (ref.shape[0], 448, 448, 3)
+    assert torch.equal(it.normalise(tiles), ref)
+    assert torch.equal(it.normalise(tiles, torch.bfloat16, "cpu"), ref.to(torch.bfloat16))
+    assert tiles.nbytes * 4 == ref.nbytes
+
 # --- odd images --------------------------------------------------------------------------------
 
 def test_grayscale_palette_cmyk_become_rgb(tmp_path):

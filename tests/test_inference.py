@@ -358,6 +358,21 @@ def test_lmdeploy_gets_our_pixel_values_unchanged(tiny_model_dir, photos, wide_p
                                                                       [[Message("user", "?", images=[wide_photo])]])[0][0])
 
 
+
+def test_pixel_values_normalised_on_a_device_equal_the_cpu_path(tiny_model_dir, photos, wide_photo):
+    """LMDeployBackend(gpu_normalise=True) hands the engine pixel values normalised where it runs (workers
+    only tile): the same values and dtype as the CPU path, per request and image (a CPU device stands in)."""
+    from foodie.inference import pixel_values
+    from foodie.model_spec import ModelSpec
+    spec = ModelSpec.from_checkpoint(tiny_model_dir)
+    requests = [[Message("user", "?", images=[wide_photo])], [Message("user", "?", images=[photos[0], wide_photo])]]
+    for dtype in (None, torch.bfloat16):
+        want = pixel_values(spec, requests, 2, dtype)
+        got = pixel_values(spec, requests, 2, dtype, device="cpu")
+        assert [len(r) for r in got] == [1, 2]
+        for g, w in zip(sum(got, []), sum(want, [])):
+            assert g.dtype == w.dtype and torch.equal(g, w)
+
 def test_answer_all_covers_every_request_as_generate_does(backend, photos, wide_photo):
     """The evaluation's run loop: every request answered once, in batches of at most batch_size, each
     answer what generate() gives for the same batch."""
@@ -408,7 +423,7 @@ def test_lmdeploy_answer_all_feeds_prepared_images_and_bounds_what_waits(tiny_mo
     b = object.__new__(LMDeployBackend)
     b.pipe, b.loop, b._session_ids = Pipe(), loop, itertools.count()
     b._pool, b.max_in_flight, b._slots = ThreadPoolExecutor(2), 3, None
-    b.prepares_images, b._dtype, b.max_tiles, b.pin_memory = True, None, 12, False
+    b.prepares_images, b._dtype, b.max_tiles, b.pin_memory, b.normalise_on = True, None, 12, False, None
     b.spec = replace(ModelSpec.from_checkpoint(tiny_model_dir), max_tiles=12)
     prepare = b._pixels
 
