@@ -22,7 +22,8 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
   rerun, ``:dtype=16`` runs float16 instead of bfloat16, ``:cudnn=0`` keeps torch's SDPA off cuDNN in the variant's
   process, ``:profile=N`` adds a kernel profile of the engine alone on N questions, ``:compile=1`` switches on
   LMDeploy's own compiled vision encoder, ``:pin=1`` hands the engine pinned pixel values, ``:cudnnbench=1`` lets
-  cuDNN pick its fastest convolution, ``:gpunorm=1`` normalises the tiles on the GPU: the workers only tile);
+  cuDNN pick its fastest convolution, ``:gpunorm=0`` normalises the
+  tiles in the image workers on the CPU, as before 2026-12-01 (default: they only tile, the GPU normalises));
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -232,7 +233,7 @@ def load_variant(args, name: str, settings: dict):
                         cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None,
                         compile_vision=bool(settings.get("compile")), pin_memory=bool(settings.get("pin")),
                         cudnn_benchmark=bool(settings.get("cudnnbench")),
-                        gpu_normalise=bool(settings.get("gpunorm")))
+                        gpu_normalise=bool(settings.get("gpunorm", 1)))
 
 
 def timed_answers(backend, requests, params, batch_size, gpus=1) -> tuple[list[str], float, float | None]:

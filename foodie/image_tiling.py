@@ -228,10 +228,12 @@ def load_tiles(image: ImageLike, input_size: int = IMAGE_SIZE, max_num: int = MA
 def normalise(tiles: torch.Tensor, dtype=None, device=None) -> torch.Tensor:
     """uint8 [tiles, H, W, 3] -> [tiles, 3, H, W] by the official ``build_transform``'s arithmetic (ToTensor's
     /255, then Normalize's -mean, /std, in float32), on ``device``: bitwise ``load_image`` wherever float32
-    division rounds correctly (CPUs; CUDA without fast-math, as PyTorch builds it), then cast to ``dtype``."""
+    division rounds correctly (CPUs; CUDA without fast-math, as PyTorch builds it), then cast to ``dtype``.
+    Contiguous, as ToTensor leaves it: a channels-last tensor, equal in value, made cuDNN's patch convolution
+    round differently (LMDeploy's answers changed on 38% of 32-token answers; docs/PERFORMANCE.md, session 9)."""
     import torch
 
-    x = tiles.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div(255)
+    x = tiles.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float().div(255)
     mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
                  for v in (IMAGENET_MEAN, IMAGENET_STD))
     x = x.sub(mean).div(std)

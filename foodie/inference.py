@@ -370,7 +370,7 @@ class LMDeployBackend:
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
                  image_workers: int | None = None, dtype: str = "auto", compile_vision: bool = False,
-                 pin_memory: bool = False, cudnn_benchmark: bool = False, gpu_normalise: bool = False):
+                 pin_memory: bool = False, cudnn_benchmark: bool = False, gpu_normalise: bool = True):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
 
         if dtype not in ("auto", "bfloat16", "float16"):

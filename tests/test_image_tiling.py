@@ -168,7 +168,7 @@ def test_tiles_normalised_elsewhere_equal_load_image_bitwise(tmp_path, size):
     tiles = it.load_tiles(path)
     ref = it.load_image(path)
     assert tiles.dtype == torch.uint8 and tiles.shape == (ref.shape[0], 448, 448, 3)
-    assert torch.equal(it.normalise(tiles), ref)
+    assert torch.equal(it.normalise(tiles), ref) and it.normalise(tiles).is_contiguous()  # layout too: cuDNN
     assert torch.equal(it.normalise(tiles, torch.bfloat16, "cpu"), ref.to(torch.bfloat16))
     assert tiles.nbytes * 4 == ref.nbytes
 
