@@ -129,7 +129,8 @@ _streams = threading.local()
 @contextlib.contextmanager
 def _thread_stream(device):
     """On a CUDA device: this thread's own stream (the engine's streams never wait on it); ``finish(x)`` waits
-    for the stream's work, so ``x`` is ready for any stream. Elsewhere nothing."""
+    for the stream's work, so ``x`` is ready for any stream. Elsewhere nothing. (The memory of ``x`` returns to this
+    stream's pool when LMDeploy drops the request, after the step that read it has copied its tokens to the host.)"""
     import torch
 
     device = torch.device(device)
