@@ -40,6 +40,9 @@ import torch
 from foodie import prompts
 from foodie.tasks import LETTERS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the text-only pre-training's helpers
+from tiny_pretraining import _batch as batchify, conversation_factory, word_pools  # noqa: E402
+
 OPTION_LINE = re.compile(r'（([A-D])\) (.*)\n')
 
 
@@ -90,8 +93,6 @@ def prep(args):
 
 class Encoder:
     def __init__(self, tm, template):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from tiny_pretraining import conversation_factory
         self.tok = tm.build_tokenizer()
         self.new_conv = conversation_factory(tm.REMOTE_CODE_DIR, template)
         self.img_ctx = self.tok.convert_tokens_to_ids('<IMG_CONTEXT>')
@@ -147,18 +148,6 @@ class Encoder:
         return ids, labels
 
 
-def batchify(rows, pad):
-    width = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (i, lab) in enumerate(rows):
-        ids[r, :len(i)] = torch.tensor(i)
-        labels[r, :len(lab)] = torch.tensor(lab)
-        mask[r, :len(i)] = 1
-    return ids, labels, mask
-
-
 def forward_hidden(llm, ids, mask, img_ctx, image_embeds):
     """The LLM body's last hidden states, image_embeds [B, 64, H] at the <IMG_CONTEXT> positions of sequence b
     (repeated when a conversation holds the image once a turn), as InternVLChatModel.forward places them."""
@@ -211,7 +200,6 @@ def word_list(tm, pool='phrases'):
     words = sorted(set(tm._WORDS_ZH.split() + tm._DISHES_ZH.split()))
     if pool == 'words':
         return words
-    from tiny_pretraining import word_pools
     return word_pools(words, tm._WORDS_EN.split())['zh']
 
 
