@@ -392,10 +392,11 @@ class LMDeployBackend:
         self.max_in_flight, self._slots = 2 * max_batch_size, None  # requests being prepared or generated
         self._dtype = self.pipe.engine.model_config.dtype
         self.prepares_images = pass_prepared_images(self.pipe.vl_encoder.model, self.spec.tokens_per_tile)
-        self.pin_memory = pin_memory and self.prepares_images  # pixel values the engine copies without waiting
         # Our image workers only tile; the normalising (bitwise the CPU's) runs on the engine's GPU: a quarter of
         # the bytes to copy and about two thirds less CPU time a question (docs/PERFORMANCE.md, session 9).
         self.normalise_on = "cuda" if gpu_normalise and self.prepares_images else None
+        # pixel values on the host the engine copies without waiting (none are on the host when the GPU normalises)
+        self.pin_memory = pin_memory and self.prepares_images and self.normalise_on is None
         if cudnn_benchmark:  # the patch-embedding convolution: cuDNN picks its fastest algorithm per shape
             import torch
             torch.backends.cudnn.benchmark = True
@@ -428,7 +429,7 @@ class LMDeployBackend:
             return None
         pixels = (await asyncio.wrap_future(self._pool.submit(pixel_values, spec, [request], 1, self._dtype,
                                                               self.normalise_on)))[0]
-        return [x.pin_memory() for x in pixels] if self.pin_memory and self.normalise_on is None else pixels
+        return [x.pin_memory() for x in pixels] if self.pin_memory else pixels
 
     async def _answer(self, request: Request, params: GenerationParams, on_delta=None) -> str:
         from lmdeploy import GenerationConfig
