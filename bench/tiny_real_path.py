@@ -14,12 +14,14 @@ where the image goes: the 64 image positions hold the token embeddings of 1-5 at
 offers four options, one of them among those words, and the reply is its letter (`--turns T` asks T such
 questions in one conversation: denser letter supervision).
 
-Measured (docs/TRAINING.md, session 9): at the shipped settings (4 heads, batch 4, lr 1e-3, cosine over 2,500
-steps) 0.25-0.26, as `make quickstart`; with 8 heads (4 key/value heads), --perm random and lr 3e-4 at batch 64,
-0.87 by 1,500 steps and 0.895-0.957 from 1,750 on one H200.
+Measured (docs/TRAINING.md, session 9): at session 9's shipped settings (4 heads, batch 4, lr 1e-3, cosine over
+2,500 steps) 0.25-0.26, as `make quickstart` then; with 8 heads (4 key/value heads), --perm random and lr 3e-4 at
+batch 64, 0.87 by 1,500 steps and 0.895-0.957 from 1,750 on one H200. Session 10: after a reading pre-training of
+1,000 batches (one word at the image positions) the batch-4 fine-tune reaches 0.63-0.81 (2 layers), 0.79-0.84 (4
+layers): bench/results/tiny_reader_h200_2026-12-01_s10.md.
 
     python bench/tiny_real_path.py prep --data-root work/foodieqa-synthetic --out feats.pt
-    python bench/tiny_real_path.py run feats.pt --steps 2500 --cosine --every 500            # the shipped settings
+    python bench/tiny_real_path.py run feats.pt --heads 4 --kv-heads 2 --steps 2500 --cosine --every 500   # session 9's
     python bench/tiny_real_path.py run feats.pt --heads 8 --kv-heads 4 --perm random --lr 3e-4 --bs 64 \
         --steps 4000 --every 250 --device cuda
     python bench/tiny_real_path.py run feats.pt --heads 8 --kv-heads 4 --pretrain 3000 --turns 4 --device cuda
@@ -222,13 +224,17 @@ QUESTIONS = ('图片中的食物是什么菜？', '图片中的食物属于哪�
              '图片中的食物的主要食材是什么？', '图片中的食物主要用哪种烹饪方法制作？', '图中是什么？', '这是什么？')
 
 
-def attr_embeds(llm, tok, attrs_batch, device):
-    """The 64 image positions: the attribute words' token embeddings, cycled."""
+def attr_embeds(llm, tok, attrs_batch, device, mix=False, noise=0.0):
+    """The 64 image positions: the attribute words' token embeddings, cycled (mix: their mean at every position;
+    noise: Gaussian noise of that many times the embeddings' standard deviation added)."""
+    emb = llm.get_input_embeddings()
     rows = []
     for attrs in attrs_batch:
         ids = [i for w in attrs for i in tok(w, add_special_tokens=False).input_ids]
-        rows.append((ids * (64 // len(ids) + 1))[:64])
-    return llm.get_input_embeddings()(torch.tensor(rows, device=device))
+        rows.append(emb(torch.tensor(ids, device=device)).mean(0).expand(64, -1) if mix
+                    else emb(torch.tensor((ids * (64 // len(ids) + 1))[:64], device=device)))
+    out = torch.stack(rows)
+    return out + noise * emb.weight.std() * torch.randn_like(out) if noise else out
 
 
 def pretrain(llm, enc, tm, args, device, log):
@@ -253,7 +259,7 @@ def pretrain(llm, enc, tm, args, device, log):
                 chunk = held[s:s + 64]
                 rows = enc.encode_batch([[(enc.user(q, o), None)] for _, [(q, o, _)] in chunk])
                 ids, _, mask = (t.to(device) for t in batchify(rows, enc.tok.pad_token_id))
-                img = attr_embeds(llm, enc.tok, [a for a, _ in chunk], device)
+                img = attr_embeds(llm, enc.tok, [a for a, _ in chunk], device, args.pt_mix)
                 hidden = forward_hidden(llm, ids, mask, enc.img_ctx, img)
                 last = hidden[torch.arange(len(chunk), device=device), mask.sum(1) - 1]
                 top = head(llm)(last)[:, enc.letter_ids].argmax(-1).tolist()
@@ -269,7 +275,7 @@ def pretrain(llm, enc, tm, args, device, log):
         if step == 0:
             enc.check([(enc.user(q, o), f'{LETTERS[p]}) {o[p]}') for q, o, p in items[0][1]])
         ids, labels, mask = (t.to(device) for t in batchify(rows, enc.tok.pad_token_id))
-        img = attr_embeds(llm, enc.tok, [a for a, _ in items], device)  # repeated in every turn's <img> span
+        img = attr_embeds(llm, enc.tok, [a for a, _ in items], device, args.pt_mix, args.pt_noise)  # repeated in every turn's <img> span
         loss = loss_of(llm, ids, labels, mask, enc.img_ctx, img)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in params if p.requires_grad], 1.0)
@@ -333,7 +339,9 @@ def run(args):
         except ImportError:
             log(dict(note='peft missing: full fine-tune instead of LoRA'))
             args.full = True
-    if args.full:
+    if args.freeze_llm:
+        pass  # the projector alone learns to speak to the pre-trained reader
+    elif args.full:
         for n, p in llm.named_parameters():
             if 'tok_embeddings' not in n:
                 p.requires_grad_(True)
@@ -420,8 +428,8 @@ def main():
     r.add_argument('--seed', type=int, default=0)
     r.add_argument('--device', default='cpu')
     r.add_argument('--threads', type=int, default=1)
-    r.add_argument('--heads', type=int, default=4)
-    r.add_argument('--kv-heads', type=int, default=2)
+    r.add_argument('--heads', type=int, default=8)  # foodie.tiny_model.TINY_LLM's (4 / 2 until session 10)
+    r.add_argument('--kv-heads', type=int, default=4)
     r.add_argument('--layers', type=int)
     r.add_argument('--steps', type=int, default=2500)
     r.add_argument('--bs', type=int, default=4)
@@ -443,6 +451,9 @@ def main():
     r.add_argument('--turns', type=int, default=1)
     r.add_argument('--attr', type=int, nargs=2, default=(1, 5), help='attribute words at the image positions')
     r.add_argument('--freeze-emb', action='store_true')
+    r.add_argument('--freeze-llm', action='store_true', help='fine-tune the projector (mlp1) alone, no LoRA')
+    r.add_argument('--pt-mix', action='store_true', help='image positions: the mean of the attribute embeddings')
+    r.add_argument('--pt-noise', type=float, default=0.0, help='noise on the image positions (x embedding std)')
     r.add_argument('--pool', default='phrases', choices=('words', 'phrases'))
     args = ap.parse_args()
     prep(args) if args.cmd == 'prep' else run(args)

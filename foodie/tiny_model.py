@@ -1,5 +1,6 @@
-"""The embedded default model: a tiny random-weight InternVL2 in the official checkpoint format, loading like
-OpenGVLab/InternVL2-2B; a pure function of the seed. Remote code: OpenGVLab's InternViT and InternLM2 files as the
+"""The embedded default model: a tiny InternVL2 in the official checkpoint format, loading like OpenGVLab/InternVL2-2B;
+a pure function of the seed: weights drawn at random, then its LLM pre-trained to read multiple choice by letter
+(foodie/tiny_reader.py). Remote code: OpenGVLab's InternViT and InternLM2 files as the
 installed XTuner 0.2.0 ships them (read at build time) beside the project's InternVL chat files (foodie/remote_code)."""
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ TINY_VISION = dict(FULL_VISION, hidden_size=64, num_hidden_layers=2, num_attenti
                    image_size=224, initializer_factor=0.1)
 # LLM weights drawn with std 0.1, not 0.02: at 0.02 a 128-wide random LLM is nearly linear and LoRA hardly moves
 # it (held-out 0.16 against 0.64-0.83 at 0.08-0.15, docs/TRAINING.md). vocab_size: the tiny tokenizer's.
-TINY_LLM = dict(FULL_LLM, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+# 8 heads of 16 (4 key/value heads, InternLM2's 2:1 grouping): the letter look-up is learned on every seed tried,
+# with 4 heads on some only (docs/TRAINING.md, "A larger tiny LLM, with positions").
+TINY_LLM = dict(FULL_LLM, hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
                 intermediate_size=256, initializer_range=0.1)
 INIT_STD = 0.02
 SHARD_BYTES = 2 * 1024 ** 3  # full-size weights (4.4 GB in bf16): three shards plus an index
@@ -275,16 +278,53 @@ def _write_json(path: Path, obj):
 
 
 RECIPE_FILE = 'foodie_tiny_model.json'  # how the folder was made (an extra file; loaders ignore it)
-GENERATOR_VERSION = 3  # 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range); 3: 224-pixel tiles
+# 2: the LLM drawn with std 0.1 (TINY_LLM initializer_range); 3: 224-pixel tiles; 4: 8 heads, reading pre-training
+GENERATOR_VERSION = 4
+READER_WORDS = sorted(set(_WORDS_ZH.split() + _DISHES_ZH.split()))  # the reading pre-training's option texts
 
 
-def recipe(seed: int = 0, full_size: bool = False) -> dict:
-    return {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size,
+def recipe(seed: int = 0, full_size: bool = False, reader: bool = True) -> dict:
+    from foodie import tiny_reader
+
+    made = {'generator': 'foodie.tiny_model', 'version': GENERATOR_VERSION, 'seed': seed, 'full_size': full_size,
             'modeling': 'official'}
+    return {**made, 'reading_pretraining': tiny_reader.settings()} if reader and not full_size else made
 
 
-def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False) -> Path:
-    """Write the checkpoint folder to `out` atomically; an existing non-empty `out` only with force=True."""
+def reader_llm_state(seed: int, tokenizer, code_dir: Path, progress: bool = False) -> tuple[dict, float]:
+    """(the tiny LLM of `seed` after foodie.tiny_reader's pre-training, float32; its reading accuracy), from
+    paths.cache_dir() when it was computed before with the same settings (a few minutes on a CPU otherwise)."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from foodie import tiny_reader
+
+    key = json.dumps(dict(recipe(seed), llm=TINY_LLM, vision=TINY_VISION, vocab=len(tokenizer), words=READER_WORDS,
+                          torch=torch.__version__.split('+')[0]), sort_keys=True, ensure_ascii=False)
+    path = paths.cache_dir() / f'tiny-reader-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors'
+    if path.is_file():
+        with safe_open(str(path), 'pt') as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, float(f.metadata()['reading_accuracy'])
+    llm = build_model(seed, dtype=torch.float32, vocab_size=len(tokenizer)).language_model
+    items = tiny_reader.Items(tokenizer, code_dir, make_config().template, READER_WORDS)
+    with tqdm(total=tiny_reader.STEPS, desc='tiny LLM: reading pre-training (once; cached)', unit='batch',
+              disable=not progress) as bar:
+        accuracy = tiny_reader.pretrain(llm, items, seed, lambda step, loss: (bar.update(), bar.set_postfix(
+            loss=f'{loss:.3f}', refresh=False)))
+    state = {k: v.detach().contiguous() for k, v in llm.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={'reading_accuracy': f'{accuracy:.4f}', 'key': key})
+    return state, accuracy
+
+
+def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', force: bool = False,
+                     reader: bool = True, progress: bool = False) -> Path:
+    """Write the checkpoint folder to `out` atomically; an existing non-empty `out` only with force=True. The tiny
+    model's LLM first learns to read a multiple-choice question (foodie.tiny_reader; `reader=False`: left as drawn);
+    the full-size model is random throughout."""
     out = Path(out)
     code = modeling_files()  # fails early, before any weights are drawn
     if str(device) == 'meta':
@@ -301,12 +341,15 @@ def write_checkpoint(out, seed: int = 0, full_size: bool = False, device='cpu', 
                                                      'eos_token_id': [2, tokenizer.convert_tokens_to_ids('<|im_end|>')]})
         for fname, content in code.items():
             (tmp / fname).write_bytes(content)
+        if reader and not full_size:
+            state, _ = reader_llm_state(seed, tokenizer, tmp, progress)
+            model.language_model.load_state_dict(state)  # cast to the checkpoint's bfloat16
         tokenizer.save_pretrained(tmp)
         for fname in ('tokenizer_config.json', 'special_tokens_map.json'):  # sorted keys, no run-specific data
             _write_json(tmp / fname, json.loads((tmp / fname).read_text(encoding='utf-8')))
         # model.safetensors, or shards of SHARD_BYTES plus model.safetensors.index.json
         save_torch_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, tmp, max_shard_size=SHARD_BYTES)
-        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size))
+        _write_json(tmp / RECIPE_FILE, recipe(seed, full_size, reader))
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
@@ -332,7 +375,7 @@ def ensure_embedded_default(model: bool = True, data: bool = False, log=print) -
     model_dir, data_dir = paths.tiny_model_dir(), paths.demo_data_dir()
     if model and _outdated(model_dir, RECIPE_FILE, 'foodie.tiny_model', GENERATOR_VERSION):
         log(f'building the embedded tiny model in {model_dir} (python tools/make_tiny_model.py --force) ...')
-        write_checkpoint(model_dir, force=True)
+        write_checkpoint(model_dir, force=True, progress=True)
     if data and _outdated(data_dir, synthetic_data.RECIPE_FILE, 'foodie.synthetic_data',
                           synthetic_data.GENERATOR_VERSION):
         log(f'building the synthetic FoodieQA in {data_dir} (python tools/make_demo_data.py --force) ...')

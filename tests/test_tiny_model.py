@@ -100,11 +100,13 @@ def test_config_json_matches_internvl2_2b_layout(tiny_model_dir):
 
 
 def test_rebuild_is_byte_identical_and_seed_changes_only_weights(tiny_model_dir, tmp_path):
-    again = write_checkpoint(tmp_path / 'again', seed=0)
+    again = write_checkpoint(tmp_path / 'again', seed=0)  # the reading pre-training from its cache
     assert file_hashes(again) == file_hashes(tiny_model_dir)
-    other = file_hashes(write_checkpoint(tmp_path / 'other', seed=1))
-    reference = file_hashes(tiny_model_dir)
+    # seeds compared without the pre-training (a few CPU minutes for each new seed)
+    reference = file_hashes(write_checkpoint(tmp_path / 'drawn', seed=0, reader=False))
+    other = file_hashes(write_checkpoint(tmp_path / 'other', seed=1, reader=False))
     assert {n for n in reference if reference[n] != other[n]} == {'model.safetensors', RECIPE_FILE}
+    assert reference['model.safetensors'] != file_hashes(tiny_model_dir)['model.safetensors']
 
 
 def test_recipe_file_tells_a_current_tiny_model_from_a_stale_one(tiny_model_dir, tmp_path):
@@ -186,7 +188,7 @@ def expected_internvl2_2b_shapes():
     return shapes
 
 
-def test_built_model_computes_what_the_saved_checkpoint_computes(tiny_model_dir):
+def test_built_model_computes_what_the_saved_checkpoint_computes(tmp_path):
     """build_model (used by the benches and pre-training) must match the folder loaded the official way, buffers
     such as the rotary frequencies included: they are not in the checkpoint (an uninitialised one once made every
     in-memory model position-blind)."""
@@ -196,7 +198,8 @@ def test_built_model_computes_what_the_saved_checkpoint_computes(tiny_model_dir)
     built = tiny_model.build_model(0, dtype=torch.float32).language_model
     for p in built.parameters():  # the checkpoint holds them in bfloat16
         p.data = p.data.bfloat16().float()
-    loaded = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True,
+    drawn = write_checkpoint(tmp_path / 'drawn', seed=0, reader=False)  # as drawn, before the reading pre-training
+    loaded = AutoModel.from_pretrained(drawn, trust_remote_code=True,
                                        torch_dtype=torch.float32).language_model
     ids = torch.arange(3, 43)[None]
     with torch.no_grad():

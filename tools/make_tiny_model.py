@@ -1,6 +1,7 @@
-"""Build the embedded tiny InternVL2 checkpoint (official format, random weights), or the full-size one.
+"""Build the embedded tiny InternVL2 checkpoint (official format, random weights; its LLM then learns to answer a
+multiple-choice question by letter, foodie/tiny_reader.py), or the full-size one (random weights).
 
-    python tools/make_tiny_model.py                      # -> work/tiny-internvl2 (a few MB, seconds on CPU)
+    python tools/make_tiny_model.py                      # -> work/tiny-internvl2 (a few MB; ~3 CPU minutes once)
     python tools/make_tiny_model.py --out DIR --seed 1 --force
     python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
     python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
@@ -22,6 +23,9 @@ def main(argv=None):
     parser.add_argument('--full-size', action='store_true', help='the real InternVL2-2B architecture (2.2 B params)')
     parser.add_argument('--device', default='cpu', help="cpu | cuda | meta (meta: list names and shapes only)")
     parser.add_argument('--force', action='store_true', help='replace an existing non-empty --out')
+    parser.add_argument('--no-reading-pretraining', dest='reader', action='store_false',
+                        help='leave the tiny LLM as drawn (default: it first learns to answer multiple choice by '
+                             'letter, foodie/tiny_reader.py; a few CPU minutes once, then cached)')
     args = parser.parse_args(argv)
     shapes = parameter_shapes(full_size=args.full_size)
     params = sum(math.prod(s) for s in shapes.values())
@@ -32,7 +36,8 @@ def main(argv=None):
         return 0
     start = time.perf_counter()
     try:
-        write_checkpoint(args.out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force)
+        write_checkpoint(args.out, seed=args.seed, full_size=args.full_size, device=args.device, force=args.force,
+                         reader=args.reader, progress=True)
     except (FileExistsError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

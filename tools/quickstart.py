@@ -261,7 +261,7 @@ def main(argv=None) -> int:
                    help="e.g. deepspeed_zero2 (default: deepspeed_zero2 when a CUDA GPU is visible)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length cap of the evaluations (default: the authors' 512 on a GPU; 64 on CPU, where "
-                        "a model that never ends its turn, like the random base, would spend minutes on 512)")
+                        "a model that never ends its turn would spend minutes on 512)")
     args = p.parse_args(argv)
     if args.deepspeed is None or args.max_new_tokens is None:
         import torch
