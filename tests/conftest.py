@@ -15,6 +15,16 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def drawn_model_dir(tmp_path_factory):
+    """The tiny checkpoint as drawn, before its LLM's reading pre-training (write_checkpoint(reader=False)): it
+    rarely ends its turn, so tests of generation mechanics (streaming, Stop, history) get answers of any length.
+    The embedded default answers multiple choice by letter and ends other replies at once. Read-only for tests."""
+    from foodie.tiny_model import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp('drawn-model') / 'tiny-internvl2', seed=0, reader=False)
+
+
+@pytest.fixture(scope='session')
 def small_foodieqa_dir(tmp_path_factory):
     """A small synthetic FoodieQA (96 single-image, 48 multi-image questions, 16 dishes, 8 cuisines)
     whose photos are shrunk to 160x160 px, so each is one tile: fast for the tiny model.

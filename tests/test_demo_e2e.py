@@ -74,8 +74,13 @@ def http_status(url: str) -> int:
         return e.code
 
 
+class ServedUrl(str):
+    """The page's URL; ``work``: the FOODIE_WORK folder the server runs with (its embedded model and data)."""
+    work: Path
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(drawn_model_dir, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
                     f".ci/run does this for CI")
@@ -83,10 +88,16 @@ def server():
     port = free_port()
     log_path = ARTIFACTS / "demo_e2e_server.log"
     log = open(log_path, "w")
-    # No --model / --data-root: the app must serve the embedded default out of the box.
+    # No --model / --data-root: the app must serve the embedded default out of the box. Its work folder holds the
+    # tiny model as drawn (a folder of other settings is kept, not rebuilt): streaming and Stop need long answers,
+    # and the embedded default's LLM ends every reply but a letter at once.
+    work = tmp_path_factory.mktemp("demo-work")
+    shutil.copytree(drawn_model_dir, work / "tiny-internvl2")
     proc = subprocess.Popen([sys.executable, str(REPO / "demo/app.py"), "--port", str(port)], cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "FOODIE_WORK": str(work)})
+    url = ServedUrl(f"http://127.0.0.1:{port}")
+    url.work = work
     deadline = time.time() + 150  # first run builds the tiny model and the synthetic data
     try:
         while True:
@@ -120,10 +131,10 @@ def browser():
 
 
 def long_follow_up(backend, first_question: str, first_max_new_tokens: int) -> str:
-    """A follow-up question the served model (the embedded default, greedy) answers at length.
+    """A follow-up question the served model (the tiny model as drawn, greedy) answers at length.
 
     Random weights decide when a greedy answer ends: one question runs for hundreds of tokens, another
-    ends after a few. The Stop test needs a long one, so it asks ``backend`` (the embedded default, as the page
+    ends after a few. The Stop test needs a long one, so it asks ``backend`` (the same model, as the page
     serves it; same conversation) instead of assuming the draw of the tiny model."""
     from foodie.inference import GenerationParams, Message
 
@@ -299,7 +310,7 @@ def test_uploads_are_validated_private_to_their_session_and_gone_after_clear(ser
         # Nothing outside the gallery and the app's own files is served.
         for secret in (REPO / "pyproject.toml", paths.tiny_model_dir() / "config.json", Path("/etc/passwd")):
             assert http_status(f"{server}/gradio_api/file={secret}") in (403, 404), secret
-        gallery_image = sorted((paths.demo_data_dir() / "images").rglob("*.*"))[0]
+        gallery_image = sorted((server.work / paths.demo_data_dir().name / "images").rglob("*.*"))[0]
         assert http_status(f"{server}/gradio_api/file={gallery_image}") == 200
         page.screenshot(path=str(ARTIFACTS / "demo_e2e_upload.png"), full_page=True)
 
@@ -404,7 +415,7 @@ def test_page_controls_examples_gallery_toggle_limits_export(server, browser, tm
 
         # Undo with nothing to undo: a toast, and no error badge on the chat.
         page.locator("#undo").click()
-        page.wait_for_selector("text=Nothing to undo", timeout=10_000)
+        page.wait_for_selector("text=Nothing to undo", timeout=30_000)  # the server may answer slowly on a busy CPU
         assert page.get_by_text("Error", exact=True).count() == 0
 
         # A dish clicked twice is taken off again (never attached twice); two dishes make two images.
@@ -534,10 +545,11 @@ def app_module():
 
 
 @pytest.fixture(scope="module")
-def demo_app(app_module):
-    """(the app module, the embedded default on the transformers backend, its data folder, its spec)."""
+def demo_app(app_module, drawn_model_dir):
+    """(the app module, the tiny model as drawn on the transformers backend -- as `server` serves it --, the
+    synthetic data folder, its spec)."""
     app = app_module
-    model_dir, data_dir = app.ensure_embedded_default(None, None)
+    model_dir, data_dir = app.ensure_embedded_default(str(drawn_model_dir), None)
     from foodie.inference import load_backend
     from foodie.model_spec import ModelSpec
     return app, load_backend(model_dir, backend="transformers"), data_dir, ModelSpec.from_checkpoint(model_dir)

@@ -16,11 +16,12 @@ GREEDY = dict(max_new_tokens=8, do_sample=False)
 
 
 @pytest.fixture(scope='module')
-def loaded(tiny_model_dir):
+def loaded(drawn_model_dir):
+    """The official chat()/generate() on our checkpoint; as drawn, so that every answer has some text."""
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(drawn_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(drawn_model_dir, trust_remote_code=True).eval()
     model.img_context_token_id = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
     return model, tokenizer
 
