@@ -199,10 +199,9 @@ def first_letter_accuracy(llm, enc, rows, image_embeds_of, device):
 def word_list(tm, pool='phrases'):
     """Option texts of the pre-training: the tiny tokenizer's Chinese words, or those and two-word phrases
     (bench/tiny_pretraining.py's pool: options of several tokens occur)."""
-    words = sorted(set(tm._WORDS_ZH.split() + tm._DISHES_ZH.split()))
     if pool == 'words':
-        return words
-    return word_pools(words, tm._WORDS_EN.split())['zh']
+        return tm.READER_WORDS
+    return word_pools(tm.READER_WORDS, tm._WORDS_EN.split())['zh']
 
 
 def pretrain_item(rng, words, attr, turns):

@@ -48,6 +48,7 @@ class Items:
         self.image = f'<img>{"<IMG_CONTEXT>" * IMAGE_POSITIONS}</img>\n'
         self.img_ctx = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
         self.letter_ids = [tokenizer(L, add_special_tokens=False).input_ids[0] for L in LETTERS]
+        self.image_ids = {w: self._cycled(tokenizer(w, add_special_tokens=False).input_ids) for w in self.words}
 
     def draw(self, rng: random.Random):
         """(question, options, index of the answer, the word at the image positions)."""
@@ -77,8 +78,8 @@ class Items:
             ids[r, :len(i)], labels[r, :len(lab)], mask[r, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
         return ids, labels, mask
 
-    def word_ids(self, word):
-        ids = self.tok(word, add_special_tokens=False).input_ids
+    @staticmethod
+    def _cycled(ids):
         return (ids * (IMAGE_POSITIONS // len(ids) + 1))[:IMAGE_POSITIONS]  # a word of several tokens, cycled
 
 
@@ -86,7 +87,7 @@ def hidden_states(llm, items: Items, batch, ids, mask):
     """The LLM's last hidden states with each item's word embeddings at its <IMG_CONTEXT> positions."""
     embed = llm.get_input_embeddings()
     x = embed(ids).clone()
-    words = torch.tensor([items.word_ids(w) for *_, w in batch])
+    words = torch.tensor([items.image_ids[w] for *_, w in batch])
     x[ids == items.img_ctx] = embed(words).reshape(-1, x.shape[-1])
     return llm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
