@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	@if [ "$(PROFILE)" = gpu ]; then $(PY) -m pip install -q --no-deps --force-reinstall $$(python3 -c "import tomllib;print(' '.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if d.startswith('mmengine')))"); fi
 	@# Pins that override a broken transitive pin ([tool.foodie] overrides in pyproject.toml).
 	$(PY) -m pip install -q --no-deps $$(python3 -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['foodie']['overrides']))")
-	@# The embedded tiny model's reading pre-training (~3 CPU minutes, once; cached, foodie/tiny_reader.py) is set-up.
+	@# The embedded tiny model's reading pre-training (~5 CPU minutes, once; cached, foodie/tiny_reader.py) is set-up.
 	$(PY) -c "from foodie.tiny_model import ensure_embedded_default; ensure_embedded_default()"
 	@rm -f $(VENV)/.installed-*
 	touch $@

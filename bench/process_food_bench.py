@@ -8,7 +8,7 @@ every image, split, collages, writing), for the default (single-image questions)
 (single + multi-image questions, zh and en). The issue's budget: under 10 s on 2 cores.
 
 Note: real FoodieQA photos are phone pictures (often 3000-4000 px) and take longer to decode than
-the synthetic 300-1200 px drawings; image checks decode JPEGs at 1/8 scale, which keeps that cheap.
+the synthetic drawings (300-1200 px when measured; 224-640 px since session 11); image checks decode JPEGs at 1/8 scale, which keeps that cheap.
 """
 from __future__ import annotations
 

@@ -346,7 +346,7 @@ def run(args):
                 p.requires_grad_(True)
     else:
         names = sorted({n.split('.')[-1] for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear)})
-        llm = get_peft_model(llm, LoraConfig(r=128, lora_alpha=256, lora_dropout=0.05, target_modules=names))
+        llm = get_peft_model(llm, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05, target_modules=names))
     for p in mlp1.parameters():
         p.requires_grad_(True)
     params = [p for p in list(llm.parameters()) + list(mlp1.parameters()) if p.requires_grad]
@@ -437,6 +437,7 @@ def main():
     r.add_argument('--cosine', action='store_true', help='cosine to 0 at --steps (the config); default constant')
     r.add_argument('--every', type=int, default=500)
     r.add_argument('--perm', default='none', help="none | random | K (fixed orders a question)")
+    r.add_argument('--lora-r', type=int, default=128, help='LoRA rank (alpha twice it, as the configs)')
     r.add_argument('--full', action='store_true', help='full fine-tune of the LLM linear layers instead of LoRA')
     r.add_argument('--seconds', type=float, default=0, help='stop (and measure) after this many seconds in all')
     r.add_argument('--init', help='LLM weights to start from (a --save file)')

@@ -130,7 +130,8 @@ def test_merged_float32_sharded_equals_xtuner_model_with_lora(run_env, tmp_path)
     ckpt = run_env / "iter_1.pth"
     out = tmp_path / "merged"
     result = convert(CPU_CONFIG, ckpt, out, dtype="float32", max_shard_size="1MB", verify=False)
-    assert result.checkpoint == ckpt and result.counts["merged"] == 11  # 2 layers x 5 linears + the LM head
+    layers = json.loads((Path(os.environ["FOODIE_MODEL"]) / "config.json").read_text())["llm_config"]["num_hidden_layers"]
+    assert result.checkpoint == ckpt and result.counts["merged"] == 5 * layers + 1  # wqkv wo w1 w2 w3 + the LM head
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and all((out / s).is_file() for s in shards) and not (out / "model.safetensors").exists()

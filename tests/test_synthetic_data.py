@@ -60,9 +60,10 @@ def test_schema_through_foodieqa_reader(demo):
         assert len(set(item.choices)) == 4 and len(set(item.choices_en)) == 4
         assert item.cuisine in {c.zh for c in sd.CUISINES}
     assert {i.cuisine for i in data.mivqa} <= {c.zh for c in sd.CUISINES}
-    # every image: JPEG, sides 300-1200 px, aspect between 1:2 and 2:1
+    # every image: JPEG, sides within PHOTO_SIDES, aspect between 1:2 and 2:1
     for rel, (w, h) in data.image_sizes.items():
-        assert 300 <= w <= 1200 and 300 <= h <= 1200 and 0.5 <= w / h <= 2.0, (rel, w, h)
+        lo, hi = sd.PHOTO_SIDES
+        assert lo <= w <= hi and lo <= h <= hi and 0.5 <= w / h <= 2.0, (rel, w, h)
     assert {Image.open(out / rel).format for rel in list(data.image_sizes)[:20]} == {"JPEG"}
     assert len({(w, h) for w, h in data.image_sizes.values()}) > 100  # varied sizes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from foodie import cli
 from foodie.paths import demo_data_dir
-from foodie.synthetic_data import DISHES, QUESTION_TYPES, make_demo_data
+from foodie.synthetic_data import DISHES, PHOTOS_PER_DISH, QUESTION_TYPES, make_demo_data
 
 
 def main(argv=None) -> int:
@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=demo_data_dir(), help="output folder (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
-    ap.add_argument("--photos-per-dish", type=int, default=40, help="drawn photos per dish (default: %(default)s)")
+    ap.add_argument("--photos-per-dish", type=int, default=PHOTOS_PER_DISH, help="drawn photos per dish (default: %(default)s)")
     ap.add_argument("--dishes", type=int, default=len(DISHES), help="number of dishes, 4-%(default)s")
     ap.add_argument("--questions-per-photo", type=int, default=2, help="single-image questions per photo, each of "
                     f"another type, 1-{len(QUESTION_TYPES)} (default: %(default)s)")

@@ -1,7 +1,7 @@
 """Build the embedded tiny InternVL2 checkpoint (official format, random weights; its LLM then learns to answer a
 multiple-choice question by letter, foodie/tiny_reader.py), or the full-size one (random weights).
 
-    python tools/make_tiny_model.py                      # -> work/tiny-internvl2 (a few MB; ~3 CPU minutes once)
+    python tools/make_tiny_model.py                      # -> work/tiny-internvl2 (a few MB; ~5 CPU minutes once)
     python tools/make_tiny_model.py --out DIR --seed 1 --force
     python tools/make_tiny_model.py --full-size --device cuda --out DIR   # InternVL2-2B shape, 4.4 GB
     python tools/make_tiny_model.py --full-size --device meta             # list parameter names and shapes
