@@ -164,7 +164,7 @@ def test_interrupted_run_resumes(small_foodieqa_dir, tmp_path):
 def test_answers_without_a_letter_count_a_quarter(small_foodieqa_dir, tmp_path):
     """The headline is the authors' protocol: a letterless answer is worth 1/4 (their random guess);
     strict counts it wrong; the seeded guess makes it right about a quarter of the time."""
-    fake = FakeBackend(lambda t, i: "这个我不确定" if int(i[0][:2]) % 2 else "（A）")
+    fake = FakeBackend(lambda t, i: "这个我不确定" if int(Path(i[0]).stem) % 2 else "（A）")
     out = tmp_path / "out"
     m = evaluate(eval_settings(models=[str(fake_model(tmp_path, "m"))], data_root=str(small_foodieqa_dir),
                             out=str(out), tasks=("sivqa",)), console=QUIET, load=loader({"m": fake}))

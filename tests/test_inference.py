@@ -23,6 +23,12 @@ def backend(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
+def drawn_backend(drawn_model_dir):
+    """The tiny model as drawn (conftest): its answers run long, so streaming has several deltas to yield."""
+    return load_backend(drawn_model_dir, backend="transformers", dtype="float32")
+
+
+@pytest.fixture(scope="module")
 def photos(small_foodieqa_dir):
     return sorted((small_foodieqa_dir / "images").rglob("*.jpg"))
 
@@ -126,22 +132,22 @@ def test_batched_equals_one_at_a_time(backend, photos, wide_photo):
     assert all(isinstance(t, str) for t in batched)
 
 
-def test_stream_yields_the_same_answer_and_can_stop(backend, photos):
+def test_stream_yields_the_same_answer_and_can_stop(drawn_backend, photos):
     request = [Message("user", "这是什么菜？", images=[photos[2]])]
     params = GenerationParams(max_new_tokens=20)
-    deltas = list(backend.stream(request, params))
+    deltas = list(drawn_backend.stream(request, params))
     assert len(deltas) > 1 and all(deltas)
-    assert "".join(deltas) == backend.generate([request], params)[0]
+    assert "".join(deltas) == drawn_backend.generate([request], params)[0]
 
     # Closing the stream early stops generation and frees the model for the next request.
-    stream = backend.stream(request, GenerationParams(max_new_tokens=200))
+    stream = drawn_backend.stream(request, GenerationParams(max_new_tokens=200))
     next(stream)
     stream.close()
     threads = [t for t in threading.enumerate() if t.name.startswith("foodie-generate")]
     for t in threads:
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
-    assert backend.generate([request], params)[0] == "".join(deltas)
+    assert drawn_backend.generate([request], params)[0] == "".join(deltas)
 
 
 @pytest.mark.parametrize("deltas", [

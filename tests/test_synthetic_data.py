@@ -40,7 +40,7 @@ def test_default_build_is_fast_and_big_enough(demo):
     assert sorted(p.name for p in out.iterdir()) == [".synthetic.json", "README.md", "images", "mivqa_tidy.json",
                                                      "sivqa_tidy.json", "textqa_tidy.json"]
     size_mb = sum(p.stat().st_size for p in out.rglob("*")) / 1e6
-    assert size_mb < 40, f"{size_mb:.0f} MB is too big for a demo data set"
+    assert size_mb < 60, f"{size_mb:.0f} MB is too big for a demo data set"  # 1,920 photos of ~21 KB: 40 MB
 
 
 def test_schema_through_foodieqa_reader(demo):
