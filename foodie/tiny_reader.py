@@ -12,11 +12,11 @@ Deterministic: items come from a seeded generator and the LLM's starting weights
 """
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
 import torch
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from foodie import prompts
 from foodie.tasks import LETTERS
@@ -40,10 +40,8 @@ class Items:
     word whose embeddings fill the image positions."""
 
     def __init__(self, tokenizer, code_dir: Path, template: str, words: list[str]):
-        spec = importlib.util.spec_from_file_location('foodie_tiny_reader_conversation', Path(code_dir) / 'conversation.py')
-        conversation = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(conversation)
-        self.conv = lambda: conversation.get_conv_template(template)
+        get_conv_template = get_class_from_dynamic_module('conversation.get_conv_template', str(code_dir))
+        self.conv = lambda: get_conv_template(template)  # the checkpoint's own conversation.py, as chat() renders
         self.tok, self.words = tokenizer, sorted(set(words))
         self.image = f'<img>{"<IMG_CONTEXT>" * IMAGE_POSITIONS}</img>\n'
         self.img_ctx = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
