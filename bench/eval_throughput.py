@@ -23,7 +23,8 @@ Variants (each in its own process: clean GPU memory, no engine threads left behi
   process, ``:profile=N`` adds a kernel profile of the engine alone on N questions, ``:compile=1`` switches on
   LMDeploy's own compiled vision encoder, ``:pin=1`` hands the engine pinned pixel values, ``:cudnnbench=1`` lets
   cuDNN pick its fastest convolution, ``:gpunorm=0`` normalises the
-  tiles in the image workers on the CPU, as before 2026-12-01 (default: they only tile, the GPU normalises));
+  tiles in the image workers on the CPU, as before 2026-12-01 (default: they only tile, the GPU normalises),
+  ``:fusevit=1`` runs ``foodie.lmdeploy_fused_vit`` (layer scales folded, GELU in the fc1 product));
 * ``lmdeploy-stock``: LMDeploy's own image preprocessing (one thread) and the engine settings of
   before (batch 16, LMDeploy's 4,096 prefill tokens): the "before" row;
 * ``transformers``: ``answer_all`` in batches of --batch-size on the first --compare-questions
@@ -197,7 +198,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     """'lmdeploy:batch=64:prefill=16384' -> ('lmdeploy', {'batch': 64, 'prefill': 16384})."""
     name, *opts = spec.split(":")
     keys = ("batch", "prefill", "workers", "cache", "gpus", "replicas", "questions", "engine", "dtype", "cudnn",
-            "profile", "compile", "pin", "cudnnbench", "gpunorm")
+            "profile", "compile", "pin", "cudnnbench", "gpunorm", "fusevit")
     if name not in ("lmdeploy", "lmdeploy-stock", "transformers"):
         raise SystemExit(f"unknown variant {spec!r}: lmdeploy[:OPTION=N...], lmdeploy-stock, transformers; "
                          f"options: {', '.join(keys)}")
@@ -233,7 +234,7 @@ def load_variant(args, name: str, settings: dict):
                         cache_max_entry_count=settings["cache"] / 100 if "cache" in settings else None,
                         compile_vision=bool(settings.get("compile")), pin_memory=bool(settings.get("pin")),
                         cudnn_benchmark=bool(settings.get("cudnnbench")),
-                        gpu_normalise=bool(settings.get("gpunorm", 1)))
+                        gpu_normalise=bool(settings.get("gpunorm", 1)), fused_vit=bool(settings.get("fusevit")))
 
 
 def timed_answers(backend, requests, params, batch_size, gpus=1) -> tuple[list[str], float, float | None]:

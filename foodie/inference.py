@@ -341,13 +341,18 @@ def pass_prepared_images(vision_model, tokens_per_tile: int) -> bool:
     return True
 
 
+def engine_model(pipe):
+    """The model module of an LMDeploy pipeline's PyTorch engine running in this process (None elsewhere)."""
+    agent = getattr(getattr(getattr(pipe, "engine", None), "executor", None), "model_agent", None)
+    runner = getattr(agent, "patched_model", None)
+    return runner.get_model() if hasattr(runner, "get_model") else runner
+
+
 def compile_engine_vision(pipe) -> bool:
     """Switch on the vision encoder's ``torch.compile`` that LMDeploy's InternVL model carries (``compile_model``)
     but LMDeploy 0.9 never calls (``graph_runner.py``: "recovery it when torch.compile is stable"). The engine must
     run in this process (one GPU, no tensor parallel). False where there is no such model or method."""
-    agent = getattr(getattr(getattr(pipe, "engine", None), "executor", None), "model_agent", None)
-    runner = getattr(agent, "patched_model", None)
-    model = runner.get_model() if hasattr(runner, "get_model") else runner
+    model = engine_model(pipe)
     if not hasattr(model, "compile_model"):
         return False
     model.compile_model()
@@ -371,8 +376,11 @@ class LMDeployBackend:
     def __init__(self, model_dir: str | os.PathLike, max_tiles: int | None = None, max_batch_size: int = 128,
                  max_prefill_tokens: int = 32768, session_len: int = 16384, cache_max_entry_count: float = 0.5,
                  image_workers: int | None = None, dtype: str = "auto", compile_vision: bool = False,
-                 pin_memory: bool = False, cudnn_benchmark: bool = False, gpu_normalise: bool = True):
+                 pin_memory: bool = False, cudnn_benchmark: bool = False, gpu_normalise: bool = True,
+                 fused_vit: bool = False):
         from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, pipeline
+
+        from foodie.lmdeploy_fused_vit import InternVLChatModelFusedViT, use_fused_vit
 
         if dtype not in ("auto", "bfloat16", "float16"):
             raise ValueError(f"dtype {dtype!r}: LMDeploy runs bfloat16 or float16 (auto: the checkpoint's); for "
@@ -383,8 +391,13 @@ class LMDeployBackend:
         self.engine_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
                                                  cache_max_entry_count=cache_max_entry_count,
                                                  max_prefill_token_num=max_prefill_tokens, dtype=dtype)
+        use_fused_vit(fused_vit)  # InternViT with its layer scales folded and GELU in the fc1 product
         self.pipe = pipeline(str(self.model_dir), backend_config=self.engine_config, log_level="ERROR",
                              chat_template_config=ChatTemplateConfig(self.spec.lmdeploy_template))
+        if fused_vit and not isinstance(engine_model(self.pipe), InternVLChatModelFusedViT):
+            raise RuntimeError(f"fused_vit: LMDeploy's engine for {self.model_dir} did not build the fused InternViT "
+                               f"(needs an InternVL2 checkpoint and the engine in this process: one GPU, no tensor "
+                               f"parallel)")
         self.loop = self.pipe.internal_thread.loop  # the PyTorch engine binds to the loop that first uses it
         self._session_ids = itertools.count(1 << 20)  # clear of the ids the pipeline hands out itself
         self.image_workers = image_workers or image_workers_for("cuda")
