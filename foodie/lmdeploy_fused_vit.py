@@ -21,7 +21,7 @@ Needs LMDeploy: import this module only where it is installed.
 from __future__ import annotations
 
 import torch
-from lmdeploy.pytorch.models.internvl import InternVisionEncoderLayer, InternVisionModel, InternVLChatModel
+from lmdeploy.pytorch.models.internvl import InternVisionEncoderLayer, InternVLChatModel
 
 
 def fold_layer_scale(linear, scale: torch.Tensor) -> None:
@@ -66,9 +66,10 @@ class InternVLChatModelFusedViT(InternVLChatModel):
 
     def __init__(self, config, ctx_mgr, dtype: torch.dtype = None, device: torch.device = None):
         super().__init__(config, ctx_mgr, dtype=dtype, device=device)
-        if isinstance(self.vision_model, InternVisionModel) and fusable(config.vision_config):
-            for layer in self.vision_model.encoder.layers:
-                layer.__class__ = FusedInternVisionEncoderLayer  # a subclass adding methods only: same state
+        if fusable(config.vision_config):  # (Mono-InternVL's patch encoder and a disabled one have no such layers)
+            for layer in getattr(getattr(self.vision_model, "encoder", None), "layers", ()):
+                if type(layer) is InternVisionEncoderLayer:
+                    layer.__class__ = FusedInternVisionEncoderLayer  # a subclass adding methods only: same state
 
 
 def use_fused_vit(enabled: bool = True) -> None:

@@ -66,3 +66,27 @@ def test_only_exact_gelu_layers_are_fused():
     assert fused.fusable(PretrainedConfig(hidden_act="gelu"))
     assert not fused.fusable(PretrainedConfig(hidden_act="gelu_pytorch_tanh"))  # would need no stand-in: left alone
     assert not fused.fusable(PretrainedConfig(hidden_act="silu"))
+
+
+def test_an_official_checkpoint_loaded_by_lmdeploy_gives_the_stock_image_features(tiny_model_dir):
+    """LMDeploy's own build and weight loading (``load_model_weights``, which calls ``update_weights``) of an InternVL2
+    checkpoint in the official format: the fused model's image features are the stock model's."""
+    from lmdeploy.pytorch.model_inputs import StepContextManager
+    from lmdeploy.pytorch.models.internvl import InternVLChatModel
+    from lmdeploy.pytorch.weight_loader.model_weight_loader import load_model_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    models = []
+    for cls in (InternVLChatModel, fused.InternVLChatModelFusedViT):
+        model = cls(config, StepContextManager(), dtype=torch.float32, device=torch.device("cpu"))
+        load_model_weights(model, str(tiny_model_dir))
+        models.append(model)
+    stock, layers = models[0], models[1].vision_model.encoder.layers
+    assert {type(layer) for layer in layers} == {fused.FusedInternVisionEncoderLayer}
+    assert not torch.equal(stock.vision_model.encoder.layers[0].ls1, layers[0].ls1)  # folded at load
+    size = config.vision_config.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = stock.extract_feature(pixels), models[1].extract_feature(pixels)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
