@@ -105,7 +105,7 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
 def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None,
                  device=None) -> list[list]:
     """[request][image] -> [tiles, 3, size, size], bitwise the official ``load_image`` (a request's images share
-    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads. With ``device`` the threads only
+    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads (1: the caller's). With ``device`` the threads only
     tile (uint8) and the normalising runs there, each thread on a CUDA stream of its own, finished on return."""
     def one(image, budget):
         grid = dict(input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
@@ -118,6 +118,8 @@ def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1,
             return finish(normalise(tiles, dtype, device))
 
     images = [[image for m in request for image in m.images] for request in requests]
+    if workers <= 1:  # LMDeployBackend calls from its own image workers, a request at a time: no thread per call
+        return [[one(x, tiles_per_image(spec.max_tiles, len(xs))) for x in xs] for xs in images]
     with ThreadPoolExecutor(workers, thread_name_prefix="foodie-images") as pool:
         done = [[pool.submit(one, x, tiles_per_image(spec.max_tiles, len(xs))) for x in xs] for xs in images]
     return [[x.result() for x in request] for request in done]
