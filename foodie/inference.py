@@ -105,8 +105,9 @@ def tiles_per_image(max_tiles: int, n_images: int) -> int:
 def pixel_values(spec: ModelSpec, requests: Sequence[Request], workers: int = 1, dtype=None,
                  device=None) -> list[list]:
     """[request][image] -> [tiles, 3, size, size], bitwise the official ``load_image`` (a request's images share
-    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads (1: the caller's). With ``device`` the threads only
-    tile (uint8) and the normalising runs there, each thread on a CUDA stream of its own, finished on return."""
+    ``spec.max_tiles``), cast to ``dtype`` if given, over ``workers`` threads (1: the caller's). With ``device`` the
+    threads only tile (uint8) and the normalising runs there, each thread on a CUDA stream of its own, finished on
+    return."""
     def one(image, budget):
         grid = dict(input_size=spec.tile_size, max_num=budget, min_num=min(spec.min_tiles, budget),
                     use_thumbnail=spec.use_thumbnail)
