@@ -559,10 +559,10 @@ def main() -> int:
                 r[f"vs_{key}"] = agreement(r["answers"], other["answers"])
 
     print()
-    print("| variant | questions | questions/s | engine only q/s | GPU busy % | share of bf16 peak | TTFT median / p90 s "
-          "| load s | max alloc GiB | vs transformers (same dtype): same answer / first token / scored letter "
-          "| vs first LMDeploy row |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | questions | questions/s | engine only q/s | GPU busy % | q/s per busy second | share of bf16 peak "
+          "| TTFT median / p90 s | load s | max alloc GiB | vs transformers (same dtype): same answer / first token / "
+          "scored letter | vs first LMDeploy row |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def agree(a):
         return (f"{a['same_answer_pct']}% / {a['same_first_token_pct']}% / {a['same_scored_letter_pct']}% "
@@ -570,8 +570,10 @@ def main() -> int:
     for r in results:
         same = f"{agree(r.get('vs_transformers'))} | {agree(r.get('vs_first_lmdeploy'))}"
         ttft = f"{r['ttft_median_s']:.3f} / {r['ttft_p90_s']:.3f}" if r.get("ttft_median_s") is not None else "-"
+        # what the setting answers while the card is busy: runs of one setting differ mostly in the busy share
+        per_busy = f"{100 * r['questions_per_s'] / r['gpu_busy_pct']:.1f}" if r.get("gpu_busy_pct") else "-"
         print(f"| {r['variant']} | {r['questions']} | {r['questions_per_s']:.2f} | "
-              f"{r.get('engine_only_questions_per_s', '-')} | {r.get('gpu_busy_pct', '-')} | "
+              f"{r.get('engine_only_questions_per_s', '-')} | {r.get('gpu_busy_pct', '-')} | {per_busy} | "
               f"{r.get('share_of_bf16_peak_pct', '-')}% | {ttft} | {r['load_s']:.1f} | {r['max_allocated_gib']:.1f} | "
               f"{same} |")
     if skipped:
