@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import torch
 from transformers import PretrainedConfig
 
-from foodie.lmdeploy_fused_vit import FusedInternVisionEncoderLayer
+from foodie.atomic import write_json
+from foodie.lmdeploy_fused_vit import fused_copy
 from lmdeploy.pytorch.models.internvl import InternVisionEncoderLayer
 
 VIT_300M = dict(hidden_size=1024, num_attention_heads=16, intermediate_size=4096, qkv_bias=True,
@@ -38,11 +38,7 @@ def encoders(layers: int, dtype: torch.dtype, device: str):
                 p.normal_(0, 0.02)
     reference = stock
     stock = copy.deepcopy(reference).to(dtype)
-    fused = copy.deepcopy(stock)
-    for layer in fused:
-        layer.__class__ = FusedInternVisionEncoderLayer
-        layer.update_weights()
-    return reference, stock, fused
+    return reference, stock, fused_copy(stock)
 
 
 def kernel_ms(model, x, reps: int) -> float:
@@ -99,9 +95,7 @@ def main() -> int:
         print(f"| {r['dtype']} | {r['stock_ms']} | {r['fused_ms']} | {r['saved_pct']}% | {r['stock_rel_err']} | "
               f"{r['fused_rel_err']} | {r['same_argmax_pct']}% |")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(tiles=args.tiles, layers=args.layers, device=device, rows=rows), f,
-                      indent=1)
+        write_json(args.out, dict(tiles=args.tiles, layers=args.layers, device=device, rows=rows))
     return 0
 
 

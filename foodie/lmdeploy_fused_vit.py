@@ -20,6 +20,8 @@ Needs LMDeploy: import this module only where it is installed.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from lmdeploy.pytorch.models.internvl import InternVisionEncoderLayer, InternVLChatModel
 
@@ -55,6 +57,24 @@ class FusedInternVisionEncoderLayer(InternVisionEncoderLayer):
         return h + fc2(linear_gelu(self.norm2(h), fc1.weight, fc1.bias))
 
 
+def fuse_layers(module: torch.nn.Module) -> None:
+    """Every LMDeploy InternViT layer inside ``module`` becomes a ``FusedInternVisionEncoderLayer`` in place (a
+    subclass adding methods only: same state); its layer scales fold when ``update_weights`` runs."""
+    for m in module.modules():
+        if type(m) is InternVisionEncoderLayer:
+            m.__class__ = FusedInternVisionEncoderLayer
+
+
+def fused_copy(loaded: torch.nn.Module) -> torch.nn.Module:
+    """A fused copy of InternViT layers whose weights are already loaded (LMDeploy's loader is not involved)."""
+    fused = copy.deepcopy(loaded)
+    fuse_layers(fused)
+    for m in fused.modules():
+        if isinstance(m, FusedInternVisionEncoderLayer):
+            m.update_weights()
+    return fused
+
+
 def fusable(vision_config) -> bool:
     """The layers this fuses: exact GELU, for which the tanh form stands in (fc1 must carry no LoRA adapter:
     ``LMDeployBackend`` loads none)."""
@@ -67,9 +87,7 @@ class InternVLChatModelFusedViT(InternVLChatModel):
     def __init__(self, config, ctx_mgr, dtype: torch.dtype = None, device: torch.device = None):
         super().__init__(config, ctx_mgr, dtype=dtype, device=device)
         if fusable(config.vision_config):  # (Mono-InternVL's patch encoder and a disabled one have no such layers)
-            for layer in getattr(getattr(self.vision_model, "encoder", None), "layers", ()):
-                if type(layer) is InternVisionEncoderLayer:
-                    layer.__class__ = FusedInternVisionEncoderLayer  # a subclass adding methods only: same state
+            fuse_layers(self.vision_model)
 
 
 def use_fused_vit(enabled: bool = True) -> None:

@@ -1,8 +1,6 @@
 """The fused InternViT layer computes what LMDeploy's own layer computes (runs where LMDeploy imports: the gpu
 profile, or any machine with its Python package on the path; the same check on an H200 is in bench/eval_throughput.py
 ``fusevit=1``, against the stock engine's answers)."""
-import copy
-
 import pytest
 import torch
 
@@ -22,10 +20,7 @@ def stock_and_fused(dtype=torch.float64):
     with torch.no_grad():  # layer scales as InternViT's: small, per channel, some far from 1
         stock.ls1.uniform_(0.01, 1.5)
         stock.ls2.uniform_(0.01, 1.5)
-    layer = copy.deepcopy(stock)
-    layer.__class__ = fused.FusedInternVisionEncoderLayer
-    layer.update_weights()
-    return stock, layer
+    return stock, fused.fused_copy(stock)
 
 
 def test_fused_layer_matches_lmdeploys_layer():
